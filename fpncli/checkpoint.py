@@ -1,0 +1,115 @@
+"""Self-describing, safe, atomically written checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(path, weights_only=True)``: no pickled Python objects, so an untrusted file
+cannot run code. Layout::
+
+    {"format": "fpncli-checkpoint", "version": 1,
+     "model_config": ModelConfig.to_dict(),       # classes and category ids included
+     "state_dict": {name: Tensor},
+     "train_state": {...}}                        # optional: optimizer, scheduler, RNG, ...
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fpncli.config import ModelConfig
+from fpncli.errors import FpnError
+
+FORMAT = "fpncli-checkpoint"
+VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A crash or kill mid-write leaves the previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, train_state: dict | None = None) -> Path:
+    """Write ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) and optional
+    training state to ``path`` atomically."""
+    model = unwrap(model)
+    cfg: ModelConfig = model.config
+    # Store the resolved normalisation so the file rebuilds the same modules.
+    config = cfg.replace(norm=model.norm).to_dict()
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    return atomic_torch_save(payload, path)
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one clear error per failure."""
+    path = Path(path)
+    if not path.exists():
+        raise FpnError(f"{path}: no such file")
+    if path.is_dir():
+        raise FpnError(f"{path}: is a folder, expected a weights file")
+    if path.stat().st_size == 0:
+        raise FpnError(f"{path}: file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        raise FpnError(f"{path}: not a safe weights file ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FpnError(f"{path}: not a readable PyTorch weights file ({first})") from None
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check an fpncli checkpoint; a corrupt or foreign file is an :class:`FpnError`."""
+    obj = load_file(path)
+    if not is_checkpoint(obj):
+        raise FpnError(f"{path}: not an fpncli checkpoint (no '{FORMAT}' header)")
+    if obj.get("version", 0) > VERSION:
+        raise FpnError(f"{path}: checkpoint version {obj['version']} is newer than this fpncli "
+                       f"understands ({VERSION}); upgrade fpncli")
+    for key in ("model_config", "state_dict"):
+        if key not in obj:
+            raise FpnError(f"{path}: checkpoint has no {key!r}")
+    return obj

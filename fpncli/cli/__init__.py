@@ -1,0 +1,1 @@
+"""The `fpn` command line: one thin module per command over :mod:`fpncli.engine`."""

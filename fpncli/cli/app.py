@@ -1,0 +1,41 @@
+"""The `fpn` Typer application: global options and command registration."""
+
+from __future__ import annotations
+
+import typer
+
+from fpncli import __version__
+from fpncli.cli import info
+from fpncli.cli.common import state
+
+app = typer.Typer(
+    name="fpn",
+    help="Feature Pyramid Network (FPN) Faster R-CNN: train, evaluate, detect and inspect pyramid levels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fpncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    state.debug = debug
+
+
+app.command("info", help=info.HELP, epilog=info.EPILOG)(info.info)
+# Commands register here, one line each (see fpncli/cli/<command>.py).
+
+
+def main() -> None:
+    app()

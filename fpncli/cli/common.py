@@ -1,0 +1,58 @@
+"""What every command shares: the error boundary, consoles, common option types.
+
+Commands import torch lazily (inside the function), so ``fpn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from fpncli.errors import FpnError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    debug = False
+
+
+state = _State()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr (one line) and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Command decorator: a user mistake (:class:`FpnError`) becomes one line on stderr and
+    exit code 1; Ctrl-C exits 130 without a traceback. ``fpn --debug`` re-raises instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FpnError as exc:
+            if state.debug:
+                raise
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            if state.debug:
+                raise
+            err_console.print("interrupted", style="yellow")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

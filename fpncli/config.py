@@ -1,0 +1,167 @@
+"""Model configuration: one dataclass, saved in every checkpoint and run folder.
+
+Defaults are the paper's R50-FPN (see ../shared/docs/PAPER.md) with torchvision's
+inference settings; `PRESETS` holds named overrides (``tiny`` trains on a CPU in minutes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from fpncli.errors import FpnError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+NECKS = ("fpn",)  # more necks register in fpncli.modeling.necks
+NORMS = ("auto", "frozen_bn", "bn", "gn")
+
+# torchvision's ImageNet statistics, which its pretrained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a detector (not its weights).
+
+    Class labels: the model predicts contiguous labels ``1..len(class_names)`` (0 is
+    background); label ``i`` is dataset category ``category_ids[i - 1]`` named
+    ``class_names[i - 1]``.
+    """
+
+    backbone: str = "resnet50"
+    neck: str = "fpn"
+    # "auto" resolves to frozen_bn when the backbone starts from pretrained weights (the
+    # paper freezes BN: batches of 2 images give useless statistics) and to bn when it is
+    # trained from scratch (frozen random statistics cannot learn).
+    norm: str = "auto"
+    # How many ResNet stages (counted from the top, 0..5) are trained. None resolves to 3
+    # with a pretrained backbone (torchvision's choice) and 5 from scratch (random lower
+    # stages must learn too).
+    trainable_layers: Optional[int] = None
+    fpn_channels: int = 256  # the paper's d
+    bifpn_repeats: int = 2
+    class_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    # Input resizing (shorter side to min_size, longer capped at max_size) and normalisation.
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    # RPN: one anchor size per pyramid level (P2..P6), the paper's three aspect ratios (h/w).
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    # Box head: RoIAlign 7x7, two FC layers of box_head_dim, classifier + regressor.
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 2
+    # torchvision's (and the COCO_V1 weights') RoIAlign has aligned=False; Detectron2 uses
+    # True. Kept False by default so official weights give their published AP.
+    roi_aligned: bool = False
+    box_head_dim: int = 1024
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+    @property
+    def num_classes(self) -> int:
+        """Classifier outputs, background included."""
+        return len(self.class_names) + 1
+
+    def resolved_norm(self, pretrained_backbone: bool) -> str:
+        if self.norm != "auto":
+            return self.norm
+        return "frozen_bn" if pretrained_backbone else "bn"
+
+    def resolved_trainable_layers(self, pretrained_backbone: bool) -> int:
+        if self.trainable_layers is not None:
+            return self.trainable_layers
+        return 3 if pretrained_backbone else 5
+
+    def validate(self) -> "ModelConfig":
+        if self.backbone not in BACKBONES:
+            raise FpnError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.neck not in NECKS:
+            raise FpnError(f"unknown neck {self.neck!r}; choose one of {', '.join(NECKS)}")
+        if self.norm not in NORMS:
+            raise FpnError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if not self.class_names:
+            raise FpnError("the model needs at least one class")
+        if len(self.category_ids) != len(self.class_names):
+            raise FpnError(
+                f"{len(self.class_names)} class names but {len(self.category_ids)} category ids"
+            )
+        for name, value in (("fpn_channels", self.fpn_channels), ("box_head_dim", self.box_head_dim),
+                            ("min_size", self.min_size), ("max_size", self.max_size)):
+            if value <= 0:
+                raise FpnError(f"{name} must be positive, got {value}")
+        if self.min_size > self.max_size:
+            raise FpnError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
+        if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
+            raise FpnError(f"trainable_layers must be in 0..5, got {self.trainable_layers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists); also safe for ``torch.load(weights_only=True)``."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a newer or foreign file)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise FpnError(f"unknown model configuration keys: {', '.join(unknown)}")
+        values = {}
+        for key, value in data.items():
+            if isinstance(value, list) and known[key].type.startswith("tuple"):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
+
+    def replace(self, **overrides: Any) -> "ModelConfig":
+        """A copy with the given fields changed; ``None`` values are ignored (CLI defaults)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# Named configurations. `tiny` is a CPU-sized FPN for learning from scratch on small
+# synthetic images: narrow neck and head, 256 px inputs, anchors one octave smaller than
+# the paper's (objects here go down to ~8 px), fewer sampled anchors and RoIs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny": {
+        "backbone": "resnet18",
+        "fpn_channels": 64,
+        "box_head_dim": 256,
+        "min_size": 256,
+        "max_size": 384,
+        "anchor_sizes": (16, 32, 64, 128, 256),
+        "rpn_pre_nms_top_n_train": 600,
+        "rpn_post_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_test": 150,
+        "rpn_batch_size_per_image": 128,
+        "box_batch_size_per_image": 128,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The preset's configuration with explicit (non-None) overrides applied."""
+    if name not in PRESETS:
+        raise FpnError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**PRESETS[name]).replace(**overrides)

@@ -1,0 +1,1 @@
+"""Data: robust image reading, COCO annotation files, datasets and synthetic data."""

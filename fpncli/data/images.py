@@ -1,0 +1,88 @@
+"""Reading images the way a viewer shows them, with one plain reason when that fails.
+
+Every command reads images through :func:`read_image`: EXIF orientation applied, any
+colour mode (grayscale, palette, RGBA, CMYK, 16-bit) converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fpncli.errors import FpnError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Larger images are refused instead of exhausting memory (~ a 16k x 16k photo).
+DEFAULT_MAX_PIXELS = 256_000_000
+# We enforce our own limit above; Pillow's decompression-bomb check would fire earlier.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageReadError(FpnError):
+    """An image that cannot be used; the message is ``"<path>: <plain reason>"``."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB PIL image (fully decoded).
+
+    Raises:
+        ImageReadError: missing, empty, unreadable, not an image, truncated or corrupt,
+            or larger than ``max_pixels``.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageReadError(f"{path}: image too large ({width}x{height} pixels; "
+                                     f"the limit is {max_pixels:,} pixels)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image (unrecognised file format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = "truncated image data"
+        raise ImageReadError(f"{path}: corrupt image ({reason})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    16- and 32-bit integer images are scaled from their full range (not clipped), float
+    images from 0..1; alpha is dropped (palette transparency included).
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit data arrives as mode "I" too; scale by the range it can hold.
+        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")

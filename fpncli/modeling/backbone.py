@@ -1,0 +1,86 @@
+"""Bottom-up pathway: a torchvision ResNet returning C2..C5 (strides 4, 8, 16, 32).
+
+C1 (the stem output) is not used, as in the paper (memory).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+
+
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.ops import FrozenBatchNorm2d
+
+from fpncli.modeling.levels import LevelSpec
+
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+# Output channels of C2..C5: BasicBlock ResNets (18/34) vs Bottleneck ones (50/101).
+_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+}
+
+
+def norm_layer(kind: str) -> type[nn.Module] | partial:
+    """The normalisation module for ``kind`` (``frozen_bn``, ``bn`` or ``gn``)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "bn":
+        return nn.BatchNorm2d
+    if kind == "gn":
+        return partial(_group_norm, groups=32)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels), channels)
+
+
+class ResNetBottomUp(nn.Module):
+    """ResNet body without its classifier.
+
+    Its child modules keep torchvision's names (``conv1``, ``bn1``, ``layer1``..``layer4``)
+    so that torchvision and ImageNet state dicts load by a prefix change only.
+
+    Args:
+        name: ``resnet18|resnet34|resnet50|resnet101``.
+        norm: ``frozen_bn|bn|gn``.
+        trainable_layers: how many stages, counted from the top (layer4, layer3, ...,
+            and the stem as the fifth), keep ``requires_grad``.
+    """
+
+    def __init__(self, name: str, norm: str = "bn", trainable_layers: int = 5) -> None:
+        super().__init__()
+        net = getattr(tv_resnet, name)(weights=None, norm_layer=norm_layer(norm))
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.output_specs = OrderedDict(
+            (f"c{k}", LevelSpec(f"c{k}", ch, 2**k)) for k, ch in zip(range(2, 6), _CHANNELS[name])
+        )
+        trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+        if trainable_layers == 5:
+            trainable.append("bn1")
+        for module_name, param in self.named_parameters():
+            if not any(module_name.startswith(prefix) for prefix in trainable):
+                param.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """``x``: ``Tensor[B, 3, H, W]`` -> ``{"c2": [B, C2, H/4, W/4], ..., "c5": [B, C5, H/32, W/32]}``
+        (sizes rounded up at each stride-2 step)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        for k, stage in zip(range(2, 6), _STAGES):
+            x = getattr(self, stage)(x)
+            out[f"c{k}"] = x
+        return out
+
+
+def imagenet_state_dict_to_bottom_up(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the classifier (``fc.*``) from a torchvision ImageNet ResNet state dict."""
+    return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+
+

@@ -1,0 +1,42 @@
+"""The contract every neck follows."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from fpncli.modeling.levels import LevelSpec, check_strides
+
+
+class Neck(nn.Module):
+    """Base class of necks.
+
+    Subclasses set, in ``__init__``:
+        output_specs: ordered ``name -> LevelSpec`` of every map ``forward`` returns,
+            finest first, log2-contiguous strides.
+        rpn_levels: names the RPN slides over (one anchor size per name).
+        roi_levels: names the RoI head pools from (Eqn. (1) chooses among them).
+    """
+
+    output_specs: OrderedDict[str, LevelSpec]
+    rpn_levels: list[str]
+    roi_levels: list[str]
+
+    def check_contract(self) -> None:
+        specs = list(self.output_specs.values())
+        check_strides(specs)
+        channels = {s.channels for s in specs}
+        if len(channels) != 1:
+            # The RPN head and the box head are shared across levels: one width for all.
+            raise ValueError(f"all levels must have the same channels, got {sorted(channels)}")
+        for name in [*self.rpn_levels, *self.roi_levels]:
+            if name not in self.output_specs:
+                raise ValueError(f"level {name!r} is used by a head but not produced by the neck")
+
+    @property
+    def out_channels(self) -> int:
+        return next(iter(self.output_specs.values())).channels
+
+    def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,70 @@
+"""RoIAlign over several pyramid levels, each RoI pooled from the level Eqn. (1) gives it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+from fpncli.modeling.levels import LevelSpec, assign_level
+
+
+class LevelRoIPooler(MultiScaleRoIAlign):
+    """Pools each RoI from one level, chosen by :func:`assign_level`.
+
+    Scales are ``1 / stride`` from the declared levels (torchvision's parent class instead
+    guesses them from shapes at run time); subclassing it only satisfies ``FasterRCNN``'s
+    type check, its forward is not used.
+
+    Args:
+        levels: the levels RoIs may be pooled from, finest first, log2-contiguous.
+        output_size: side of the pooled grid (7 in the paper).
+        sampling_ratio, aligned: passed to :func:`torchvision.ops.roi_align`.
+    """
+
+    def __init__(self, levels: list[LevelSpec], output_size: int = 7, sampling_ratio: int = 2,
+                 aligned: bool = False) -> None:
+        super().__init__([spec.name for spec in levels], output_size, sampling_ratio)
+        self.levels = list(levels)
+        self.output_size = (output_size, output_size)
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.min_level = self.levels[0].level
+        self.max_level = self.levels[-1].level
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+        """Pool RoIs.
+
+        Args:
+            features: ``name -> Tensor[B, C, H_l, W_l]`` (must contain every pooled level).
+            boxes: per image ``Tensor[N_i, 4]``, xyxy in input pixels.
+            image_shapes: unused; kept for torchvision's ``RoIHeads`` call signature.
+
+        Returns:
+            ``Tensor[sum N_i, C, S, S]`` in the order of ``boxes``.
+        """
+        rois = _to_roi_format(boxes)
+        maps = [features[spec.name] for spec in self.levels]
+        if len(self.levels) == 1:
+            return self._align(maps[0], rois, self.levels[0])
+        target = assign_level(rois[:, 1:], self.min_level, self.max_level) - self.min_level
+        first = maps[0]
+        out = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
+        for index, (spec, fmap) in enumerate(zip(self.levels, maps)):
+            picked = torch.where(target == index)[0]
+            pooled = self._align(fmap, rois[picked], spec)
+            out[picked] = pooled.to(out.dtype)
+        return out
+
+    def _align(self, fmap: Tensor, rois: Tensor, spec: LevelSpec) -> Tensor:
+        return roi_align(fmap, rois, self.output_size, spatial_scale=1.0 / spec.stride,
+                         sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+
+
+def _to_roi_format(boxes: list[Tensor]) -> Tensor:
+    """``[Tensor[N_i, 4]]`` -> ``Tensor[sum N_i, 5]`` rows ``(image_index, x1, y1, x2, y2)``."""
+    all_boxes = torch.cat(boxes, dim=0)
+    index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
+                       for i, b in enumerate(boxes)], dim=0)
+    return torch.cat([index, all_boxes], dim=1)

@@ -1,0 +1,235 @@
+"""Where a detector's weights come from, and how foreign state dicts are mapped onto ours.
+
+Detector weight sources (``--weights``):
+    ``coco``   torchvision's ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1`` (37.0 box AP on
+               COCO val2017), downloaded once into the torch hub cache;
+    a path     an fpncli checkpoint, or a plain torchvision Faster R-CNN state dict;
+    ``none``   random initialisation.
+Backbone weight sources (``--backbone-weights``): ``imagenet`` (torchvision's
+IMAGENET1K_V1 ResNets, also through the hub cache), a path to a ResNet state dict, ``none``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+
+from fpncli.checkpoint import is_checkpoint, load_file
+from fpncli.config import ModelConfig
+from fpncli.errors import FpnError
+from fpncli.modeling.backbone import imagenet_state_dict_to_bottom_up
+from fpncli.modeling.detector import FPNFasterRCNN, build_model
+
+COCO_WEIGHTS_URL = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+IMAGENET_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+
+# torchvision's COCO label space: 91 slots, index = COCO category id, "N/A" for the ids
+# COCO does not use. Kept as is, so label i of the COCO_V1 weights is COCO category i.
+COCO_V1_CATEGORIES = [
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
+    "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+    "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A",
+    "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+UNUSED_CLASS = "N/A"
+
+
+@dataclass
+class LoadedModel:
+    model: FPNFasterRCNN
+    source: str  # human-readable: where the weights came from
+
+
+def coco_v1_config(**overrides: Any) -> ModelConfig:
+    """The configuration of torchvision's ``fasterrcnn_resnet50_fpn`` with COCO_V1 classes."""
+    names = COCO_V1_CATEGORIES[1:]
+    return ModelConfig(backbone="resnet50", norm="frozen_bn", class_names=names,
+                       category_ids=list(range(1, len(names) + 1))).replace(**overrides)
+
+
+def hub_cache_path(url: str) -> Path:
+    """Where ``torch.hub`` keeps the file of ``url`` (``$TORCH_HOME/hub/checkpoints/<name>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def download_cached(url: str) -> Path:
+    """The hub-cache path of ``url``, downloading it first when it is not there.
+
+    Offline, this raises one :class:`FpnError` that names the URL and the exact path where
+    the file can be placed by hand.
+    """
+    path = hub_cache_path(url)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # torchvision's file names carry the first hex digits of their SHA-256.
+    match = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None,
+                                       progress=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise FpnError(f"cannot download {url} ({reason}); if this machine is offline, "
+                       f"download it elsewhere and place it at {path}") from None
+    return path
+
+
+def torchvision_to_fpncli(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a torchvision ``fasterrcnn_resnet50_fpn``-style state dict to our module names.
+
+    ``backbone.body.*`` -> ``backbone.bottom_up.*``; ``backbone.fpn.inner_blocks.i.0.*`` ->
+    ``backbone.neck.laterals.i.*``; ``backbone.fpn.layer_blocks.i.0.*`` ->
+    ``backbone.neck.outputs.i.*``; RPN and RoI-head names are already the same.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("backbone.body.", "backbone.bottom_up.", 1)
+        key = re.sub(r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.neck.laterals.\1.", key)
+        key = re.sub(r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.neck.outputs.\1.", key)
+        out[key] = value
+    return out
+
+
+def fpncli_to_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`torchvision_to_fpncli` (for exporting an FPN model to torchvision)."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("backbone.bottom_up.", "backbone.body.", 1)
+        key = re.sub(r"^backbone\.neck\.laterals\.(\d+)\.", r"backbone.fpn.inner_blocks.\1.0.", key)
+        key = re.sub(r"^backbone\.neck\.outputs\.(\d+)\.", r"backbone.fpn.layer_blocks.\1.0.", key)
+        out[key] = value
+    return out
+
+
+def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig:
+    """Infer backbone, widths and classes from a torchvision Faster R-CNN FPN state dict."""
+    try:
+        num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0]
+        head_dim = state_dict["roi_heads.box_head.fc6.weight"].shape[0]
+        channels = state_dict["backbone.fpn.inner_blocks.0.0.weight"].shape[0]
+    except KeyError as exc:
+        raise ValueError(f"missing key {exc.args[0]}") from None
+    blocks3 = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
+    bottleneck = any(".conv3." in k for k in state_dict if k.startswith("backbone.body.layer1."))
+    backbone = {(6, True): "resnet50", (23, True): "resnet101", (2, False): "resnet18",
+                (6, False): "resnet34"}.get((len(blocks3), bottleneck))
+    if backbone is None:
+        raise ValueError("backbone is not resnet18/34/50/101")
+    if num_classes == len(COCO_V1_CATEGORIES):
+        names, ids = COCO_V1_CATEGORIES[1:], list(range(1, num_classes))
+    else:
+        names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
+    has_bn_stats = any(k.endswith("num_batches_tracked") for k in state_dict)
+    return ModelConfig(backbone=backbone, norm="bn" if has_bn_stats else "frozen_bn",
+                       fpn_channels=channels, box_head_dim=head_dim,
+                       class_names=names, category_ids=ids).replace(**overrides)
+
+
+def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source: str) -> None:
+    """Load ``state_dict`` strictly, except for BatchNorm's ``num_batches_tracked`` counters
+    (absent from frozen-BN files); any other mismatch is an :class:`FpnError`."""
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise FpnError(f"{source}: weights do not fit the model: {'; '.join(detail)}")
+
+
+def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
+    """Load ResNet weights into the bottom-up pathway; returns a description."""
+    name = model.config.backbone
+    if source == "imagenet":
+        state, where = load_file(download_cached(IMAGENET_URLS[name])), f"ImageNet {name}"
+    else:
+        state, where = load_file(source), source
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise FpnError(f"{where}: not a ResNet state dict")
+    state = {k.removeprefix("backbone.body."): v for k, v in state.items()}
+    result = model.backbone.bottom_up.load_state_dict(imagenet_state_dict_to_bottom_up(state), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise FpnError(f"{where}: does not fit backbone {name} "
+                       f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
+    return f"backbone from {where}"
+
+
+def load_detector(weights: str = "none", config: ModelConfig | None = None,
+                  backbone_weights: str = "none", **overrides: Any) -> LoadedModel:
+    """Build a detector and load its weights.
+
+    Args:
+        weights: ``coco``, ``none`` or a path (fpncli checkpoint or torchvision state dict).
+        config: the architecture for ``weights="none"`` (ignored otherwise: the weights
+            define the architecture).
+        backbone_weights: ``imagenet``, ``none`` or a path to ResNet weights; only used
+            with ``weights="none"``.
+        overrides: ModelConfig fields that may differ from the stored ones without
+            changing the weights (image sizes, score/NMS thresholds, detections per image);
+            ``None`` values are ignored.
+
+    Returns:
+        The model (on the CPU, in eval mode) and a description of its weights.
+    """
+    if weights == "coco":
+        model = build_model(coco_v1_config(**overrides), pretrained_backbone=True)
+        load_model_state(model, torchvision_to_fpncli(load_file(download_cached(COCO_WEIGHTS_URL))),
+                         "COCO_V1 weights")
+        return LoadedModel(model.eval(), "torchvision COCO_V1 (37.0 box AP on COCO val2017)")
+    if weights == "none":
+        if config is None:
+            raise FpnError("no weights and no model configuration given")
+        pretrained = backbone_weights != "none"
+        model = build_model(config.replace(**overrides), pretrained_backbone=pretrained)
+        source = "random initialisation"
+        if pretrained:
+            source = _load_backbone(model, backbone_weights) + ", rest random"
+        return LoadedModel(model.eval(), source)
+    return _load_path(weights, **overrides)
+
+
+def _load_path(path: str, **overrides: Any) -> LoadedModel:
+    obj = load_file(path)
+    if is_checkpoint(obj):
+        try:
+            cfg = ModelConfig.from_dict(obj["model_config"]).replace(**overrides)
+        except (TypeError, FpnError) as exc:
+            raise FpnError(f"{path}: bad model configuration ({exc})") from None
+        model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
+        load_model_state(model, obj["state_dict"], path)
+        return LoadedModel(model.eval(), f"fpncli checkpoint {path}")
+    if isinstance(obj, dict) and any(k.startswith("backbone.body.") for k in obj):
+        try:
+            cfg = config_from_torchvision_state_dict(obj, **overrides)
+        except ValueError as exc:
+            raise FpnError(f"{path}: torchvision state dict not understood ({exc})") from None
+        model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
+        load_model_state(model, torchvision_to_fpncli(obj), path)
+        return LoadedModel(model.eval(), f"torchvision state dict {path}")
+    if isinstance(obj, dict) and "layer1.0.conv1.weight" in obj:
+        raise FpnError(f"{path}: this is a backbone (ResNet) state dict; pass it as --backbone-weights")
+    raise FpnError(f"{path}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
