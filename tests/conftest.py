@@ -1,0 +1,50 @@
+"""Shared fixtures: the real COCO slice, tiny seeded models, temporary checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO_TINY = Path(os.environ.get("FPN_COCO_TINY", ROOT.parent / "shared" / "data" / "coco-tiny"))
+
+# Two cores on CI: keep torch from oversubscribing them in every test process.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def coco_tiny() -> Path:
+    """``../shared/data/coco-tiny`` (80 train + 80 val COCO 2017 images). Skips where absent
+    (a clone elsewhere); `.ci/run` fails when it is missing, so CI always runs these."""
+    if not (COCO_TINY / "annotations" / "instances_val2017.json").is_file():
+        pytest.skip(f"COCO slice not found at {COCO_TINY}")
+    return COCO_TINY
+
+
+@pytest.fixture
+def tiny_config():
+    """A CPU-sized FPN configuration with three classes (non-contiguous category ids)."""
+    from fpncli.config import preset_config
+
+    return preset_config("tiny", min_size=128, max_size=160, class_names=["circle", "square", "triangle"],
+                         category_ids=[1, 3, 7])
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """A seeded, randomly initialised tiny detector in eval mode."""
+    from fpncli.modeling.detector import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model) -> Path:
+    """The tiny model saved as an fpncli checkpoint."""
+    from fpncli.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path / "tiny.pt", tiny_model)
