@@ -35,6 +35,8 @@ def _global(
 
 app.command("info", help=info.HELP, epilog=info.EPILOG)(info.info)
 # Commands register here, one line each (see fpncli/cli/<command>.py).
+from fpncli.cli import data as data_cli  # noqa: E402
+app.add_typer(data_cli.app, name="data")
 
 
 def main() -> None:
