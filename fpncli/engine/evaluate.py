@@ -1,0 +1,560 @@
+"""COCO box evaluation: the 12 standard numbers and a per-class table, from a results list or a model.
+
+The numbers are pycocotools' ``COCOeval`` numbers on the same inputs. ``faster-coco-eval``
+(the optional extra ``fast``: ``pip install "fpncli[fast]"``) implements the same matching
+and accumulation in C++; ``backend="auto"`` uses it when it is installed and falls back to
+pycocotools otherwise. ``tests/test_eval_coco.py`` checks both against pycocotools' own
+``COCOeval``; ``scripts/bench_eval.py`` measures the speed-up.
+
+Category ids: result files carry dataset category ids (COCO's 1..90 with gaps); the model
+predicts contiguous labels, and label ``i`` is ``model.config.category_ids[i - 1]``. For
+torchvision's COCO_V1 weights those ids are 1..90 (label = COCO id, "N/A" for unused ids).
+
+This module imports neither torch nor matplotlib at import time: evaluating a results file
+needs neither, and plots import matplotlib only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path, xyxy_to_xywh
+from fpncli.errors import FpnError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+# The 12 numbers of COCOeval.summarize() for boxes, in its order.
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+METRIC_DESCRIPTIONS = {
+    "AP": "AP   IoU=0.50:0.95  area=all     maxDets=100",
+    "AP50": "AP   IoU=0.50       area=all     maxDets=100",
+    "AP75": "AP   IoU=0.75       area=all     maxDets=100",
+    "APs": "AP   IoU=0.50:0.95  area=small   maxDets=100",
+    "APm": "AP   IoU=0.50:0.95  area=medium  maxDets=100",
+    "APl": "AP   IoU=0.50:0.95  area=large   maxDets=100",
+    "AR1": "AR   IoU=0.50:0.95  area=all     maxDets=1",
+    "AR10": "AR   IoU=0.50:0.95  area=all     maxDets=10",
+    "AR100": "AR   IoU=0.50:0.95  area=all     maxDets=100",
+    "ARs": "AR   IoU=0.50:0.95  area=small   maxDets=100",
+    "ARm": "AR   IoU=0.50:0.95  area=medium  maxDets=100",
+    "ARl": "AR   IoU=0.50:0.95  area=large   maxDets=100",
+}
+PER_CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+BACKENDS = ("pycocotools", "faster-coco-eval")
+MAX_LISTED = 50  # per-entry lines kept in metrics.json; the count is always exact
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- backends
+
+def available_backends() -> list[str]:
+    """The installed evaluation backends, fastest first."""
+    found = []
+    for name, module in (("faster-coco-eval", "faster_coco_eval"), ("pycocotools", "pycocotools.cocoeval")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` -> faster-coco-eval when installed, else pycocotools; a named one must be installed."""
+    backend = (backend or "auto").strip().lower().replace("_", "-")
+    if backend in ("fast", "faster"):
+        backend = "faster-coco-eval"
+    found = available_backends()
+    if backend == "auto":
+        if not found:
+            raise FpnError("no COCO evaluation backend installed: pip install pycocotools")
+        return found[0]
+    if backend not in BACKENDS:
+        raise FpnError(f"unknown evaluation backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+    if backend not in found:
+        hint = 'pip install "fpncli[fast]"' if backend == "faster-coco-eval" else "pip install pycocotools"
+        raise FpnError(f"evaluation backend {backend!r} is not installed ({hint})")
+    return backend
+
+
+# --------------------------------------------------------------------------- input checking
+
+class _Problems:
+    """Skipped entries grouped by kind: one line per kind with the count and the first example,
+    plus up to MAX_LISTED per-entry lines."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.kinds: dict[str, list[Any]] = {}  # kind -> [count, first entry description]
+        self.entries: list[str] = []
+
+    def add(self, kind: str, entry: str) -> None:
+        slot = self.kinds.setdefault(kind, [0, entry])
+        slot[0] += 1
+        if len(self.entries) < MAX_LISTED:
+            self.entries.append(f"{self.source}: {entry}: {kind}")
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {n} {'entry' if n == 1 else 'entries'} skipped, {kind} "
+                f"(first: {first})" for kind, (n, first) in self.kinds.items()]
+
+    def count(self) -> int:
+        return sum(n for n, _ in self.kinds.values())
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class _GroundTruth:
+    coco: CocoAnnotations
+    dataset: dict[str, Any]  # what the backends index: the file, minus skipped annotations
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
+    """Check an annotation file (:func:`load_coco`) and prepare it for COCOeval.
+
+    Annotations load_coco skips (unknown image/category, no usable bbox) could never be
+    evaluated anyway; everything else is kept exactly as in the file so the numbers equal
+    pycocotools' on the same file. Fields COCOeval needs but the file lacks are filled in
+    the way COCO's own result loader does (``area`` = w*h, ``iscrowd`` = 0, fresh ``id``).
+    """
+    coco = load_coco(annotation_file)
+    src = str(coco.path)
+    kept = {id(a) for anns in coco.annotations.values() for a in anns}
+    anns = [a for a in coco.raw["annotations"] if id(a) in kept]
+    used_ids = {a["id"] for a in anns if "id" in a}
+    next_id = max((i for i in used_ids if isinstance(i, int)), default=0) + 1
+    filled: dict[str, list[Any]] = {}
+    degenerate = [0, None]
+    out = []
+    for i, a in enumerate(anns):
+        missing = [k for k in ("area", "iscrowd", "id") if k not in a]
+        if missing:
+            a = dict(a)
+            for key in missing:
+                slot = filled.setdefault(key, [0, a.get("id", "?")])
+                slot[0] += 1
+            if "area" in missing:
+                a["area"] = a["bbox"][2] * a["bbox"][3]
+            if "iscrowd" in missing:
+                a["iscrowd"] = 0
+            if "id" in missing:
+                a["id"], next_id = next_id, next_id + 1
+        if (a["bbox"][2] <= 0 or a["bbox"][3] <= 0) and not a.get("iscrowd"):
+            degenerate[0] += 1
+            degenerate[1] = degenerate[1] if degenerate[1] is not None else a.get("id")
+        out.append(a)
+    dataset = dict(coco.raw)
+    dataset["annotations"] = out
+    dataset.setdefault("info", {})
+    notes = list(coco.problems[:MAX_LISTED])
+    if len(coco.problems) > MAX_LISTED:
+        notes.append(f"{src}: ... and {len(coco.problems) - MAX_LISTED} more skipped annotations")
+    for key, (n, first) in filled.items():
+        value = {"area": "w*h of its bbox", "iscrowd": "0", "id": "a fresh id"}[key]
+        notes.append(f"{src}: {n} annotations have no {key!r}; used {value} (first: id {first})")
+    if degenerate[0]:
+        notes.append(f"{src}: {degenerate[0]} annotations have a zero or negative size box; as in "
+                     f"COCO they stay ground truth that no detection can match (first: id {degenerate[1]})")
+    return _GroundTruth(coco, dataset, notes)
+
+
+def _check_results(results: str | os.PathLike | Sequence[Any], gt: CocoAnnotations) -> tuple[list[dict], list[str], str]:
+    """Validate COCO results; returns (usable detections as fresh dicts, problem lines, source name).
+
+    A detection needs ``image_id`` and ``category_id`` known to the annotation file, a
+    ``bbox`` of 4 finite numbers ``[x, y, w, h]`` and a finite ``score``. Others are skipped
+    and reported. When not one of a non-empty list is usable, that is an error: a results file
+    whose ids match nothing is almost always the wrong file or labels written instead of ids.
+    """
+    if isinstance(results, (str, os.PathLike)):
+        source = str(results)
+        data = read_json(results)
+    else:
+        source, data = "results", results
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        data = data["annotations"]  # a whole COCO-style file was given: take its detections
+    if not isinstance(data, list):
+        raise FpnError(f"{source}: expected a JSON list of detections "
+                       "({\"image_id\", \"category_id\", \"bbox\": [x, y, w, h], \"score\"})")
+    problems = _Problems(source)
+    images, cats = gt.images, gt.categories.id_to_label
+    dets: list[dict] = []
+    for i, d in enumerate(data):
+        if not isinstance(d, dict):
+            problems.add("not a JSON object", f"[{i}]")
+            continue
+        img, cat, box, score = d.get("image_id"), d.get("category_id"), d.get("bbox"), d.get("score")
+        if img not in images:
+            problems.add(f"image_id not in {gt.path.name}", f"[{i}] image_id {img!r}")
+        elif cat not in cats:
+            problems.add(f"category_id not in {gt.path.name}", f"[{i}] category_id {cat!r}")
+        elif not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_finite_number(v) for v in box)):
+            problems.add("bbox is not 4 numbers [x, y, w, h]", f"[{i}] bbox {box!r}")
+        elif not _finite_number(score):
+            problems.add("score is missing or not a number", f"[{i}] score {score!r}")
+        else:
+            dets.append({"image_id": img, "category_id": cat, "bbox": list(box), "score": score})
+    if data and not dets:
+        kinds = problems.kinds
+        hint = ""
+        if any(k.startswith("category_id") for k in kinds) and len(kinds) == 1:
+            used = sorted({d.get("category_id") for d in data if isinstance(d, dict)}, key=str)[:8]
+            hint = (f"; the results use category ids {used} but {gt.path.name} has "
+                    f"{gt.categories.category_ids[:8]}{'...' if len(gt.categories) > 8 else ''}: "
+                    "were contiguous labels written instead of dataset category ids?")
+        first = next(iter(kinds.items()))
+        raise FpnError(f"{source}: none of its {len(data)} detections can be evaluated against "
+                       f"{gt.path}: {first[0]} (first: {first[1][1]}){hint}")
+    return dets, problems.lines() + (problems.entries if problems.count() > 1 else []), source
+
+
+# --------------------------------------------------------------------------- running COCOeval
+
+@dataclass
+class _Evaluation:
+    stats: list[float]  # the 12 numbers
+    precision: "np.ndarray"  # [T, R, K, A, M] as in COCOeval.eval["precision"] (-1 = no GT)
+    recall: "np.ndarray"  # [T, K, A, M]
+    iou_thrs: "np.ndarray"  # [T]
+    rec_thrs: "np.ndarray"  # [R]
+    cat_ids: list[int]  # K, the order of the class axis
+
+
+def run_cocoeval(dataset: dict[str, Any], detections: list[dict], backend: str = "auto",
+                 image_ids: Iterable[int] | None = None) -> _Evaluation:
+    """COCOeval (``iouType="bbox"``) of ``detections`` against a COCO ``dataset`` dict.
+
+    Args:
+        dataset: a parsed annotation file (``images``, ``annotations``, ``categories``).
+        detections: checked COCO results (fresh dicts: the backends add keys to them).
+        backend: ``auto``, ``pycocotools`` or ``faster-coco-eval``.
+        image_ids: evaluate only these images (default: every image of ``dataset``).
+
+    Everything the backends print is captured: the caller owns the output.
+    """
+    import numpy as np
+
+    backend = resolve_backend(backend)
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+        if detections:
+            dt = gt.loadRes(detections)
+        else:  # pycocotools' loadRes cannot take an empty list; this is what it would build
+            dt = COCO()
+            dt.dataset = {"info": {}, "images": list(dataset["images"]),
+                          "categories": list(dataset["categories"]), "annotations": []}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(set(image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return _Evaluation([float(s) for s in list(ev.stats)[:12]], np.asarray(ev.eval["precision"]),
+                       np.asarray(ev.eval["recall"]), np.asarray(ev.params.iouThrs),
+                       np.asarray(ev.params.recThrs), [int(c) for c in ev.params.catIds])
+
+
+def _mean_valid(values: "np.ndarray") -> float:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def _per_class(ev: _Evaluation, gt: CocoAnnotations, detections: list[dict],
+               image_ids: set[int]) -> list[dict[str, Any]]:
+    """AP, AP50, AP75, APs/m/l and AR100 per category, as COCOeval.summarize computes the
+    overall ones (mean over entries > -1), with instance and detection counts; best AP first."""
+    import numpy as np
+
+    t50 = np.where(ev.iou_thrs == 0.5)[0]
+    t75 = np.where(ev.iou_thrs == 0.75)[0]
+    instances: dict[int, int] = {}
+    crowds: dict[int, int] = {}
+    for img_id in image_ids:
+        for a in gt.annotations.get(img_id, []):
+            bucket = crowds if a.get("iscrowd") else instances
+            bucket[a["category_id"]] = bucket.get(a["category_id"], 0) + 1
+    dets: dict[int, int] = {}
+    for d in detections:
+        if d["image_id"] in image_ids:
+            dets[d["category_id"]] = dets.get(d["category_id"], 0) + 1
+    rows = []
+    for k, cid in enumerate(ev.cat_ids):
+        p = ev.precision[:, :, k, :, -1]  # [T, R, A] at maxDets=100
+        row = {"category_id": cid, "name": gt.categories.names[gt.categories.id_to_label[cid] - 1],
+               "instances": instances.get(cid, 0), "crowd": crowds.get(cid, 0), "detections": dets.get(cid, 0),
+               "AP": _mean_valid(p[:, :, 0]), "AP50": _mean_valid(p[t50, :, 0]),
+               "AP75": _mean_valid(p[t75, :, 0]), "APs": _mean_valid(p[:, :, 1]),
+               "APm": _mean_valid(p[:, :, 2]), "APl": _mean_valid(p[:, :, 3]),
+               "AR100": _mean_valid(ev.recall[:, k, 0, -1])}
+        rows.append(row)
+    rows.sort(key=lambda r: (r["AP"] == -1, -r["AP"], r["name"]))
+    return rows
+
+
+# --------------------------------------------------------------------------- public API
+
+def evaluate_results(
+    annotation_file: str | os.PathLike,
+    results: str | os.PathLike | Sequence[dict[str, Any]],
+    *,
+    out_dir: str | os.PathLike | None = None,
+    plots: bool = False,
+    backend: str = "auto",
+    image_ids: Iterable[int] | None = None,
+    weights: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """COCO box metrics of a results list (or results JSON file) against an annotation file.
+
+    Args:
+        annotation_file: COCO annotations (``images``, ``annotations``, ``categories``).
+        results: COCO results, ``[{"image_id", "category_id", "bbox": [x, y, w, h] (absolute
+            pixels), "score"}]``, or the path of such a JSON file. Detections that cannot be
+            evaluated (unknown image or category, bad bbox/score) are skipped and reported
+            under ``problems``; when none can be, :class:`FpnError`.
+        out_dir: when given, ``metrics.json`` (and with ``plots`` the PR curves) go there.
+        plots: save precision-recall curves (``pr_overall.png``, ``pr_per_class.png``).
+        backend: ``auto`` (faster-coco-eval if installed, else pycocotools), ``pycocotools``
+            or ``faster-coco-eval``; all give the same numbers.
+        image_ids: evaluate only these images (default: all images of the annotation file).
+        weights: recorded in the metrics (what produced the results).
+        extra: more keys to record in the metrics (e.g. ``missing_images``).
+
+    Returns:
+        The metrics (the schema of ``metrics.json``): the 12 COCO numbers under
+        :data:`METRIC_KEYS` (fractions in 0..1, -1 where COCO gives -1), ``per_class`` (one
+        dict per category: ``category_id``, ``name``, ``instances``, ``crowd``, ``detections``
+        and :data:`PER_CLASS_KEYS`, best AP first), ``annotation_file``, ``results_file``,
+        ``weights``, ``num_images``, ``num_detections``, ``backend``, ``problems``.
+    """
+    gt = _load_ground_truth(annotation_file)
+    return _evaluate(gt, results, out_dir=out_dir, plots=plots, backend=backend, image_ids=image_ids,
+                     weights=weights, extra=extra)
+
+
+def _evaluate(gt: _GroundTruth, results: Any, *, out_dir, plots, backend, image_ids, weights,
+              extra) -> dict[str, Any]:
+    backend = resolve_backend(backend)
+    detections, problems, source = _check_results(results, gt.coco)
+    ids = set(gt.coco.images) if image_ids is None else set(image_ids) & set(gt.coco.images)
+    ev = run_cocoeval(gt.dataset, detections, backend, image_ids=ids)
+    metrics: dict[str, Any] = dict(zip(METRIC_KEYS, ev.stats))
+    metrics["per_class"] = _per_class(ev, gt.coco, detections, ids)
+    metrics.update({
+        "annotation_file": str(gt.coco.path),
+        "results_file": source if isinstance(results, (str, os.PathLike)) else None,
+        "weights": weights,
+        "num_images": len(ids),
+        "num_detections": sum(1 for d in detections if d["image_id"] in ids),
+        "backend": backend,
+        "problems": gt.notes + problems,
+    })
+    if extra:
+        metrics.update(extra)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_json(out / "metrics.json", metrics)
+        if plots:
+            from fpncli.viz.pr_curves import plot_pr_curves
+
+            names = {r["category_id"]: r["name"] for r in metrics["per_class"]}
+            metrics["plots"] = [str(p) for p in plot_pr_curves(
+                ev.precision[:, :, :, 0, -1], ev.rec_thrs, ev.iou_thrs,
+                [names[c] for c in ev.cat_ids], out)]
+            write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def predictions_to_coco(boxes: Sequence[Sequence[float]], scores: Sequence[float], labels: Sequence[int],
+                        image_id: int, category_ids: Sequence[int],
+                        keep_ids: set[int] | None = None) -> list[dict[str, Any]]:
+    """One image's detections as COCO results.
+
+    Args:
+        boxes: ``[N, 4]`` xyxy, absolute pixels of the original image.
+        scores: ``[N]`` in 0..1.
+        labels: ``[N]`` the model's contiguous labels 1..K (0 = background never appears).
+        image_id: the annotation file's id of the image.
+        category_ids: ``ModelConfig.category_ids``: label ``i`` is ``category_ids[i - 1]``.
+        keep_ids: when given, detections of other category ids are dropped (classes the
+            model knows but the dataset does not, e.g. COCO_V1's "N/A" slots).
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``; boxes rounded to
+        0.01 px and scores to 1e-5 (results files stay small; the evaluation uses the same
+        rounded values as the file).
+    """
+    out = []
+    for box, score, label in zip(boxes, scores, labels):
+        label = int(label)
+        if not 1 <= label <= len(category_ids):
+            continue
+        cid = int(category_ids[label - 1])
+        if keep_ids is not None and cid not in keep_ids:
+            continue
+        out.append({"image_id": image_id, "category_id": cid,
+                    "bbox": [round(float(v), 2) for v in xyxy_to_xywh([float(b) for b in box])],
+                    "score": round(float(score), 5)})
+    return out
+
+
+def evaluate_model(
+    model: Any,
+    annotation_file: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    device: Any = "cpu",
+    batch_size: int = 2,
+    workers: int = 0,
+    plots: bool = False,
+    progress: ProgressFn | None = None,
+    backend: str = "auto",
+    weights: str | None = None,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` over the annotated images and evaluate its detections.
+
+    Args:
+        model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN` (anything with
+            ``.config.category_ids`` that :func:`~fpncli.engine.predict.predict_images` runs).
+        annotation_file: COCO annotations of the images.
+        images_dir: the folder the ``file_name`` entries are relative to.
+        out_dir: when given, ``detections.json`` (COCO results) and ``metrics.json`` go there.
+        device, batch_size, workers: inference settings (see ``predict_images``).
+        plots: save precision-recall curves into ``out_dir``.
+        progress: called as ``progress(done, total)`` after each image.
+        backend: evaluation backend (see :func:`evaluate_results`).
+        weights: recorded in the metrics.
+        max_images: evaluate only the first N images of the file (quick checks).
+
+    Returns:
+        The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
+        found on disk), ``skipped_images`` (``"file: reason"`` for unreadable images or bad
+        paths); those images are left out of the evaluation, the rest are evaluated.
+    """
+    from fpncli.engine.predict import predict_images
+
+    gt = _load_ground_truth(annotation_file)
+    coco = gt.coco
+    category_ids = list(model.config.category_ids)
+    mapping_notes = check_category_mapping(category_ids, list(model.config.class_names), coco)
+    missing, skipped, paths, path_ids = [], [], [], []
+    for index, (img_id, rec) in enumerate(coco.images.items()):
+        if max_images is not None and len(paths) + len(missing) + len(skipped) >= max_images:
+            break
+        try:
+            path = safe_image_path(images_dir, rec["file_name"], source=f"{coco.path}: images[{index}]")
+        except FpnError as exc:
+            skipped.append(str(exc))
+            continue
+        if not path.is_file():
+            missing.append(str(rec["file_name"]))
+            continue
+        paths.append(path)
+        path_ids.append(img_id)
+    if not paths:
+        where = f"{images_dir}" if Path(images_dir).is_dir() else f"{images_dir} (no such folder)"
+        raise FpnError(f"none of the {len(coco.images)} images of {coco.path} were found in {where}")
+    keep = set(coco.categories.category_ids)
+    detections: list[dict[str, Any]] = []
+    evaluated: list[int] = []
+    dropped = 0
+    for done, (img_id, result) in enumerate(zip(path_ids, predict_images(
+            model, paths, device=device, batch_size=batch_size, workers=workers)), start=1):
+        if result.error:
+            skipped.append(f"{result.path}: {result.error}")
+        else:
+            evaluated.append(img_id)
+            dets = predictions_to_coco(result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(),
+                                       img_id, category_ids)
+            kept = [d for d in dets if d["category_id"] in keep]
+            dropped += len(dets) - len(kept)
+            detections.extend(kept)
+        if progress is not None:
+            progress(done, len(paths))
+    if dropped:
+        mapping_notes.append(f"{dropped} detections of classes that {coco.path.name} does not have were dropped")
+    if out_dir is not None:
+        write_json(Path(out_dir) / "detections.json", detections, indent=None)
+    if not evaluated:
+        raise FpnError(f"none of the {len(paths)} images found could be read (first: {skipped[-1]})")
+    extra = {"missing_images": missing, "skipped_images": skipped,
+             "detections_file": str(Path(out_dir) / "detections.json") if out_dir is not None else None}
+    metrics = _evaluate(gt, detections, out_dir=out_dir, plots=plots, backend=backend,
+                        image_ids=evaluated, weights=weights, extra=extra)
+    metrics["problems"] = mapping_notes + metrics["problems"]
+    if out_dir is not None:
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def check_category_mapping(category_ids: Sequence[int], class_names: Sequence[str],
+                           coco: CocoAnnotations) -> list[str]:
+    """Compare a model's categories with a dataset's; returns notes, raises when none match.
+
+    Ids are what count (names are only compared to warn): a model whose category ids share
+    nothing with the dataset cannot be evaluated on it. torchvision's "N/A" slots are ignored.
+    """
+    from fpncli.modeling.weights import UNUSED_CLASS  # model mode only: torch is loaded already
+
+    dataset = dict(zip(coco.categories.category_ids, coco.categories.names))
+    model = {cid: name for cid, name in zip(category_ids, class_names) if name != UNUSED_CLASS}
+    shared = [cid for cid in model if cid in dataset]
+    if not shared:
+        raise FpnError(f"the model's category ids ({_ids(model)}) share none with {coco.path} "
+                       f"({_ids(dataset)}); was it trained on another dataset?")
+    notes = []
+    renamed = [cid for cid in shared if model[cid].lower() != dataset[cid].lower()]
+    if renamed:
+        cid = renamed[0]
+        notes.append(f"{len(renamed)} category ids have other names in the model than in {coco.path.name} "
+                     f"(first: id {cid} is {model[cid]!r} in the model, {dataset[cid]!r} in the file)")
+    unknown = [cid for cid in dataset if cid not in model]
+    if unknown:
+        notes.append(f"{len(unknown)} categories of {coco.path.name} are not among the model's classes "
+                     f"(AP 0 where they have instances; first: id {unknown[0]} {dataset[unknown[0]]!r})")
+    return notes
+
+
+def _ids(mapping: dict[int, Any]) -> str:
+    ids = sorted(mapping)
+    return ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
+
+
+def write_json(path: Path, data: Any, indent: int | None = 2) -> Path:
+    """Write JSON atomically (temporary file + rename): an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=indent)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
