@@ -148,7 +148,7 @@ def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **override
 def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source: str) -> None:
     """Load ``state_dict`` strictly, except for BatchNorm's ``num_batches_tracked`` counters
     (absent from frozen-BN files); any other mismatch is an :class:`FpnError`."""
-    result = model.load_state_dict(state_dict, strict=False)
+    result = _load_or_explain(model, state_dict, source)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -158,6 +158,17 @@ def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source
         if unexpected:
             detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise FpnError(f"{source}: weights do not fit the model: {'; '.join(detail)}")
+
+
+def _load_or_explain(module: torch.nn.Module, state_dict: dict[str, Tensor], source: str):
+    """``load_state_dict(strict=False)``; shape mismatches become one-line :class:`FpnError`."""
+    try:
+        return module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        detail = lines[0] if lines else str(exc).strip().splitlines()[0]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise FpnError(f"{source}: weights do not fit the model: {detail}{more}") from None
 
 
 def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
@@ -170,7 +181,8 @@ def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise FpnError(f"{where}: not a ResNet state dict")
     state = {k.removeprefix("backbone.body."): v for k, v in state.items()}
-    result = model.backbone.bottom_up.load_state_dict(imagenet_state_dict_to_bottom_up(state), strict=False)
+    result = _load_or_explain(model.backbone.bottom_up, imagenet_state_dict_to_bottom_up(state),
+                              f"{where}: does not fit backbone {name}")
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise FpnError(f"{where}: does not fit backbone {name} "
