@@ -37,6 +37,8 @@ app.command("info", help=info.HELP, epilog=info.EPILOG)(info.info)
 # Commands register here, one line each (see fpncli/cli/<command>.py).
 from fpncli.cli import inspect_levels as inspect_levels_cli  # noqa: E402
 app.command("inspect-levels", help=inspect_levels_cli.HELP, epilog=inspect_levels_cli.EPILOG)(inspect_levels_cli.inspect_levels)
+from fpncli.cli import eval as eval_cli  # noqa: E402
+app.command("eval", help=eval_cli.HELP, epilog=eval_cli.EPILOG)(eval_cli.eval_coco)
 from fpncli.cli import data as data_cli  # noqa: E402
 app.add_typer(data_cli.app, name="data")
 
