@@ -13,7 +13,7 @@ from typing import Any, Optional
 from fpncli.errors import FpnError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-NECKS = ("fpn",)  # more necks register in fpncli.modeling.necks
+NECKS = ("fpn", "panet", "bifpn", "c4", "c5")  # built by fpncli.modeling.necks.build_neck
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 
 # torchvision's ImageNet statistics, which its pretrained weights expect.

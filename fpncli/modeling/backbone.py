@@ -68,14 +68,17 @@ class ResNetBottomUp(nn.Module):
             if not any(module_name.startswith(prefix) for prefix in trainable):
                 param.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+    def forward(self, x: Tensor, last: str = "c5") -> OrderedDict[str, Tensor]:
         """``x``: ``Tensor[B, 3, H, W]`` -> ``{"c2": [B, C2, H/4, W/4], ..., "c5": [B, C5, H/32, W/32]}``
-        (sizes rounded up at each stride-2 step)."""
+        (sizes rounded up at each stride-2 step). ``last``: stop after this level (the
+        single-scale C4 baseline never reads C5, so it does not pay for conv5)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out: OrderedDict[str, Tensor] = OrderedDict()
         for k, stage in zip(range(2, 6), _STAGES):
             x = getattr(self, stage)(x)
             out[f"c{k}"] = x
+            if f"c{k}" == last:
+                break
         return out
 
 

@@ -38,7 +38,9 @@ class BackboneWithNeck(nn.Module):
         return self.neck.output_specs
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
-        return self.neck(self.bottom_up(images))
+        # A neck that reads only some bottom-up levels (c4) lets the ResNet stop early.
+        last = getattr(self.neck, "in_names", ["c5"])[-1]
+        return self.neck(self.bottom_up(images, last=last))
 
 
 class FPNFasterRCNN(FasterRCNN):

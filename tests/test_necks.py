@@ -1,0 +1,175 @@
+"""Necks beyond FPN (PANet, BiFPN) and the single-scale baselines (c4, c5): contract, shapes,
+training, checkpoint round trip and the inference pipeline."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from fpncli.config import NECKS, ModelConfig
+from fpncli.errors import FpnError
+
+ALL_NECKS = ["fpn", "panet", "bifpn", "c4", "c5"]
+
+
+def _build(tiny_config, neck: str, **overrides):
+    from fpncli.modeling.detector import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_config.replace(neck=neck, **overrides)).eval()
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
+         "labels": torch.tensor([1, 3])},
+        # An image without objects: a valid training sample (background only).
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
+
+
+def test_every_neck_is_registered():
+    assert set(ALL_NECKS) == set(NECKS)
+
+
+@pytest.mark.parametrize("neck", ALL_NECKS)
+def test_declared_strides_match_real_shapes(tiny_config, neck):
+    model = _build(tiny_config, neck)
+    model.backbone.neck.check_contract()
+    with torch.no_grad():
+        for height, width in ((64, 64), (333, 517), (97, 45)):
+            out = model.backbone(torch.rand(1, 3, height, width))
+            assert list(out) == list(model.levels)
+            for name, fmap in out.items():
+                spec = model.levels[name]
+                # ResNet rounds up at each stride-2 step: size ceil(n / stride).
+                assert fmap.shape[1] == spec.channels == tiny_config.fpn_channels
+                assert tuple(fmap.shape[-2:]) == (-(-height // spec.stride), -(-width // spec.stride)), name
+
+
+def test_levels_and_anchors_per_neck(tiny_config):
+    from fpncli.engine.describe import describe_model
+
+    for neck in ("fpn", "panet", "bifpn"):
+        model = _build(tiny_config, neck)
+        assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"]
+        assert model.roi_levels == ["p2", "p3", "p4", "p5"]
+        assert [s.stride for s in model.levels.values()] == [4, 8, 16, 32, 64]
+        assert model.anchor_sizes() == [(s,) for s in tiny_config.anchor_sizes]
+    for neck, stride in (("c4", 16), ("c5", 32)):
+        model = _build(tiny_config, neck)
+        assert model.rpn_levels == model.roi_levels == [neck]
+        assert model.levels[neck].stride == stride
+        # All anchor scales on the one map, as in the paper's single-scale baselines.
+        assert model.anchor_sizes() == [tuple(tiny_config.anchor_sizes)]
+        summary = describe_model(model, "random")
+        assert [lv["name"] for lv in summary["levels"]] == [neck]
+        assert summary["levels"][0]["anchors_per_cell"] == 15
+
+
+def test_c4_does_not_run_conv5(tiny_config):
+    model = _build(tiny_config, "c4")
+    called = []
+    model.backbone.bottom_up.layer4.register_forward_hook(lambda *a: called.append(1))
+    with torch.no_grad():
+        model.backbone(torch.rand(1, 3, 64, 64))
+    assert called == []
+
+
+def test_panet_finest_level_is_fpn_p2(tiny_config):
+    model = _build(tiny_config, "panet")
+    neck = model.backbone.neck
+    with torch.no_grad():
+        features = model.backbone.bottom_up(torch.rand(1, 3, 96, 128))
+        fpn_out, pan_out = neck.fpn(features), neck(features)
+    torch.testing.assert_close(pan_out["p2"], fpn_out["p2"])  # N2 = P2
+    assert not torch.allclose(pan_out["p5"], fpn_out["p5"])  # the bottom-up path changed N5
+
+
+def test_bifpn_fusion_weights_are_nonnegative_and_normalised():
+    from fpncli.modeling.necks.bifpn import WeightedFusion
+
+    fusion = WeightedFusion(3)
+    with torch.no_grad():
+        fusion.weight.copy_(torch.tensor([-2.0, 1.0, 3.0]))
+    w = fusion.normalized_weights()
+    assert w[0] == 0 and torch.all(w >= 0)
+    assert abs(float(w.detach().sum()) - 1.0) < 1e-3
+    a, b, c = torch.full((1, 1, 2, 2), 5.0), torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)
+    # The negative weight is cut to zero: a is ignored; (1*1 + 3*2) / (4 + eps).
+    torch.testing.assert_close(fusion([a, b, c]), torch.full((1, 1, 2, 2), 7.0 / (4.0 + 1e-4)))
+
+
+def test_bifpn_repeats_are_configurable(tiny_config):
+    one = _build(tiny_config, "bifpn", bifpn_repeats=1)
+    three = _build(tiny_config, "bifpn", bifpn_repeats=3)
+    assert len(one.backbone.neck.layers) == 1 and len(three.backbone.neck.layers) == 3
+    with pytest.raises(FpnError, match="bifpn_repeats"):
+        _build(tiny_config, "bifpn", bifpn_repeats=0)
+
+
+def test_unknown_neck_is_a_user_error(tiny_config):
+    with pytest.raises(FpnError, match="unknown neck 'nasfpn'"):
+        _build(tiny_config, "nasfpn")
+
+
+@pytest.mark.parametrize("neck", ALL_NECKS)
+def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
+    """Two training steps (finite losses, weights move), then a checkpoint that reloads with
+    identical outputs, then the batched inference pipeline with a broken file among images."""
+    from PIL import Image
+
+    from fpncli.checkpoint import save_checkpoint
+    from fpncli.engine.predict import predict_images
+    from fpncli.modeling.weights import load_detector
+
+    # Inputs resized to 64..96 px: the smallest size at which every level still has cells.
+    model = _build(tiny_config, neck, min_size=64, max_size=96).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    torch.manual_seed(1)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 60, 80)]
+    neck_before = [p.detach().clone() for p in model.backbone.neck.parameters()]
+    for _ in range(2):
+        losses = model(images, _targets())
+        loss = sum(losses.values())
+        assert torch.isfinite(loss), losses
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(neck_before, model.backbone.neck.parameters()))
+
+    model.eval()
+    path = save_checkpoint(tmp_path / f"{neck}.pt", model)
+    loaded = load_detector(str(path)).model
+    assert loaded.config.neck == neck and type(loaded.backbone.neck) is type(model.backbone.neck)
+    with torch.no_grad():
+        x = torch.rand(1, 3, 64, 96)
+        for name, fmap in model.backbone(x).items():
+            torch.testing.assert_close(loaded.backbone(x)[name], fmap, rtol=0, atol=0)
+        expected, got = model(images), loaded(images)
+    for e, g in zip(expected, got):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(g[key], e[key], rtol=0, atol=0)
+
+    good = []
+    for i, size in enumerate(((70, 50), (45, 65))):
+        good.append(tmp_path / f"img{i}.png")
+        Image.fromarray((torch.rand(size[1], size[0], 3) * 255).byte().numpy()).save(good[-1])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    results = list(predict_images(loaded, [good[0], broken, good[1]], batch_size=2))
+    assert [r.path for r in results] == [good[0], broken, good[1]]
+    assert results[1].error and results[1].boxes.shape == (0, 4)
+    for r, (w, h) in zip((results[0], results[2]), ((70, 50), (45, 65))):
+        assert r.error is None and (r.width, r.height) == (w, h)
+        assert r.boxes.shape[1] == 4 and len(r.boxes) == len(r.scores) == len(r.labels)
+        if len(r.boxes):
+            assert float(r.boxes[:, 2].max()) <= w + 1e-3 and float(r.boxes[:, 3].max()) <= h + 1e-3
+
+
+def test_checkpoint_config_keeps_neck(tiny_config):
+    cfg = tiny_config.replace(neck="bifpn", bifpn_repeats=3)
+    back = ModelConfig.from_dict(cfg.to_dict())
+    assert (back.neck, back.bifpn_repeats) == ("bifpn", 3)
