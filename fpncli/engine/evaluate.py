@@ -112,6 +112,10 @@ class _Problems:
         return sum(n for n, _ in self.kinds.values())
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -165,9 +169,11 @@ def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
         notes.append(f"{src}: ... and {len(coco.problems) - MAX_LISTED} more skipped annotations")
     for key, (n, first) in filled.items():
         value = {"area": "w*h of its bbox", "iscrowd": "0", "id": "a fresh id"}[key]
-        notes.append(f"{src}: {n} annotations have no {key!r}; used {value} (first: id {first})")
+        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} no {key!r}; "
+                     f"used {value} (first: id {first})")
     if degenerate[0]:
-        notes.append(f"{src}: {degenerate[0]} annotations have a zero or negative size box; as in "
+        n = degenerate[0]
+        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} a zero or negative size box; as in "
                      f"COCO they stay ground truth that no detection can match (first: id {degenerate[1]})")
     return _GroundTruth(coco, dataset, notes)
 
@@ -496,7 +502,8 @@ def evaluate_model(
         if progress is not None:
             progress(done, len(paths))
     if dropped:
-        mapping_notes.append(f"{dropped} detections of classes that {coco.path.name} does not have were dropped")
+        mapping_notes.append(f"{_count(dropped, 'detection')} of classes that {coco.path.name} does not have "
+                             f"{'was' if dropped == 1 else 'were'} dropped")
     if out_dir is not None:
         write_json(Path(out_dir) / "detections.json", detections, indent=None)
     if not evaluated:
@@ -534,7 +541,7 @@ def check_category_mapping(category_ids: Sequence[int], class_names: Sequence[st
                      f"(first: id {cid} is {model[cid]!r} in the model, {dataset[cid]!r} in the file)")
     unknown = [cid for cid in dataset if cid not in model]
     if unknown:
-        notes.append(f"{len(unknown)} categories of {coco.path.name} are not among the model's classes "
+        notes.append(f"{len(unknown)} of the {len(dataset)} categories of {coco.path.name} are not among the model's classes "
                      f"(AP 0 where they have instances; first: id {unknown[0]} {dataset[unknown[0]]!r})")
     return notes
 
