@@ -41,6 +41,8 @@ from fpncli.cli import eval as eval_cli  # noqa: E402
 app.command("eval", help=eval_cli.HELP, epilog=eval_cli.EPILOG)(eval_cli.eval_coco)
 from fpncli.cli import data as data_cli  # noqa: E402
 app.add_typer(data_cli.app, name="data")
+from fpncli.cli import train as train_cli  # noqa: E402
+app.command("train", help=train_cli.HELP, epilog=train_cli.EPILOG)(train_cli.train)
 
 
 def main() -> None:

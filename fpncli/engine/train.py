@@ -1,0 +1,484 @@
+"""The training engine behind `fpn train`: plain Python, progress through a callback.
+
+    from fpncli.engine.train import train
+    from fpncli.engine.train_config import TrainConfig
+    summary = train(TrainConfig(data="data/shapes", preset="tiny", out="runs/shapes", iters=300))
+
+The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
+config, versions, world size), ``metrics.jsonl`` (one JSON object per logged iteration and
+per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
+with ``--weights``) and ``curves.png``. ``TrainConfig(out=RUN, resume=True)`` continues a run
+exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and data order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import resource
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fpncli.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from fpncli.config import ModelConfig, preset_config
+from fpncli.data.dataset import DetectionDataset, collate
+from fpncli.data.sampler import GroupedBatches
+from fpncli.engine import distributed as D
+from fpncli.engine.train_config import TrainConfig, read_run_config
+from fpncli.errors import FpnError
+
+ProgressFn = Callable[[dict[str, Any]], None]
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+class TrainingDiverged(FpnError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def lr_factor(iteration: int, total: int, warmup_iters: int, warmup_factor: float,
+              steps: list[float], gamma: float) -> float:
+    """Multiplier of the base lr at ``iteration`` (0-based): linear warm-up from
+    ``warmup_factor`` over ``warmup_iters``, then ``gamma`` after each fraction in ``steps``."""
+    factor = 1.0
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor = warmup_factor * (1 - alpha) + alpha
+    for step in steps:
+        if iteration >= int(step * total):
+            factor *= gamma
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's RNG states in a ``torch.load(weights_only=True)``-safe form."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # Peak resident memory of the process (Linux reports KiB).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the end of the iteration (then it saves);
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator["_StopFlag"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Batches:
+    """Endless batch sampler for the DataLoader, starting at a global iteration."""
+
+    def __init__(self, plan: GroupedBatches, start: int) -> None:
+        self.plan, self.start = plan, start
+
+    def __iter__(self):
+        for _epoch, _i, batch in self.plan.iterate(self.start):
+            yield batch
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _build_model(cfg: TrainConfig, categories) -> tuple[torch.nn.Module, str]:
+    """A detector for the dataset's classes, from the configured weights."""
+    from fpncli.modeling.detector import build_model
+    from fpncli.modeling.weights import load_detector, load_model_state
+
+    names, ids = list(categories.names), list(categories.category_ids)
+    overrides = cfg.model_overrides()
+    if cfg.weights == "none":
+        config = preset_config(cfg.preset, class_names=names, category_ids=ids, **overrides)
+        loaded = load_detector("none", config=config, backbone_weights=cfg.backbone_weights)
+        return loaded.model, loaded.source
+    loaded = load_detector(cfg.weights)
+    model = loaded.model
+    if list(model.config.category_ids) == ids and list(model.config.class_names) == names \
+            and not any(v is not None for v in overrides.values()):
+        return model, loaded.source
+    # Fine-tuning on other classes: same architecture, new box predictor.
+    config = model.config.replace(class_names=names, category_ids=ids, **overrides)
+    new = build_model(config, pretrained_backbone=model.norm == "frozen_bn")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("roi_heads.box_predictor.")}
+    state.update({k: v for k, v in new.state_dict().items() if k.startswith("roi_heads.box_predictor.")})
+    load_model_state(new, state, cfg.weights)
+    return new, f"{loaded.source}, new box predictor for {len(names)} classes"
+
+
+def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train a detector as ``cfg`` says; returns a summary.
+
+    Args:
+        cfg: the run (see :class:`TrainConfig`); with ``cfg.resume`` the run in ``cfg.out``
+            continues from its ``last.pt`` with its saved config (``iters``/``epochs`` of
+            ``cfg`` may extend it).
+        progress: called with event dicts: ``{"event": "start"|"iter"|"eval"|"warning"|
+            "checkpoint"|"end", ...}`` (only on rank 0).
+
+    Returns:
+        ``{"run", "iterations", "total_iterations", "epochs", "interrupted", "best_ap",
+        "final_metrics", "last", "best", "seconds", "images_per_s", "model"}``; ``model`` is
+        the trained (unwrapped) model, the rest is JSON-safe.
+
+    Raises:
+        TrainingDiverged: a NaN/inf loss (the message names the iteration).
+        FpnError: bad data, configuration or weights.
+    """
+    info = D.setup(cfg.device)
+    try:
+        return _train(cfg, info, progress)
+    finally:
+        D.cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> dict[str, Any]:
+    emit = (progress if (progress is not None and info.is_main) else (lambda event: None))
+    run = Path(cfg.out)
+    resume_state = None
+    if cfg.resume:
+        if not (run / "last.pt").is_file():
+            raise FpnError(f"{run}: nothing to resume (no last.pt)")
+        saved = read_run_config(run)
+        saved.resume = True
+        # A resumed run may be made longer; everything else comes from the run folder.
+        if cfg.iters is not None or cfg.epochs is not None:
+            saved.iters, saved.epochs = cfg.iters, cfg.epochs
+        if cfg.workers != saved.workers:
+            saved.workers = cfg.workers
+        cfg = saved
+        resume_state = read_checkpoint(run / "last.pt")
+    cfg = cfg.resolved()
+    device = info.device
+
+    train_set = DetectionDataset(cfg.train_ann, cfg.train_images, drop_negatives=cfg.drop_negatives)
+    if len(train_set) == 0:
+        raise FpnError(f"{cfg.train_ann}: no usable training images in {cfg.train_images}")
+    for line in train_set.report.warnings():
+        emit({"event": "warning", "message": f"{cfg.train_ann}: {line}"})
+    if cfg.val_ann:
+        DetectionDataset(cfg.val_ann, cfg.val_images, categories=train_set.categories)  # fail early
+
+    # Identical initial weights on every rank (DDP also broadcasts them).
+    torch.manual_seed(cfg.seed)
+    if resume_state is not None:
+        from fpncli.modeling.weights import load_detector
+
+        model, source = load_detector(str(run / "last.pt")).model, f"resumed from {run / 'last.pt'}"
+    else:
+        model, source = _build_model(cfg, train_set.categories)
+    model.to(device).train()
+    if cfg.train_sizes:
+        # torchvision's transform draws the shorter side from this tuple for each batch in
+        # training mode (torch RNG, so it is seeded and resumable); the saved config keeps
+        # min_size for inference.
+        model.transform.min_size = tuple(cfg.train_sizes)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    # Each rank draws different RPN/RoI samples.
+    torch.manual_seed(cfg.seed + info.rank)
+
+    plan = GroupedBatches(train_set.aspect_groups(), cfg.batch_size, seed=cfg.seed, flip=cfg.flip,
+                          rank=info.rank, world_size=info.world_size)
+    per_epoch = len(plan)
+    total = cfg.iters if cfg.iters is not None else cfg.epochs * per_epoch
+    lr = cfg.lr * info.world_size  # linear scaling with the effective batch
+    optimizer = _make_optimizer(cfg, model, lr)
+    warmup = min(cfg.warmup_iters, max(total // 5, 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total, warmup, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma))
+    amp_dtype = None
+    if cfg.amp and device.type == "cuda":
+        want_bf16 = cfg.amp_dtype == "bf16" or (cfg.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
+        amp_dtype = torch.bfloat16 if want_bf16 else torch.float16
+    elif cfg.amp:
+        emit({"event": "warning", "message": "--amp needs a CUDA device; training in float32"})
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start_iter, best_ap = 0, None
+    if resume_state is not None:
+        ts = resume_state.get("train_state")
+        if not ts:
+            raise FpnError(f"{run / 'last.pt'}: has no training state to resume from")
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        # The schedule's length may have changed (extended run): the lambda reads `total`.
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        start_iter, best_ap = int(ts["iteration"]), ts.get("best_ap")
+        if ts.get("world_size", 1) != info.world_size:
+            emit({"event": "warning", "message": f"resuming a {ts.get('world_size')}-process run with "
+                  f"{info.world_size} process(es): data order and lr differ from the original run"})
+        rngs = ts["rng"]
+        _set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
+        if start_iter >= total:
+            raise FpnError(f"{run}: already trained {start_iter} of {total} iterations; "
+                           f"pass a larger --iters/--epochs to continue")
+
+    ddp_model = model
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    config_record = {"train": cfg.to_dict(), "model": unwrap(model).config.replace(norm=model.norm).to_dict(),
+                     "weights_source": source, "world_size": info.world_size,
+                     "effective_batch": cfg.batch_size * info.world_size, "effective_lr": lr,
+                     "iterations": total, "iterations_per_epoch": per_epoch,
+                     "train_images": len(train_set), "versions": {
+                         "python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": __import__("torchvision").__version__,
+                         "fpncli": __import__("fpncli").__version__}}
+    metrics_path = run / "metrics.jsonl"
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and (run / "last.pt").exists():
+            raise FpnError(f"{run}: already holds a run (last.pt); use --resume {run} or another --out")
+        (run / "config.json").write_text(json.dumps(config_record, indent=2), encoding="utf-8")
+        _trim_metrics(metrics_path, start_iter)
+    D.barrier(info)
+
+    loader = DataLoader(train_set, batch_sampler=_Batches(plan, start_iter), num_workers=cfg.workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda",
+                        persistent_workers=False, generator=torch.Generator(),
+                        prefetch_factor=4 if cfg.workers > 0 else None)
+
+    def train_state(iteration: int) -> dict[str, Any]:
+        rng = _rng_state()
+        rngs = D.gather_tensors(rng["torch"], info)
+        states = [dict(rng, torch=t) for t in rngs]
+        return {"iteration": iteration, "epoch": iteration // per_epoch, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": states, "best_ap": best_ap, "world_size": info.world_size,
+                "train_config": json.dumps(cfg.to_dict())}
+
+    def save_last(iteration: int) -> None:
+        state = train_state(iteration)  # collective: every rank takes part
+        if info.is_main:
+            save_checkpoint(run / "last.pt", model, train_state=state)
+            emit({"event": "checkpoint", "path": str(run / "last.pt"), "iteration": iteration})
+
+    emit({"event": "start", "run": str(run), "start_iteration": start_iter, "total_iterations": total,
+          "iterations_per_epoch": per_epoch, "train_images": len(train_set), "device": str(device),
+          "world_size": info.world_size, "effective_batch": cfg.batch_size * info.world_size,
+          "lr": lr, "optimizer": cfg.optimizer, "weights": source,
+          "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None})
+
+    stop = _StopFlag()
+    iteration = start_iter
+    t_start = time.perf_counter()
+    images_seen, window, interrupted = 0, [], False
+    last_metrics: dict[str, Any] | None = None
+    with stop.installed():
+        data_iter = iter(loader)
+        t_data = time.perf_counter()
+        while iteration < total:
+            images, targets = next(data_iter)
+            data_time = time.perf_counter() - t_data
+            if D.any_rank(not images, info):
+                emit({"event": "warning", "message": f"iteration {iteration}: no readable image in the batch, skipped"})
+                iteration += 1
+                scheduler.step()
+                t_data = time.perf_counter()
+                continue
+            t0 = time.perf_counter()
+            images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+            autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
+            with autocast:
+                loss_dict = ddp_model(images, targets)
+            loss = sum(loss_dict.values())
+            logged = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in LOSS_KEYS])
+            logged = D.all_reduce_mean(logged, info).cpu()
+            if not bool(torch.isfinite(logged).all()):
+                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(("loss",) + LOSS_KEYS, logged.tolist()))
+                raise TrainingDiverged(
+                    f"loss is not finite at iteration {iteration + 1} ({parts}); stopped. "
+                    f"The last good checkpoint is {run / 'last.pt'}" +
+                    ("" if (run / "last.pt").exists() else " (none written yet)") +
+                    "; try a lower --lr, a longer warm-up or --clip-grad")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = None
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_time = time.perf_counter() - t0
+            window.append(step_time + data_time)
+            images_seen += len(images) * info.world_size
+            epoch_end = iteration % per_epoch == 0
+            if info.is_main and (iteration % cfg.log_every == 0 or iteration == total or iteration == start_iter + 1):
+                avg = sum(window) / len(window)
+                record = {"type": "train", "iter": iteration, "epoch": iteration / per_epoch,
+                          "lr": optimizer.param_groups[0]["lr"],
+                          **dict(zip(("loss",) + LOSS_KEYS, (round(v, 6) for v in logged.tolist()))),
+                          "grad_norm": grad_norm, "time_per_iter": avg, "data_time": data_time,
+                          "images_per_s": cfg.batch_size * info.world_size / avg,
+                          "memory_mb": round(_memory_mb(device), 1)}
+                _append_jsonl(metrics_path, record)
+                emit({"event": "iter", **record, "total_iterations": total,
+                      "eta_s": avg * (total - iteration)})
+                window = window[-50:]
+            elif progress is not None and info.is_main:
+                emit({"event": "tick", "iter": iteration, "total_iterations": total})
+            should_stop = D.any_rank(stop.requested, info)
+            evaluate_now = cfg.val_ann and cfg.eval_every >= 0 and (
+                iteration == total or (cfg.eval_every > 0 and epoch_end
+                                       and (iteration // per_epoch) % cfg.eval_every == 0))
+            if evaluate_now and not should_stop:
+                metrics = _validate(model, cfg, info, iteration, per_epoch, metrics_path, emit)
+                model.train()
+                if metrics is not None:
+                    last_metrics = metrics
+                    if best_ap is None or metrics["AP"] > best_ap:
+                        best_ap = float(metrics["AP"])
+                        if info.is_main:
+                            save_checkpoint(run / "best.pt", model,
+                                            train_state={"iteration": iteration, "val": _json_safe(metrics)})
+                            emit({"event": "checkpoint", "path": str(run / "best.pt"), "iteration": iteration,
+                                  "AP": best_ap})
+            if should_stop or iteration == total or epoch_end or (cfg.save_every and iteration % cfg.save_every == 0):
+                save_last(iteration)
+            if should_stop:
+                interrupted = True
+                break
+            t_data = time.perf_counter()
+        del data_iter
+    D.broadcast_buffers(model, info)
+    seconds = time.perf_counter() - t_start
+    summary = {"run": str(run), "iterations": iteration, "total_iterations": total,
+               "epochs": iteration / per_epoch, "interrupted": interrupted, "best_ap": best_ap,
+               "final_metrics": _json_safe(last_metrics) if last_metrics else None,
+               "last": str(run / "last.pt"), "best": str(run / "best.pt") if best_ap is not None else None,
+               "seconds": seconds, "images_per_s": images_seen / seconds if seconds > 0 else None}
+    if info.is_main:
+        try:
+            from fpncli.viz.curves import plot_training_curves
+
+            summary["curves"] = str(plot_training_curves(metrics_path, run / "curves.png"))
+        except Exception as exc:  # a plot must never cost the trained model
+            emit({"event": "warning", "message": f"training curves not drawn ({exc})"})
+    emit({"event": "end", **summary})
+    summary["model"] = model
+    return summary
+
+
+def _validate(model, cfg: TrainConfig, info: D.DistInfo, iteration: int, per_epoch: int,
+              metrics_path: Path, emit) -> dict[str, Any] | None:
+    """COCO evaluation on rank 0 (the others wait); returns the metrics there, None elsewhere."""
+    metrics = None
+    if info.is_main:
+        from fpncli.engine.evaluate import evaluate_model
+
+        emit({"event": "eval_start", "iter": iteration})
+        # Inference must not consume the training RNG, or a resumed run would diverge.
+        with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+            metrics = evaluate_model(unwrap(model), cfg.val_ann, cfg.val_images, device=info.device,
+                                     batch_size=cfg.eval_batch_size, workers=min(cfg.workers, 2))
+        record = {"type": "val", "iter": iteration, "epoch": iteration / per_epoch,
+                  **{k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                                             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl") if k in metrics}}
+        _append_jsonl(metrics_path, record)
+        emit({"event": "eval", **record})
+    D.barrier(info)
+    return metrics
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(path: Path, start_iter: int) -> None:
+    """On resume, forget records logged after the checkpoint (they will be redone)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("iter", 0) <= start_iter:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def _json_safe(obj: Any) -> Any:
+    """Numbers, strings, lists and dicts only (for weights_only checkpoints and JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    return str(obj)
