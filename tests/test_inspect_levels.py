@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -199,11 +200,13 @@ def test_dataset_report_on_coco_tiny(coco_tiny):
     assert o["positive"] == int((report.best_iou >= POSITIVE_IOU).sum())
     assert o["usable"] == int((report.best_iou >= USABLE_IOU).sum())
     assert 0 <= o["share_positive"] <= o["share_usable"] <= 1
-    assert data["verdict"] and isinstance(data["fits"], bool)
-    if not data["fits"] and "smaller than the smallest anchor" in " ".join(data["verdict"]):
-        # The setting the verdict names does what it says.
-        halved = inspect_dataset(path, _cfg(anchor_sizes=(8, 16, 32, 64, 128)))
-        assert halved.overall.usable > report.overall.usable
+    # A tenth of COCO's boxes are under ~8 px at the tiny preset's 256 px inputs: the verdict
+    # says so, and the setting it names does what it says.
+    assert data["fits"] is False
+    line = next(line for line in data["verdict"] if "smaller than the smallest anchor" in line)
+    min_size, max_size = map(int, re.search(r"--min-size (\d+) --max-size (\d+)", line).groups())
+    larger = inspect_dataset(path, _cfg(min_size=min_size, max_size=max_size))
+    assert larger.overall.usable > report.overall.usable
 
 
 @pytest.mark.slow

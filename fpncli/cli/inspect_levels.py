@@ -91,7 +91,14 @@ def _image(image, weights, preset, backbone_weights, neck, num_classes, device, 
                         category_ids=list(range(1, num_classes + 1)))
     overrides = {"min_size": min_size, "max_size": max_size, "anchor_sizes": sizes, "aspect_ratios": ratios,
                  "box_score_thresh": min(score_thr, cfg.box_score_thresh)}
-    loaded = load_detector(weights, config=cfg, backbone_weights=backbone_weights, **overrides)
+    if weights == "none":
+        import torch
+
+        torch.manual_seed(0)  # a random model gives the same pictures on every run
+    try:
+        loaded = load_detector(weights, config=cfg, backbone_weights=backbone_weights, **overrides)
+    except ValueError as exc:  # e.g. --anchor-sizes that do not match the number of RPN levels
+        raise FpnError(f"bad model configuration: {exc}") from None
     report = inspect_image(loaded.model, image, device=dev, score_thr=score_thr, bottom_up=compare_bottom_up,
                            weights=loaded.source,
                            progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")))
@@ -122,15 +129,16 @@ def _print_image_table(data: dict) -> None:
     ih, iw = data["input_size"]
     table = Table(title=f"{data['image']} — {w}x{h} px, model input {iw}x{ih} (padded "
                         f"{data['padded_size'][1]}x{data['padded_size'][0]})")
-    for column in ("level", "stride", "map h x w", "channels", "anchor size", "ratios h/w", "anchors",
-                   "RPN pre-NMS", "RPN post-NMS", "detections"):
+    for column in ("level", "stride", "map", "ch", "anchor", "h/w", "anchors", "pre-NMS", "post-NMS", "dets"):
         table.add_column(column, justify="left" if column == "level" else "right")
     for lv in data["levels"]:
         table.add_row(lv["name"], str(lv["stride"]), f"{lv['size'][0]}x{lv['size'][1]}", str(lv["channels"]),
-                      ", ".join(map(str, lv["anchor_sizes"])) or "-",
-                      ", ".join(f"{r:g}" for r in lv["aspect_ratios"]) or "-", show(lv["anchors"]),
+                      ",".join(map(str, lv["anchor_sizes"])) or "-",
+                      ",".join(f"{r:g}" for r in lv["aspect_ratios"]) or "-", show(lv["anchors"]),
                       show(lv["proposals_pre_nms"]), show(lv["proposals_post_nms"]), show(lv["detections"]))
     console.print(table)
+    console.print("map: feature cells h x w; ch: channels; anchor: size(s) in input px; h/w: aspect ratios; "
+                  "pre-/post-NMS: RPN proposals from the level; dets: final detections on the level")
     console.print(f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
                   f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}")
 
@@ -196,11 +204,10 @@ def _print_dataset_tables(data: dict) -> None:
     title = (f"{data['annotations']} — {data['boxes']:,} boxes in {data['images']:,} images; "
              f"input --min-size {cfg['min_size']} --max-size {cfg['max_size']}")
     table = Table(title=title)
-    for column in ("group", "anchor size", "boxes", "positive (IoU>=0.7)", "usable (>=0.3)", "none (<0.3)",
-                   "best anchor here"):
+    for column in ("group", "anchor", "boxes", "IoU>=0.7", "IoU>=0.3", "IoU<0.3", "best here"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for lv in data["levels"]:
-        table.add_row(f"{lv['name']} (stride {lv['stride']})", ", ".join(map(str, lv["anchor_sizes"])) or "-",
+        table.add_row(f"{lv['name']} /{lv['stride']}", ", ".join(map(str, lv["anchor_sizes"])) or "-",
                       f"{lv['boxes']:,}" if lv["assigned_by_equation"] else "-", pct(lv["share_positive"]),
                       pct(lv["share_usable"]), pct(lv["share_none"]), f"{lv['best_anchor_boxes']:,}")
     table.add_section()
@@ -212,8 +219,10 @@ def _print_dataset_tables(data: dict) -> None:
     table.add_row("all", "", f"{o['boxes']:,}", pct(o["share_positive"]), pct(o["share_usable"]),
                   pct(o["share_none"]), "")
     console.print(table)
-    console.print("levels: boxes grouped by Eqn. (1) on their size after resizing; sizes: COCO area "
-                  "buckets (< 32², < 96², larger) in original pixels")
+    console.print("rows: levels (/stride), boxes grouped by Eqn. (1) on their size after resizing; COCO area "
+                  "buckets (< 32², < 96², larger, original pixels). IoU columns: share of boxes whose best "
+                  "anchor reaches it (0.7 positive, 0.3 usable). best here: boxes whose best anchor is on "
+                  "that level.")
     skipped = {k: v for k, v in data["skipped"].items() if v}
     if skipped:
         console.print("left out: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in skipped.items()))

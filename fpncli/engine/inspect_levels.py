@@ -445,8 +445,11 @@ def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
     """
     from fpncli.modeling.detector import build_model
 
-    with torch.device("meta"):
-        model = build_model(cfg)
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except ValueError as exc:  # e.g. 2 anchor sizes for 5 RPN levels
+        raise FpnError(f"bad model configuration: {exc}") from None
     levels = model.levels
     sizes = {name: [int(s) for s in group] for name, group in zip(model.rpn_levels, model.anchor_sizes())}
     generator = model.rpn.anchor_generator
@@ -678,15 +681,23 @@ def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best
     elongated = unusable & ~too_small & ~too_large & ((box_ratio < ratios[0] / 2) | (box_ratio > ratios[-1] * 2))
     lines: list[str] = []
     fits = True
+    # Anchors closer together than ~4x their stride's worth of size rarely line up with a box
+    # well enough for IoU >= 0.7 (the paper's are 8x: 32 px every 4 px on P2).
+    strides = {name: layout.levels[name].stride for name in layout.rpn_levels}
+    halved = [max(1, s // 2) for s in flat]
+    halved_ok = len(layout.rpn_levels) > 1 and all(
+        s >= 4 * strides[name] for name, s in zip(layout.rpn_levels, halved))
     share = too_small.sum() / n
     if share >= VERDICT_SHARE:
         fits = False
         median = float(np.median(box_size[too_small]))
+        fix = f"Use larger input images (--min-size {cfg.min_size * 2} --max-size {cfg.max_size * 2})"
+        if halved_ok:
+            fix += f" or smaller anchors (--anchor-sizes {_sizes_arg(halved)})"
         lines.append(
             f"{_pct(share)} of boxes are smaller than the smallest anchor can match (best IoU < "
             f"{USABLE_IOU} with every anchor; median {median:.0f} px after resizing, smallest anchor "
-            f"{smallest} px). Use smaller anchors (--anchor-sizes {_sizes_arg([max(1, s // 2) for s in flat])}) "
-            f"or larger input images (--min-size {cfg.min_size * 2} --max-size {cfg.max_size * 2}).")
+            f"{smallest} px). {fix}.")
     share = too_large.sum() / n
     if share >= VERDICT_SHARE:
         fits = False
@@ -708,6 +719,18 @@ def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best
                      f"within the anchors' range; a denser set of anchor sizes would help (--anchor-sizes).")
     usable = overall.usable / n
     positive = overall.positive / n
+    if positive < 0.2:
+        fits = False
+        density = min(s / strides[name] for name in layout.rpn_levels for s in layout.anchor_sizes[name])
+        if density < 4:
+            lines.append(f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}): some "
+                         f"anchors are only {density:g}x their level's stride, too sparse to line up with boxes. "
+                         f"Keep each anchor size at least 4x its stride (--anchor-sizes) and enlarge the images "
+                         f"instead (--min-size).")
+        else:
+            lines.append(f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}); the "
+                         f"RPN then learns them from their best (low-quality) matches. Larger input images "
+                         f"(--min-size) make small boxes easier to match.")
     if fits:
         lines.insert(0, f"The pyramid fits this dataset: {_pct(usable)} of boxes have a usable anchor "
                         f"(IoU >= {USABLE_IOU}) and {_pct(positive)} a positive one (IoU >= {POSITIVE_IOU}).")
