@@ -1,22 +1,33 @@
 """Batched inference over image files: the one pipeline behind `fpn detect` and `fpn eval`.
 
-Images are decoded in DataLoader workers, forwarded in batches, and yielded in input order.
-An unreadable image yields a result with ``error`` set; it never stops the others.
+Images are decoded, normalised and resized in DataLoader workers with the model's own
+transform (so the result is exactly what ``model([image])`` would compute), grouped into
+batches of equal padded size, forwarded, and yielded in input order. An unreadable image
+yields a result with ``error`` set; it never stops the others.
+
+Why batches of equal padded size: torchvision pads every image of a batch to the largest
+one, and the padding changes the feature maps near the border, hence the detections. Only
+images that would be padded to the same size anyway are batched together, so the batch
+size changes the speed, never the output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.models.detection.image_list import ImageList
 from torchvision.transforms.functional import pil_to_tensor
 
-from fpncli.data.images import ImageReadError, read_image
+from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from fpncli.errors import FpnError
 
 
 @dataclass
@@ -27,9 +38,11 @@ class ImageResult:
         path: the input file.
         width, height: size of the upright image (EXIF orientation applied), pixels.
         boxes: ``Tensor[N, 4]`` float32, xyxy in that image's pixels (CPU).
-        scores: ``Tensor[N]`` float32 in 0..1.
+        scores: ``Tensor[N]`` float32 in 0..1, decreasing.
         labels: ``Tensor[N]`` int64, the model's contiguous labels 1..K.
         error: why the image could not be used (then N = 0), else None.
+        image: the decoded upright image, ``Tensor[3, H, W]`` uint8 (CPU), only when
+            :func:`predict_images` is asked to keep images (for drawing); else None.
     """
 
     path: Path
@@ -39,25 +52,74 @@ class ImageResult:
     scores: Tensor
     labels: Tensor
     error: str | None = None
+    image: Tensor | None = None
+
+
+class _Item(NamedTuple):
+    index: int
+    original: Tensor | None  # uint8 [3, H, W] when images are kept
+    prepared: Tensor | None  # float32 [3, h, w]: normalised and resized by the model's transform
+    size: tuple[int, int]  # (H, W) of the upright image
+    error: str | None
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path]) -> None:
+    """Reads and prepares one image per item; runs in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module | None,
+                 max_pixels: int, keep_images: bool) -> None:
         self.paths = list(paths)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.keep_images = keep_images
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> _Item:
+        path = self.paths[index]
         try:
-            img = read_image(self.paths[index])
+            if path.is_symlink() and not path.exists():
+                raise ImageReadError(f"{path}: broken symbolic link (its target does not exist)")
+            img = read_image(path, max_pixels=self.max_pixels)
         except ImageReadError as exc:
-            return index, None, str(exc)
-        return index, pil_to_tensor(img), None  # uint8 [3, H, W]; scaled on the device
+            return _Item(index, None, None, (0, 0), str(exc))
+        except Exception as exc:  # a decoder bug must not stop the other images
+            return _Item(index, None, None, (0, 0), f"{path}: cannot decode ({type(exc).__name__}: {exc})")
+        original = pil_to_tensor(img)  # uint8 [3, H, W]
+        prepared = original.float().div(255)  # what torchvision's to_tensor gives
+        if self.transform is not None:
+            # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
+            prepared = self.transform.resize(self.transform.normalize(prepared), None)[0]
+        size = (original.shape[1], original.shape[2])
+        return _Item(index, original if self.keep_images else None, prepared, size, None)
 
 
-def _collate(batch):
-    return batch
+def _identity(item):
+    return item
+
+
+def _padded_shape(shape: tuple[int, ...], divisor: int) -> tuple[int, int]:
+    return (int(math.ceil(shape[-2] / divisor) * divisor), int(math.ceil(shape[-1] / divisor) * divisor))
+
+
+def _forward(model: torch.nn.Module, items: list[_Item], device: torch.device,
+             half: bool) -> list[dict[str, Tensor]]:
+    """``GeneralizedRCNN.forward`` for already normalised and resized images."""
+    transform = model.transform
+    images = [it.prepared.to(device, non_blocking=True) for it in items]
+    image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    batched = transform.batch_images(images, size_divisible=transform.size_divisible)
+    image_list = ImageList(batched, image_sizes)
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if half
+                else contextlib.nullcontext())
+    with autocast:
+        features = model.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
+            features = {"0": features}
+        proposals, _ = model.rpn(image_list, features)
+        detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    return transform.postprocess(detections, image_list.image_sizes, [it.size for it in items])
 
 
 def predict_images(
@@ -67,40 +129,98 @@ def predict_images(
     batch_size: int = 2,
     workers: int = 0,
     on_result: Callable[[ImageResult], None] | None = None,
+    *,
+    half: bool = False,
+    optimize: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_images: bool = False,
+    lookahead: int | None = None,
 ) -> Iterator[ImageResult]:
     """Run ``model`` over ``paths`` in batches, yielding one :class:`ImageResult` per path, in order.
 
     Args:
-        model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN` (put in eval mode here).
+        model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN` (or any torchvision
+            ``GeneralizedRCNN``); put in eval mode and moved to ``device`` here.
         paths: image files.
         device: where the forward pass runs.
-        batch_size: images per forward pass.
-        workers: DataLoader worker processes decoding images (0 = in this process).
-        on_result: called with each result as it is produced (progress reporting).
+        batch_size: at most this many images per forward pass (only images with the same
+            padded size share one, so results do not depend on it).
+        workers: DataLoader worker processes decoding and resizing images (0 = in this process).
+        on_result: called with each result as it is yielded (progress reporting).
+        half: float16 autocast for the forward pass (CUDA only).
+        optimize: run an inference-optimised copy of the model (BatchNorm folded into the
+            convolutions, channels-last memory); ``model`` itself is left untouched.
+        max_pixels: larger images are refused with a "too large" error.
+        keep_images: also return each decoded image (``ImageResult.image``), e.g. to draw on.
+        lookahead: how many decoded images may wait for a batch partner of the same size
+            (default ``4 * batch_size``); bounds memory and latency.
     """
     device = torch.device(device)
+    if half and device.type != "cuda":
+        raise FpnError("--half (float16) needs a CUDA device; on the CPU run in float32")
+    if batch_size < 1:
+        raise FpnError(f"batch size must be at least 1, got {batch_size}")
+    if optimize:
+        from fpncli.modeling.optimize import optimize_for_inference
+
+        model = optimize_for_inference(model)
     model.eval().to(device)
     paths = [Path(p) for p in paths]
-    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, shuffle=False)
+    divisor = model.transform.size_divisible
+    lookahead = max(lookahead if lookahead is not None else 4 * batch_size, batch_size)
+    dataset = _ImageFiles(paths, model.transform, max_pixels, keep_images)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                        shuffle=False, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
     empty = torch.zeros((0,))
+
+    buckets: dict[tuple[int, int], list[_Item]] = {}  # padded size -> images waiting
+    done: dict[int, ImageResult] = {}  # finished, waiting for earlier ones to be yielded
+    next_index = 0
+
+    def run(key: tuple[int, int]) -> None:
+        items = buckets[key][:batch_size]
+        rest = buckets[key][batch_size:]
+        if rest:
+            buckets[key] = rest
+        else:
+            del buckets[key]
+        for item, out in zip(items, _forward(model, items, device, half)):
+            done[item.index] = ImageResult(
+                paths[item.index], item.size[1], item.size[0], out["boxes"].float().cpu(),
+                out["scores"].float().cpu(), out["labels"].cpu(), image=item.original)
+
+    def oldest_bucket() -> tuple[int, int]:
+        return min(buckets, key=lambda k: buckets[k][0].index)
+
+    def ready() -> Iterator[ImageResult]:
+        nonlocal next_index
+        while next_index in done:
+            result = done.pop(next_index)
+            next_index += 1
+            if on_result is not None:
+                on_result(result)
+            yield result
+
     with torch.inference_mode():
-        for batch in loader:
-            good = [(i, t) for i, t, _ in batch if t is not None]
-            outputs = {}
-            if good:
-                images = [t.to(device).float().div_(255) for _, t in good]
-                for (i, _), out in zip(good, model(images)):
-                    outputs[i] = out
-            for i, tensor, error in batch:
-                if tensor is None:
-                    result = ImageResult(paths[i], 0, 0, empty.reshape(0, 4), empty,
-                                         empty.long(), error=error)
-                else:
-                    out = outputs[i]
-                    result = ImageResult(paths[i], tensor.shape[2], tensor.shape[1],
-                                         out["boxes"].float().cpu(), out["scores"].float().cpu(),
-                                         out["labels"].cpu())
-                if on_result is not None:
-                    on_result(result)
-                yield result
+        for item in loader:
+            if item.error is not None:
+                done[item.index] = ImageResult(paths[item.index], 0, 0, empty.reshape(0, 4), empty,
+                                               empty.long(), error=item.error)
+            else:
+                key = _padded_shape(item.prepared.shape, divisor)
+                buckets.setdefault(key, []).append(item)
+                if len(buckets[key]) >= batch_size:
+                    run(key)
+                elif sum(len(b) for b in buckets.values()) >= lookahead:
+                    run(oldest_bucket())
+            yield from ready()
+            # Never hold a finished result behind a partial batch for long: if the next image
+            # to yield is waiting in a bucket while later ones are done, run that bucket.
+            while buckets and len(done) >= lookahead:
+                run(oldest_bucket())
+                yield from ready()
+        while buckets:
+            run(oldest_bucket())
+            yield from ready()
+        yield from ready()

@@ -1,1 +1,2 @@
-"""Figures: precision-recall curves, pyramid-level views. matplotlib is imported inside the functions."""
+"""Figures: precision-recall curves, pyramid-level views, annotated detections (``draw``).
+matplotlib is imported inside the functions."""
