@@ -68,7 +68,7 @@ def eval_coco(
     if metrics.get("detections_file"):
         written.insert(0, Path(metrics["detections_file"]))
     written += [Path(p) for p in metrics.get("plots", [])]
-    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
 def _run_model(coco: Path, images: Path, weights: str, out: Path, plots: bool, backend: str, device: str,
