@@ -43,6 +43,8 @@ from fpncli.cli import data as data_cli  # noqa: E402
 app.add_typer(data_cli.app, name="data")
 from fpncli.cli import train as train_cli  # noqa: E402
 app.command("train", help=train_cli.HELP, epilog=train_cli.EPILOG)(train_cli.train)
+from fpncli.cli import ablation as ablation_cli  # noqa: E402
+app.command("ablation", help=ablation_cli.HELP, epilog=ablation_cli.EPILOG)(ablation_cli.ablation)
 
 
 def main() -> None:

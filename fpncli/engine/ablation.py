@@ -1,0 +1,477 @@
+"""The paper's ablation, rerun: every neck trained on the same data with the same budget and
+seed, then measured the way Tables 1 and 3 of the FPN paper measure them.
+
+Per neck: RPN proposal recall (AR100, AR1k, AR1k for small / medium / large objects; the
+RPN in eval mode keeping its 1000 best proposals), detector AP (AP50, AP, APs, APm, APl at
+the model's own inference settings), parameters and inference time per image.
+
+Proposal recall is COCOeval's average recall with the proposals as class-agnostic
+detections (``useCats = 0``, ``maxDets = [100, 1000]``, IoU 0.50:0.95), the usual way to
+score proposals on COCO. Training goes through :func:`fpncli.engine.train.train`; the
+default data is :mod:`fpncli.data.synth`'s multi-scale shapes.
+
+This module returns data and reports progress through a callback; printing is the CLI's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fpncli.errors import FpnError
+
+# The paper's rows first (single-scale baselines, then FPN), then the later necks.
+DEFAULT_NECKS = ("c4", "c5", "fpn", "panet", "bifpn")
+SINGLE_SCALE = ("c4", "c5")
+# Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
+# necks with the tiny preset: ~0.6-0.9 s per iteration of 4 images at 256 px
+# (../shared/docs/MEASURED.md), plus evaluation. Everything scales linearly with --budget.
+BASE_ITERS = 250
+BASE_TRAIN_IMAGES = 500
+BASE_VAL_IMAGES = 150
+BATCH_SIZE = 4
+TIMED_IMAGES = 20
+PROPOSALS = 1000
+# (name in results, COCOeval area index, maxDets index) for proposal recall.
+RECALL_KEYS = (("AR100", 0, 0), ("AR1k", 0, 1), ("AR1k_s", 1, 1), ("AR1k_m", 2, 1), ("AR1k_l", 3, 1))
+AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def budget_plan(budget: float = 1.0) -> dict[str, int]:
+    """Iterations per neck and dataset sizes for a budget (1.0 = the CPU default)."""
+    if not budget > 0:
+        raise FpnError(f"--budget must be positive, got {budget}")
+    return {
+        "iters": max(2, round(BASE_ITERS * budget)),
+        "train_images": max(8, round(BASE_TRAIN_IMAGES * budget)),
+        "val_images": max(4, min(1000, round(BASE_VAL_IMAGES * budget))),
+        "batch_size": BATCH_SIZE,
+    }
+
+
+# --------------------------------------------------------------------------- proposals
+
+
+def rpn_proposals(model: Any, images: Sequence[Any], top_n: int = PROPOSALS) -> list[Any]:
+    """The RPN's proposals for ``images`` in eval mode, keeping the ``top_n`` best per image.
+
+    Args:
+        model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN`.
+        images: ``[Tensor[3, H, W]]`` floats in 0..1 on the model's device.
+        top_n: pre-NMS top-n per RPN level and post-NMS top-n per image (Table 1 uses 1000).
+
+    Returns:
+        Per image ``Tensor[N, 4]`` (N <= top_n), xyxy in that image's pixels, best first.
+    """
+    import torch
+
+    rpn = model.rpn
+    saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n)
+    rpn._pre_nms_top_n["testing"] = top_n
+    rpn._post_nms_top_n["testing"] = top_n
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            sizes = [tuple(img.shape[-2:]) for img in images]
+            image_list, _ = model.transform(list(images))
+            features = model.backbone(image_list.tensors)
+            proposals, _ = rpn(image_list, features)
+            # postprocess rescales "boxes" from the resized input back to each image.
+            out = model.transform.postprocess([{"boxes": p} for p in proposals], image_list.image_sizes, sizes)
+    finally:
+        rpn._pre_nms_top_n.clear()
+        rpn._pre_nms_top_n.update(saved[0])
+        rpn._post_nms_top_n.clear()
+        rpn._post_nms_top_n.update(saved[1])
+        model.train(was_training)
+    return [o["boxes"] for o in out]
+
+
+def proposal_recall(dataset: dict[str, Any], proposals: dict[int, Sequence[Sequence[float]]],
+                    max_dets: tuple[int, int] = (100, PROPOSALS)) -> dict[str, float]:
+    """COCO average recall of class-agnostic proposals.
+
+    Args:
+        dataset: a parsed COCO annotation file (``images``, ``annotations``, ``categories``).
+        proposals: ``image_id -> [[x1, y1, x2, y2], ...]`` in pixels, best first. Images of
+            ``dataset`` missing here count as having no proposals.
+        max_dets: the two proposal budgets (AR@100 and AR@1000 in the paper).
+
+    Returns:
+        ``AR100``, ``AR1k``, ``AR1k_s``, ``AR1k_m``, ``AR1k_l`` as fractions (IoU 0.50:0.95;
+        -1 where a size has no ground truth), plus ``num_proposals``.
+    """
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cat_id = dataset["categories"][0]["id"] if dataset.get("categories") else 1
+    dets = []
+    for image_id, boxes in proposals.items():
+        n = len(boxes)
+        for rank, (x1, y1, x2, y2) in enumerate(boxes):
+            # Scores only carry the RPN's order (which the maxDets cut reads).
+            dets.append({"image_id": int(image_id), "category_id": cat_id,
+                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                         "score": 1.0 - rank / max(n, 1)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"info": {}, **dataset}
+        gt.createIndex()
+        if dets:
+            dt = gt.loadRes(dets)
+        else:
+            dt = COCO()
+            dt.dataset = {"info": {}, "images": list(dataset["images"]),
+                          "categories": list(dataset["categories"]), "annotations": []}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.useCats = 0
+        ev.params.maxDets = list(max_dets)
+        ev.params.imgIds = sorted(img["id"] for img in dataset["images"])
+        ev.evaluate()
+        ev.accumulate()
+    recall = np.asarray(ev.eval["recall"])  # [T, K=1, A, M]
+    out: dict[str, float] = {}
+    for key, area, m in RECALL_KEYS:
+        values = recall[:, 0, area, m]
+        values = values[values > -1]
+        out[key] = float(values.mean()) if values.size else -1.0
+    out["num_proposals"] = len(dets)
+    return out
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _val_images(val_ann: str, val_images: str) -> tuple[dict[str, Any], list[tuple[int, Path]]]:
+    from fpncli.data.coco import load_coco, safe_image_path
+
+    coco = load_coco(val_ann)
+    paths = []
+    for image_id, rec in coco.images.items():
+        path = safe_image_path(val_images, rec["file_name"], source=str(coco.path))
+        if path.is_file():
+            paths.append((image_id, path))
+    if not paths:
+        raise FpnError(f"{val_ann}: none of its images were found in {val_images}")
+    return coco.raw, paths
+
+
+def _load_tensor(path: Path):
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from fpncli.data.images import read_image
+
+    return pil_to_tensor(read_image(path)).float().div_(255)
+
+
+def measure_recall(model: Any, dataset: dict[str, Any], paths: list[tuple[int, Path]], device: Any,
+                   batch_size: int = 2, top_n: int = PROPOSALS) -> dict[str, float]:
+    """Proposal recall of ``model``'s RPN on the images ``paths`` (``(image_id, file)``)."""
+    proposals: dict[int, list[list[float]]] = {}
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = [_load_tensor(p).to(device) for _, p in chunk]
+        for (image_id, _), boxes in zip(chunk, rpn_proposals(model, images, top_n)):
+            proposals[image_id] = boxes.float().cpu().tolist()
+    ids = {image_id for image_id, _ in paths}
+    subset = dict(dataset, images=[im for im in dataset["images"] if im["id"] in ids],
+                  annotations=[a for a in dataset["annotations"] if a["image_id"] in ids])
+    return proposal_recall(subset, proposals, (100, top_n))
+
+
+def used_parameters(model: Any, image: Any) -> int:
+    """Parameters of the modules that one inference pass actually runs (the c4 baseline
+    carries an unused conv5 stage, which must not count)."""
+    import torch
+
+    called: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, *_: called.add(id(mod))) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model([image])
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(p.numel() for m in model.modules() if id(m) in called for p in m.parameters(recurse=False))
+
+
+def time_inference(model: Any, images: list[Any], warmup: int = 2) -> float:
+    """Median seconds per image, one image per forward pass (as the paper reports)."""
+    import torch
+
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i, image in enumerate([*images[:warmup], *images]):
+            if image.is_cuda:
+                torch.cuda.synchronize(image.device)
+            t0 = time.perf_counter()
+            model([image])
+            if image.is_cuda:
+                torch.cuda.synchronize(image.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- the ablation
+
+
+def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int,
+                  emit: ProgressFn) -> Path:
+    """The dataset root: ``data`` as given, or synthetic shapes under ``out/data`` (reused
+    when a previous run made the same one)."""
+    if data is not None:
+        return Path(data)
+    from fpncli.data.synth import synthesize
+
+    root = out / "data"
+    marker = root / "ablation_data.json"
+    wanted = {"train": plan["train_images"], "val": plan["val_images"], "seed": seed}
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")) == wanted:
+            return root
+    except (OSError, json.JSONDecodeError):
+        pass
+    emit({"event": "data", "root": str(root), **wanted})
+    synthesize(root, train=wanted["train"], val=wanted["val"], seed=seed, overwrite=True)
+    marker.write_text(json.dumps(wanted), encoding="utf-8")
+    return root
+
+
+def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path, device: str,
+                 workers: int, emit: ProgressFn) -> dict[str, Any]:
+    from fpncli.engine.evaluate import evaluate_model
+    from fpncli.engine.train import train
+    from fpncli.engine.train_config import TrainConfig
+    from fpncli.modeling.detector import count_parameters
+
+    if run.exists():
+        if not (run / "config.json").is_file() and any(run.iterdir()):
+            raise FpnError(f"{run}: exists and is not a training run of this ablation; choose another --out")
+        shutil.rmtree(run)  # an unfinished run of this ablation: start it again
+    model_overrides = {"bifpn_repeats": settings["bifpn_repeats"]} if neck == "bifpn" else {}
+    cfg = TrainConfig(out=str(run), data=str(data_root), preset=settings["preset"], neck=neck,
+                      model=model_overrides, iters=settings["iters"], batch_size=settings["batch_size"],
+                      seed=settings["seed"], eval_every=-1, workers=workers, device=device,
+                      log_every=max(1, settings["iters"] // 10))
+    resolved = cfg.resolved()
+    if not resolved.val_ann:
+        raise FpnError(f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)")
+    summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
+    model = summary["model"]
+    model.eval()
+    dev = next(model.parameters()).device
+    emit({"event": "measure", "neck": neck, "what": "proposal recall"})
+    dataset, paths = _val_images(resolved.val_ann, resolved.val_images)
+    recall = measure_recall(model, dataset, paths, dev)
+    emit({"event": "measure", "neck": neck, "what": "detector AP"})
+    metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
+    emit({"event": "measure", "neck": neck, "what": "inference time"})
+    timed = [_load_tensor(p).to(dev) for _, p in paths[:settings["timed_images"]]]
+    seconds = time_inference(model, timed)
+    return {
+        "neck": neck,
+        **{k: recall[k] for k, _, _ in RECALL_KEYS},
+        **{k: float(metrics[k]) for k in AP_KEYS},
+        "parameters": count_parameters(model),
+        "parameters_used": used_parameters(model, timed[0]),
+        "seconds_per_image": seconds,
+        "train_seconds": summary["seconds"],
+        "levels": [{"name": s.name, "stride": s.stride} for s in model.levels.values()],
+        "rpn_levels": model.rpn_levels,
+        "roi_levels": model.roi_levels,
+        "checkpoint": summary["last"],
+        "device": str(dev),
+        "settings": settings,
+    }
+
+
+def run_ablation(
+    out: str | os.PathLike,
+    necks: Sequence[str] = DEFAULT_NECKS,
+    budget: float = 1.0,
+    seed: int = 0,
+    data: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    bifpn_repeats: int = 2,
+    fresh: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train and measure each neck; write ``ablation.json`` and ``ablation.md`` into ``out``.
+
+    Args:
+        out: output folder: ``data/`` (the synthetic set), ``runs/<neck>/`` (each training
+            run, its ``last.pt`` and the neck's ``result.json``), ``ablation.json``, ``ablation.md``.
+        necks: which necks, in table order (names of :data:`fpncli.config.NECKS`).
+        budget: scales iterations and data (:func:`budget_plan`); 1.0 is the CPU default.
+        seed: one seed for the data, the initialisation and the sampling of every neck.
+        data: a COCO-layout root (``annotations/instances_{train,val}*.json``) instead of
+            the synthetic shapes.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        workers: data-loading processes during training.
+        bifpn_repeats: BiFPN blocks.
+        fresh: retrain every neck; otherwise a neck whose ``result.json`` was made with the
+            same settings is reused (an interrupted ablation continues where it stopped).
+        progress: called with event dicts (``data``, ``neck_start``, the training engine's
+            events with ``neck`` added, ``measure``, ``neck_done``).
+
+    Returns:
+        ``{"settings", "rows": [one dict per neck], "claim": {...}, "json", "markdown"}``.
+    """
+    from fpncli.config import NECKS
+
+    emit = progress or (lambda event: None)
+    necks = list(necks)
+    if not necks:
+        raise FpnError("no necks to compare")
+    unknown = [n for n in necks if n not in NECKS]
+    if unknown:
+        raise FpnError(f"unknown neck {unknown[0]!r}; choose from {', '.join(NECKS)}")
+    if len(set(necks)) != len(necks):
+        raise FpnError("a neck is listed twice")
+    if workers < 0:
+        raise FpnError(f"--workers must be 0 or more, got {workers}")
+    plan = budget_plan(budget)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FpnError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    data_root = _prepare_data(out, data, plan, seed, emit)
+    settings = {"budget": budget, "seed": seed, "preset": "tiny", "data": str(data_root),
+                "bifpn_repeats": bifpn_repeats, "timed_images": TIMED_IMAGES, "proposals": PROPOSALS,
+                **plan}
+    rows = []
+    started = time.perf_counter()
+    for index, neck in enumerate(necks):
+        run = out / "runs" / neck
+        cached = run / "result.json"
+        if not fresh and cached.is_file():
+            try:
+                row = json.loads(cached.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                row = None
+            if row and row.get("settings") == settings:
+                emit({"event": "neck_cached", "neck": neck, "index": index, "total": len(necks)})
+                rows.append(row)
+                continue
+        emit({"event": "neck_start", "neck": neck, "index": index, "total": len(necks), **plan})
+        row = _neck_result(neck, run, settings, data_root, device, workers, emit)
+        cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
+        rows.append(row)
+        emit({"event": "neck_done", "neck": neck, "row": row})
+    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "cpu_count": os.cpu_count(), "device": str(rows[-1].get("device", device)),
+                   "seconds": time.perf_counter() - started}
+    result = {"settings": settings, "environment": environment, "rows": rows, "claim": small_object_claim(rows)}
+    json_path = out / "ablation.json"
+    md_path = out / "ablation.md"
+    json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    md_path.write_text(to_markdown(result), encoding="utf-8")
+    result["json"], result["markdown"] = str(json_path), str(md_path)
+    return result
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def small_object_claim(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paper's claim, checked on these rows: FPN's gain over the best single-scale
+    baseline (per metric and object size) is largest for small objects.
+
+    Returns ``None`` when the rows lack FPN or both baselines; else, for AR1k and AP, the
+    gains (FPN minus the better baseline, in points) for small / medium / large and
+    whether small is the largest.
+    """
+    by = {r["neck"]: r for r in rows}
+    baselines = [by[n] for n in SINGLE_SCALE if n in by]
+    if "fpn" not in by or not baselines:
+        return None
+    out: dict[str, Any] = {"baselines": [b["neck"] for b in baselines]}
+    for family, keys in (("AR1k", ("AR1k_s", "AR1k_m", "AR1k_l")), ("AP", ("APs", "APm", "APl"))):
+        gains = {}
+        for key in keys:
+            values = [b[key] for b in baselines if b[key] >= 0]
+            if by["fpn"][key] < 0 or not values:
+                continue
+            gains[key] = 100.0 * (by["fpn"][key] - max(values))
+        largest = max(gains, key=gains.get) if gains else None
+        out[family] = {"gains": gains, "largest": largest, "small_largest": largest in ("AR1k_s", "APs")}
+    out["holds"] = all(out[f]["small_largest"] for f in ("AR1k", "AP"))
+    return out
+
+
+COLUMNS = (("AR100", "AR100"), ("AR1k", "AR1k"), ("AR1k_s", "AR1k s"), ("AR1k_m", "AR1k m"),
+           ("AR1k_l", "AR1k l"), ("AP50", "AP50"), ("AP", "AP"), ("APs", "APs"), ("APm", "APm"),
+           ("APl", "APl"))
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    """Table cells: metrics in percent (one decimal, '-' where COCO gives -1), parameters in
+    millions (used by inference), milliseconds per image."""
+    cells = [row["neck"]]
+    for key, _ in COLUMNS:
+        cells.append("-" if row[key] < 0 else f"{100 * row[key]:.1f}")
+    cells.append(f"{row['parameters_used'] / 1e6:.2f}")
+    cells.append(f"{1000 * row['seconds_per_image']:.0f}")
+    return cells
+
+
+def header() -> list[str]:
+    return ["neck", *(title for _, title in COLUMNS), "params (M)", "ms / image"]
+
+
+def claim_sentence(claim: dict[str, Any] | None) -> str:
+    """One honest sentence about the small-object claim, from the numbers."""
+    if claim is None:
+        return "The small-object claim needs FPN and at least one single-scale baseline (c4, c5) in the run."
+    parts = []
+    for family, label in (("AR1k", "proposal recall (AR1k)"), ("AP", "detector AP")):
+        gains = claim[family]["gains"]
+        if not gains:
+            parts.append(f"{label}: no objects of some size to compare")
+            continue
+        listed = ", ".join(f"{k.replace('AR1k_', '').replace('AP', '') or k} {v:+.1f}" for k, v in gains.items())
+        parts.append(f"{label} gains over the best baseline (points, s/m/l): {listed}")
+    verdict = ("held: FPN's largest gain is on small objects for both proposals and detection"
+               if claim["holds"] else "did not fully hold in this run: FPN's largest gain is not on "
+               "small objects for " + " and ".join(f for f in ("AR1k", "AP") if not claim[f]["small_largest"]))
+    return f"The paper's claim {verdict}. " + "; ".join(parts) + "."
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s, env = result["settings"], result["environment"]
+    lines = [
+        "| " + " | ".join(header()) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header()) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(format_row(r)) + " |" for r in result["rows"]]
+    lines += [
+        "",
+        f"Budget {s['budget']:g}: {s['iters']} iterations of {s['batch_size']} images per neck, "
+        f"{s['train_images']} training and {s['val_images']} validation images ({s['data']}), seed "
+        f"{s['seed']}, preset {s['preset']}; torch {env['torch']}, {env['threads']} thread(s), "
+        f"{sum(r['train_seconds'] for r in result['rows']) / 60:.1f} min of training in all. AR: RPN proposals (top {s['proposals']}, class-agnostic, "
+        "IoU 0.50:0.95); AP: detector at the preset's inference settings; params: those an inference "
+        "pass uses; time: median of one-image forward passes.",
+        "",
+        claim_sentence(result["claim"]),
+        "",
+    ]
+    return "\n".join(lines)

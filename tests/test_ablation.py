@@ -1,0 +1,138 @@
+"""The neck ablation: proposal recall, the small-object verdict, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fpncli.errors import FpnError
+
+DATASET = {
+    "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+        {"id": 2, "image_id": 2, "category_id": 5, "bbox": [0, 0, 60, 50], "area": 3000, "iscrowd": 0},
+    ],
+    "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}],
+}
+
+
+def test_proposal_recall_is_class_agnostic_and_cut_at_max_dets():
+    from fpncli.engine.ablation import proposal_recall
+
+    exact = proposal_recall(DATASET, {1: [[10, 10, 30, 30]], 2: [[0, 0, 60, 50]]})
+    assert exact["AR100"] == exact["AR1k"] == exact["AR1k_s"] == exact["AR1k_m"] == 1.0
+    assert exact["AR1k_l"] == -1  # no large object in the set: COCO's -1, not 0
+    # The right box for image 1 is the 101st proposal: found within 1000, not within 100.
+    late = proposal_recall(DATASET, {1: [[50, 50, 60, 60]] * 100 + [[10, 10, 30, 30]], 2: [[0, 0, 60, 50]]})
+    assert late["AR100"] == 0.5 and late["AR1k"] == 1.0 and late["AR1k_s"] == 1.0
+
+
+def test_proposal_recall_empty_and_partial():
+    from fpncli.engine.ablation import proposal_recall
+
+    none = proposal_recall(DATASET, {})
+    assert none["AR1k"] == 0.0 and none["num_proposals"] == 0
+    # A box shifted by half its width (IoU 1/3) matches at no threshold of 0.50:0.95.
+    half = proposal_recall(DATASET, {1: [[20, 10, 40, 30]], 2: [[0, 0, 60, 50]]})
+    assert half["AR1k_s"] == 0.0 and half["AR1k_m"] == 1.0
+
+
+def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
+    from fpncli.engine.ablation import rpn_proposals
+
+    before = dict(tiny_model.rpn._post_nms_top_n), dict(tiny_model.rpn._pre_nms_top_n)
+    torch.manual_seed(0)
+    images = [torch.rand(3, 90, 140), torch.rand(3, 120, 100)]
+    out = rpn_proposals(tiny_model, images, top_n=400)
+    assert (dict(tiny_model.rpn._post_nms_top_n), dict(tiny_model.rpn._pre_nms_top_n)) == before
+    for boxes, img in zip(out, images):
+        # More than the preset's 150 post-NMS proposals: the top-n was raised for this call.
+        assert 150 < len(boxes) <= 400
+        assert float(boxes[:, 2].max()) <= img.shape[2] + 1e-3 and float(boxes[:, 3].max()) <= img.shape[1] + 1e-3
+
+
+def test_budget_plan_scales_and_rejects_nonpositive():
+    from fpncli.engine.ablation import budget_plan
+
+    one, ten = budget_plan(1.0), budget_plan(10)
+    assert ten["iters"] == 10 * one["iters"] and ten["train_images"] == 10 * one["train_images"]
+    assert budget_plan(1e-6)["iters"] >= 2
+    with pytest.raises(FpnError, match="budget"):
+        budget_plan(0)
+
+
+def _row(neck, s, m, l, aps, apm, apl):
+    return {"neck": neck, "AR1k_s": s, "AR1k_m": m, "AR1k_l": l, "APs": aps, "APm": apm, "APl": apl}
+
+
+def test_small_object_claim_from_the_numbers():
+    from fpncli.engine.ablation import claim_sentence, small_object_claim
+
+    rows = [_row("c4", 0.30, 0.50, 0.60, 0.10, 0.30, 0.40), _row("c5", 0.20, 0.55, 0.65, 0.05, 0.32, 0.45),
+            _row("fpn", 0.45, 0.60, 0.66, 0.18, 0.35, 0.44)]
+    claim = small_object_claim(rows)
+    assert claim["holds"] and claim["AR1k"]["largest"] == "AR1k_s" and claim["AP"]["largest"] == "APs"
+    assert claim["AR1k"]["gains"]["AR1k_s"] == pytest.approx(15.0)  # against the better baseline, c4
+    assert "held" in claim_sentence(claim)
+    rows[2] = _row("fpn", 0.31, 0.70, 0.66, 0.18, 0.35, 0.44)
+    claim = small_object_claim(rows)
+    assert not claim["holds"] and claim["AR1k"]["largest"] == "AR1k_m"
+    assert "did not fully hold" in claim_sentence(claim)
+    assert small_object_claim(rows[:2]) is None  # no FPN row
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    from fpncli.engine.ablation import run_ablation
+
+    with pytest.raises(FpnError, match="unknown neck 'nasfpn'"):
+        run_ablation(tmp_path / "a", ["fpn", "nasfpn"])
+    with pytest.raises(FpnError, match="no necks"):
+        run_ablation(tmp_path / "a", [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FpnError, match="instances_train"):
+        run_ablation(tmp_path / "b", ["fpn"], data=str(tmp_path / "empty"))
+
+
+def test_cli_reports_a_bad_neck_in_one_line():
+    from typer.testing import CliRunner
+
+    from fpncli.cli.app import app
+
+    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,nasfpn", "--quick"])
+    assert result.exit_code == 1
+    assert "unknown neck 'nasfpn'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end(tmp_path):
+    """Two necks, two training iterations each: the table, its files, checkpoints that reload,
+    and a second call that reuses the finished necks instead of retraining."""
+    from fpncli.engine.ablation import run_ablation
+    from fpncli.modeling.weights import load_detector
+
+    events = []
+    result = run_ablation(tmp_path / "abl", ["fpn", "c4"], budget=0.008, progress=events.append)
+    rows = result["rows"]
+    assert [r["neck"] for r in rows] == ["fpn", "c4"]
+    for row in rows:
+        for key in ("AR100", "AR1k", "AR1k_s", "AR1k_m", "AR1k_l", "AP50", "AP", "APs", "APm", "APl"):
+            assert row[key] == -1 or 0 <= row[key] <= 1, (key, row[key])
+        assert row["AR100"] <= row["AR1k"]
+        assert row["seconds_per_image"] > 0 and row["settings"]["iters"] == 2
+        assert load_detector(row["checkpoint"]).model.config.neck == row["neck"]
+    fpn, c4 = rows
+    assert c4["rpn_levels"] == ["c4"] and fpn["rpn_levels"][0] == "p2"
+    # c4 carries ResNet's conv5 stage but never runs it: it is not counted as used.
+    assert c4["parameters_used"] < c4["parameters"] - 1_000_000
+    assert fpn["parameters_used"] == fpn["parameters"]
+    saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert [r["neck"] for r in saved["rows"]] == ["fpn", "c4"] and saved["claim"] is not None
+    markdown = (tmp_path / "abl" / "ablation.md").read_text()
+    assert markdown.startswith("| neck | AR100") and markdown.count("\n| ") == 2  # one line per neck
+    again = []
+    second = run_ablation(tmp_path / "abl", ["c4"], budget=0.008, progress=again.append)
+    assert [e["event"] for e in again] == ["neck_cached"]
+    assert second["rows"][0]["AP"] == c4["AP"]
