@@ -3,7 +3,7 @@ training, checkpoint round trip and the inference pipeline."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import json
 
 import pytest
 import torch
@@ -118,10 +118,13 @@ def test_unknown_neck_is_a_user_error(tiny_config):
 @pytest.mark.parametrize("neck", ALL_NECKS)
 def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     """Two training steps (finite losses, weights move), then a checkpoint that reloads with
-    identical outputs, then the batched inference pipeline with a broken file among images."""
+    identical outputs, then the batched inference pipeline with a broken file among images,
+    then what inspect-levels and eval run."""
     from PIL import Image
 
     from fpncli.checkpoint import save_checkpoint
+    from fpncli.engine.evaluate import evaluate_model
+    from fpncli.engine.inspect_levels import inspect_image
     from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
@@ -167,6 +170,19 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
         assert r.boxes.shape[1] == 4 and len(r.boxes) == len(r.scores) == len(r.labels)
         if len(r.boxes):
             assert float(r.boxes[:, 2].max()) <= w + 1e-3 and float(r.boxes[:, 3].max()) <= h + 1e-3
+
+    # What `fpn inspect-levels` and `fpn eval` run, on the reloaded model.
+    report = inspect_image(loaded, good[0], score_thr=0.0)
+    assert [row.name for row in report.levels] == list(model.levels)
+    annotations = tmp_path / "val.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 5, "file_name": "img0.png", "width": 70, "height": 50},
+                   {"id": 9, "file_name": "img1.png", "width": 45, "height": 65}],
+        "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "bbox": [4, 4, 30, 20], "area": 600,
+                         "iscrowd": 0}],
+        "categories": [{"id": i, "name": n} for i, n in zip([1, 3, 7], ["circle", "square", "triangle"])]}))
+    metrics = evaluate_model(loaded, annotations, tmp_path)
+    assert metrics["num_images"] == 2 and (metrics["AP"] == -1 or 0 <= metrics["AP"] <= 1)
 
 
 def test_checkpoint_config_keeps_neck(tiny_config):
