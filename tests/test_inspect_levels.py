@@ -284,9 +284,11 @@ def test_zero_area_boxes_are_counted_not_crashed_on(tmp_path):
     anns = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 40]},
             {"id": 2, "image_id": 7, "category_id": 1, "bbox": [10, 10, 0, 40]},
             {"id": 3, "image_id": 7, "category_id": 1, "bbox": [10, 10, 30, 0]},
-            {"id": 4, "image_id": 7, "category_id": 1, "bbox": [100, 100, 120, 90]}]
+            {"id": 4, "image_id": 7, "category_id": 1, "bbox": [100, 100, 120, 90]},
+            {"id": 5, "image_id": 7, "category_id": 1, "bbox": [1, 1, float("inf"), 5]}]
     report = inspect_dataset(_write_coco(tmp_path / "z.json", [image], anns), _cfg())
     assert report.skipped["zero_area"] == 2
+    assert report.skipped["invalid"] == 1 and np.isfinite(report.best_iou).all()
     assert report.overall.boxes == 2
     assert any("zero width or height" in line for line in report.verdict)
     only_zero = _write_coco(tmp_path / "only.json", [image], anns[1:3])

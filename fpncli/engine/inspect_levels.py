@@ -599,7 +599,9 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
         for ann in anns:
             reason = None
             x, y, w, h = (float(v) for v in ann["bbox"])
-            if ann.get("iscrowd"):
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                reason = "invalid"
+            elif ann.get("iscrowd"):
                 reason = "crowd"
             elif w <= 0 or h <= 0:
                 reason = "zero_area"
@@ -608,7 +610,8 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
             if reason is not None:
                 skipped[reason] += 1
                 if len(examples[reason]) < 5:
-                    examples[reason].append(f"annotation {ann.get('id', '?')} (image {image_id})")
+                    what = "non-finite bbox" if reason == "invalid" else reason.replace("_", " ")
+                    examples[reason].append(f"annotation {ann.get('id', '?')} (image {image_id}): {what}")
                 continue
             area = ann.get("area")
             area = float(area) if isinstance(area, (int, float)) and area > 0 else w * h
