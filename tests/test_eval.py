@@ -231,6 +231,8 @@ def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path):
     (["--weights", "w.pt"], "--weights needs --images"),
     (["--results", "{bad}"], "malformed JSON"),
     (["--results", "{res}", "--backend", "nope"], "unknown evaluation backend"),
+    (["--weights", "w.pt", "--images", ".", "--half", "--device", "cpu"], "--half needs a CUDA device"),
+    (["--weights", "none", "--images", "."], "random model"),
 ])
 def test_cli_mistakes_are_one_line_errors(tmp_path, args, message):
     from fpncli.cli.app import app

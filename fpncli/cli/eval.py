@@ -36,6 +36,7 @@ def eval_coco(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 0,
     max_images: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images (quick check).")] = None,
+    half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")] = False,
 ) -> None:
     from fpncli.errors import FpnError
@@ -57,7 +58,7 @@ def eval_coco(
         if weights == "none":
             raise FpnError("--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'")
         metrics = _run_model(coco, images, weights, out, plots, backend, device, batch_size, workers,
-                             max_images)
+                             max_images, half)
     if as_json:
         import json
 
@@ -72,22 +73,25 @@ def eval_coco(
 
 
 def _run_model(coco: Path, images: Path, weights: str, out: Path, plots: bool, backend: str, device: str,
-               batch_size: int, workers: int, max_images: Optional[int]) -> dict[str, Any]:
+               batch_size: int, workers: int, max_images: Optional[int], half: bool) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fpncli.device import resolve_device
     from fpncli.engine.evaluate import evaluate_model, resolve_backend
+    from fpncli.errors import FpnError
     from fpncli.modeling.weights import load_detector
 
     resolve_backend(backend)  # fail before loading a model
     dev = resolve_device(device)
+    if half and dev.type != "cuda":
+        raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     loaded = load_detector(weights)
     with Progress(TextColumn("detecting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("detect", total=None)
         metrics = evaluate_model(loaded.model, coco, images, out_dir=out, device=dev, batch_size=batch_size,
                                  workers=workers, plots=plots, backend=backend, weights=loaded.source,
-                                 max_images=max_images,
+                                 max_images=max_images, half=half,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     return metrics
 

@@ -448,6 +448,7 @@ def evaluate_model(
     backend: str = "auto",
     weights: str | None = None,
     max_images: int | None = None,
+    half: bool = False,
 ) -> dict[str, Any]:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -463,6 +464,7 @@ def evaluate_model(
         backend: evaluation backend (see :func:`evaluate_results`).
         weights: recorded in the metrics.
         max_images: evaluate only the first N images of the file (quick checks).
+        half: float16 autocast for the forward pass (CUDA only; see ``predict_images``).
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -497,7 +499,8 @@ def evaluate_model(
     evaluated: list[int] = []
     dropped = 0
     for done, (img_id, result) in enumerate(zip(path_ids, predict_images(
-            model, paths, device=device, batch_size=batch_size, workers=workers)), start=1):
+            model, paths, device=device, batch_size=batch_size, workers=workers,
+            **({"half": True} if half else {}))), start=1):
         if result.error:
             skipped.append(f"{result.path}: {result.error}")
         else:
