@@ -471,7 +471,9 @@ def best_anchor_iou(boxes: np.ndarray, padded: np.ndarray, layout: AnchorLayout)
         boxes: ``float[N, 4]`` xyxy in the model's input pixels (after resizing), positive area.
         padded: ``int[N, 2]`` the padded input ``(h, w)`` of each box's image: level ``l``
             has ``ceil(h / stride) x ceil(w / stride)`` cells and anchors centred at
-            ``(col * stride, row * stride)``, as torchvision places them.
+            ``(col * stride, row * stride)``, as torchvision places them. (The image padded
+            alone, as at inference; a training batch pads to its largest image, which only
+            adds anchors beyond this image's right and bottom edges.)
         layout: from :func:`anchor_layout`.
 
     Returns:
