@@ -106,12 +106,15 @@ def test_annotations_without_area_iscrowd_id_are_completed(tmp_path):
         if a["id"] in (1, 3):
             del a["area"], a["iscrowd"]
     del data["annotations"][1]["id"]
+    data["annotations"][3]["id"] = 1  # a duplicate id: pycocotools would drop annotation 0
     ann = _write(tmp_path / "ann.json", data)
     metrics = evaluate_results(ann, _results(), backend="pycocotools")
     full = _write(tmp_path / "full.json", _dataset())
     # area = w*h equals the file's area for these boxes, so the numbers match the complete file
     assert [metrics[k] for k in METRIC_KEYS] == _pycocotools(full, _results())
-    assert sum("no 'area'" in p or "no 'id'" in p for p in metrics["problems"]) == 2
+    text = "\n".join(metrics["problems"])
+    assert "2 annotations have no 'area'" in text and "1 annotation has no 'id'" in text
+    assert "an id used before" in text and "annotations[3]" in text
 
 
 def test_bad_detections_are_skipped_and_the_rest_evaluated(tmp_path):

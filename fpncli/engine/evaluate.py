@@ -146,28 +146,31 @@ def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
     coco = load_coco(annotation_file)
     src = str(coco.path)
     kept = {id(a) for anns in coco.annotations.values() for a in anns}
-    anns = [a for a in coco.raw["annotations"] if id(a) in kept]
-    used_ids = {a["id"] for a in anns if "id" in a}
-    next_id = max((i for i in used_ids if isinstance(i, int)), default=0) + 1
-    filled: dict[str, list[Any]] = {}
+    anns = [(i, a) for i, a in enumerate(coco.raw["annotations"]) if id(a) in kept]  # (index in file, ann)
+    next_id = max((a["id"] for _, a in anns if type(a.get("id")) is int), default=0) + 1
+    filled: dict[str, list[Any]] = {}  # what was filled in -> [count, first annotation]
     degenerate = [0, None]
+    seen_ids: set[Any] = set()
     out = []
-    for i, a in enumerate(anns):
-        missing = [k for k in ("area", "iscrowd", "id") if k not in a]
-        if missing:
+    for index, a in anns:
+        missing = [k for k in ("area", "iscrowd") if k not in a]
+        # pycocotools indexes annotations by id: a duplicate id would silently replace the
+        # first annotation in the evaluation, so duplicates get a fresh id too.
+        new_id = "id" not in a or a["id"] in seen_ids
+        if missing or new_id:
             a = dict(a)
-            for key in missing:
-                slot = filled.setdefault(key, [0, a.get("id", "?")])
-                slot[0] += 1
+            for key in missing + (["id" if "id" not in a else "duplicate id"] if new_id else []):
+                filled.setdefault(key, [0, f"annotations[{index}]"])[0] += 1
             if "area" in missing:
                 a["area"] = a["bbox"][2] * a["bbox"][3]
             if "iscrowd" in missing:
                 a["iscrowd"] = 0
-            if "id" in missing:
+            if new_id:
                 a["id"], next_id = next_id, next_id + 1
+        seen_ids.add(a["id"])
         if (a["bbox"][2] <= 0 or a["bbox"][3] <= 0) and not a.get("iscrowd"):
             degenerate[0] += 1
-            degenerate[1] = degenerate[1] if degenerate[1] is not None else a.get("id")
+            degenerate[1] = degenerate[1] or f"id {a['id']}"
         out.append(a)
     dataset = dict(coco.raw)
     dataset["annotations"] = out
@@ -176,13 +179,14 @@ def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
     if len(coco.problems) > MAX_LISTED:
         notes.append(f"{src}: ... and {len(coco.problems) - MAX_LISTED} more skipped annotations")
     for key, (n, first) in filled.items():
-        value = {"area": "w*h of its bbox", "iscrowd": "0", "id": "a fresh id"}[key]
-        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} no {key!r}; "
-                     f"used {value} (first: id {first})")
+        what = {"area": "no 'area'; used w*h of its bbox", "iscrowd": "no 'iscrowd'; used 0",
+                "id": "no 'id'; gave a fresh id", "duplicate id": "an id used before; gave a fresh id"}[key]
+        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} {what} "
+                     f"(first: {first})")
     if degenerate[0]:
         n = degenerate[0]
-        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} a zero or negative size box; as in "
-                     f"COCO they stay ground truth that no detection can match (first: id {degenerate[1]})")
+        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} a zero or negative "
+                     f"size box; as in COCO it stays ground truth no detection can match (first: {degenerate[1]})")
     return _GroundTruth(coco, dataset, notes)
 
 
