@@ -74,6 +74,10 @@ def test_numbers_equal_pycocotools_cocoeval(coco_tiny, seed):
     # faster-coco-eval's C++ accumulation: measured identical here (max |diff| 0.0); its
     # per-entry precision differs by float rounding (~2e-16), so allow 1e-12.
     assert max(abs(fast[k] - r) for k, r in zip(METRIC_KEYS, reference)) <= 1e-12
+    by_id = {r["category_id"]: r for r in fast["per_class"]}
+    for row in ours["per_class"]:  # per class: measured |diff| <= 2.3e-16
+        assert [by_id[row["category_id"]][k] for k in ("AP", "AP50", "APs", "AR100")] == pytest.approx(
+            [row[k] for k in ("AP", "AP50", "APs", "AR100")], abs=1e-12)
     assert ours["num_images"] == 80 and ours["num_detections"] == len(results)
     assert ours["problems"] == []
 
