@@ -1,0 +1,156 @@
+"""engine.predict (the batched pipeline) and modeling.optimize (BN folding, channels-last)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from fpncli.engine.predict import predict_images
+from fpncli.errors import FpnError
+from fpncli.modeling.optimize import fold_batchnorm, optimize_for_inference
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine every
+    parallel op waits for a descheduled thread; one thread keeps these tests quick."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _noise_image(path, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two landscape images of one size (batchable together) and a portrait one between them."""
+    return [_noise_image(tmp_path / "a.png", (120, 90), 1), _noise_image(tmp_path / "b.png", (90, 120), 2),
+            _noise_image(tmp_path / "c.png", (120, 90), 3)]
+
+
+def _scored_model(tiny_config, norm=None):
+    from fpncli.modeling.detector import build_model
+
+    cfg = tiny_config.replace(box_score_thresh=0.0, norm=norm)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # Non-trivial BatchNorm statistics, so folding them is really tested.
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if hasattr(m, "running_var") and m.running_var is not None:
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def _reference(model, paths):
+    from fpncli.data.images import read_image
+
+    with torch.no_grad():
+        return [model([to_tensor(read_image(p))])[0] for p in paths]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_pipeline_equals_model_call(tiny_config, images, batch_size):
+    model = _scored_model(tiny_config)
+    results = list(predict_images(model, images, batch_size=batch_size))
+    assert [r.path for r in results] == images  # input order, whatever the batching
+    for r, ref in zip(results, _reference(model, images)):
+        assert r.error is None and len(r.boxes) > 0
+        assert torch.equal(r.labels, ref["labels"])
+        if batch_size == 1:
+            # Resizing in the dataset instead of in the model changes nothing, bit for bit.
+            assert torch.equal(r.boxes, ref["boxes"]) and torch.equal(r.scores, ref["scores"])
+        else:
+            # Only same-size images share a batch, so no padding is added; what remains is
+            # the float rounding of a batched convolution.
+            assert torch.allclose(r.boxes, ref["boxes"], atol=1e-3)
+            assert torch.allclose(r.scores, ref["scores"], atol=1e-5)
+    assert (results[0].width, results[0].height) == (120, 90)
+    assert (results[1].width, results[1].height) == (90, 120)
+
+
+def test_pipeline_with_workers_and_kept_images(tiny_config, images):
+    model = _scored_model(tiny_config)
+    seen = []
+    results = list(predict_images(model, images, workers=1, keep_images=True, on_result=seen.append))
+    assert seen == results
+    assert results[1].image.shape == (3, 120, 90) and results[1].image.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_optimized_model_gives_the_same_detections(tiny_config, images, norm):
+    model = _scored_model(tiny_config, norm=norm)
+    before = copy.deepcopy(model.state_dict())
+    results = list(predict_images(model, images, optimize=True))
+    # The caller's model is untouched (training validation relies on that).
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for r, ref in zip(results, _reference(model, images)):
+        assert len(r.boxes) == len(ref["boxes"])
+        assert torch.allclose(r.boxes, ref["boxes"], atol=1e-2)
+        assert torch.allclose(r.scores, ref["scores"], atol=1e-4)
+        assert torch.equal(r.labels, ref["labels"])
+
+
+def test_fold_batchnorm_counts_and_matches(tiny_config):
+    model = _scored_model(tiny_config, norm="bn")
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.backbone(x)
+        folded = fold_batchnorm(model)
+        got = model.backbone(x)
+    # resnet18: stem + 2 per BasicBlock x 8 blocks + 3 downsamples = 20
+    assert folded == 20
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_leaves_groupnorm_and_training_bn(tiny_config):
+    gn = _scored_model(tiny_config, norm="gn")
+    assert fold_batchnorm(gn) == 0
+    bn = _scored_model(tiny_config, norm="bn").train()
+    assert fold_batchnorm(bn) == 0  # batch statistics are not an affine map
+
+
+def test_channels_last_copy(tiny_config):
+    model = _scored_model(tiny_config)
+    opt = optimize_for_inference(model, fold_bn=False)
+    conv = opt.backbone.bottom_up.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert model.backbone.bottom_up.conv1.weight.is_contiguous()  # original untouched
+
+
+def test_broken_and_huge_images_are_results_not_exceptions(tiny_config, images, tmp_path):
+    model = _scored_model(tiny_config)
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    paths = [images[0], broken, images[2]]
+    results = list(predict_images(model, paths, batch_size=2))
+    assert [r.path for r in results] == paths
+    assert results[1].error and "not an image" in results[1].error and len(results[1].boxes) == 0
+    assert results[0].error is None and results[2].error is None
+    small = list(predict_images(model, [images[0]], max_pixels=100))
+    assert "too large" in small[0].error
+
+
+def test_empty_input_and_bad_options(tiny_config):
+    model = _scored_model(tiny_config)
+    assert list(predict_images(model, [])) == []
+    with pytest.raises(FpnError, match="CUDA"):
+        next(predict_images(model, [], half=True))
+    with pytest.raises(FpnError, match="batch size"):
+        next(predict_images(model, [], batch_size=0))
