@@ -54,6 +54,17 @@ def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
         assert float(boxes[:, 2].max()) <= img.shape[2] + 1e-3 and float(boxes[:, 3].max()) <= img.shape[1] + 1e-3
 
 
+def test_single_level_necks_get_the_pyramids_rpn_candidates(tiny_config):
+    from fpncli.engine.ablation import equal_pre_nms, rpn_top_n
+    from fpncli.modeling.detector import build_model
+
+    fpn, c4 = build_model(tiny_config).eval(), build_model(tiny_config.replace(neck="c4")).eval()
+    assert equal_pre_nms(fpn, 1000) == 1000 and equal_pre_nms(c4, 1000) == 5000
+    with rpn_top_n(c4, 7, 3):
+        assert c4.rpn.pre_nms_top_n() == 7 and c4.rpn.post_nms_top_n() == 3
+    assert c4.rpn._pre_nms_top_n["testing"] == tiny_config.rpn_pre_nms_top_n_test
+
+
 def test_budget_plan_scales_and_rejects_nonpositive():
     from fpncli.engine.ablation import budget_plan
 
@@ -136,3 +147,10 @@ def test_ablation_end_to_end(tmp_path):
     second = run_ablation(tmp_path / "abl", ["c4"], budget=0.008, progress=again.append)
     assert [e["event"] for e in again] == ["neck_cached"]
     assert second["rows"][0]["AP"] == c4["AP"]
+    # Without its result (e.g. measured differently), the finished training is re-measured, not redone.
+    (tmp_path / "abl" / "runs" / "c4" / "result.json").unlink()
+    third = []
+    remeasured = run_ablation(tmp_path / "abl", ["c4"], budget=0.008, progress=third.append)
+    assert not any(e["event"] in ("start", "iter") for e in third)
+    assert "not retrained" in third[1]["what"]
+    assert remeasured["rows"][0]["AR1k"] == c4["AR1k"] and remeasured["rows"][0]["AP"] == c4["AP"]

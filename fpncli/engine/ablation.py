@@ -39,6 +39,7 @@ BASE_VAL_IMAGES = 150
 BATCH_SIZE = 4
 TIMED_IMAGES = 20
 PROPOSALS = 1000
+PYRAMID_LEVELS = 5  # P2..P6: the RPN candidates every neck is given (see equal_pre_nms)
 # (name in results, COCOeval area index, maxDets index) for proposal recall.
 RECALL_KEYS = (("AR100", 0, 0), ("AR1k", 0, 1), ("AR1k_s", 1, 1), ("AR1k_m", 2, 1), ("AR1k_l", 3, 1))
 AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
@@ -61,38 +62,56 @@ def budget_plan(budget: float = 1.0) -> dict[str, int]:
 # --------------------------------------------------------------------------- proposals
 
 
+@contextlib.contextmanager
+def rpn_top_n(model: Any, pre_nms_per_level: int | None = None, post_nms: int | None = None):
+    """Temporarily set the RPN's inference top-n (pre-NMS per level, post-NMS per image)."""
+    rpn = model.rpn
+    saved = rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
+    if pre_nms_per_level is not None:
+        rpn._pre_nms_top_n["testing"] = pre_nms_per_level
+    if post_nms is not None:
+        rpn._post_nms_top_n["testing"] = post_nms
+    try:
+        yield
+    finally:
+        rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = saved
+
+
+def equal_pre_nms(model: Any, per_level: int) -> int:
+    """Pre-NMS top-n per level that gives every neck the candidates of a five-level pyramid.
+
+    torchvision (like Detectron) keeps the top-n anchors *per level* before NMS, so a
+    single-level baseline would see a fifth of FPN's candidates; Detectron2's C4 RPN keeps
+    6000 for the same reason. Here a neck with L RPN levels keeps ``per_level * 5 / L``.
+    """
+    return max(1, round(per_level * PYRAMID_LEVELS / len(model.rpn_levels)))
+
+
 def rpn_proposals(model: Any, images: Sequence[Any], top_n: int = PROPOSALS) -> list[Any]:
     """The RPN's proposals for ``images`` in eval mode, keeping the ``top_n`` best per image.
 
     Args:
         model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN`.
         images: ``[Tensor[3, H, W]]`` floats in 0..1 on the model's device.
-        top_n: pre-NMS top-n per RPN level and post-NMS top-n per image (Table 1 uses 1000).
+        top_n: post-NMS proposals per image (Table 1 uses 1000); the pre-NMS top-n per
+            level is ``top_n`` spread as :func:`equal_pre_nms` says.
 
     Returns:
         Per image ``Tensor[N, 4]`` (N <= top_n), xyxy in that image's pixels, best first.
     """
     import torch
 
-    rpn = model.rpn
-    saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n)
-    rpn._pre_nms_top_n["testing"] = top_n
-    rpn._post_nms_top_n["testing"] = top_n
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), rpn_top_n(model, equal_pre_nms(model, top_n), top_n):
             sizes = [tuple(img.shape[-2:]) for img in images]
             image_list, _ = model.transform(list(images))
             features = model.backbone(image_list.tensors)
-            proposals, _ = rpn(image_list, features)
+            proposals, _ = model.rpn(image_list, features)
             # postprocess rescales "boxes" from the resized input back to each image.
             out = model.transform.postprocess([{"boxes": p} for p in proposals], image_list.image_sizes, sizes)
     finally:
-        rpn._pre_nms_top_n.clear()
-        rpn._pre_nms_top_n.update(saved[0])
-        rpn._post_nms_top_n.clear()
-        rpn._post_nms_top_n.update(saved[1])
         model.train(was_training)
     return [o["boxes"] for o in out]
 
@@ -252,17 +271,40 @@ def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int,
     return root
 
 
+def _train_key(settings: dict[str, Any], neck: str) -> dict[str, Any]:
+    """What decides a neck's trained weights (measurement settings are left out, so changing
+    how necks are measured re-measures the saved checkpoints instead of retraining)."""
+    keys = ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")
+    key = {k: settings[k] for k in keys}
+    key["neck"] = neck
+    if neck == "bifpn":
+        key["bifpn_repeats"] = settings["bifpn_repeats"]
+    return key
+
+
+def _finished_training(run: Path, key: dict[str, Any]) -> bool:
+    from fpncli.checkpoint import read_checkpoint
+
+    try:
+        saved = json.loads((run / "ablation_train.json").read_text(encoding="utf-8"))
+        saved.pop("seconds", None)
+        if saved != key:
+            return False
+        state = read_checkpoint(run / "last.pt").get("train_state") or {}
+        return int(state.get("iteration", -1)) == key["iters"]
+    except (OSError, json.JSONDecodeError, FpnError, ValueError, TypeError):
+        return False
+
+
 def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path, device: str,
-                 workers: int, emit: ProgressFn) -> dict[str, Any]:
+                 workers: int, fresh: bool, emit: ProgressFn) -> dict[str, Any]:
+    from fpncli.device import resolve_device
     from fpncli.engine.evaluate import evaluate_model
     from fpncli.engine.train import train
     from fpncli.engine.train_config import TrainConfig
     from fpncli.modeling.detector import count_parameters
+    from fpncli.modeling.weights import load_detector
 
-    if run.exists():
-        if not (run / "config.json").is_file() and any(run.iterdir()):
-            raise FpnError(f"{run}: exists and is not a training run of this ablation; choose another --out")
-        shutil.rmtree(run)  # an unfinished run of this ablation: start it again
     model_overrides = {"bifpn_repeats": settings["bifpn_repeats"]} if neck == "bifpn" else {}
     cfg = TrainConfig(out=str(run), data=str(data_root), preset=settings["preset"], neck=neck,
                       model=model_overrides, iters=settings["iters"], batch_size=settings["batch_size"],
@@ -271,15 +313,29 @@ def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path
     resolved = cfg.resolved()
     if not resolved.val_ann:
         raise FpnError(f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)")
-    summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
-    model = summary["model"]
+    key = _train_key(settings, neck)
+    if not fresh and _finished_training(run, key):
+        emit({"event": "measure", "neck": neck, "what": f"the trained {run / 'last.pt'} (not retrained)"})
+        model = load_detector(str(run / "last.pt")).model.to(resolve_device(device))
+        train_seconds = json.loads((run / "ablation_train.json").read_text(encoding="utf-8")).get("seconds")
+        checkpoint = str(run / "last.pt")
+    else:
+        if run.exists():
+            if not (run / "config.json").is_file() and any(run.iterdir()):
+                raise FpnError(f"{run}: exists and is not a training run of this ablation; choose another --out")
+            shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
+        summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
+        model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
+        (run / "ablation_train.json").write_text(json.dumps({**key, "seconds": train_seconds}), encoding="utf-8")
     model.eval()
     dev = next(model.parameters()).device
     emit({"event": "measure", "neck": neck, "what": "proposal recall"})
     dataset, paths = _val_images(resolved.val_ann, resolved.val_images)
     recall = measure_recall(model, dataset, paths, dev)
     emit({"event": "measure", "neck": neck, "what": "detector AP"})
-    metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
+    # The preset's inference settings, with the RPN candidates equalised across necks.
+    with rpn_top_n(model, equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
+        metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
     emit({"event": "measure", "neck": neck, "what": "inference time"})
     timed = [_load_tensor(p).to(dev) for _, p in paths[:settings["timed_images"]]]
     seconds = time_inference(model, timed)
@@ -290,11 +346,11 @@ def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path
         "parameters": count_parameters(model),
         "parameters_used": used_parameters(model, timed[0]),
         "seconds_per_image": seconds,
-        "train_seconds": summary["seconds"],
+        "train_seconds": train_seconds,
         "levels": [{"name": s.name, "stride": s.stride} for s in model.levels.values()],
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,
-        "checkpoint": summary["last"],
+        "checkpoint": checkpoint,
         "device": str(dev),
         "settings": settings,
     }
@@ -325,8 +381,10 @@ def run_ablation(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         workers: data-loading processes during training.
         bifpn_repeats: BiFPN blocks.
-        fresh: retrain every neck; otherwise a neck whose ``result.json`` was made with the
-            same settings is reused (an interrupted ablation continues where it stopped).
+        fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
+            made with the same settings is reused, and a neck whose training finished with the
+            same training settings is only re-measured (an interrupted ablation continues
+            where it stopped).
         progress: called with event dicts (``data``, ``neck_start``, the training engine's
             events with ``neck`` added, ``measure``, ``neck_done``).
 
@@ -356,6 +414,7 @@ def run_ablation(
     data_root = _prepare_data(out, data, plan, seed, emit)
     settings = {"budget": budget, "seed": seed, "preset": "tiny", "data": str(data_root),
                 "bifpn_repeats": bifpn_repeats, "timed_images": TIMED_IMAGES, "proposals": PROPOSALS,
+                "pre_nms": "equal total over 5 levels",
                 **plan}
     rows = []
     started = time.perf_counter()
@@ -372,7 +431,7 @@ def run_ablation(
                 rows.append(row)
                 continue
         emit({"event": "neck_start", "neck": neck, "index": index, "total": len(necks), **plan})
-        row = _neck_result(neck, run, settings, data_root, device, workers, emit)
+        row = _neck_result(neck, run, settings, data_root, device, workers, fresh, emit)
         cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
         rows.append(row)
         emit({"event": "neck_done", "neck": neck, "row": row})
@@ -467,9 +526,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Budget {s['budget']:g}: {s['iters']} iterations of {s['batch_size']} images per neck, "
         f"{s['train_images']} training and {s['val_images']} validation images ({s['data']}), seed "
         f"{s['seed']}, preset {s['preset']}; torch {env['torch']}, {env['threads']} thread(s), "
-        f"{sum(r['train_seconds'] for r in result['rows']) / 60:.1f} min of training in all. AR: RPN proposals (top {s['proposals']}, class-agnostic, "
-        "IoU 0.50:0.95); AP: detector at the preset's inference settings; params: those an inference "
-        "pass uses; time: median of one-image forward passes.",
+        f"{sum(r['train_seconds'] or 0 for r in result['rows']) / 60:.1f} min of training in all. AR: RPN proposals (top {s['proposals']} after NMS, "
+        "class-agnostic, IoU 0.50:0.95); AP: detector at the preset's inference settings. Every neck's RPN "
+        "keeps the pre-NMS candidates of a five-level pyramid (a single-level baseline keeps 5x the "
+        "per-level top-n). params: those an inference pass uses (c4 skips conv5); time: median of "
+        "one-image forward passes.",
         "",
         claim_sentence(result["claim"]),
         "",
