@@ -74,7 +74,7 @@ def detect(
         if progress is not None:
             err_console.print(f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {source}", highlight=False)
             progress.start()
-            task = progress.add_task("detect", total=total)
+            task = progress.add_task("detect", total=total, failed=0)
 
     def on_image(record: dict, summary) -> None:
         if progress is not None:
@@ -98,16 +98,19 @@ def detect(
 
 
 def _progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
 
-    class _Rate(TextColumn):
-        def render(self, task):  # images/s over the run so far
+    class _Rate(ProgressColumn):
+        """Images per second over the run so far."""
+
+        def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
             rate = task.completed / elapsed if elapsed > 0 else 0.0
-            return super().render(task).__class__(f"{rate:.2f} img/s", style="cyan")
+            return Text(f"{rate:.2f} img/s", style="cyan")
 
-    return Progress(TextColumn("[bold]detect"), BarColumn(), MofNCompleteColumn(), _Rate(""),
+    return Progress(TextColumn("[bold]detect"), BarColumn(), MofNCompleteColumn(), _Rate(),
                     TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
                     TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False,
                     refresh_per_second=4)

@@ -275,16 +275,17 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
         The summary; ``summary.predictions`` holds what ``predictions.json`` holds.
         Ctrl-C ends the run early with ``summary.interrupted`` set and all outputs valid.
     """
+    out_dir = Path(options.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FpnError(f"{out_dir}: exists and is not a folder")
+    paths = expand_sources(sources, options.recursive, exclude=out_dir)  # fail fast, before torch
+
     import torch
 
     from fpncli.device import resolve_device
     from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
-    out_dir = Path(options.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FpnError(f"{out_dir}: exists and is not a folder")
-    paths = expand_sources(sources, options.recursive, exclude=out_dir)
     if not 0.0 <= options.score_thr <= 1.0:
         raise FpnError(f"--score-thr must be in 0..1, got {options.score_thr}")
     if options.nms_iou is not None and not 0.0 < options.nms_iou <= 1.0:
@@ -335,14 +336,14 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
         if options.coco_results is not None:
             write_json_atomic(Path(options.coco_results), coco)
 
-    if on_start is not None:
-        on_start(len(paths), str(device), loaded.source)
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
     start = time.perf_counter()
     last_flush = start
     flush()  # a valid (empty) file from the first moment
+    if on_start is not None:
+        on_start(len(paths), str(device), loaded.source)
     try:
         for result in predict_images(model, paths, device=device, batch_size=batch_size, workers=workers,
                                      half=options.half, max_pixels=options.max_pixels,
