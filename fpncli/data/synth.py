@@ -68,10 +68,12 @@ def _overlaps(box: tuple[float, float, float, float], placed: list[tuple[float, 
     return False
 
 
-def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[dict[str, Any]]]:
-    """One synthetic image and its objects ``[{"category": name, "bbox": [x, y, w, h]}]``."""
+def render_image(seed: int, split: str, index: int,
+                 sizes: tuple[tuple[int, int], ...] = SIZES) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One synthetic image and its objects ``[{"category": name, "bbox": [x, y, w, h]}]``;
+    its (width, height) is drawn from ``sizes``."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    width, height = SIZES[int(rng.integers(len(SIZES)))]
+    width, height = sizes[int(rng.integers(len(sizes)))]
     # Light background: a random light colour, a gentle gradient and pixel noise.
     base = rng.uniform(170, 245, size=3)
     ramp = np.linspace(-1.0, 1.0, width)[None, :, None] * rng.uniform(-20, 20, size=3)
@@ -118,7 +120,7 @@ def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
 
 
 def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: int = 0,
-               overwrite: bool = False,
+               overwrite: bool = False, sizes: tuple[tuple[int, int], ...] = SIZES,
                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Write a synthetic COCO-layout dataset to ``out``.
 
@@ -129,6 +131,7 @@ def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: i
         seed: every image is a pure function of (seed, split, index).
         overwrite: replace existing annotation files; without it an existing dataset is an
             :class:`FpnError`.
+        sizes: image (width, height) choices; the default mixes orientations.
         progress: called as ``progress(split, done, total)`` after each image.
 
     Returns:
@@ -136,6 +139,8 @@ def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: i
         "per_class", "small", "medium", "large"}}}``.
     """
     root = Path(out)
+    if not sizes or any(min(wh) < 32 for wh in sizes):
+        raise FpnError(f"image sizes must be at least 32 px, got {sizes}")
     if train < 0 or val < 0:
         raise FpnError("--train and --val must be zero or more")
     if root.exists() and not root.is_dir():
@@ -155,7 +160,7 @@ def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: i
         per_class = {name: 0 for name in CLASSES}
         buckets = {"small": 0, "medium": 0, "large": 0}
         for index in range(count):
-            img, objects = render_image(seed, split, index)
+            img, objects = render_image(seed, split, index, sizes)
             name = f"{index:06d}.png"
             img.save(img_dir / name, compress_level=1)
             image_id = index + 1

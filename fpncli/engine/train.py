@@ -378,7 +378,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                 record = {"type": "train", "iter": iteration, "epoch": iteration / per_epoch,
                           "lr": optimizer.param_groups[0]["lr"],
                           **dict(zip(("loss",) + LOSS_KEYS, (round(v, 6) for v in logged.tolist()))),
-                          "grad_norm": grad_norm, "time_per_iter": avg, "data_time": data_time,
+                          "grad_norm": grad_norm, "time_per_iter": avg, "iter_time": step_time + data_time,
+                          "data_time": data_time,
                           "images_per_s": cfg.batch_size * info.world_size / avg,
                           "memory_mb": round(_memory_mb(device), 1)}
                 _append_jsonl(metrics_path, record)
