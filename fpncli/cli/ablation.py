@@ -58,8 +58,10 @@ def ablation(
         if kind == "data":
             err_console.print(f"drawing {event['train']} + {event['val']} synthetic images into {event['root']}")
         elif kind == "neck_start":
-            err_console.print(f"[bold]{neck}[/] ({event['index'] + 1}/{event['total']}): "
-                              f"training {event['iters']} iterations of {event['batch_size']} images")
+            err_console.print(f"[bold]{neck}[/] ({event['index'] + 1}/{event['total']})")
+        elif kind == "start":
+            err_console.print(f"  {neck}: training {event['total_iterations']} iterations of "
+                              f"{event['effective_batch']} images on {event['device']}")
         elif kind == "neck_cached":
             err_console.print(f"[bold]{neck}[/]: reusing the finished run (--fresh retrains)")
         elif kind == "iter":
