@@ -279,6 +279,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if device.type == "cuda" and model.norm == "bn":
+            # From scratch, BatchNorm trains; a few images per GPU give poor statistics, so
+            # they are computed over the whole effective batch (names and state_dict unchanged).
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     config_record = {"train": cfg.to_dict(), "model": unwrap(model).config.replace(norm=model.norm).to_dict(),
