@@ -11,6 +11,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredict
 from torchvision.models.detection.rpn import RPNHead
 
 from fpncli.config import ModelConfig
+from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
 from fpncli.modeling.backbone import ResNetBottomUp
 from fpncli.modeling.levels import LevelSpec
@@ -117,7 +118,8 @@ def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int
     if num_levels == 1:
         return [sizes]
     if len(sizes) != num_levels:
-        raise ValueError(f"{len(sizes)} anchor sizes for {num_levels} RPN levels")
+        raise FpnError(f"{len(sizes)} anchor sizes given for {num_levels} RPN levels; the {cfg.neck} neck "
+                       f"needs one size per level")
     return [(s,) for s in sizes]
 
 
