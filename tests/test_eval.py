@@ -48,6 +48,7 @@ def _results() -> list[dict]:
         {"image_id": 20, "category_id": 42, "bbox": [60, 40, 100, 130], "score": 0.5},
         {"image_id": 20, "category_id": 7, "bbox": [2, 150, 50, 40], "score": 0.95},  # on the crowd: ignored
         {"image_id": 30, "category_id": 42, "bbox": [10, 10, 50, 50], "score": 0.4},  # empty image: FP
+        {"image_id": 10, "category_id": 3, "bbox": [12, 11, -48, 40], "score": 0.99},  # negative width: FP
     ]
 
 
@@ -132,8 +133,8 @@ def test_bad_detections_are_skipped_and_the_rest_evaluated(tmp_path):
     assert [metrics[k] for k in METRIC_KEYS] == _pycocotools(ann, _results())
     assert metrics["num_detections"] == len(_results()) and metrics["results_file"] == str(results)
     text = "\n".join(metrics["problems"])
-    for needle in ("[7]: not a JSON object", "[8] image_id 555", "[9] category_id 4", "[10] bbox",
-                   "[11] score None", "[12] score nan"):
+    for needle in ("[8]: not a JSON object", "[9] image_id 555", "[10] category_id 4", "[11] bbox",
+                   "[12] score None", "[13] score nan"):
         assert needle in text, needle
 
 
@@ -171,7 +172,7 @@ def test_results_matching_nothing_is_one_clear_error(tmp_path):
     with pytest.raises(FpnError, match="contiguous labels written instead of dataset category ids"):
         evaluate_results(ann, _write(tmp_path / "r.json", labels_not_ids))
     wrong_images = [{**r, "image_id": r["image_id"] + 1} for r in _results()]
-    with pytest.raises(FpnError, match=r"r2.json: none of its 7 detections.*image_id 11"):
+    with pytest.raises(FpnError, match=r"r2.json: none of its 8 detections.*image_id 11"):
         evaluate_results(ann, _write(tmp_path / "r2.json", wrong_images))
     with pytest.raises(FpnError, match="expected a JSON list of detections"):
         evaluate_results(ann, _write(tmp_path / "r3.json", {"detections": []}))
