@@ -133,3 +133,20 @@ def test_paper_recipe_defaults_and_schedule(shapes):
     f = [lr_factor(i, 100, 10, 0.001, [0.75], 0.1) for i in (0, 5, 10, 74, 75, 99)]
     assert f[0] == pytest.approx(0.001) and 0.001 < f[1] < 1 and f[2] == f[3] == 1.0
     assert f[4] == f[5] == pytest.approx(0.1)
+
+
+def test_cli_train_and_resume(shapes, tmp_path):
+    run = tmp_path / "cli"
+    args = ["train", "--data", str(shapes), "--preset", "tiny", "--out", str(run), "--iters", "2",
+            "--batch-size", "2", "--min-size", "64", "--max-size", "96", "--workers", "0", "--eval-every", "-1"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "trained 2 iterations" in result.output and str(run) in result.output
+    assert json.loads((run / "config.json").read_text())["model"]["min_size"] == 64
+    more = CliRunner().invoke(app, ["train", "--resume", str(run), "--iters", "3", "--workers", "0"],
+                              env={"COLUMNS": "400"})
+    assert more.exit_code == 0, more.output
+    assert read_checkpoint(run / "last.pt")["train_state"]["iteration"] == 3
+    bad = CliRunner().invoke(app, ["train", "--data", str(shapes), "--out", str(tmp_path / "b"),
+                                   "--train-sizes", "10,abc"])
+    assert bad.exit_code != 0
