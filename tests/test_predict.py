@@ -11,7 +11,8 @@ from torchvision.transforms.functional import to_tensor
 
 from fpncli.engine.predict import predict_images
 from fpncli.errors import FpnError
-from fpncli.modeling.optimize import fold_batchnorm, optimize_for_inference
+from fpncli.modeling.optimize import (WinogradConv2d, fold_batchnorm, optimize_for_inference,
+                                     use_winograd, winograd_available)
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +129,7 @@ def test_fold_batchnorm_leaves_groupnorm_and_training_bn(tiny_config):
 
 def test_channels_last_copy(tiny_config):
     model = _scored_model(tiny_config)
-    opt = optimize_for_inference(model, fold_bn=False)
+    opt = optimize_for_inference(model, fold_bn=False, winograd=False, channels_last=True)
     conv = opt.backbone.bottom_up.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert model.backbone.bottom_up.conv1.weight.is_contiguous()  # original untouched
@@ -154,3 +155,38 @@ def test_empty_input_and_bad_options(tiny_config):
         next(predict_images(model, [], half=True))
     with pytest.raises(FpnError, match="batch size"):
         next(predict_images(model, [], batch_size=0))
+
+
+@pytest.mark.skipif(not winograd_available(), reason="this PyTorch build has no NNPACK")
+def test_winograd_convolutions_match_direct_ones(tiny_config):
+    model = _scored_model(tiny_config)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.backbone(x)
+        swapped = use_winograd(model)
+        got = model.backbone(x)
+    # resnet18: 2 per BasicBlock x 8 minus 3 strided = 13, + 4 FPN outputs + the RPN head = 18
+    assert swapped == 18 and isinstance(model.backbone.neck.outputs[0], WinogradConv2d)
+    assert model.backbone.bottom_up.conv1.__class__ is torch.nn.Conv2d  # 7x7 stride 2: untouched
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=1e-3, atol=1e-3)
+        assert not torch.equal(got[name], ref[name])  # really a different algorithm
+    # With gradients it is an ordinary convolution again (NNPACK has no backward here).
+    conv = model.backbone.neck.outputs[0]
+    y = conv(torch.rand(1, conv.in_channels, 8, 8, requires_grad=True))
+    assert y.requires_grad
+
+
+def test_replica_processes_give_the_same_detections(tiny_config, images, tmp_path):
+    model = _scored_model(tiny_config)
+    broken = tmp_path / "empty.png"
+    broken.write_bytes(b"")
+    paths = [images[0], broken, *images[1:]]
+    one = list(predict_images(model, paths))
+    two = list(predict_images(model, paths, cpu_processes=2, keep_images=True))
+    assert [r.path for r in two] == paths
+    assert two[1].error and "empty" in two[1].error
+    for a, b in zip(one, two):
+        assert torch.equal(a.labels, b.labels)
+        assert torch.allclose(a.boxes, b.boxes, atol=1e-3) and torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert two[0].image is not None and two[0].image.shape == (3, 90, 120)

@@ -38,7 +38,9 @@ def detect(
     min_size: Annotated[Optional[int], typer.Option(help="Resize the shorter side to this (model default).")] = None,
     max_size: Annotated[Optional[int], typer.Option(help="Cap the longer side at this (model default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 2 on CUDA, 1 on CPU).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes (default 4 on CUDA, 1 on CPU).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
+             "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto picks CUDA when present).")] = "auto",
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated images.")] = True,
@@ -49,7 +51,8 @@ def detect(
              "(default: 1..N in input order).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 256_000_000,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize",
-                                           help="Fold BatchNorm into convolutions and use channels-last memory.")] = True,
+                                           help="Fold BatchNorm into convolutions; Winograd 3x3 convolutions "
+                                                "on the CPU, channels-last memory on CUDA.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")] = False,
 ) -> None:

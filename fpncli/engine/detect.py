@@ -47,7 +47,9 @@ class DetectOptions:
     min_size: int | None = None
     max_size: int | None = None
     batch_size: int | None = None  # None: 2 on CUDA, 1 on CPU
-    workers: int | None = None  # None: up to 4 on CUDA, 1 on CPU
+    # None: up to 4. On CUDA: decoding processes. On the CPU: model replicas, each decoding
+    # and detecting whole images (0: everything in this process).
+    workers: int | None = None
     device: str = "auto"
     half: bool = False
     draw: bool = True
@@ -311,10 +313,14 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     if options.optimize:
         from fpncli.modeling.optimize import optimize_for_inference
 
-        model = optimize_for_inference(model, inplace=True)
+        # CPU: NNPACK's Winograd needs NCHW; CUDA: channels-last feeds the tensor cores.
+        model = optimize_for_inference(model, inplace=True, winograd=device.type == "cpu",
+                                       channels_last=device.type == "cuda")
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
-    workers = options.workers if options.workers is not None else (min(4, os.cpu_count() or 1) if cuda else 1)
+    workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
+    # On the CPU each worker is a whole single-threaded model replica (see predict_images).
+    cpu_processes = workers if not cuda else 0
 
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = output_paths(paths, out_dir) if options.draw else []
@@ -347,7 +353,7 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     try:
         for result in predict_images(model, paths, device=device, batch_size=batch_size, workers=workers,
                                      half=options.half, max_pixels=options.max_pixels,
-                                     keep_images=options.draw):
+                                     keep_images=options.draw, cpu_processes=cpu_processes):
             i = index[result.path]
             if result.error is not None:
                 record: dict[str, Any] = {"file": str(result.path), "error": result.error}

@@ -5,6 +5,12 @@
   one full read and write of every ResNet feature map (53 of them in R50).
 - :func:`use_channels_last`: oneDNN's convolutions run natively on NHWC tensors; with NCHW
   every convolution reorders its input and output.
+- :func:`use_winograd`: on the CPU, 3x3 stride-1 convolutions (most of an FPN detector's
+  multiply-adds: the ResNet's middle convs, the FPN's output convs and the RPN head) go
+  through NNPACK's Winograd transform, which needs about a third of the multiplications. Its
+  results differ from a direct convolution by ~1e-5 relative (float rounding of a
+  different sum order); ``tests/test_predict.py`` and ``scripts/bench_detect.py`` check that
+  the detections stay the same.
 
 Both change parameter names and layouts, so an optimised model is for inference only:
 never train it or save its state dict. :func:`optimize_for_inference` works on a copy
@@ -63,11 +69,13 @@ def fold_batchnorm(model: nn.Module) -> int:
     Returns:
         how many BatchNorm layers were folded (each replaced by ``nn.Identity``).
     """
+    from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     from fpncli.modeling.backbone import ResNetBottomUp
 
-    pairs_by_name = (BasicBlock, Bottleneck, ResNet, ResNetBottomUp)
+    # IntermediateLayerGetter: torchvision's detection backbones (the ResNet stem's conv1/bn1).
+    pairs_by_name = (BasicBlock, Bottleneck, ResNet, ResNetBottomUp, IntermediateLayerGetter)
     folded = 0
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
@@ -104,9 +112,52 @@ def use_channels_last(model: nn.Module) -> None:
     backbone.register_forward_pre_hook(_to_channels_last)
 
 
-def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = True,
-                           inplace: bool = False) -> nn.Module:
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3, stride-1 ``nn.Conv2d`` that runs NNPACK's Winograd convolution on CPU float32
+    inference inputs, and the ordinary convolution otherwise (CUDA, gradients, other dtypes)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias,
+                                                     list(self.padding), [1, 1])
+        return super().forward(x)
+
+
+def winograd_available() -> bool:
+    """Whether this PyTorch build has NNPACK (x86-64 and ARM wheels do)."""
+    try:
+        return bool(torch._nnpack_available())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_winograd(model: nn.Module) -> int:
+    """Swap every eligible ``nn.Conv2d`` (3x3, stride 1, no dilation, one group, zero
+    padding) for a :class:`WinogradConv2d` sharing its parameters, in place.
+
+    Returns:
+        how many convolutions were swapped (0 when NNPACK is not available).
+    """
+    if not winograd_available():
+        return 0
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if (type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1)
+                    and child.dilation == (1, 1) and child.groups == 1 and child.padding_mode == "zeros"
+                    and isinstance(child.padding, tuple)):
+                child.__class__ = WinogradConv2d  # same parameters and state dict, new forward
+                swapped += 1
+    return swapped
+
+
+def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False,
+                           winograd: bool = True, inplace: bool = False) -> nn.Module:
     """Return ``model`` (a copy unless ``inplace``) in eval mode with the rewrites applied.
+
+    ``winograd`` (CPU) and ``channels_last`` do not mix: NNPACK wants NCHW tensors, and
+    on the CPU Winograd saves far more than the layout does; use channels-last on CUDA.
 
     The detections stay those of the original model up to float rounding (see
     ``tests/test_predict.py`` and ``scripts/bench_detect.py``).
@@ -116,6 +167,8 @@ def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_l
     model.eval()
     if fold_bn:
         fold_batchnorm(model)
+    if winograd:
+        use_winograd(model)
     if channels_last:
         use_channels_last(model)
     return model
