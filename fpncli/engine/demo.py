@@ -88,6 +88,9 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
                                eval_every=-1, workers=cfg.workers, device=cfg.device, seed=cfg.seed,
                                log_every=10), progress=progress)
     timings["train"] = time.perf_counter() - t
+    if result["interrupted"]:  # Ctrl-C: training saved last.pt; stop here
+        (out / MARKER).write_text(json.dumps({"status": "interrupted", "run": str(out / "run")}), encoding="utf-8")
+        raise KeyboardInterrupt
     model = result["model"].eval()
 
     emit({"event": "step", "step": "eval", "message": f"evaluating on {cfg.val_images} held-out images"})
