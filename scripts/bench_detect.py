@@ -14,10 +14,14 @@ other work hits both alike.
         annotated images written).
 
 It prints images/s for each, the ratio, the CPU seconds per image (this process and its
-workers; steadier than wall time on a shared machine), the peak resident memory during each
-arm, and whether the two produce the same detections (same class, IoU >= 0.99, score within
-1e-3; a detection may only be missing on one side when its score is within 1e-3 of the
-threshold). ``--ablation-images K`` then times each optimisation alone on K images.
+workers; steadier than wall time on a shared machine), the peak resident memory during each (process plus workers; pages shared after fork count once per process)
+arm, and whether the two produce the same detections up to float rounding: one-to-one
+matches with the same class, IoU >= 0.99 and scores within 0.005 (a detection may only be
+missing on one side when its score is within 0.005 of the threshold); the largest box and
+score differences are printed too. Any change in float arithmetic (Winograd, folded
+BatchNorm, even another thread count) can flip a near-tied discrete choice (top-k, NMS) and
+so swap a detection for its almost identical neighbour; the tolerance is for those.
+``--ablation-images K`` then times each optimisation alone on K images.
 
     python scripts/bench_detect.py                      # 8 images at 800 px, ~3 min on 2 cores
     python scripts/bench_detect.py --images 2 --size 320 --ablation-images 0   # smoke run
@@ -198,7 +202,7 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else float(a == b)
 
 
-def compare(ref: list, got: list, score_thr: float, tol: float = 1e-3) -> dict:
+def compare(ref: list, got: list, score_thr: float, tol: float = 5e-3) -> dict:
     """Match detections one to one; see the module docstring for the rule."""
     matched = missing = extra = 0
     max_box = max_score = 0.0
