@@ -37,7 +37,9 @@ def detect(
         help="Only these classes: names or category ids, comma-separated or repeated.")] = None,
     min_size: Annotated[Optional[int], typer.Option(help="Resize the shorter side to this (model default).")] = None,
     max_size: Annotated[Optional[int], typer.Option(help="Cap the longer side at this (model default).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default 2 on CUDA, 1 on CPU).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="CUDA: images per forward pass (default 2; only equal-size images share one). "
+             "CPU: used with --workers 0 only.")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
              "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process.")] = None,
