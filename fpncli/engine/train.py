@@ -335,7 +335,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     last_metrics: dict[str, Any] | None = None
     with stop.installed():
         data_iter = iter(loader)
-        t_data = time.perf_counter()
+        t_data, cpu_data = time.perf_counter(), time.process_time()
         while iteration < total:
             images, targets = next(data_iter)
             data_time = time.perf_counter() - t_data
@@ -343,7 +343,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                 emit({"event": "warning", "message": f"iteration {iteration}: no readable image in the batch, skipped"})
                 iteration += 1
                 scheduler.step()
-                t_data = time.perf_counter()
+                t_data, cpu_data = time.perf_counter(), time.process_time()
                 continue
             t0 = time.perf_counter()
             images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
@@ -383,6 +383,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                           "lr": optimizer.param_groups[0]["lr"],
                           **dict(zip(("loss",) + LOSS_KEYS, (round(v, 6) for v in logged.tolist()))),
                           "grad_norm": grad_norm, "time_per_iter": avg, "iter_time": step_time + data_time,
+                          # this process's CPU time for the iteration: a figure that other
+                          # jobs on a shared machine disturb far less than wall-clock time
+                          "iter_cpu_time": time.process_time() - cpu_data,
                           "data_time": data_time,
                           "images_per_s": cfg.batch_size * info.world_size / avg,
                           "memory_mb": round(_memory_mb(device), 1)}
@@ -413,7 +416,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             if should_stop:
                 interrupted = True
                 break
-            t_data = time.perf_counter()
+            t_data, cpu_data = time.perf_counter(), time.process_time()
         del data_iter
     D.broadcast_buffers(model, info)
     seconds = time.perf_counter() - t_start
