@@ -39,6 +39,7 @@ def _weights(path):
     return read_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow
 def test_run_folder_contents(shapes, tmp_path):
     events = []
     summary = train(_cfg(shapes, tmp_path / "run", iters=4, eval_every=0), progress=events.append)
@@ -62,6 +63,7 @@ def test_run_folder_contents(shapes, tmp_path):
         train(_cfg(shapes, run, iters=2))
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_is_exact(shapes, tmp_path):
     """N iterations in one go == N/2, Ctrl-C (saves), resume N/2: identical weights."""
     n = 6
@@ -135,6 +137,7 @@ def test_paper_recipe_defaults_and_schedule(shapes):
     assert f[4] == f[5] == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_cli_train_and_resume(shapes, tmp_path):
     run = tmp_path / "cli"
     args = ["train", "--data", str(shapes), "--preset", "tiny", "--out", str(run), "--iters", "2",
