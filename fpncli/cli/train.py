@@ -52,6 +52,7 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 1e-4).")] = None,
     warmup_iters: Annotated[Optional[int], typer.Option(help="Linear warm-up iterations.")] = None,
     clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 10.0,
+    fpn_channels: Annotated[Optional[int], typer.Option(help="Channels d of every pyramid level (default: the preset's).")] = None,
     min_size: Annotated[Optional[int], typer.Option(help="Shorter image side (default: the preset's).")] = None,
     max_size: Annotated[Optional[int], typer.Option(help="Longer image side cap (default: the preset's).")] = None,
     train_sizes: Annotated[Optional[str], typer.Option(help="Multi-scale training: shorter sides to draw from, e.g. 640,672,704,736,768,800.")] = None,
@@ -70,7 +71,8 @@ def train(
     from fpncli.engine.train import train as run_training
     from fpncli.engine.train_config import TrainConfig
 
-    model: dict[str, Any] = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+    model: dict[str, Any] = {k: v for k, v in (("min_size", min_size), ("max_size", max_size),
+                                               ("fpn_channels", fpn_channels)) if v is not None}
     if resume is not None:
         cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
     else:
