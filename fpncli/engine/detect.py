@@ -6,6 +6,7 @@ Outputs in ``out_dir``:
                        [{"file", "error"}]}``; boxes in original-image pixels (EXIF
                        orientation applied). Rewritten atomically every few seconds, so it
                        is valid for the images done so far even after Ctrl-C or a crash.
+    --coco-results     ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
     annotated images   one per readable input, at the input's path relative to the common
                        folder of all inputs (so equal names in different folders never
                        collide), with ``_det`` added when that would be the input itself.
@@ -28,7 +29,8 @@ from fpncli.errors import FpnError
 
 PREDICTIONS_FILE = "predictions.json"
 _GLOB_CHARS = set("*?[")
-# Rewriting predictions.json at most this often keeps a 10k-image run linear, not quadratic.
+# Rewriting predictions.json at most this often (and less often as it grows, see run_detect)
+# keeps a 10k-image run from spending its time rewriting the file.
 _FLUSH_SECONDS = 2.0
 # Annotated images waiting to be encoded; bounds memory when drawing is slower than the model.
 _MAX_PENDING_DRAWS = 8
@@ -346,7 +348,7 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
     start = time.perf_counter()
-    last_flush = start
+    last_flush, flush_every = start, _FLUSH_SECONDS
     flush()  # a valid (empty) file from the first moment
     if on_start is not None:
         on_start(len(paths), str(device), loaded.source)
@@ -391,9 +393,12 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
             summary.seconds = time.perf_counter() - start
             if on_image is not None:
                 on_image(record, summary)
-            if time.perf_counter() - last_flush >= _FLUSH_SECONDS:
+            if time.perf_counter() - last_flush >= flush_every:
+                t0 = time.perf_counter()
                 flush()
                 last_flush = time.perf_counter()
+                # A big run's file takes long to rewrite: keep that under ~10% of the time.
+                flush_every = max(_FLUSH_SECONDS, 10 * (last_flush - t0))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
