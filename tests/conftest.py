@@ -15,6 +15,16 @@ COCO_TINY = Path(os.environ.get("FPN_COCO_TINY", ROOT.parent / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine every
+    parallel op waits for a descheduled thread; one thread keeps these tests quick."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def coco_tiny() -> Path:
     """``../shared/data/coco-tiny`` (80 train + 80 val COCO 2017 images). Skips where absent

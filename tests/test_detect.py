@@ -19,14 +19,8 @@ from fpncli.errors import FpnError
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine every
-    parallel op waits for a descheduled thread; one thread keeps these tests quick."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny models: one thread is faster than two contending ones (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(path: Path, size=(64, 48), seed=0, mode="RGB", **save) -> Path:

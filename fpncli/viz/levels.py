@@ -28,6 +28,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (creating its folder) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def level_colours(names: list[str]) -> dict[str, tuple]:
     """One distinct colour per level name, in pyramid order (finest first)."""
     import matplotlib
@@ -96,11 +105,7 @@ def save_pyramid_montage(ins: "ImageInspection", path: str | Path) -> Path:
         ax.set_axis_off()
     fig.suptitle("Feature pyramid: mean |activation| per cell (each level on its own scale)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_detections(ins: "ImageInspection", path: str | Path) -> Path:
@@ -127,11 +132,7 @@ def save_detections(ins: "ImageInspection", path: str | Path) -> Path:
     ax.set_axis_off()
     ax.set_title(f"{len(ins.detections)} detections with score >= {ins.score_thr:g}, coloured by level", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_bottom_up_comparison(ins: "ImageInspection", path: str | Path) -> Path | None:
@@ -153,11 +154,7 @@ def save_bottom_up_comparison(ins: "ImageInspection", path: str | Path) -> Path 
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle("Bottom-up maps vs. the pyramid after the top-down pathway (mean |activation|)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_image_figures(ins: "ImageInspection", out_dir: str | Path) -> list[Path]:
@@ -218,11 +215,7 @@ def save_box_size_histogram(report: "DatasetReport", path: str | Path) -> Path:
                  fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_level_coverage(report: "DatasetReport", path: str | Path) -> Path:
@@ -253,11 +246,7 @@ def save_level_coverage(report: "DatasetReport", path: str | Path) -> Path:
     ax.set_title("Anchor coverage per level and per size", fontsize=10)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_dataset_figures(report: "DatasetReport", out_dir: str | Path) -> list[Path]:
