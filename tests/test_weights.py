@@ -71,6 +71,12 @@ def test_imagenet_backbone_from_cache_and_from_path(hub_dir, offline, tmp_path):
         assert "backbone from" in loaded.source
 
 
+def test_offline_imagenet_download_suggests_training_from_scratch(hub_dir, offline):
+    cfg = preset_config("tiny", class_names=["a"], category_ids=[1])
+    with pytest.raises(FpnError, match=r"resnet18-f37072fd\.pth.*--backbone-weights none"):
+        W.load_detector("none", config=cfg, backbone_weights="imagenet")
+
+
 def test_backbone_weights_for_the_wrong_resnet(hub_dir, tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(resnet18().state_dict(), path)

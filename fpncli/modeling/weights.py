@@ -175,7 +175,11 @@ def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
     """Load ResNet weights into the bottom-up pathway; returns a description."""
     name = model.config.backbone
     if source == "imagenet":
-        state, where = load_file(download_cached(IMAGENET_URLS[name])), f"ImageNet {name}"
+        try:
+            path = download_cached(IMAGENET_URLS[name])
+        except FpnError as exc:
+            raise FpnError(f"{exc}; or train from scratch with --backbone-weights none") from None
+        state, where = load_file(path), f"ImageNet {name}"
     else:
         state, where = load_file(source), source
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
