@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fpncli.atomic import atomic_write
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 
@@ -29,23 +29,9 @@ VERSION = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A crash or kill mid-write leaves the previous file at ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to ``path`` atomically (:func:`fpncli.atomic.atomic_write`): a crash or
+    kill mid-write leaves the previous file at ``path`` untouched."""
+    return atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

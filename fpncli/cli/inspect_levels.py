@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fpncli.atomic import write_json
 from fpncli.cli.common import console, err_console, handle_errors
 from fpncli.errors import FpnError
 
@@ -68,15 +69,6 @@ def inspect_levels(
                score_thr, sizes, ratios, compare_bottom_up, out, as_json)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _image(image, weights, preset, backbone_weights, neck, num_classes, device, min_size, max_size,
            score_thr, sizes, ratios, compare_bottom_up, out, as_json) -> None:
     import json
@@ -107,7 +99,7 @@ def _image(image, weights, preset, backbone_weights, neck, num_classes, device, 
     if out is not None:
         from fpncli.viz.levels import save_image_figures
 
-        _write_json(data, out / "levels.json")
+        write_json(out / "levels.json", data)
         written = [out / "levels.json", *save_image_figures(report, out)]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -157,7 +149,7 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
     if out is not None:
         from fpncli.viz.levels import save_dataset_figures
 
-        _write_json(data, out / "dataset_levels.json")
+        write_json(out / "dataset_levels.json", data)
         written = [out / "dataset_levels.json", *save_dataset_figures(report, out)]
     if as_json:
         typer.echo(json.dumps(data, indent=2))

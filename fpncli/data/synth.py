@@ -17,7 +17,6 @@ the same files, and changing ``--train`` does not change the validation images.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fpncli.atomic import write_json
 from fpncli.errors import FpnError
 
 CLASSES = ("circle", "square", "triangle", "cross")
@@ -178,9 +178,7 @@ def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: i
         ann_file = ann_dir / f"instances_{split}.json"
         data = {"info": {"description": f"fpncli synthetic shapes, seed {seed}"},
                 "images": images, "annotations": annotations, "categories": categories}
-        tmp = ann_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, ann_file)
+        write_json(ann_file, data, indent=None)
         summary["splits"][split] = {"images": count, "objects": len(annotations),
                                     "annotation_file": str(ann_file), "images_dir": str(img_dir),
                                     "per_class": per_class, **buckets}

@@ -15,7 +15,6 @@ Outputs in ``out_dir``:
 from __future__ import annotations
 
 import glob
-import json
 import os
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fpncli.atomic import write_json
 from fpncli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
 from fpncli.errors import FpnError
 
@@ -201,18 +201,6 @@ def resolve_classes(class_names: Sequence[str], category_ids: Sequence[int],
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def write_json_atomic(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=indent)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _coco_image_ids(paths: Sequence[Path], annotations: Path | None) -> tuple[dict[int, int], list[str]]:
     """Input index -> COCO image id, and the files the annotation file does not list.
 
@@ -340,9 +328,9 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
         Path(options.coco_results).parent.mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
-        write_json_atomic(summary.predictions_path, summary.predictions)
+        write_json(summary.predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
-            write_json_atomic(Path(options.coco_results), coco)
+            write_json(Path(options.coco_results), coco, indent=None)
 
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None

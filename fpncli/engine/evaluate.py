@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from fpncli.atomic import write_json
 from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path, xyxy_to_xywh
 from fpncli.errors import FpnError
 
@@ -564,19 +563,3 @@ def check_category_mapping(category_ids: Sequence[int], class_names: Sequence[st
 def _ids(mapping: dict[int, Any]) -> str:
     ids = sorted(mapping)
     return ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
-
-
-def write_json(path: Path, data: Any, indent: int | None = 2) -> Path:
-    """Write JSON atomically (temporary file + rename): an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path

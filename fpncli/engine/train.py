@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fpncli.checkpoint import read_checkpoint, save_checkpoint, unwrap
-from fpncli.config import ModelConfig, preset_config
+from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
 from fpncli.data.sampler import GroupedBatches
 from fpncli.engine import distributed as D
