@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> Path:

@@ -92,8 +92,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not is_checkpoint(obj):
         raise FpnError(f"{path}: not an fpncli checkpoint (no '{FORMAT}' header)")
     if obj.get("version", 0) > VERSION:
-        raise FpnError(f"{path}: checkpoint version {obj['version']} is newer than this fpncli "
-                       f"understands ({VERSION}); upgrade fpncli")
+        raise FpnError(
+            f"{path}: checkpoint version {obj['version']} is newer than this fpncli "
+            f"understands ({VERSION}); upgrade fpncli"
+        )
     for key in ("model_config", "state_dict"):
         if key not in obj:
             raise FpnError(f"{path}: checkpoint has no {key!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from fpncli.errors import FpnError
 
@@ -39,7 +39,7 @@ class ModelConfig:
     # How many ResNet stages (counted from the top, 0..5) are trained. None resolves to 3
     # with a pretrained backbone (torchvision's choice) and 5 from scratch (random lower
     # stages must learn too).
-    trainable_layers: Optional[int] = None
+    trainable_layers: int | None = None
     fpn_channels: int = 256  # the paper's d
     bifpn_repeats: int = 2
     class_names: list[str] = field(default_factory=list)
@@ -91,7 +91,7 @@ class ModelConfig:
             return self.trainable_layers
         return 3 if pretrained_backbone else 5
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.backbone not in BACKBONES:
             raise FpnError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.neck not in NECKS:
@@ -101,11 +101,13 @@ class ModelConfig:
         if not self.class_names:
             raise FpnError("the model needs at least one class")
         if len(self.category_ids) != len(self.class_names):
-            raise FpnError(
-                f"{len(self.class_names)} class names but {len(self.category_ids)} category ids"
-            )
-        for name, value in (("fpn_channels", self.fpn_channels), ("box_head_dim", self.box_head_dim),
-                            ("min_size", self.min_size), ("max_size", self.max_size)):
+            raise FpnError(f"{len(self.class_names)} class names but {len(self.category_ids)} category ids")
+        for name, value in (
+            ("fpn_channels", self.fpn_channels),
+            ("box_head_dim", self.box_head_dim),
+            ("min_size", self.min_size),
+            ("max_size", self.max_size),
+        ):
             if value <= 0:
                 raise FpnError(f"{name} must be positive, got {value}")
         if self.min_size > self.max_size:
@@ -120,7 +122,7 @@ class ModelConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a newer or foreign file)."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
@@ -133,7 +135,7 @@ class ModelConfig:
             values[key] = value
         return cls(**values)
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with the given fields changed; ``None`` values are ignored (CLI defaults)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -94,7 +94,7 @@ class PeakMemory:
             self.peak_kib = max(self.peak_kib, total)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -110,7 +110,7 @@ def _cpu_seconds() -> float:
 
 
 class Timed:
-    def __enter__(self) -> "Timed":
+    def __enter__(self) -> Timed:
         self.memory = PeakMemory().__enter__()
         self.cpu0, self.t0 = _cpu_seconds(), time.perf_counter()
         return self
@@ -157,8 +157,9 @@ def make_weights(path: Path, seed: int) -> None:
 # ----------------------------------------------------------------------------- arms
 
 
-def stock_loop(weights: Path, paths: list[Path], size: int, max_size: int, score_thr: float,
-               grad_mode=torch.no_grad) -> list[list[tuple[int, float, list[float]]]]:
+def stock_loop(
+    weights: Path, paths: list[Path], size: int, max_size: int, score_thr: float, grad_mode=torch.no_grad
+) -> list[list[tuple[int, float, list[float]]]]:
     """What a typical user writes: torchvision's model, one image at a time."""
     from PIL import Image
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
@@ -173,22 +174,42 @@ def stock_loop(weights: Path, paths: list[Path], size: int, max_size: int, score
         with grad_mode():
             det = model([x])[0]
         keep = det["scores"] >= score_thr
-        out.append(list(zip(det["labels"][keep].tolist(), det["scores"][keep].tolist(),
-                            det["boxes"][keep].tolist())))
+        out.append(
+            list(zip(det["labels"][keep].tolist(), det["scores"][keep].tolist(), det["boxes"][keep].tolist()))
+        )
     return out
 
 
-def fpn_detect(weights: Path, paths: list[Path], size: int, max_size: int, score_thr: float,
-               out_dir: Path, draw: bool, device: str) -> list[list[tuple[int, float, list[float]]]]:
+def fpn_detect(
+    weights: Path,
+    paths: list[Path],
+    size: int,
+    max_size: int,
+    score_thr: float,
+    out_dir: Path,
+    draw: bool,
+    device: str,
+) -> list[list[tuple[int, float, list[float]]]]:
     from fpncli.engine.detect import DetectOptions, run_detect
 
-    summary = run_detect([str(p) for p in paths], DetectOptions(
-        weights=str(weights), out_dir=out_dir, score_thr=score_thr, min_size=size, max_size=max_size,
-        draw=draw, device=device))
+    summary = run_detect(
+        [str(p) for p in paths],
+        DetectOptions(
+            weights=str(weights),
+            out_dir=out_dir,
+            score_thr=score_thr,
+            min_size=size,
+            max_size=max_size,
+            draw=draw,
+            device=device,
+        ),
+    )
     if summary.images_failed:
         raise SystemExit(f"fpn detect failed on {summary.images_failed} image(s): {summary.errors}")
-    return [[(d["category_id"], d["score"], d["box"]) for d in rec["detections"]]
-            for rec in summary.predictions["images"]]
+    return [
+        [(d["category_id"], d["score"], d["box"]) for d in rec["detections"]]
+        for rec in summary.predictions["images"]
+    ]
 
 
 # ----------------------------------------------------------------------------- equality
@@ -213,8 +234,11 @@ def compare(ref: list, got: list, score_thr: float, tol: float = 5e-3) -> dict:
             best = None
             for j in free:
                 gl, gs, gb = g_img[j]
-                if gl == label and abs(gs - score) <= tol and (
-                        _iou(box, gb) >= 0.99 or max(abs(u - v) for u, v in zip(box, gb)) <= 0.5):
+                if (
+                    gl == label
+                    and abs(gs - score) <= tol
+                    and (_iou(box, gb) >= 0.99 or max(abs(u - v) for u, v in zip(box, gb)) <= 0.5)
+                ):
                     best = j
                     break
             if best is None:
@@ -230,9 +254,15 @@ def compare(ref: list, got: list, score_thr: float, tol: float = 5e-3) -> dict:
             if g_img[j][1] - score_thr > tol:
                 extra += 1
                 unmatched.append(f"image {index}: only in fpn detect: {g_img[j]}")
-    return {"equal": missing == 0 and extra == 0, "matched": matched, "missing": missing, "extra": extra,
-            "unmatched": unmatched[:10],
-            "max_box_diff_px": round(max_box, 4), "max_score_diff": round(max_score, 5)}
+    return {
+        "equal": missing == 0 and extra == 0,
+        "matched": matched,
+        "missing": missing,
+        "extra": extra,
+        "unmatched": unmatched[:10],
+        "max_box_diff_px": round(max_box, 4),
+        "max_score_diff": round(max_score, 5),
+    }
 
 
 # ----------------------------------------------------------------------------- ablation
@@ -266,12 +296,14 @@ def ablation(weights: Path, paths: list[Path], size: int, max_size: int, rounds:
             for x in images:
                 with grad_mode():
                     model([x])
+
         return run
 
     def pipeline(model, processes=0):
         def run():
             for _ in predict_images(model, paths, batch_size=1, workers=0, cpu_processes=processes):
                 pass
+
         return run
 
     full = variant(True, winograd=True)
@@ -299,9 +331,16 @@ def ablation(weights: Path, paths: list[Path], size: int, max_size: int, rounds:
             cpus[name].append(t.cpu / len(paths))
     ref = min(times["model([x]) loop, no_grad (stock)"])
     ref_cpu = min(cpus["model([x]) loop, no_grad (stock)"])
-    return [{"arm": k, "s_per_image": round(min(v), 3), "speedup": round(ref / min(v), 2),
-             "cpu_s_per_image": round(min(cpus[k]), 3), "cpu_speedup": round(ref_cpu / min(cpus[k]), 2)}
-            for k, v in times.items()]
+    return [
+        {
+            "arm": k,
+            "s_per_image": round(min(v), 3),
+            "speedup": round(ref / min(v), 2),
+            "cpu_s_per_image": round(min(cpus[k]), 3),
+            "cpu_speedup": round(ref_cpu / min(cpus[k]), 2),
+        }
+        for k, v in times.items()
+    ]
 
 
 # ----------------------------------------------------------------------------- main
@@ -318,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-draw", action="store_true", help="fpn detect without annotated images")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the stock arm runs on the CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both arms (default: torch's choice); on a busy machine 1 "
-                             "avoids waiting on descheduled threads at every op")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for both arms (default: torch's choice); on a busy machine 1 "
+        "avoids waiting on descheduled threads at every op",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -332,24 +375,37 @@ def main(argv: list[str] | None = None) -> int:
     max_size = round(args.size * 1333 / 800)
     command = "python scripts/bench_detect.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"{len(paths)} coco-tiny val images at {args.size} px (max {max_size}); score >= {args.score_thr}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"{len(paths)} coco-tiny val images at {args.size} px (max {max_size}); score >= {args.score_thr}"
+    )
     results: dict = {"command": command, "images": len(paths), "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "fasterrcnn_r50_fpn_random.pt"
         make_weights(weights, args.seed)
         arms = {
             "stock torchvision loop": lambda: stock_loop(weights, paths, args.size, max_size, args.score_thr),
-            "fpn detect": lambda: fpn_detect(weights, paths, args.size, max_size, args.score_thr,
-                                             Path(tmp) / "out", not args.no_draw, args.device),
+            "fpn detect": lambda: fpn_detect(
+                weights,
+                paths,
+                args.size,
+                max_size,
+                args.score_thr,
+                Path(tmp) / "out",
+                not args.no_draw,
+                args.device,
+            ),
         }
         best: dict[str, Timed] = {}
         outputs: dict[str, list] = {}
         for r in range(args.rounds):
-            for name in (list(arms) if r % 2 == 0 else list(reversed(arms))):
+            for name in list(arms) if r % 2 == 0 else list(reversed(arms)):
                 with Timed() as t:
                     outputs[name] = arms[name]()
-                print(f"  round {r + 1}: {name}: {t.wall:.1f} s ({len(paths) / t.wall:.3f} images/s)", flush=True)
+                print(
+                    f"  round {r + 1}: {name}: {t.wall:.1f} s ({len(paths) / t.wall:.3f} images/s)",
+                    flush=True,
+                )
                 if name not in best or t.wall < best[name].wall:
                     best[name] = t
         same = compare(outputs["stock torchvision loop"], outputs["fpn detect"], args.score_thr)
@@ -357,29 +413,47 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"{'arm':<26}{'images/s':>10}{'s/image':>10}{'CPU s/image':>13}{'peak RSS MiB':>14}")
         for name, t in best.items():
-            print(f"{name:<26}{len(paths) / t.wall:>10.3f}{t.wall / len(paths):>10.2f}"
-                  f"{t.cpu / len(paths):>13.2f}{t.peak_mib:>14.0f}")
+            print(
+                f"{name:<26}{len(paths) / t.wall:>10.3f}{t.wall / len(paths):>10.2f}"
+                f"{t.cpu / len(paths):>13.2f}{t.peak_mib:>14.0f}"
+            )
         ratio, cpu_ratio = stock.wall / fpn.wall, stock.cpu / fpn.cpu
         print(f"speed-up (wall): {ratio:.2f}x   speed-up (CPU time): {cpu_ratio:.2f}x")
-        print(f"same detections: {'yes' if same['equal'] else 'NO'} ({same['matched']} matched, "
-              f"{same['missing']} missing, {same['extra']} extra; max |box diff| {same['max_box_diff_px']} px, "
-              f"max |score diff| {same['max_score_diff']})")
+        print(
+            f"same detections: {'yes' if same['equal'] else 'NO'} ({same['matched']} matched, "
+            f"{same['missing']} missing, {same['extra']} extra; max |box diff| {same['max_box_diff_px']} px, "
+            f"max |score diff| {same['max_score_diff']})"
+        )
         for line in same["unmatched"]:
             print(f"  {line}")
-        results.update({
-            "arms": {name: {"images_per_s": round(len(paths) / t.wall, 4), "s_per_image": round(t.wall / len(paths), 3),
-                            "cpu_s_per_image": round(t.cpu / len(paths), 3), "peak_rss_mib": round(t.peak_mib)}
-                     for name, t in best.items()},
-            "speedup_wall": round(ratio, 3), "speedup_cpu": round(cpu_ratio, 3), "equality": same,
-        })
+        results.update(
+            {
+                "arms": {
+                    name: {
+                        "images_per_s": round(len(paths) / t.wall, 4),
+                        "s_per_image": round(t.wall / len(paths), 3),
+                        "cpu_s_per_image": round(t.cpu / len(paths), 3),
+                        "peak_rss_mib": round(t.peak_mib),
+                    }
+                    for name, t in best.items()
+                },
+                "speedup_wall": round(ratio, 3),
+                "speedup_cpu": round(cpu_ratio, 3),
+                "equality": same,
+            }
+        )
         if args.ablation_images > 0:
-            print(f"\nablation ({args.ablation_images} images per arm, best of {args.rounds} rounds, "
-                  f"model only, no decoding):")
+            print(
+                f"\nablation ({args.ablation_images} images per arm, best of {args.rounds} rounds, "
+                f"model only, no decoding):"
+            )
             rows = ablation(weights, paths[: args.ablation_images], args.size, max_size, args.rounds)
             print(f"{'arm':<36}{'s/image':>9}{'speed-up':>10}{'CPU s/image':>13}{'CPU speed-up':>14}")
             for row in rows:
-                print(f"{row['arm']:<36}{row['s_per_image']:>9.2f}{row['speedup']:>9.2f}x"
-                      f"{row['cpu_s_per_image']:>13.2f}{row['cpu_speedup']:>13.2f}x")
+                print(
+                    f"{row['arm']:<36}{row['s_per_image']:>9.2f}{row['speedup']:>9.2f}x"
+                    f"{row['cpu_s_per_image']:>13.2f}{row['cpu_speedup']:>13.2f}x"
+                )
             results["ablation"] = rows
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))

@@ -41,25 +41,55 @@ def synthesise(folder: Path, images: int, boxes_per_image: float, seed: int) -> 
             h = min(H - 1, w * 2 ** rng.uniform(-1.5, 1.5))
             x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
             crowd = int(rng.random() < 0.01)
-            ann = {"id": len(anns) + 1, "image_id": img_id, "category_id": rng.choice(COCO_IDS),
-                   "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                   "area": round(w * h * rng.uniform(0.5, 0.9), 2), "iscrowd": crowd}
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": img_id,
+                "category_id": rng.choice(COCO_IDS),
+                "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                "area": round(w * h * rng.uniform(0.5, 0.9), 2),
+                "iscrowd": crowd,
+            }
             anns.append(ann)
             if crowd or rng.random() < 0.2:
                 continue
-            box = [x + rng.gauss(0, 0.07 * w), y + rng.gauss(0, 0.07 * h), w * rng.uniform(0.85, 1.15),
-                   h * rng.uniform(0.85, 1.15)]
+            box = [
+                x + rng.gauss(0, 0.07 * w),
+                y + rng.gauss(0, 0.07 * h),
+                w * rng.uniform(0.85, 1.15),
+                h * rng.uniform(0.85, 1.15),
+            ]
             cat = ann["category_id"] if rng.random() < 0.9 else rng.choice(COCO_IDS)
-            dets.append({"image_id": img_id, "category_id": cat, "bbox": [round(v, 2) for v in box],
-                         "score": round(rng.random(), 4)})
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "bbox": [round(v, 2) for v in box],
+                    "score": round(rng.random(), 4),
+                }
+            )
             if rng.random() < 0.15:
-                dets.append({**dets[-1], "bbox": [round(v + rng.gauss(0, 3), 2) for v in box],
-                             "score": round(rng.random() * 0.5, 4)})
+                dets.append(
+                    {
+                        **dets[-1],
+                        "bbox": [round(v + rng.gauss(0, 3), 2) for v in box],
+                        "score": round(rng.random() * 0.5, 4),
+                    }
+                )
         for _ in range(int(rng.expovariate(1 / (boxes_per_image / 2)))):  # false positives
             w, h = 2 ** rng.uniform(3, 8), 2 ** rng.uniform(3, 8)
-            dets.append({"image_id": img_id, "category_id": rng.choice(COCO_IDS),
-                         "bbox": [round(rng.uniform(0, W - 8), 2), round(rng.uniform(0, H - 8), 2),
-                                  round(w, 2), round(h, 2)], "score": round(rng.random() * 0.6, 4)})
+            dets.append(
+                {
+                    "image_id": img_id,
+                    "category_id": rng.choice(COCO_IDS),
+                    "bbox": [
+                        round(rng.uniform(0, W - 8), 2),
+                        round(rng.uniform(0, H - 8), 2),
+                        round(w, 2),
+                        round(h, 2),
+                    ],
+                    "score": round(rng.random() * 0.6, 4),
+                }
+            )
     cats = [{"id": c, "name": f"class_{c}", "supercategory": "thing"} for c in COCO_IDS]
     ann_file, res_file = folder / "instances_synthetic.json", folder / "detections_synthetic.json"
     ann_file.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
@@ -74,21 +104,30 @@ def worker(backend: str, ann: str, res: str) -> None:
 
     metrics = evaluate_results(ann, res, backend=backend)
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"seconds": elapsed, "stats": [metrics[k] for k in METRIC_KEYS],
-                      "torch": "torch" in sys.modules}))
+    print(
+        json.dumps(
+            {"seconds": elapsed, "stats": [metrics[k] for k in METRIC_KEYS], "torch": "torch" in sys.modules}
+        )
+    )
 
 
 def run(backend: str, ann: Path, res: Path) -> tuple[float, float, list[float]]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--worker", backend, str(ann), str(res)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", backend, str(ann), str(res)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.perf_counter() - t0
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return wall, data["seconds"], data["stats"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=6000, help="synthetic images (default 6000)")
     parser.add_argument("--boxes-per-image", type=float, default=8.0, help="mean GT boxes per image")
     parser.add_argument("--repeat", type=int, default=2, help="runs per backend; the fastest counts")
@@ -106,8 +145,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fpn-bench-eval-") as tmp:
         ann, res, n_gt, n_dt = synthesise(Path(tmp), args.images, args.boxes_per_image, args.seed)
         print(f"synthetic set: {args.images:,} images, {n_gt:,} ground-truth boxes, {n_dt:,} detections")
-        print(f"command: python scripts/bench_eval.py --images {args.images} "
-              f"--boxes-per-image {args.boxes_per_image:g} --repeat {args.repeat} --seed {args.seed}")
+        print(
+            f"command: python scripts/bench_eval.py --images {args.images} "
+            f"--boxes-per-image {args.boxes_per_image:g} --repeat {args.repeat} --seed {args.seed}"
+        )
         best: dict[str, tuple[float, float, list[float]]] = {}
         for i in range(args.repeat):
             for backend in ("pycocotools", "faster-coco-eval"):

@@ -21,8 +21,10 @@ import numpy as np
 def synthetic_coco(path: Path, boxes: int, images: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     sizes = rng.choice([(480, 640), (640, 480), (427, 640), (640, 427), (500, 375), (612, 612)], images)
-    imgs = [{"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "height": int(h), "width": int(w)}
-            for i, (h, w) in enumerate(sizes)]
+    imgs = [
+        {"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "height": int(h), "width": int(w)}
+        for i, (h, w) in enumerate(sizes)
+    ]
     image_of = rng.integers(0, images, boxes)
     side = np.exp(rng.uniform(np.log(4), np.log(600), boxes))
     ratio = np.exp(rng.uniform(np.log(1 / 3), np.log(3), boxes))
@@ -33,14 +35,25 @@ def synthetic_coco(path: Path, boxes: int, images: int, seed: int = 0) -> None:
         h = float(min(h_img - 1, side[k] * np.sqrt(ratio[k])))
         x = float(rng.uniform(0, w_img - w))
         y = float(rng.uniform(0, h_img - h))
-        anns.append({"id": k + 1, "image_id": int(image_of[k]) + 1, "category_id": 1,
-                     "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
-    path.write_text(json.dumps({"images": imgs, "annotations": anns,
-                                "categories": [{"id": 1, "name": "thing"}]}))
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": int(image_of[k]) + 1,
+                "category_id": 1,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
+        )
+    path.write_text(
+        json.dumps({"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]})
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--boxes", type=int, default=50_000)
     parser.add_argument("--images", type=int, default=5_000)
     parser.add_argument("--preset", default="default")

@@ -41,19 +41,35 @@ def run_ours(args) -> dict:
     from fpncli.engine.train_config import TrainConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench_fpn_")) / "run"
-    cfg = TrainConfig(data=args.data, preset="default", out=str(out), iters=args.warmup + args.iters,
-                      batch_size=args.batch_size, lr=0.02 * args.batch_size / 16, backbone_weights="none",
-                      model={"min_size": args.size, "max_size": int(args.size * 1333 / 800)},
-                      workers=args.workers, device=args.device, amp=args.amp, eval_every=-1, log_every=1,
-                      clip_grad=None, warmup_iters=0, seed=0)
+    cfg = TrainConfig(
+        data=args.data,
+        preset="default",
+        out=str(out),
+        iters=args.warmup + args.iters,
+        batch_size=args.batch_size,
+        lr=0.02 * args.batch_size / 16,
+        backbone_weights="none",
+        model={"min_size": args.size, "max_size": int(args.size * 1333 / 800)},
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        eval_every=-1,
+        log_every=1,
+        clip_grad=None,
+        warmup_iters=0,
+        seed=0,
+    )
     train(cfg)
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # iter_time: data wait + step of that iteration, as the reference loop measures it.
-    train_recs = [r for r in recs if r["type"] == "train"][args.warmup:]
+    train_recs = [r for r in recs if r["type"] == "train"][args.warmup :]
     timed = [r["iter_time"] for r in train_recs]
     cpu = [r["iter_cpu_time"] for r in train_recs]
-    return {"images_per_s": args.batch_size * len(timed) / sum(timed), "peak_memory_mb": _peak_mb(args.device),
-            "cpu_s_per_image": sum(cpu) / (args.batch_size * len(cpu))}
+    return {
+        "images_per_s": args.batch_size * len(timed) / sum(timed),
+        "peak_memory_mb": _peak_mb(args.device),
+        "cpu_s_per_image": sum(cpu) / (args.batch_size * len(cpu)),
+    }
 
 
 def run_reference(args) -> dict:
@@ -78,20 +94,42 @@ def run_reference(args) -> dict:
             rec = coco.images[ids[i]]
             img = to_tensor(Image.open(images_dir / rec["file_name"]).convert("RGB"))  # float in the worker
             anns = [a for a in coco.annotations[ids[i]] if not a.get("iscrowd")]
-            boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                   a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32).reshape(-1, 4)
-            labels = torch.tensor([coco.categories.id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
+            boxes = torch.tensor(
+                [
+                    [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                    for a in anns
+                ],
+                dtype=torch.float32,
+            ).reshape(-1, 4)
+            labels = torch.tensor(
+                [coco.categories.id_to_label[a["category_id"]] for a in anns], dtype=torch.int64
+            )
             return img, {"boxes": boxes, "labels": labels}
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=len(coco.categories) + 1,
-                                    min_size=args.size, max_size=int(args.size * 1333 / 800)).to(device).train()
+    model = (
+        fasterrcnn_resnet50_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=len(coco.categories) + 1,
+            min_size=args.size,
+            max_size=int(args.size * 1333 / 800),
+        )
+        .to(device)
+        .train()
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.02 * args.batch_size / 16, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
-    loader = DataLoader(Coco(), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        collate_fn=lambda b: tuple(zip(*b)), drop_last=True)
+    loader = DataLoader(
+        Coco(),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=lambda b: tuple(zip(*b)),
+        drop_last=True,
+    )
     times, cpu, it = [], [], 0
     while it < args.warmup + args.iters:
         t_data, c_data = time.perf_counter(), time.process_time()
@@ -116,9 +154,12 @@ def run_reference(args) -> dict:
             if it >= args.warmup + args.iters:
                 break
             t_data, c_data = time.perf_counter(), time.process_time()
-    timed, cpu = times[args.warmup:], cpu[args.warmup:]
-    return {"images_per_s": args.batch_size * len(timed) / sum(timed), "peak_memory_mb": _peak_mb(args.device),
-            "cpu_s_per_image": sum(cpu) / (args.batch_size * len(cpu))}
+    timed, cpu = times[args.warmup :], cpu[args.warmup :]
+    return {
+        "images_per_s": args.batch_size * len(timed) / sum(timed),
+        "peak_memory_mb": _peak_mb(args.device),
+        "cpu_s_per_image": sum(cpu) / (args.batch_size * len(cpu)),
+    }
 
 
 def main() -> None:
@@ -152,21 +193,25 @@ def main() -> None:
     for side in ("reference", "ours"):
         cmd = [sys.executable, __file__, "--only", side] + [a for a in sys.argv[1:]] + ["--data", args.data]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             sys.exit(f"{side} failed:\n{proc.stderr[-2000:]}")
-        results[side] = json.loads(line[0][len("RESULT "):])
+        results[side] = json.loads(line[0][len("RESULT ") :])
     ours, ref = results["ours"], results["reference"]
     print(f"command: python scripts/bench_train.py {' '.join(sys.argv[1:])}")
-    print(f"model R50-FPN, shorter side {args.size} px, batch {args.batch_size}, device {args.device}"
-          f"{' AMP' if args.amp else ''}, {args.iters} timed iterations after {args.warmup}")
+    print(
+        f"model R50-FPN, shorter side {args.size} px, batch {args.batch_size}, device {args.device}"
+        f"{' AMP' if args.amp else ''}, {args.iters} timed iterations after {args.warmup}"
+    )
     # CPU seconds per image (this process only; with --workers 0 it includes decoding) is
     # the figure to trust on a shared machine, where other jobs inflate wall-clock time.
     print(f"{'':28s}{'images/s':>10s}{'CPU s/img':>11s}{'peak MB':>10s}")
     for name, r in (("torchvision reference loop", ref), ("fpn train", ours)):
         print(f"{name:28s}{r['images_per_s']:10.2f}{r['cpu_s_per_image']:11.2f}{r['peak_memory_mb']:10.0f}")
-    print(f"speed ratio (fpn train / reference): {ours['images_per_s'] / ref['images_per_s']:.2f}x wall-clock, "
-          f"{ref['cpu_s_per_image'] / ours['cpu_s_per_image']:.2f}x by CPU time")
+    print(
+        f"speed ratio (fpn train / reference): {ours['images_per_s'] / ref['images_per_s']:.2f}x wall-clock, "
+        f"{ref['cpu_s_per_image'] / ours['cpu_s_per_image']:.2f}x by CPU time"
+    )
 
 
 if __name__ == "__main__":

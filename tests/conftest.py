@@ -39,8 +39,13 @@ def tiny_config():
     """A CPU-sized FPN configuration with three classes (non-contiguous category ids)."""
     from fpncli.config import preset_config
 
-    return preset_config("tiny", min_size=128, max_size=160, class_names=["circle", "square", "triangle"],
-                         category_ids=[1, 3, 7])
+    return preset_config(
+        "tiny",
+        min_size=128,
+        max_size=160,
+        class_names=["circle", "square", "triangle"],
+        category_ids=[1, 3, 7],
+    )
 
 
 @pytest.fixture

@@ -51,7 +51,10 @@ def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
     for boxes, img in zip(out, images):
         # More than the preset's 150 post-NMS proposals: the top-n was raised for this call.
         assert 150 < len(boxes) <= 400
-        assert float(boxes[:, 2].max()) <= img.shape[2] + 1e-3 and float(boxes[:, 3].max()) <= img.shape[1] + 1e-3
+        assert (
+            float(boxes[:, 2].max()) <= img.shape[2] + 1e-3
+            and float(boxes[:, 3].max()) <= img.shape[1] + 1e-3
+        )
 
 
 def test_single_level_necks_get_the_pyramids_rpn_candidates(tiny_config):
@@ -75,15 +78,18 @@ def test_budget_plan_scales_and_rejects_nonpositive():
         budget_plan(0)
 
 
-def _row(neck, s, m, l, aps, apm, apl):
-    return {"neck": neck, "AR1k_s": s, "AR1k_m": m, "AR1k_l": l, "APs": aps, "APm": apm, "APl": apl}
+def _row(neck, s, m, large, aps, apm, apl):
+    return {"neck": neck, "AR1k_s": s, "AR1k_m": m, "AR1k_l": large, "APs": aps, "APm": apm, "APl": apl}
 
 
 def test_small_object_claim_from_the_numbers():
     from fpncli.engine.ablation import claim_sentence, small_object_claim
 
-    rows = [_row("c4", 0.30, 0.50, 0.60, 0.10, 0.30, 0.40), _row("c5", 0.20, 0.55, 0.65, 0.05, 0.32, 0.45),
-            _row("fpn", 0.45, 0.60, 0.66, 0.18, 0.35, 0.44)]
+    rows = [
+        _row("c4", 0.30, 0.50, 0.60, 0.10, 0.30, 0.40),
+        _row("c5", 0.20, 0.55, 0.65, 0.05, 0.32, 0.45),
+        _row("fpn", 0.45, 0.60, 0.66, 0.18, 0.35, 0.44),
+    ]
     claim = small_object_claim(rows)
     assert claim["holds"] and claim["AR1k"]["largest"] == "AR1k_s" and claim["AP"]["largest"] == "APs"
     assert claim["AR1k"]["gains"]["AR1k_s"] == pytest.approx(15.0)  # against the better baseline, c4

@@ -18,7 +18,9 @@ def test_help_lists_commands_with_descriptions():
 
 
 def test_python_dash_m_works():
-    out = subprocess.run([sys.executable, "-m", "fpncli", "--version"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fpncli", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.startswith("fpncli ")
 
 
@@ -28,8 +30,12 @@ def test_info_default_is_the_papers_r50_fpn():
     summary = json.loads(result.output)
     assert summary["backbone"] == "resnet50" and summary["neck"] == "fpn"
     assert [(lv["name"], lv["stride"], lv["channels"], lv["anchor_sizes"]) for lv in summary["levels"]] == [
-        ("p2", 4, 256, [32]), ("p3", 8, 256, [64]), ("p4", 16, 256, [128]), ("p5", 32, 256, [256]),
-        ("p6", 64, 256, [512])]
+        ("p2", 4, 256, [32]),
+        ("p3", 8, 256, [64]),
+        ("p4", 16, 256, [128]),
+        ("p5", 32, 256, [256]),
+        ("p6", 64, 256, [512]),
+    ]
     assert summary["levels"][-1]["used_by"] == ["RPN"]
     assert 41_000_000 < summary["parameters"] < 42_500_000  # torchvision's R50-FPN: 41.8 M at 91 classes
 

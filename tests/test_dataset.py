@@ -21,8 +21,15 @@ def _write(tmp_path, images, annotations, categories=None):
         if not img["file_name"].startswith(("/", "..")):
             Image.new("RGB", (img["width"], img["height"]), (200, 200, 200)).save(img_dir / img["file_name"])
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": categories or [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": categories or [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+            }
+        )
+    )
     return ann, img_dir
 
 
@@ -31,16 +38,20 @@ def _ann(i, image_id, bbox, cat=5, crowd=0):
 
 
 def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(tmp_path):
-    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
-              {"id": 2, "file_name": "b.png", "width": 30, "height": 40},
-              {"id": 3, "file_name": "neg.png", "width": 20, "height": 20}]
-    anns = [_ann(1, 1, [2, 3, 10, 5], cat=9),          # good -> label 2
-            _ann(2, 1, [35, 20, 20, 20]),              # sticks out -> clipped
-            _ann(3, 1, [5, 5, 0, 10]),                 # zero width -> dropped
-            _ann(4, 1, [50, 50, 5, 5]),                # outside the image -> dropped
-            _ann(5, 1, [1, 1, -4, 3]),                 # negative size -> dropped
-            _ann(6, 2, [0, 0, 10, 10], crowd=1),       # crowd -> ignored
-            _ann(7, 2, [3, 4, 5, 6])]
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b.png", "width": 30, "height": 40},
+        {"id": 3, "file_name": "neg.png", "width": 20, "height": 20},
+    ]
+    anns = [
+        _ann(1, 1, [2, 3, 10, 5], cat=9),  # good -> label 2
+        _ann(2, 1, [35, 20, 20, 20]),  # sticks out -> clipped
+        _ann(3, 1, [5, 5, 0, 10]),  # zero width -> dropped
+        _ann(4, 1, [50, 50, 5, 5]),  # outside the image -> dropped
+        _ann(5, 1, [1, 1, -4, 3]),  # negative size -> dropped
+        _ann(6, 2, [0, 0, 10, 10], crowd=1),  # crowd -> ignored
+        _ann(7, 2, [3, 4, 5, 6]),
+    ]
     ann, img_dir = _write(tmp_path, images, anns)
     ds = DetectionDataset(ann, img_dir)
     assert len(ds) == 3 and ds.report.negatives == 1
@@ -52,17 +63,18 @@ def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(tmp_path):
     assert target["labels"].tolist() == [2, 1]
     assert torch.equal(target["boxes"], torch.tensor([[2.0, 3, 12, 8], [35, 20, 40, 30]]))
     assert ds[1][1]["boxes"].tolist() == [[3.0, 4, 8, 10]]  # crowd box left out
-    neg_image, neg = ds[2]
+    _neg_image, neg = ds[2]
     assert neg["boxes"].shape == (0, 4) and neg["labels"].shape == (0,)
     assert len(DetectionDataset(ann, img_dir, drop_negatives=True)) == 2
 
 
 def test_flip_mirrors_image_and_boxes(tmp_path):
-    ann, img_dir = _write(tmp_path, [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
-                          [_ann(1, 1, [2, 3, 10, 5])])
+    ann, img_dir = _write(
+        tmp_path, [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], [_ann(1, 1, [2, 3, 10, 5])]
+    )
     Image.fromarray(np.arange(40 * 30 * 3, dtype=np.uint8).reshape(30, 40, 3)).save(img_dir / "a.png")
     ds = DetectionDataset(ann, img_dir)
-    (img, t), (fimg, ft) = ds[(0, False)], ds[(0, True)]
+    (img, _t), (fimg, ft) = ds[(0, False)], ds[(0, True)]
     assert torch.equal(fimg, img.flip(-1))
     assert ft["boxes"].tolist() == [[28.0, 3, 38, 8]]
     assert torch.equal(ds[(0, True)][1]["boxes"], ft["boxes"])
@@ -82,8 +94,10 @@ def test_unsafe_paths_and_bad_inputs_are_refused(tmp_path):
 
 
 def test_missing_and_corrupt_images_do_not_stop_the_rest(tmp_path):
-    images = [{"id": 1, "file_name": "a.png", "width": 8, "height": 8},
-              {"id": 2, "file_name": "b.png", "width": 8, "height": 8}]
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 8, "height": 8},
+        {"id": 2, "file_name": "b.png", "width": 8, "height": 8},
+    ]
     ann, img_dir = _write(tmp_path, images, [_ann(1, 1, [1, 1, 4, 4]), _ann(2, 2, [1, 1, 4, 4])])
     (img_dir / "a.png").unlink()
     ds = DetectionDataset(ann, img_dir)

@@ -15,15 +15,20 @@ from fpncli.errors import FpnError
 @pytest.mark.slow
 def test_demo_end_to_end_small_budget(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--iters", "2", "--train-images", "8",
-                                      "--val-images", "3"], env={"COLUMNS": "400"})
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(out), "--iters", "2", "--train-images", "8", "--val-images", "3"],
+        env={"COLUMNS": "400"},
+    )
     assert result.exit_code == 0, result.output
     assert "held-out AP" in result.output and str(out / "eval" / "metrics.json") in result.output
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert {"AP", "AP50", "APs", "APm", "APl", "AR100", "per_class"} <= set(metrics)
     summary = json.loads((out / "demo.json").read_text())
     assert summary["status"] == "done" and summary["iterations"] == 2 and 0 <= summary["AP50"] <= 1
-    assert (out / "run" / "last.pt").is_file() and (out / "data" / "annotations" / "instances_val.json").is_file()
+    assert (out / "run" / "last.pt").is_file() and (
+        out / "data" / "annotations" / "instances_val.json"
+    ).is_file()
     if summary["detect"]:
         assert (out / "detect" / "predictions.json").is_file()
         assert len(json.loads((out / "detect" / "predictions.json").read_text())["images"]) == 3

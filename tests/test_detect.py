@@ -12,8 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.detect import (DetectOptions, expand_sources, output_paths, resolve_classes,
-                                  run_detect)
+from fpncli.engine.detect import DetectOptions, expand_sources, output_paths, resolve_classes, run_detect
 from fpncli.errors import FpnError
 
 runner = CliRunner()
@@ -44,8 +43,13 @@ def weights(tmp_path, tiny_model) -> str:
 
 
 def _run(sources, out, weights, **kw):
-    options = DetectOptions(weights=weights, out_dir=Path(out), score_thr=kw.pop("score_thr", 0.0),
-                            workers=kw.pop("workers", 0), **kw)
+    options = DetectOptions(
+        weights=weights,
+        out_dir=Path(out),
+        score_thr=kw.pop("score_thr", 0.0),
+        workers=kw.pop("workers", 0),
+        **kw,
+    )
     return run_detect([str(s) for s in sources], options)
 
 
@@ -201,15 +205,35 @@ def test_bad_input_folder(tmp_path, weights):
     # unreadable for root too is a symbolic link whose target is gone.
     os.symlink(tmp_path / "gone.jpg", folder / "dangling.jpg")
     _image(folder / "huge.png", size=(200, 150), seed=8)  # "huge" for --max-pixels below
-    bad = {"empty.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "not an image",
-           "dangling.jpg": "broken symbolic link", "huge.png": "too large"}
+    bad = {
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "text.jpg": "not an image",
+        "dangling.jpg": "broken symbolic link",
+        "huge.png": "too large",
+    }
     if os.geteuid() != 0:
         _image(folder / "locked.jpg", seed=9).chmod(0)
         bad["locked.jpg"] = "permission denied"
 
-    result = runner.invoke(app, ["detect", str(folder), "--weights", weights, "--out", str(tmp_path / "out"),
-                                 "--score-thr", "0", "--workers", "0", "--max-pixels", "20000"],
-                           terminal_width=200)
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            str(folder),
+            "--weights",
+            weights,
+            "--out",
+            str(tmp_path / "out"),
+            "--score-thr",
+            "0",
+            "--workers",
+            "0",
+            "--max-pixels",
+            "20000",
+        ],
+        terminal_width=200,
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
@@ -226,8 +250,24 @@ def test_bad_input_folder(tmp_path, weights):
 
 def test_all_good_exits_zero_and_json_to_stdout(tmp_path, weights):
     src = _image(tmp_path / "a.png", seed=10)
-    result = runner.invoke(app, ["detect", str(src), "--weights", weights, "--out", str(tmp_path / "out"),
-                                 "--score-thr", "0.0", "--workers", "0", "--no-draw", "--quiet", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            str(src),
+            "--weights",
+            weights,
+            "--out",
+            str(tmp_path / "out"),
+            "--score-thr",
+            "0.0",
+            "--workers",
+            "0",
+            "--no-draw",
+            "--quiet",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed == json.loads((tmp_path / "out" / "predictions.json").read_text())
@@ -235,18 +275,24 @@ def test_all_good_exits_zero_and_json_to_stdout(tmp_path, weights):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.json"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tmp}/nothing/*.jpg"], "matches no images"),
-    (["{tmp}/missing.png"], "no such file or folder"),
-    (["{src}", "--half", "--device", "cpu"], "CUDA"),
-    (["{src}", "--classes", "zebra"], "'zebra'"),
-    (["{src}", "--score-thr", "1.5"], "--score-thr"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/nothing/*.jpg"], "matches no images"),
+        (["{tmp}/missing.png"], "no such file or folder"),
+        (["{src}", "--half", "--device", "cpu"], "CUDA"),
+        (["{src}", "--classes", "zebra"], "'zebra'"),
+        (["{src}", "--score-thr", "1.5"], "--score-thr"),
+    ],
+)
 def test_cli_user_errors(tmp_path, weights, args, message):
     src = _image(tmp_path / "a.png", seed=11)
     args = [a.format(tmp=tmp_path, src=src) for a in args]
-    result = runner.invoke(app, ["detect", *args, "--weights", weights, "--out", str(tmp_path / "out"),
-                                 "--workers", "0"], terminal_width=200)
+    result = runner.invoke(
+        app,
+        ["detect", *args, "--weights", weights, "--out", str(tmp_path / "out"), "--workers", "0"],
+        terminal_width=200,
+    )
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
@@ -256,11 +302,27 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
     b = _image(tmp_path / "val" / "000000000007.jpg", seed=13)
     extra = _image(tmp_path / "val" / "not_in_file.jpg", seed=14)
     ann = tmp_path / "instances.json"
-    ann.write_text(json.dumps({"images": [{"id": 42, "file_name": "000000000042.jpg"},
-                                          {"id": 7, "file_name": "val/000000000007.jpg"}],
-                               "annotations": [], "categories": []}))
-    summary = _run([tmp_path / "val"], tmp_path / "out", weights, draw=False, max_dets=5,
-                   coco_results=tmp_path / "res.json", coco_annotations=ann)
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": 42, "file_name": "000000000042.jpg"},
+                    {"id": 7, "file_name": "val/000000000007.jpg"},
+                ],
+                "annotations": [],
+                "categories": [],
+            }
+        )
+    )
+    summary = _run(
+        [tmp_path / "val"],
+        tmp_path / "out",
+        weights,
+        draw=False,
+        max_dets=5,
+        coco_results=tmp_path / "res.json",
+        coco_annotations=ann,
+    )
     results = json.loads((tmp_path / "res.json").read_text())
     assert summary.coco_unmatched == [str(extra)]
     by_file = {Path(r["file"]).name: r for r in summary.predictions["images"]}
@@ -268,12 +330,21 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
     assert "image_id" not in by_file[extra.name]
     assert {r["image_id"] for r in results} == {7, 42}
     first = by_file[b.name]["detections"][0]
-    mine = [r for r in results if r["image_id"] == 7][0]
+    mine = next(r for r in results if r["image_id"] == 7)
     x1, y1, x2, y2 = first["box"]
-    assert mine["category_id"] == first["category_id"] and mine["score"] == pytest.approx(first["score"], abs=1e-4)
+    assert mine["category_id"] == first["category_id"] and mine["score"] == pytest.approx(
+        first["score"], abs=1e-4
+    )
     assert mine["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.02)
     # Without an annotation file: 1..N in input order (sorted file names).
-    _run([tmp_path / "val"], tmp_path / "out2", weights, draw=False, max_dets=1, coco_results=tmp_path / "r2.json")
+    _run(
+        [tmp_path / "val"],
+        tmp_path / "out2",
+        weights,
+        draw=False,
+        max_dets=1,
+        coco_results=tmp_path / "r2.json",
+    )
     ids = sorted({r["image_id"] for r in json.loads((tmp_path / "r2.json").read_text())})
     assert ids == [1, 2, 3]
 

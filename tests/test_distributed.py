@@ -33,8 +33,17 @@ def test_torchrun_two_processes_gloo(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), str(tmp_path / "data"), str(tmp_path / "run"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path / "data"),
+        str(tmp_path / "run"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -49,4 +58,4 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert all(torch.equal(trained[k], ranks[0][k]) for k in trained if "running" not in k)
     # only rank 0 wrote the log: one line per iteration
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["iter"] for l in lines] == [1, 2, 3]
+    assert [json.loads(line)["iter"] for line in lines] == [1, 2, 3]

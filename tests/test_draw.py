@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from PIL import Image
 
 from fpncli.viz.draw import class_color, draw_detections, style_for
@@ -12,7 +14,7 @@ def test_class_colors_are_stable_and_distinct():
     assert colors == [class_color(k) for k in range(1, 91)]  # same key, same colour
     assert len(set(colors)) == 90
     # Neighbouring ids are easy to tell apart (not just different by one unit).
-    for a, b in zip(colors, colors[1:]):
+    for a, b in itertools.pairwise(colors):
         assert sum(abs(x - y) for x, y in zip(a, b)) > 60
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fpncli.engine import evaluate as ev
 from fpncli.engine.evaluate import METRIC_KEYS, evaluate_results, resolve_backend
 from fpncli.errors import FpnError
 
@@ -24,15 +23,31 @@ def _dataset() -> dict:
     """3 images, 3 categories with non-contiguous ids, every quirk COCO evaluation must handle:
     a crowd region, a zero-size box, an image without annotations, no `info` key."""
     return {
-        "images": [{"id": 10, "file_name": "a.jpg", "width": 200, "height": 200},
-                   {"id": 20, "file_name": "b.jpg", "width": 200, "height": 200},
-                   {"id": 30, "file_name": "empty.jpg", "width": 200, "height": 200}],
+        "images": [
+            {"id": 10, "file_name": "a.jpg", "width": 200, "height": 200},
+            {"id": 20, "file_name": "b.jpg", "width": 200, "height": 200},
+            {"id": 30, "file_name": "empty.jpg", "width": 200, "height": 200},
+        ],
         "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 42, "name": "bird"}],
         "annotations": [
             {"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 50, 40], "area": 2000, "iscrowd": 0},
-            {"id": 2, "image_id": 10, "category_id": 7, "bbox": [100, 100, 80, 90], "area": 7200, "iscrowd": 0},
+            {
+                "id": 2,
+                "image_id": 10,
+                "category_id": 7,
+                "bbox": [100, 100, 80, 90],
+                "area": 7200,
+                "iscrowd": 0,
+            },
             {"id": 3, "image_id": 20, "category_id": 3, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0},
-            {"id": 4, "image_id": 20, "category_id": 42, "bbox": [50, 50, 120, 120], "area": 14400, "iscrowd": 0},
+            {
+                "id": 4,
+                "image_id": 20,
+                "category_id": 42,
+                "bbox": [50, 50, 120, 120],
+                "area": 14400,
+                "iscrowd": 0,
+            },
             {"id": 5, "image_id": 20, "category_id": 7, "bbox": [0, 150, 60, 40], "area": 2400, "iscrowd": 1},
             {"id": 6, "image_id": 20, "category_id": 7, "bbox": [30, 30, 0, 12], "area": 0, "iscrowd": 0},
         ],
@@ -133,8 +148,14 @@ def test_bad_detections_are_skipped_and_the_rest_evaluated(tmp_path):
     assert [metrics[k] for k in METRIC_KEYS] == _pycocotools(ann, _results())
     assert metrics["num_detections"] == len(_results()) and metrics["results_file"] == str(results)
     text = "\n".join(metrics["problems"])
-    for needle in ("[8]: not a JSON object", "[9] image_id 555", "[10] category_id 4", "[11] bbox",
-                   "[12] score None", "[13] score nan"):
+    for needle in (
+        "[8]: not a JSON object",
+        "[9] image_id 555",
+        "[10] category_id 4",
+        "[11] bbox",
+        "[12] score None",
+        "[13] score nan",
+    ):
         assert needle in text, needle
 
 
@@ -154,11 +175,14 @@ def test_empty_annotation_file_evaluates_to_minus_one(tmp_path):
     assert all(metrics[k] == -1 for k in METRIC_KEYS)  # COCO: nothing to find
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"images": [', "malformed JSON at line 1"),
-    ('{"images": [], "annotations": []}', "missing the 'categories' key"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"images": [', "malformed JSON at line 1"),
+        ('{"images": [], "annotations": []}', "missing the 'categories' key"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_broken_annotation_files_are_one_clear_error(tmp_path, content, message):
     ann = _write(tmp_path / "ann.json", content)
     with pytest.raises(FpnError, match=message) as info:
@@ -218,26 +242,35 @@ def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path):
     ann = _write(tmp_path / "ann.json", _dataset())
     res = _write(tmp_path / "res.json", _results())
     out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out),
-                                 "--backend", "pycocotools"])
+    result = runner.invoke(
+        app,
+        ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--backend", "pycocotools"],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "metrics.json").read_text())
     assert f"{saved['AP50']:.3f}" in result.output and "AP50" in result.output
     assert "Per class" in result.output and "bird" in result.output
-    assert "creating index" not in result.output and "Accumulating" not in result.output  # pycocotools chatter
-    as_json = runner.invoke(app, ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--json"])
+    assert (
+        "creating index" not in result.output and "Accumulating" not in result.output
+    )  # pycocotools chatter
+    as_json = runner.invoke(
+        app, ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--json"]
+    )
     assert json.loads(as_json.stdout)["AP"] == pytest.approx(saved["AP"], abs=1e-12)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--results", "{res}", "--weights", "w.pt"], "not both"),
-    ([], "give --results"),
-    (["--weights", "w.pt"], "--weights needs --images"),
-    (["--results", "{bad}"], "malformed JSON"),
-    (["--results", "{res}", "--backend", "nope"], "unknown evaluation backend"),
-    (["--weights", "w.pt", "--images", ".", "--half", "--device", "cpu"], "--half needs a CUDA device"),
-    (["--weights", "none", "--images", "."], "random model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--results", "{res}", "--weights", "w.pt"], "not both"),
+        ([], "give --results"),
+        (["--weights", "w.pt"], "--weights needs --images"),
+        (["--results", "{bad}"], "malformed JSON"),
+        (["--results", "{res}", "--backend", "nope"], "unknown evaluation backend"),
+        (["--weights", "w.pt", "--images", ".", "--half", "--device", "cpu"], "--half needs a CUDA device"),
+        (["--weights", "none", "--images", "."], "random model"),
+    ],
+)
 def test_cli_mistakes_are_one_line_errors(tmp_path, args, message):
     from fpncli.cli.app import app
 
@@ -263,8 +296,22 @@ def test_cli_model_mode_with_a_checkpoint_and_missing_images(tmp_path, tiny_chec
         Image.new("RGB", (200, 200), colour).save(images / name)
     ann = _write(tmp_path / "ann.json", _dataset())  # empty.jpg is not in the folder
     out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "--coco", str(ann), "--images", str(images), "--weights",
-                                 str(tiny_checkpoint), "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--coco",
+            str(ann),
+            "--images",
+            str(images),
+            "--weights",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "empty.jpg" in result.output and "AP50" in result.output
     saved = json.loads((out / "metrics.json").read_text())

@@ -32,18 +32,29 @@ def _noisy_results(ann_file, seed: int = 0) -> list[dict]:
         if a["iscrowd"] or rng.random() < 0.2:
             continue
         x, y, w, h = a["bbox"]
-        box = [x + rng.gauss(0, 0.08 * w), y + rng.gauss(0, 0.08 * h), w * rng.uniform(0.8, 1.2),
-               h * rng.uniform(0.8, 1.2)]
-        out.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": box,
-                    "score": rng.random()})
+        box = [
+            x + rng.gauss(0, 0.08 * w),
+            y + rng.gauss(0, 0.08 * h),
+            w * rng.uniform(0.8, 1.2),
+            h * rng.uniform(0.8, 1.2),
+        ]
+        out.append(
+            {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": box, "score": rng.random()}
+        )
         if rng.random() < 0.1:  # duplicate: a false positive at the same place
             out.append({**out[-1], "score": rng.random() * 0.5})
     for _ in range(400):
         img = rng.choice(list(sizes))
         W, H = sizes[img]
         w, h = rng.uniform(4, W / 2), rng.uniform(4, H / 2)
-        out.append({"image_id": img, "category_id": rng.choice(cats),
-                    "bbox": [rng.uniform(0, W - w), rng.uniform(0, H - h), w, h], "score": rng.random()})
+        out.append(
+            {
+                "image_id": img,
+                "category_id": rng.choice(cats),
+                "bbox": [rng.uniform(0, W - w), rng.uniform(0, H - h), w, h],
+                "score": rng.random(),
+            }
+        )
     return out
 
 
@@ -77,7 +88,8 @@ def test_numbers_equal_pycocotools_cocoeval(coco_tiny, seed):
     by_id = {r["category_id"]: r for r in fast["per_class"]}
     for row in ours["per_class"]:  # per class: measured |diff| <= 2.3e-16
         assert [by_id[row["category_id"]][k] for k in ("AP", "AP50", "APs", "AR100")] == pytest.approx(
-            [row[k] for k in ("AP", "AP50", "APs", "AR100")], abs=1e-12)
+            [row[k] for k in ("AP", "AP50", "APs", "AR100")], abs=1e-12
+        )
     assert ours["num_images"] == 80 and ours["num_detections"] == len(results)
     assert ours["problems"] == []
 
@@ -92,7 +104,8 @@ def test_per_class_equals_single_category_cocoeval(coco_tiny):
         ref = _pycocotools_stats(ann, results, cat_ids=[cid])
         row = by_id[cid]
         assert [row[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")] == pytest.approx(
-            [ref[0], ref[1], ref[2], ref[3], ref[4], ref[5], ref[8]], abs=1e-12)
+            [ref[0], ref[1], ref[2], ref[3], ref[4], ref[5], ref[8]], abs=1e-12
+        )
     data = json.loads(ann.read_text())
     persons = sum(1 for a in data["annotations"] if a["category_id"] == 1 and not a["iscrowd"])
     assert by_id[1]["instances"] == persons
@@ -121,16 +134,24 @@ def _fake_predict(ann_file, label_of, extra_label=None):
             if extra_label is not None:
                 boxes.append([0, 0, 10, 10])
                 labels.append(extra_label)
-            yield SimpleNamespace(path=path, error=None, boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                  scores=torch.linspace(1, 0.5, len(labels)), labels=torch.tensor(labels))
+            yield SimpleNamespace(
+                path=path,
+                error=None,
+                boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                scores=torch.linspace(1, 0.5, len(labels)),
+                labels=torch.tensor(labels),
+            )
 
     return predict_images
 
 
 def _gt_results(ann_file):
     data = json.loads(ann_file.read_text())
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-            for a in data["annotations"] if not a["iscrowd"]]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in data["annotations"]
+        if not a["iscrowd"]
+    ]
 
 
 @pytest.mark.parametrize("label_space", ["dataset", "coco_v1"])
@@ -161,7 +182,8 @@ def test_model_labels_map_to_dataset_category_ids(coco_tiny, monkeypatch, tmp_pa
     assert {d["category_id"] for d in dets} <= valid_ids
     assert len(dets) == len(_gt_results(ann))
     assert sorted((d["image_id"], d["category_id"]) for d in dets) == sorted(
-        (d["image_id"], d["category_id"]) for d in _gt_results(ann))
+        (d["image_id"], d["category_id"]) for d in _gt_results(ann)
+    )
     if extra is not None:
         assert any("does not have" in p for p in metrics["problems"])
     # Same numbers as the ground truth written directly with dataset ids; a wrong mapping
@@ -187,16 +209,22 @@ def test_real_model_end_to_end_with_a_missing_image(coco_tiny, tiny_model, tmp_p
     """The real pipeline (predict_images) on 3 real images, one of them missing on disk."""
     data = json.loads(_val(coco_tiny).read_text())
     images = data["images"][:3]
-    data["images"] = images + [{"id": 999999, "file_name": "not_there.jpg", "width": 640, "height": 480}]
+    data["images"] = [*images, {"id": 999999, "file_name": "not_there.jpg", "width": 640, "height": 480}]
     ids = {i["id"] for i in data["images"]}
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
-    data["annotations"].append({"id": 1, "image_id": 999999, "category_id": 1, "bbox": [1, 1, 50, 50],
-                                "area": 2500, "iscrowd": 0})
+    data["annotations"].append(
+        {"id": 1, "image_id": 999999, "category_id": 1, "bbox": [1, 1, 50, 50], "area": 2500, "iscrowd": 0}
+    )
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     seen = []
-    metrics = evaluate_model(tiny_model, ann, coco_tiny / "val2017", out_dir=tmp_path / "out",
-                             progress=lambda done, total: seen.append((done, total)))
+    metrics = evaluate_model(
+        tiny_model,
+        ann,
+        coco_tiny / "val2017",
+        out_dir=tmp_path / "out",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert metrics["missing_images"] == ["not_there.jpg"]
     assert metrics["num_images"] == 3  # the missing image is left out, not counted as missed
     assert seen[-1] == (3, 3)

@@ -58,8 +58,9 @@ def inspection(model_256x320, noise_image):
 
 
 def _write_coco(path, images, annotations):
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "thing"}]}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
+    )
     return path
 
 
@@ -69,7 +70,7 @@ def test_level_table_matches_hand_computed_values(inspection):
     assert list(rows) == ["p2", "p3", "p4", "p5", "p6"]
     for k, anchor in zip(range(2, 7), (16, 32, 64, 128, 256)):
         row = rows[f"p{k}"]
-        stride = 2 ** k
+        stride = 2**k
         size = (math.ceil(H / stride), math.ceil(W / stride))  # (64, 80), (32, 40), ..., (4, 5)
         assert row.stride == stride
         assert row.size == size
@@ -135,9 +136,13 @@ def test_equation_boundaries_and_cases():
 
 def test_dataset_levels_use_the_equation_in_resized_pixels(tmp_path):
     # A 512x512 image with min_size 256 is halved: a 448 px box is 224 px to the model (P4).
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, s, s], "area": s * s, "iscrowd": 0}
-            for i, s in enumerate((448, 224, 112, 20, 1000))]
-    ann = _write_coco(tmp_path / "a.json", [{"id": 1, "file_name": "x.jpg", "width": 1024, "height": 1024}], anns)
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, s, s], "area": s * s, "iscrowd": 0}
+        for i, s in enumerate((448, 224, 112, 20, 1000))
+    ]
+    ann = _write_coco(
+        tmp_path / "a.json", [{"id": 1, "file_name": "x.jpg", "width": 1024, "height": 1024}], anns
+    )
     report = inspect_dataset(ann, _cfg(min_size=256, max_size=384))
     # 1024 -> 256: scale 1/4; sizes 112, 56, 28, 5, 250 px -> P3, P2, P2, P2, P4
     assert report.level.tolist() == ["p3", "p2", "p2", "p2", "p4"]
@@ -169,8 +174,12 @@ def test_best_anchor_iou_equals_brute_force(neck):
     generator = build_model(cfg).rpn.anchor_generator
     rng = np.random.default_rng(0)
     for ph, pw in ((128, 192), (96, 160)):
-        maps = [torch.zeros(1, 1, math.ceil(ph / layout.levels[n].stride), math.ceil(pw / layout.levels[n].stride))
-                for n in layout.rpn_levels]
+        maps = [
+            torch.zeros(
+                1, 1, math.ceil(ph / layout.levels[n].stride), math.ceil(pw / layout.levels[n].stride)
+            )
+            for n in layout.rpn_levels
+        ]
         anchors = generator(ImageList(torch.zeros(1, 3, ph, pw), [(ph, pw)]), maps)[0].double()
         n = 400
         cx, cy = rng.uniform(-20, pw + 20, n), rng.uniform(-20, ph + 20, n)
@@ -194,7 +203,7 @@ def test_dataset_report_on_coco_tiny(coco_tiny):
     assert sum(lv["boxes"] for lv in data["levels"]) == data["boxes"]
     assert sum(lv["best_anchor_boxes"] for lv in data["levels"]) == data["boxes"]
     assert sum(b["boxes"] for b in data["buckets"]) == data["boxes"]
-    small = (report.area < 32 ** 2).sum()
+    small = (report.area < 32**2).sum()
     assert data["buckets"][0]["name"] == "small" and data["buckets"][0]["boxes"] == small
     o = data["overall"]
     assert o["positive"] == int((report.best_iou >= POSITIVE_IOU).sum())
@@ -212,7 +221,9 @@ def test_dataset_report_on_coco_tiny(coco_tiny):
 @pytest.mark.slow
 def test_cli_dataset_writes_report_and_pictures(coco_tiny, tmp_path):
     ann = coco_tiny / "annotations" / "instances_val2017.json"
-    result = runner.invoke(app, ["inspect-levels", "--coco", str(ann), "--preset", "tiny", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["inspect-levels", "--coco", str(ann), "--preset", "tiny", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "positive" in result.output
     for name in ("dataset_levels.json", "box_sizes.png", "coverage.png"):
@@ -222,16 +233,43 @@ def test_cli_dataset_writes_report_and_pictures(coco_tiny, tmp_path):
 
 @pytest.mark.slow
 def test_cli_json_shape_and_pictures(noise_image, tmp_path, tiny_checkpoint):
-    result = runner.invoke(app, ["inspect-levels", str(noise_image), "--weights", str(tiny_checkpoint),
-                                 "--min-size", "128", "--max-size", "160", "--score-thr", "0", "--device", "cpu",
-                                 "--compare-bottom-up", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "inspect-levels",
+            str(noise_image),
+            "--weights",
+            str(tiny_checkpoint),
+            "--min-size",
+            "128",
+            "--max-size",
+            "160",
+            "--score-thr",
+            "0",
+            "--device",
+            "cpu",
+            "--compare-bottom-up",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data == json.loads((tmp_path / "levels.json").read_text())
     assert data["image"] == str(noise_image)
     assert data["input_size"] == [128, 160]
-    level_keys = {"name", "stride", "size", "channels", "anchor_size", "anchors", "proposals_pre_nms",
-                  "proposals_post_nms", "detections"}
+    level_keys = {
+        "name",
+        "stride",
+        "size",
+        "channels",
+        "anchor_size",
+        "anchors",
+        "proposals_pre_nms",
+        "proposals_post_nms",
+        "detections",
+    }
     assert [lv["name"] for lv in data["levels"]] == ["p2", "p3", "p4", "p5", "p6"]
     for lv in data["levels"]:
         assert level_keys <= set(lv)
@@ -266,7 +304,7 @@ def test_unreadable_image(tmp_path):
 def test_image_too_small_for_the_coarsest_level(tmp_path, model_256x320):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (320, 8)).save(thin)  # resized to 320x8: shorter side below P6's stride 64
-    with pytest.raises(FpnError, match="too small.*p6 has stride 64"):
+    with pytest.raises(FpnError, match=r"too small.*p6 has stride 64"):
         inspect_image(model_256x320, thin)
     _fails([str(thin), "--preset", "tiny", "--device", "cpu"], "too small")
 
@@ -281,11 +319,13 @@ def test_empty_and_boxless_annotation_files(tmp_path):
 
 def test_zero_area_boxes_are_counted_not_crashed_on(tmp_path):
     image = {"id": 7, "file_name": "x.jpg", "width": 640, "height": 480}
-    anns = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 40]},
-            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [10, 10, 0, 40]},
-            {"id": 3, "image_id": 7, "category_id": 1, "bbox": [10, 10, 30, 0]},
-            {"id": 4, "image_id": 7, "category_id": 1, "bbox": [100, 100, 120, 90]},
-            {"id": 5, "image_id": 7, "category_id": 1, "bbox": [1, 1, float("inf"), 5]}]
+    anns = [
+        {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 40]},
+        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [10, 10, 0, 40]},
+        {"id": 3, "image_id": 7, "category_id": 1, "bbox": [10, 10, 30, 0]},
+        {"id": 4, "image_id": 7, "category_id": 1, "bbox": [100, 100, 120, 90]},
+        {"id": 5, "image_id": 7, "category_id": 1, "bbox": [1, 1, float("inf"), 5]},
+    ]
     report = inspect_dataset(_write_coco(tmp_path / "z.json", [image], anns), _cfg())
     assert report.skipped["zero_area"] == 2
     assert report.skipped["invalid"] == 1 and np.isfinite(report.best_iou).all()

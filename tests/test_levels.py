@@ -30,8 +30,9 @@ def test_matches_closed_form_on_random_boxes():
     xy = torch.rand(500, 2, generator=g) * 500
     wh = torch.rand(500, 2, generator=g) * 900 + 1
     boxes = torch.cat([xy, xy + wh], dim=1)
-    expected = [min(5, max(2, math.floor(4 + math.log2(math.sqrt(w * h) / 224) + 1e-6)))
-                for w, h in wh.tolist()]
+    expected = [
+        min(5, max(2, math.floor(4 + math.log2(math.sqrt(w * h) / 224) + 1e-6))) for w, h in wh.tolist()
+    ]
     assert assign_level(boxes).tolist() == expected
 
 

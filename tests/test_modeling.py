@@ -19,18 +19,29 @@ def test_declared_strides_match_real_shapes(tiny_model, height, width):
         pyramid = tiny_model.backbone(x)
     for name, spec in tiny_model.backbone.bottom_up.output_specs.items():
         assert bottom_up[name].shape[1] == spec.channels
-        assert tuple(bottom_up[name].shape[-2:]) == (math.ceil(height / spec.stride), math.ceil(width / spec.stride))
+        assert tuple(bottom_up[name].shape[-2:]) == (
+            math.ceil(height / spec.stride),
+            math.ceil(width / spec.stride),
+        )
     assert list(pyramid) == ["p2", "p3", "p4", "p5", "p6"]
     for name, spec in tiny_model.levels.items():
         # Odd sizes round up at every stride-2 step, so level k is ceil(size / 2**k).
-        assert tuple(pyramid[name].shape[-2:]) == (math.ceil(height / spec.stride), math.ceil(width / spec.stride))
+        assert tuple(pyramid[name].shape[-2:]) == (
+            math.ceil(height / spec.stride),
+            math.ceil(width / spec.stride),
+        )
         assert pyramid[name].shape[1] == spec.channels == tiny_model.config.fpn_channels
 
 
 def test_paper_defaults():
     model = build_model(ModelConfig(class_names=["a", "b"], category_ids=[1, 2]))
     assert [(s.name, s.stride, s.channels) for s in model.levels.values()] == [
-        ("p2", 4, 256), ("p3", 8, 256), ("p4", 16, 256), ("p5", 32, 256), ("p6", 64, 256)]
+        ("p2", 4, 256),
+        ("p3", 8, 256),
+        ("p4", 16, 256),
+        ("p5", 32, 256),
+        ("p6", 64, 256),
+    ]
     assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"]
     assert model.roi_levels == ["p2", "p3", "p4", "p5"]  # P6 feeds the RPN only
     assert model.anchor_sizes() == [(32,), (64,), (128,), (256,), (512,)]
@@ -89,8 +100,10 @@ def test_other_backbones(backbone, c5):
 def test_training_step_gives_finite_losses_with_and_without_boxes(tiny_model):
     tiny_model.train()
     images = [torch.rand(3, 128, 160), torch.rand(3, 150, 120)]
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
-               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
     losses = tiny_model(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     total = sum(losses.values())
@@ -109,12 +122,15 @@ def test_inference_outputs_are_in_image_pixels(tiny_model):
         assert out["labels"].min() >= 1 and out["labels"].max() <= 3
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"backbone": "vgg16"}, "unknown backbone"),
-    ({"neck": "nas"}, "unknown neck"),
-    ({"class_names": []}, "at least one class"),
-    ({"min_size": 900, "max_size": 800}, "larger than max_size"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"backbone": "vgg16"}, "unknown backbone"),
+        ({"neck": "nas"}, "unknown neck"),
+        ({"class_names": []}, "at least one class"),
+        ({"min_size": 900, "max_size": 800}, "larger than max_size"),
+    ],
+)
 def test_bad_configuration_is_a_clear_error(overrides, message):
     cfg = ModelConfig(class_names=["a"], category_ids=[1])
     for key, value in overrides.items():

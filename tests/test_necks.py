@@ -23,8 +23,10 @@ def _build(tiny_config, neck: str, **overrides):
 
 def _targets():
     return [
-        {"boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
-         "labels": torch.tensor([1, 3])},
+        {
+            "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
         # An image without objects: a valid training sample (background only).
         {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
     ]
@@ -175,12 +177,29 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     report = inspect_image(loaded, good[0], score_thr=0.0)
     assert [row.name for row in report.levels] == list(model.levels)
     annotations = tmp_path / "val.json"
-    annotations.write_text(json.dumps({
-        "images": [{"id": 5, "file_name": "img0.png", "width": 70, "height": 50},
-                   {"id": 9, "file_name": "img1.png", "width": 45, "height": 65}],
-        "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "bbox": [4, 4, 30, 20], "area": 600,
-                         "iscrowd": 0}],
-        "categories": [{"id": i, "name": n} for i, n in zip([1, 3, 7], ["circle", "square", "triangle"])]}))
+    annotations.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": 5, "file_name": "img0.png", "width": 70, "height": 50},
+                    {"id": 9, "file_name": "img1.png", "width": 45, "height": 65},
+                ],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 5,
+                        "category_id": 3,
+                        "bbox": [4, 4, 30, 20],
+                        "area": 600,
+                        "iscrowd": 0,
+                    }
+                ],
+                "categories": [
+                    {"id": i, "name": n} for i, n in zip([1, 3, 7], ["circle", "square", "triangle"])
+                ],
+            }
+        )
+    )
     metrics = evaluate_model(loaded, annotations, tmp_path)
     assert metrics["num_images"] == 2 and (metrics["AP"] == -1 or 0 <= metrics["AP"] <= 1)
 

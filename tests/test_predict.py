@@ -11,9 +11,13 @@ from torchvision.transforms.functional import to_tensor
 
 from fpncli.engine.predict import predict_images
 from fpncli.errors import FpnError
-from fpncli.modeling.optimize import (WinogradConv2d, fold_batchnorm, optimize_for_inference,
-                                     use_winograd, winograd_available)
-
+from fpncli.modeling.optimize import (
+    WinogradConv2d,
+    fold_batchnorm,
+    optimize_for_inference,
+    use_winograd,
+    winograd_available,
+)
 
 # Tiny models: one thread is faster than two contending ones (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,8 +33,11 @@ def _noise_image(path, size, seed):
 @pytest.fixture
 def images(tmp_path):
     """Two landscape images of one size (batchable together) and a portrait one between them."""
-    return [_noise_image(tmp_path / "a.png", (120, 90), 1), _noise_image(tmp_path / "b.png", (90, 120), 2),
-            _noise_image(tmp_path / "c.png", (120, 90), 3)]
+    return [
+        _noise_image(tmp_path / "a.png", (120, 90), 1),
+        _noise_image(tmp_path / "b.png", (90, 120), 2),
+        _noise_image(tmp_path / "c.png", (120, 90), 3),
+    ]
 
 
 def _scored_model(tiny_config, norm=None):

@@ -35,9 +35,14 @@ def test_synth_is_deterministic_and_val_independent_of_train_count(tmp_path):
     synthesize(tmp_path / "a", train=4, val=3, seed=1)
     synthesize(tmp_path / "b", train=9, val=3, seed=1)
     synthesize(tmp_path / "c", train=4, val=3, seed=2)
-    read = lambda root, split: json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+
+    def read(root, split):
+        return json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+
     assert read(tmp_path / "a", "val")["annotations"] == read(tmp_path / "b", "val")["annotations"]
-    assert (tmp_path / "a" / "val" / "000002.png").read_bytes() == (tmp_path / "b" / "val" / "000002.png").read_bytes()
+    assert (tmp_path / "a" / "val" / "000002.png").read_bytes() == (
+        tmp_path / "b" / "val" / "000002.png"
+    ).read_bytes()
     assert read(tmp_path / "a", "train")["annotations"] != read(tmp_path / "c", "train")["annotations"]
 
 
@@ -59,7 +64,9 @@ def test_synth_refuses_to_overwrite(tmp_path):
 
 
 def test_synth_cli(tmp_path):
-    result = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "ds"), "--train", "3", "--val", "2", "--seed", "5"])
+    result = CliRunner().invoke(
+        app, ["data", "synth", str(tmp_path / "ds"), "--train", "3", "--val", "2", "--seed", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ds" / "annotations" / "instances_train.json").is_file()
     again = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "ds"), "--train", "3"])

@@ -9,9 +9,13 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.transforms.functional import pil_to_tensor
 
 from fpncli.data.images import read_image
-from fpncli.modeling.weights import (config_from_torchvision_state_dict, fpncli_to_torchvision,
-                                     load_model_state, torchvision_to_fpncli)
 from fpncli.modeling.detector import build_model
+from fpncli.modeling.weights import (
+    config_from_torchvision_state_dict,
+    fpncli_to_torchvision,
+    load_model_state,
+    torchvision_to_fpncli,
+)
 
 SIZE = 480  # shorter side; the same on both models (smaller than 800 to keep CI fast)
 
@@ -35,13 +39,19 @@ def _seeded_state_dict(model: torch.nn.Module) -> dict:
 
 @pytest.mark.slow
 def test_same_detections_as_torchvision_on_real_images(coco_tiny):
-    reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=SIZE, max_size=800,
-                                        box_score_thresh=0.0).eval()
+    reference = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=SIZE, max_size=800, box_score_thresh=0.0
+    ).eval()
     state = _seeded_state_dict(reference)
     reference.load_state_dict(state)
 
     cfg = config_from_torchvision_state_dict(state, min_size=SIZE, max_size=800, box_score_thresh=0.0)
-    assert (cfg.backbone, cfg.fpn_channels, cfg.box_head_dim, len(cfg.class_names)) == ("resnet50", 256, 1024, 90)
+    assert (cfg.backbone, cfg.fpn_channels, cfg.box_head_dim, len(cfg.class_names)) == (
+        "resnet50",
+        256,
+        1024,
+        90,
+    )
     ours = build_model(cfg).eval()
     load_model_state(ours, torchvision_to_fpncli(state), "seeded state dict")
     # The mapping is a bijection: nothing lost, nothing added.

@@ -17,8 +17,14 @@ from fpncli.engine.train import TrainingDiverged, lr_factor, train
 from fpncli.engine.train_config import TrainConfig
 from fpncli.errors import FpnError
 
-SMALL = {"min_size": 64, "max_size": 96, "fpn_channels": 16, "box_head_dim": 32,
-         "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32}
+SMALL = {
+    "min_size": 64,
+    "max_size": 96,
+    "fpn_channels": 16,
+    "box_head_dim": 32,
+    "rpn_batch_size_per_image": 32,
+    "box_batch_size_per_image": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +35,17 @@ def shapes(tmp_path_factory):
 
 
 def _cfg(shapes, out, **kw):
-    base = dict(data=str(shapes), preset="tiny", out=str(out), model=dict(SMALL), batch_size=2, workers=0,
-                log_every=1, eval_every=-1, seed=1)
+    base = dict(
+        data=str(shapes),
+        preset="tiny",
+        out=str(out),
+        model=dict(SMALL),
+        batch_size=2,
+        workers=0,
+        log_every=1,
+        eval_every=-1,
+        seed=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -46,9 +61,14 @@ def test_run_folder_contents(shapes, tmp_path):
     run = tmp_path / "run"
     assert summary["iterations"] == 4 and not summary["interrupted"]
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["optimizer"] == "adamw" and config["model"]["class_names"] == ["circle", "square", "triangle", "cross"]
+    assert config["train"]["optimizer"] == "adamw" and config["model"]["class_names"] == [
+        "circle",
+        "square",
+        "triangle",
+        "cross",
+    ]
     assert config["train"]["train_ann"].endswith("instances_train.json")
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["type"] == "train"]
     assert [r["iter"] for r in train_recs] == [1, 2, 3, 4]
     assert all(r["loss"] > 0 and r["lr"] > 0 and r["time_per_iter"] > 0 for r in train_recs)
@@ -85,7 +105,9 @@ def test_resume_after_ctrl_c_is_exact(shapes, tmp_path):
     # and training did change the weights
     init = train(_cfg(shapes, tmp_path / "one", iters=1))
     assert any(not torch.equal(a[k], _weights(tmp_path / "one" / "last.pt")[k]) for k in a)
-    logged = [json.loads(l)["iter"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line)["iter"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert logged == list(range(1, n + 1))
     with pytest.raises(FpnError, match="already trained"):
         train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, workers=0))
@@ -108,7 +130,11 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good(shapes, tmp_path, mon
         train(_cfg(shapes, tmp_path / "nan", iters=5, save_every=1))
     state = read_checkpoint(tmp_path / "nan" / "last.pt")["train_state"]
     assert state["iteration"] == 2
-    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "nan" / "last.pt").values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in _weights(tmp_path / "nan" / "last.pt").values()
+        if v.is_floating_point()
+    )
 
 
 def test_bad_inputs(shapes, tmp_path):
@@ -122,7 +148,9 @@ def test_bad_inputs(shapes, tmp_path):
     synthesize(empty, train=0, val=0)
     with pytest.raises(FpnError, match="no usable training images"):
         train(_cfg(empty, tmp_path / "z", iters=1))
-    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 1 and "dataset folder not found" in result.output
 
 
@@ -140,16 +168,37 @@ def test_paper_recipe_defaults_and_schedule(shapes):
 @pytest.mark.slow
 def test_cli_train_and_resume(shapes, tmp_path):
     run = tmp_path / "cli"
-    args = ["train", "--data", str(shapes), "--preset", "tiny", "--out", str(run), "--iters", "2",
-            "--batch-size", "2", "--min-size", "64", "--max-size", "96", "--workers", "0", "--eval-every", "-1"]
+    args = [
+        "train",
+        "--data",
+        str(shapes),
+        "--preset",
+        "tiny",
+        "--out",
+        str(run),
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+        "--workers",
+        "0",
+        "--eval-every",
+        "-1",
+    ]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert "trained 2 iterations" in result.output and str(run) in result.output
     assert json.loads((run / "config.json").read_text())["model"]["min_size"] == 64
-    more = CliRunner().invoke(app, ["train", "--resume", str(run), "--iters", "3", "--workers", "0"],
-                              env={"COLUMNS": "400"})
+    more = CliRunner().invoke(
+        app, ["train", "--resume", str(run), "--iters", "3", "--workers", "0"], env={"COLUMNS": "400"}
+    )
     assert more.exit_code == 0, more.output
     assert read_checkpoint(run / "last.pt")["train_state"]["iteration"] == 3
-    bad = CliRunner().invoke(app, ["train", "--data", str(shapes), "--out", str(tmp_path / "b"),
-                                   "--train-sizes", "10,abc"])
+    bad = CliRunner().invoke(
+        app, ["train", "--data", str(shapes), "--out", str(tmp_path / "b"), "--train-sizes", "10,abc"]
+    )
     assert bad.exit_code != 0

@@ -21,11 +21,23 @@ def test_short_training_run_learns(tmp_path):
     images = tmp_path / "data" / "train"
     # Learn the (small) training set itself: the quickest honest signal that gradients,
     # targets, labels and the schedule fit together.
-    cfg = TrainConfig(data=str(tmp_path / "data"), preset="tiny", out=str(tmp_path / "run"), iters=60,
-                      batch_size=4, workers=0, eval_every=-1, log_every=1, seed=0, lr=2e-3,
-                      model={"min_size": 160, "max_size": 200, "fpn_channels": 32, "box_head_dim": 128})
+    cfg = TrainConfig(
+        data=str(tmp_path / "data"),
+        preset="tiny",
+        out=str(tmp_path / "run"),
+        iters=60,
+        batch_size=4,
+        workers=0,
+        eval_every=-1,
+        log_every=1,
+        seed=0,
+        lr=2e-3,
+        model={"min_size": 160, "max_size": 200, "fpn_channels": 32, "box_head_dim": 128},
+    )
     summary = train(cfg)
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
     trained = evaluate_model(summary["model"], ann, images, batch_size=4)
 

@@ -4,8 +4,8 @@ import urllib.error
 
 import pytest
 import torch
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models import resnet18
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from fpncli.config import preset_config
 from fpncli.errors import FpnError

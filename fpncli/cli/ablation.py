@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from fpncli.cli.common import console, err_console, handle_errors
 
-HELP = ("Train every neck (c4, c5, fpn, panet, bifpn) on the same synthetic multi-scale data with the "
-        "same budget and seed, then print one table in the paper's form: RPN proposal recall "
-        "(AR100, AR1k, AR1k small/medium/large), detector AP (AP50, AP, APs, APm, APl), "
-        "parameters and inference time per image.")
+HELP = (
+    "Train every neck (c4, c5, fpn, panet, bifpn) on the same synthetic multi-scale data with the "
+    "same budget and seed, then print one table in the paper's form: RPN proposal recall "
+    "(AR100, AR1k, AR1k small/medium/large), detector AP (AP50, AP, APs, APm, APl), "
+    "parameters and inference time per image."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn ablation                                  # CPU default, about 20-30 min on 2 cores\n\n"
@@ -27,21 +29,34 @@ QUICK_BUDGET = 0.02
 
 @handle_errors
 def ablation(
-    out: Annotated[Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")]
-    = Path("runs/ablation"),
-    necks: Annotated[str, typer.Option(help="Comma-separated necks, in table order.")] = "c4,c5,fpn,panet,bifpn",
-    budget: Annotated[float, typer.Option(help="Scales iterations and data; 1 = the CPU default "
-                                               "(250 iterations of 4 images per neck).")] = 1.0,
+    out: Annotated[
+        Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")
+    ] = Path("runs/ablation"),
+    necks: Annotated[
+        str, typer.Option(help="Comma-separated necks, in table order.")
+    ] = "c4,c5,fpn,panet,bifpn",
+    budget: Annotated[
+        float,
+        typer.Option(
+            help="Scales iterations and data; 1 = the CPU default (250 iterations of 4 images per neck)."
+        ),
+    ] = 1.0,
     quick: Annotated[bool, typer.Option("--quick", help=f"Smoke run: --budget {QUICK_BUDGET}.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the data, initialisation and sampling, the same for every neck.")] = 0,
-    data: Annotated[Optional[Path], typer.Option(help="A COCO-layout dataset root instead of the synthetic shapes.")]
-    = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the data, initialisation and sampling, the same for every neck.")
+    ] = 0,
+    data: Annotated[
+        Path | None, typer.Option(help="A COCO-layout dataset root instead of the synthetic shapes.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(min=0, help="Data-loading processes during training.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
+    ] = None,
     bifpn_repeats: Annotated[int, typer.Option(min=1, help="BiFPN blocks.")] = 2,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")]
-    = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
+    ] = False,
 ) -> None:
     import torch
     from rich import box
@@ -56,36 +71,63 @@ def ablation(
     def report(event: dict) -> None:
         kind, neck = event.get("event"), event.get("neck")
         if kind == "data":
-            err_console.print(f"drawing {event['train']} + {event['val']} synthetic images into {event['root']}")
+            err_console.print(
+                f"drawing {event['train']} + {event['val']} synthetic images into {event['root']}"
+            )
         elif kind == "neck_start":
             err_console.print(f"[bold]{neck}[/] ({event['index'] + 1}/{event['total']})")
         elif kind == "start":
-            err_console.print(f"  {neck}: training {event['total_iterations']} iterations of "
-                              f"{event['effective_batch']} images on {event['device']}")
+            err_console.print(
+                f"  {neck}: training {event['total_iterations']} iterations of "
+                f"{event['effective_batch']} images on {event['device']}"
+            )
         elif kind == "neck_cached":
             err_console.print(f"[bold]{neck}[/]: reusing the finished run (--fresh retrains)")
         elif kind == "iter":
-            err_console.print(f"  {neck} iter {event['iter']}/{event['total_iterations']} "
-                              f"loss {event['loss']:.3f}  {event['time_per_iter']:.2f} s/iter", highlight=False)
+            err_console.print(
+                f"  {neck} iter {event['iter']}/{event['total_iterations']} "
+                f"loss {event['loss']:.3f}  {event['time_per_iter']:.2f} s/iter",
+                highlight=False,
+            )
         elif kind == "measure":
             err_console.print(f"  {neck}: measuring {event['what']}")
         elif kind == "warning":
             err_console.print(f"  [yellow]warning:[/] {event['message']}")
 
-    result = run_ablation(out, names, budget=QUICK_BUDGET if quick else budget, seed=seed,
-                          data=str(data) if data else None, device=device, workers=workers,
-                          bifpn_repeats=bifpn_repeats, fresh=fresh, progress=report)
+    result = run_ablation(
+        out,
+        names,
+        budget=QUICK_BUDGET if quick else budget,
+        seed=seed,
+        data=str(data) if data else None,
+        device=device,
+        workers=workers,
+        bifpn_repeats=bifpn_repeats,
+        fresh=fresh,
+        progress=report,
+    )
     s = result["settings"]
     # Thirteen columns: a light box and one space of padding keep it within 80 characters.
-    table = Table(title=f"Neck ablation — budget {s['budget']:g}: {s['iters']} iterations x {s['batch_size']} "
-                        f"images per neck, {s['val_images']} val images, seed {s['seed']}",
-                  box=box.SIMPLE_HEAD, padding=(0, 0), collapse_padding=True, pad_edge=False)
+    table = Table(
+        title=f"Neck ablation — budget {s['budget']:g}: {s['iters']} iterations x {s['batch_size']} "
+        f"images per neck, {s['val_images']} val images, seed {s['seed']}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for i, column in enumerate(header()):
-        table.add_column(column.replace(" ", "\n", 1), justify="left" if i == 0 else "right",
-                         no_wrap=True, min_width=len(column.split(" ")[0]) + 1)
+        table.add_column(
+            column.replace(" ", "\n", 1),
+            justify="left" if i == 0 else "right",
+            no_wrap=True,
+            min_width=len(column.split(" ")[0]) + 1,
+        )
     for row in result["rows"]:
         table.add_row(*format_row(row))
     console.print(table)
-    console.print("AR/AP in percent; AR: RPN top-1000 proposals, class-agnostic. " + claim_sentence(result["claim"]),
-                  highlight=False)
+    console.print(
+        "AR/AP in percent; AR: RPN top-1000 proposals, class-agnostic. " + claim_sentence(result["claim"]),
+        highlight=False,
+    )
     console.print(f"saved {result['json']} and {result['markdown']}", highlight=False)

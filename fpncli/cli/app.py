@@ -27,8 +27,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     state.debug = debug
 
@@ -36,18 +37,27 @@ def _global(
 app.command("info", help=info.HELP, epilog=info.EPILOG)(info.info)
 # Commands register here, one line each (see fpncli/cli/<command>.py).
 from fpncli.cli import detect as detect_cli  # noqa: E402
+
 app.command("detect", help=detect_cli.HELP, epilog=detect_cli.EPILOG)(detect_cli.detect)
 from fpncli.cli import inspect_levels as inspect_levels_cli  # noqa: E402
-app.command("inspect-levels", help=inspect_levels_cli.HELP, epilog=inspect_levels_cli.EPILOG)(inspect_levels_cli.inspect_levels)
+
+app.command("inspect-levels", help=inspect_levels_cli.HELP, epilog=inspect_levels_cli.EPILOG)(
+    inspect_levels_cli.inspect_levels
+)
 from fpncli.cli import eval as eval_cli  # noqa: E402
+
 app.command("eval", help=eval_cli.HELP, epilog=eval_cli.EPILOG)(eval_cli.eval_coco)
 from fpncli.cli import data as data_cli  # noqa: E402
+
 app.add_typer(data_cli.app, name="data")
 from fpncli.cli import train as train_cli  # noqa: E402
+
 app.command("train", help=train_cli.HELP, epilog=train_cli.EPILOG)(train_cli.train)
 from fpncli.cli import demo as demo_cli  # noqa: E402
+
 app.command("demo", help=demo_cli.HELP, epilog=demo_cli.EPILOG)(demo_cli.demo)
 from fpncli.cli import ablation as ablation_cli  # noqa: E402
+
 app.command("ablation", help=ablation_cli.HELP, epilog=ablation_cli.EPILOG)(ablation_cli.ablation)
 
 

@@ -9,11 +9,18 @@ import typer
 
 from fpncli.cli.common import console, handle_errors
 
-app = typer.Typer(name="data", help="Dataset tools (synthetic data for offline training).",
-                  no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
+app = typer.Typer(
+    name="data",
+    help="Dataset tools (synthetic data for offline training).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
 
-SYNTH_HELP = ("Write a COCO-layout dataset of synthetic multi-scale shapes (4 classes, 8 px to most "
-              "of the image, clutter): something to train on with no download.")
+SYNTH_HELP = (
+    "Write a COCO-layout dataset of synthetic multi-scale shapes (4 classes, 8 px to most "
+    "of the image, clutter): something to train on with no download."
+)
 SYNTH_EPILOG = (
     "Examples:\n\n"
     "  fpn data synth data/shapes                       # 800 train + 100 val images\n\n"
@@ -37,11 +44,21 @@ def synth(
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("drawing", total=train + val)
-        summary = synthesize(out, train=train, val=val, seed=seed, overwrite=overwrite,
-                             progress=lambda split, done, total: bar.advance(task))
+        summary = synthesize(
+            out,
+            train=train,
+            val=val,
+            seed=seed,
+            overwrite=overwrite,
+            progress=lambda split, done, total: bar.advance(task),
+        )
     for split, info in summary["splits"].items():
-        console.print(f"{split}: {info['images']} images, {info['objects']} objects "
-                      f"(small {info['small']}, medium {info['medium']}, large {info['large']}) "
-                      f"-> {info['annotation_file']}", highlight=False)
-    console.print(f"train on it: [bold]fpn train --data {out} --preset tiny --out runs/shapes[/]",
-                  highlight=False)
+        console.print(
+            f"{split}: {info['images']} images, {info['objects']} objects "
+            f"(small {info['small']}, medium {info['medium']}, large {info['large']}) "
+            f"-> {info['annotation_file']}",
+            highlight=False,
+        )
+    console.print(
+        f"train on it: [bold]fpn train --data {out} --preset tiny --out runs/shapes[/]", highlight=False
+    )

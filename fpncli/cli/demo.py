@@ -9,8 +9,10 @@ import typer
 
 from fpncli.cli.common import console, handle_errors
 
-HELP = ("Run the whole job end to end with no download: synthesise shapes, train the tiny preset "
-        "from scratch, evaluate (COCO AP), detect on held-out images and inspect pyramid levels.")
+HELP = (
+    "Run the whole job end to end with no download: synthesise shapes, train the tiny preset "
+    "from scratch, evaluate (COCO AP), detect on held-out images and inspect pyramid levels."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn demo                        # writes ./fpn-demo (about 5 minutes on 2 CPU cores)\n\n"
@@ -20,7 +22,9 @@ EPILOG = (
 
 @handle_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes (a previous demo there is replaced).")] = Path("fpn-demo"),
+    out: Annotated[
+        Path, typer.Option(help="Folder for everything the demo writes (a previous demo there is replaced).")
+    ] = Path("fpn-demo"),
     iters: Annotated[int, typer.Option(min=1, help="Training iterations (batch 4).")] = 300,
     train_images: Annotated[int, typer.Option(min=1, help="Synthetic training images.")] = 600,
     val_images: Annotated[int, typer.Option(min=1, help="Held-out synthetic images for evaluation.")] = 100,
@@ -40,15 +44,31 @@ def demo(
             display(event)
 
     try:
-        summary = run_demo(DemoConfig(out=str(out), iters=iters, train_images=train_images,
-                                      val_images=val_images, seed=seed, device=device), progress=progress)
+        summary = run_demo(
+            DemoConfig(
+                out=str(out),
+                iters=iters,
+                train_images=train_images,
+                val_images=val_images,
+                seed=seed,
+                device=device,
+            ),
+            progress=progress,
+        )
     finally:
         display.close()
-    console.print(f"\n[bold]held-out AP {summary['AP']:.3f}   AP50 {summary['AP50']:.3f}[/]   "
-                  f"(small {summary['APs']:.3f}, medium {summary['APm']:.3f}, large {summary['APl']:.3f})   "
-                  f"in {summary['seconds'] / 60:.1f} min", highlight=False)
-    rows = [("dataset", summary["data"]), ("training run", summary["run"]),
-            ("checkpoint", summary["checkpoint"]), ("metrics", summary["metrics"])]
+    console.print(
+        f"\n[bold]held-out AP {summary['AP']:.3f}   AP50 {summary['AP50']:.3f}[/]   "
+        f"(small {summary['APs']:.3f}, medium {summary['APm']:.3f}, large {summary['APl']:.3f})   "
+        f"in {summary['seconds'] / 60:.1f} min",
+        highlight=False,
+    )
+    rows = [
+        ("dataset", summary["data"]),
+        ("training run", summary["run"]),
+        ("checkpoint", summary["checkpoint"]),
+        ("metrics", summary["metrics"]),
+    ]
     if summary.get("curves"):
         rows.append(("training curves", summary["curves"]))
     if summary.get("detect"):
@@ -57,5 +77,8 @@ def demo(
         rows.append(("pyramid levels", summary["levels"]))
     for name, path in rows:
         console.print(f"  {name:16s} {path}", highlight=False)
-    console.print(f"next: fpn eval --weights {summary['checkpoint']} ... or "
-                  f"fpn train --data {summary['data']} --preset tiny --out runs/shapes", highlight=False)
+    console.print(
+        f"next: fpn eval --weights {summary['checkpoint']} ... or "
+        f"fpn train --data {summary['data']} --preset tiny --out runs/shapes",
+        highlight=False,
+    )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from fpncli.cli.common import console, err_console, handle_errors
 
-HELP = ("Detect objects in images, folders and glob patterns; write predictions.json and "
-        "annotated images to --out.")
+HELP = (
+    "Detect objects in images, folders and glob patterns; write predictions.json and "
+    "annotated images to --out."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn detect photo.jpg --weights coco --out out/\n\n"
@@ -19,44 +21,78 @@ EPILOG = (
     "  fpn detect val2017/ --weights coco --out out/ --score-thr 0.05 --no-draw "
     "--coco-results results.json --coco-annotations instances_val2017.json\n\n"
     "Exit code 1 when any input could not be read (each is listed in predictions.json "
-    "\"errors\"); 130 after Ctrl-C, with predictions.json valid for the images done."
+    '"errors"); 130 after Ctrl-C, with predictions.json valid for the images done.'
 )
 
 
 @handle_errors
 def detect(
-    sources: Annotated[list[str], typer.Argument(help="Image files, folders and glob patterns (quote them).",
-                                                 show_default=False)],
-    weights: Annotated[str, typer.Option(help="coco, or an fpncli checkpoint / torchvision state-dict path.")],
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders and glob patterns (quote them).", show_default=False),
+    ],
+    weights: Annotated[
+        str, typer.Option(help="coco, or an fpncli checkpoint / torchvision state-dict path.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
     score_thr: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
-    nms_iou: Annotated[Optional[float], typer.Option(help="Per-class NMS IoU threshold (model default 0.5).")] = None,
-    max_dets: Annotated[Optional[int], typer.Option(help="At most this many detections per image (model default 100).")] = None,
-    classes: Annotated[Optional[list[str]], typer.Option(
-        help="Only these classes: names or category ids, comma-separated or repeated.")] = None,
-    min_size: Annotated[Optional[int], typer.Option(help="Resize the shorter side to this (model default).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(help="Cap the longer side at this (model default).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="CUDA: images per forward pass (default 2; only equal-size images share one). "
-             "CPU: used with --workers 0 only.")] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
-             "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (auto picks CUDA when present).")] = "auto",
+    nms_iou: Annotated[
+        float | None, typer.Option(help="Per-class NMS IoU threshold (model default 0.5).")
+    ] = None,
+    max_dets: Annotated[
+        int | None, typer.Option(help="At most this many detections per image (model default 100).")
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these classes: names or category ids, comma-separated or repeated."),
+    ] = None,
+    min_size: Annotated[
+        int | None, typer.Option(help="Resize the shorter side to this (model default).")
+    ] = None,
+    max_size: Annotated[int | None, typer.Option(help="Cap the longer side at this (model default).")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="CUDA: images per forward pass (default 2; only equal-size images share one). "
+            "CPU: used with --workers 0 only."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
+            "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (auto picks CUDA when present).")
+    ] = "auto",
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated images.")] = True,
-    coco_results: Annotated[Optional[Path], typer.Option(
-        help="Also write detections in the COCO results format to this file.")] = None,
-    coco_annotations: Annotated[Optional[Path], typer.Option(
-        help="COCO annotation file whose file_name -> id mapping gives --coco-results image ids "
-             "(default: 1..N in input order).")] = None,
+    coco_results: Annotated[
+        Path | None, typer.Option(help="Also write detections in the COCO results format to this file.")
+    ] = None,
+    coco_annotations: Annotated[
+        Path | None,
+        typer.Option(
+            help="COCO annotation file whose file_name -> id mapping gives --coco-results image ids "
+            "(default: 1..N in input order)."
+        ),
+    ] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 256_000_000,
-    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize",
-                                           help="Fold BatchNorm into convolutions; Winograd 3x3 convolutions "
-                                                "on the CPU, channels-last memory on CUDA.")] = True,
+    optimize: Annotated[
+        bool,
+        typer.Option(
+            "--optimize/--no-optimize",
+            help="Fold BatchNorm into convolutions; Winograd 3x3 convolutions "
+            "on the CPU, channels-last memory on CUDA.",
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")
+    ] = False,
 ) -> None:
     import json
 
@@ -66,10 +102,24 @@ def detect(
     if coco_annotations is not None and coco_results is None:
         raise FpnError("--coco-annotations only names image ids for --coco-results; add --coco-results FILE")
     options = DetectOptions(
-        weights=weights, out_dir=out, score_thr=score_thr, nms_iou=nms_iou, max_dets=max_dets,
-        classes=classes, min_size=min_size, max_size=max_size, batch_size=batch_size, workers=workers,
-        device=device, half=half, draw=draw, recursive=recursive, coco_results=coco_results,
-        coco_annotations=coco_annotations, max_pixels=max_pixels, optimize=optimize,
+        weights=weights,
+        out_dir=out,
+        score_thr=score_thr,
+        nms_iou=nms_iou,
+        max_dets=max_dets,
+        classes=classes,
+        min_size=min_size,
+        max_size=max_size,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        half=half,
+        draw=draw,
+        recursive=recursive,
+        coco_results=coco_results,
+        coco_annotations=coco_annotations,
+        max_pixels=max_pixels,
+        optimize=optimize,
     )
     progress = None if quiet else _progress()
     task = None
@@ -77,7 +127,9 @@ def detect(
     def on_start(total: int, dev: str, source: str) -> None:
         nonlocal task
         if progress is not None:
-            err_console.print(f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {source}", highlight=False)
+            err_console.print(
+                f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {source}", highlight=False
+            )
             progress.start()
             task = progress.add_task("detect", total=total, failed=0)
 
@@ -95,16 +147,26 @@ def detect(
     if not quiet:
         _print_summary(summary)
     if summary.interrupted:
-        err_console.print(f"interrupted: {summary.predictions_path} holds the "
-                          f"{summary.images_read + summary.images_failed} image(s) done", style="yellow")
+        err_console.print(
+            f"interrupted: {summary.predictions_path} holds the "
+            f"{summary.images_read + summary.images_failed} image(s) done",
+            style="yellow",
+        )
         raise typer.Exit(130)
     if summary.images_failed:
         raise typer.Exit(1)
 
 
 def _progress():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class _Rate(ProgressColumn):
@@ -115,10 +177,19 @@ def _progress():
             rate = task.completed / elapsed if elapsed > 0 else 0.0
             return Text(f"{rate:.2f} img/s", style="cyan")
 
-    return Progress(TextColumn("[bold]detect"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                    TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False,
-                    refresh_per_second=4)
+    return Progress(
+        TextColumn("[bold]detect"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+        refresh_per_second=4,
+    )
 
 
 def _print_summary(summary) -> None:
@@ -130,7 +201,9 @@ def _print_summary(summary) -> None:
     table.add_row("images read", str(summary.images_read))
     table.add_row("images failed", f"[red]{summary.images_failed}[/]" if summary.images_failed else "0")
     table.add_row("detections", str(summary.detections))
-    table.add_row("throughput", f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})")
+    table.add_row(
+        "throughput", f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})"
+    )
     console.print(table)
     if summary.per_class:
         per_class = Table(title="detections per class", title_justify="left")
@@ -142,9 +215,13 @@ def _print_summary(summary) -> None:
     for err in summary.errors:
         err_console.print(f"[red]failed:[/] {err['error']}", highlight=False, soft_wrap=True)
     if summary.coco_unmatched:
-        err_console.print(f"[yellow]warning:[/] {len(summary.coco_unmatched)} image(s) are not in the "
-                          f"annotation file and are left out of the COCO results "
-                          f"(e.g. {summary.coco_unmatched[0]})", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]warning:[/] {len(summary.coco_unmatched)} image(s) are not in the "
+            f"annotation file and are left out of the COCO results "
+            f"(e.g. {summary.coco_unmatched[0]})",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"predictions: {summary.predictions_path}", highlight=False)
     if summary.coco_results_path is not None:
         console.print(f"COCO results: {summary.coco_results_path}", highlight=False)

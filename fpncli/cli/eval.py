@@ -3,41 +3,63 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from fpncli.cli.common import console, err_console, handle_errors
 
-HELP = ("Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
-        "writes metrics.json (and detections.json when a model runs).")
+HELP = (
+    "Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
+    "writes metrics.json (and detections.json when a model runs)."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn eval --coco val.json --images val2017/ --weights runs/exp/best.pt --out runs/eval\n\n"
     "  fpn eval --coco val.json --images val2017/ --weights coco --plots\n\n"
     "  fpn eval --coco val.json --results detections.json --out runs/eval-dets\n\n"
     "Numbers are pycocotools' COCOeval numbers; --backend auto uses faster-coco-eval "
-    "(pip install \"fpncli\\[fast]\") when installed: same numbers, several times faster."
+    '(pip install "fpncli\\[fast]") when installed: same numbers, several times faster.'
 )
 
 
 @handle_errors
 def eval_coco(
-    coco: Annotated[Path, typer.Option("--coco", help="COCO annotation file (JSON) of the evaluation images.")],
-    results: Annotated[Optional[Path], typer.Option(
-        help="Evaluate this COCO results file (list of {image_id, category_id, bbox, score}); no model needed.")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder the annotation file names are relative to.")] = None,
-    weights: Annotated[Optional[str], typer.Option(
-        help="Model to run: an fpncli checkpoint, a torchvision state dict, or 'coco' (COCO_V1).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder for metrics.json, detections.json and plots.")] = Path("runs/eval"),
-    plots: Annotated[bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")] = False,
+    coco: Annotated[
+        Path, typer.Option("--coco", help="COCO annotation file (JSON) of the evaluation images.")
+    ],
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate this COCO results file (list of {image_id, category_id, bbox, score}); no model needed."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder the annotation file names are relative to.")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Model to run: an fpncli checkpoint, a torchvision state dict, or 'coco' (COCO_V1)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder for metrics.json, detections.json and plots.")
+    ] = Path("runs/eval"),
+    plots: Annotated[
+        bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")
+    ] = False,
     backend: Annotated[str, typer.Option(help="auto, pycocotools or faster-coco-eval.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 0,
-    max_images: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images (quick check).")] = None,
+    max_images: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N images (quick check).")
+    ] = None,
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")
+    ] = False,
 ) -> None:
     from fpncli.errors import FpnError
 
@@ -56,9 +78,12 @@ def eval_coco(
         if images is None:
             raise FpnError("--weights needs --images, the folder of the annotated images")
         if weights == "none":
-            raise FpnError("--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'")
-        metrics = _run_model(coco, images, weights, out, plots, backend, device, batch_size, workers,
-                             max_images, half)
+            raise FpnError(
+                "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
+            )
+        metrics = _run_model(
+            coco, images, weights, out, plots, backend, device, batch_size, workers, max_images, half
+        )
     if as_json:
         import json
 
@@ -72,8 +97,19 @@ def eval_coco(
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
 
 
-def _run_model(coco: Path, images: Path, weights: str, out: Path, plots: bool, backend: str, device: str,
-               batch_size: int, workers: int, max_images: Optional[int], half: bool) -> dict[str, Any]:
+def _run_model(
+    coco: Path,
+    images: Path,
+    weights: str,
+    out: Path,
+    plots: bool,
+    backend: str,
+    device: str,
+    batch_size: int,
+    workers: int,
+    max_images: int | None,
+    half: bool,
+) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fpncli.device import resolve_device
@@ -86,13 +122,30 @@ def _run_model(coco: Path, images: Path, weights: str, out: Path, plots: bool, b
     if half and dev.type != "cuda":
         raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     loaded = load_detector(weights)
-    with Progress(TextColumn("detecting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("detecting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("detect", total=None)
-        metrics = evaluate_model(loaded.model, coco, images, out_dir=out, device=dev, batch_size=batch_size,
-                                 workers=workers, plots=plots, backend=backend, weights=loaded.source,
-                                 max_images=max_images, half=half,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+        metrics = evaluate_model(
+            loaded.model,
+            coco,
+            images,
+            out_dir=out,
+            device=dev,
+            batch_size=batch_size,
+            workers=workers,
+            plots=plots,
+            backend=backend,
+            weights=loaded.source,
+            max_images=max_images,
+            half=half,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     return metrics
 
 
@@ -100,7 +153,7 @@ def _fmt(v: float) -> str:
     return "-" if v is None or v < 0 else f"{v:.3f}"
 
 
-def print_metrics(metrics: dict[str, Any], per_class_rows: Optional[int] = None) -> None:
+def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) -> None:
     """The 12 COCO numbers, the per-class table and what was skipped, with rich."""
     from rich import box
     from rich.table import Table
@@ -114,13 +167,19 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: Optional[int] = None)
     missing = metrics.get("missing_images") or []
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-        err_console.print(f"missing: {len(missing)} image files not found, left out: {shown}",
-                          style="yellow", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"missing: {len(missing)} image files not found, left out: {shown}",
+            style="yellow",
+            highlight=False,
+            soft_wrap=True,
+        )
     for line in (metrics.get("skipped_images") or [])[:10]:
         err_console.print(f"skipped: {line}", style="yellow", highlight=False, soft_wrap=True)
 
-    title = (f"COCO box metrics — {metrics['num_images']} images, {metrics['num_detections']} detections "
-             f"({metrics['backend']})")
+    title = (
+        f"COCO box metrics — {metrics['num_images']} images, {metrics['num_detections']} detections "
+        f"({metrics['backend']})"
+    )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("metric")
     table.add_column("")
@@ -135,15 +194,28 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: Optional[int] = None)
     if per_class_rows is not None:
         hidden += max(0, len(rows) - per_class_rows)
         rows = rows[:per_class_rows]
-    per = Table(title="Per class, best AP first ('-': no ground truth of that size)", title_justify="left",
-                box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    per = Table(
+        title="Per class, best AP first ('-': no ground truth of that size)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     # Fits 80 columns: names are cut at 15 characters, numbers never are.
     per.add_column("class", no_wrap=True, overflow="ellipsis", max_width=15)
     for col in ("id", "inst", "dets", "AP", "AP50", "AP75", "APs", "APm", "APl"):
         per.add_column(col, justify="right", no_wrap=True, min_width=5 if col.startswith("AP") else None)
     for r in rows:
-        per.add_row(r["name"], str(r["category_id"]), str(r["instances"]), str(r["detections"]),
-                    *(_fmt(r[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+        per.add_row(
+            r["name"],
+            str(r["category_id"]),
+            str(r["instances"]),
+            str(r["detections"]),
+            *(_fmt(r[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+        )
     console.print(per)
     if hidden:
-        console.print(f"({hidden} classes without instances or detections not shown; all are in metrics.json)")
+        console.print(
+            f"({hidden} classes without instances or detections not shown; all are in metrics.json)"
+        )

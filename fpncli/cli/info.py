@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,22 +20,29 @@ EPILOG = (
 @handle_errors
 def info(
     weights: Annotated[str, typer.Option(help="coco, none, or a checkpoint / state-dict path.")] = "none",
-    preset: Annotated[str, typer.Option(help="Named configuration (default, tiny) for --weights none.")] = "default",
-    backbone: Annotated[Optional[str], typer.Option(help="resnet18|resnet34|resnet50|resnet101.")] = None,
-    neck: Annotated[Optional[str], typer.Option(help="Neck architecture.")] = None,
-    fpn_channels: Annotated[Optional[int], typer.Option(help="Channels d of every pyramid level.")] = None,
+    preset: Annotated[
+        str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
+    ] = "default",
+    backbone: Annotated[str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101.")] = None,
+    neck: Annotated[str | None, typer.Option(help="Neck architecture.")] = None,
+    fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
 ) -> None:
     import json
 
+    from fpncli.config import preset_config
     from fpncli.engine.describe import describe_model
     from fpncli.modeling.weights import load_detector
-    from fpncli.config import preset_config
 
-    cfg = preset_config(preset, backbone=backbone, neck=neck, fpn_channels=fpn_channels,
-                        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-                        category_ids=list(range(1, num_classes + 1)))
+    cfg = preset_config(
+        preset,
+        backbone=backbone,
+        neck=neck,
+        fpn_channels=fpn_channels,
+        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
+        category_ids=list(range(1, num_classes + 1)),
+    )
     loaded = load_detector(weights, config=cfg)
     summary = describe_model(loaded.model, loaded.source)
     if as_json:
@@ -48,20 +55,38 @@ def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"FPN Faster R-CNN — {summary['backbone']} + {summary['neck']}")
-    for column in ("level", "stride", "channels", "anchor sizes", "aspect ratios (h/w)",
-                   "anchors / cell", "used by"):
+    for column in (
+        "level",
+        "stride",
+        "channels",
+        "anchor sizes",
+        "aspect ratios (h/w)",
+        "anchors / cell",
+        "used by",
+    ):
         table.add_column(column, justify="right" if column not in ("level", "used by") else "left")
     for level in summary["levels"]:
-        table.add_row(level["name"], str(level["stride"]), str(level["channels"]),
-                      ", ".join(map(str, level["anchor_sizes"])) or "-",
-                      ", ".join(f"{r:g}" for r in level["aspect_ratios"]) or "-",
-                      str(level["anchors_per_cell"] or "-"), " + ".join(level["used_by"]))
+        table.add_row(
+            level["name"],
+            str(level["stride"]),
+            str(level["channels"]),
+            ", ".join(map(str, level["anchor_sizes"])) or "-",
+            ", ".join(f"{r:g}" for r in level["aspect_ratios"]) or "-",
+            str(level["anchors_per_cell"] or "-"),
+            " + ".join(level["used_by"]),
+        )
     console.print(table)
-    console.print(f"parameters: [bold]{summary['parameters']:,}[/] "
-                  f"({summary['trainable_parameters']:,} trainable)   norm: {summary['norm']}")
-    console.print(f"classes: {summary['num_classes']}   input: shorter side {summary['min_size']} px, "
-                  f"longer side at most {summary['max_size']} px")
-    console.print(f"RoI pooling: RoIAlign {summary['roi_output_size']}x{summary['roi_output_size']} "
-                  f"from {', '.join(summary['roi_levels'])}, level k = floor(4 + log2(sqrt(wh)/224)) "
-                  f"clamped to [{summary['roi_levels'][0][1:]}, {summary['roi_levels'][-1][1:]}]")
+    console.print(
+        f"parameters: [bold]{summary['parameters']:,}[/] "
+        f"({summary['trainable_parameters']:,} trainable)   norm: {summary['norm']}"
+    )
+    console.print(
+        f"classes: {summary['num_classes']}   input: shorter side {summary['min_size']} px, "
+        f"longer side at most {summary['max_size']} px"
+    )
+    console.print(
+        f"RoI pooling: RoIAlign {summary['roi_output_size']}x{summary['roi_output_size']} "
+        f"from {', '.join(summary['roi_levels'])}, level k = floor(4 + log2(sqrt(wh)/224)) "
+        f"clamped to [{summary['roi_levels'][0][1:]}, {summary['roi_levels'][-1][1:]}]"
+    )
     console.print(f"weights: {summary['weights']}")

@@ -4,7 +4,7 @@ boxes fit the pyramid's anchors and levels."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,10 @@ from fpncli.atomic import write_json
 from fpncli.cli.common import console, err_console, handle_errors
 from fpncli.errors import FpnError
 
-HELP = ("See what each pyramid level sees in one image (table, heat maps, detections by level), "
-        "or check whether a COCO dataset's boxes fit the anchors and levels (--coco).")
+HELP = (
+    "See what each pyramid level sees in one image (table, heat maps, detections by level), "
+    "or check whether a COCO dataset's boxes fit the anchors and levels (--coco)."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn inspect-levels photo.jpg --weights coco --out levels/\n\n"
@@ -24,7 +26,7 @@ EPILOG = (
 )
 
 
-def _numbers(text: Optional[str], kind: type, option: str) -> Optional[tuple]:
+def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
     if text is None:
         return None
     try:
@@ -38,25 +40,44 @@ def _numbers(text: Optional[str], kind: type, option: str) -> Optional[tuple]:
 
 @handle_errors
 def inspect_levels(
-    image: Annotated[Optional[Path], typer.Argument(help="Image to inspect (omit with --coco).",
-                                                    show_default=False)] = None,
-    coco: Annotated[Optional[Path], typer.Option("--coco", help="COCO annotation file: check every box "
-                                                 "against the anchors and levels (no model needed).")] = None,
+    image: Annotated[
+        Path | None, typer.Argument(help="Image to inspect (omit with --coco).", show_default=False)
+    ] = None,
+    coco: Annotated[
+        Path | None,
+        typer.Option(
+            "--coco",
+            help="COCO annotation file: check every box against the anchors and levels (no model needed).",
+        ),
+    ] = None,
     weights: Annotated[str, typer.Option(help="coco, none, or a checkpoint / state-dict path.")] = "none",
-    preset: Annotated[str, typer.Option(help="Named configuration (default, tiny) for --weights none.")] = "default",
-    backbone_weights: Annotated[str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")] = "none",
-    neck: Annotated[Optional[str], typer.Option(help="Neck for --weights none (fpn, panet, bifpn, c4, c5).")] = None,
+    preset: Annotated[
+        str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
+    ] = "default",
+    backbone_weights: Annotated[
+        str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")
+    ] = "none",
+    neck: Annotated[
+        str | None, typer.Option(help="Neck for --weights none (fpn, panet, bifpn, c4, c5).")
+    ] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    min_size: Annotated[Optional[int], typer.Option(help="Resize the shorter image side to this (pixels).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(help="Cap the longer image side at this (pixels).")] = None,
+    min_size: Annotated[
+        int | None, typer.Option(help="Resize the shorter image side to this (pixels).")
+    ] = None,
+    max_size: Annotated[int | None, typer.Option(help="Cap the longer image side at this (pixels).")] = None,
     score_thr: Annotated[float, typer.Option(help="Keep detections with at least this score.")] = 0.5,
-    anchor_sizes: Annotated[Optional[str], typer.Option(help="Anchor sizes, one per RPN level, e.g. 16,32,64,128,256.")] = None,
-    aspect_ratios: Annotated[Optional[str], typer.Option(help="Anchor aspect ratios h/w, e.g. 0.5,1,2.")] = None,
-    compare_bottom_up: Annotated[bool, typer.Option("--compare-bottom-up",
-                                                    help="Also draw C2..C5 next to the pyramid levels.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the pictures and the JSON report.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    anchor_sizes: Annotated[
+        str | None, typer.Option(help="Anchor sizes, one per RPN level, e.g. 16,32,64,128,256.")
+    ] = None,
+    aspect_ratios: Annotated[str | None, typer.Option(help="Anchor aspect ratios h/w, e.g. 0.5,1,2.")] = None,
+    compare_bottom_up: Annotated[
+        bool, typer.Option("--compare-bottom-up", help="Also draw C2..C5 next to the pyramid levels.")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for the pictures and the JSON report.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
+    ] = False,
 ) -> None:
     if (image is None) == (coco is None):
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")
@@ -65,12 +86,42 @@ def inspect_levels(
     if coco is not None:
         _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json)
     else:
-        _image(image, weights, preset, backbone_weights, neck, num_classes, device, min_size, max_size,
-               score_thr, sizes, ratios, compare_bottom_up, out, as_json)
+        _image(
+            image,
+            weights,
+            preset,
+            backbone_weights,
+            neck,
+            num_classes,
+            device,
+            min_size,
+            max_size,
+            score_thr,
+            sizes,
+            ratios,
+            compare_bottom_up,
+            out,
+            as_json,
+        )
 
 
-def _image(image, weights, preset, backbone_weights, neck, num_classes, device, min_size, max_size,
-           score_thr, sizes, ratios, compare_bottom_up, out, as_json) -> None:
+def _image(
+    image,
+    weights,
+    preset,
+    backbone_weights,
+    neck,
+    num_classes,
+    device,
+    min_size,
+    max_size,
+    score_thr,
+    sizes,
+    ratios,
+    compare_bottom_up,
+    out,
+    as_json,
+) -> None:
     import json
 
     from fpncli.config import preset_config
@@ -79,10 +130,19 @@ def _image(image, weights, preset, backbone_weights, neck, num_classes, device, 
     from fpncli.modeling.weights import load_detector
 
     dev = resolve_device(device)
-    cfg = preset_config(preset, neck=neck, class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-                        category_ids=list(range(1, num_classes + 1)))
-    overrides = {"min_size": min_size, "max_size": max_size, "anchor_sizes": sizes, "aspect_ratios": ratios,
-                 "box_score_thresh": min(score_thr, cfg.box_score_thresh)}
+    cfg = preset_config(
+        preset,
+        neck=neck,
+        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
+        category_ids=list(range(1, num_classes + 1)),
+    )
+    overrides = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "anchor_sizes": sizes,
+        "aspect_ratios": ratios,
+        "box_score_thresh": min(score_thr, cfg.box_score_thresh),
+    }
     if weights == "none":
         import torch
 
@@ -91,9 +151,15 @@ def _image(image, weights, preset, backbone_weights, neck, num_classes, device, 
         loaded = load_detector(weights, config=cfg, backbone_weights=backbone_weights, **overrides)
     except ValueError as exc:  # e.g. --anchor-sizes that do not match the number of RPN levels
         raise FpnError(f"bad model configuration: {exc}") from None
-    report = inspect_image(loaded.model, image, device=dev, score_thr=score_thr, bottom_up=compare_bottom_up,
-                           weights=loaded.source,
-                           progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")))
+    report = inspect_image(
+        loaded.model,
+        image,
+        device=dev,
+        score_thr=score_thr,
+        bottom_up=compare_bottom_up,
+        weights=loaded.source,
+        progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")),
+    )
     data = report.to_json()
     written = []
     if out is not None:
@@ -108,7 +174,9 @@ def _image(image, weights, preset, backbone_weights, neck, num_classes, device, 
     if written:
         console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
     else:
-        console.print("[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]")
+        console.print(
+            "[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]"
+        )
 
 
 def _print_image_table(data: dict) -> None:
@@ -119,20 +187,34 @@ def _print_image_table(data: dict) -> None:
 
     h, w = data["image_size"]
     ih, iw = data["input_size"]
-    table = Table(title=f"{data['image']} — {w}x{h} px, model input {iw}x{ih} (padded "
-                        f"{data['padded_size'][1]}x{data['padded_size'][0]})")
+    table = Table(
+        title=f"{data['image']} — {w}x{h} px, model input {iw}x{ih} (padded "
+        f"{data['padded_size'][1]}x{data['padded_size'][0]})"
+    )
     for column in ("level", "stride", "map", "ch", "anchor", "h/w", "anchors", "pre-NMS", "post-NMS", "dets"):
         table.add_column(column, justify="left" if column == "level" else "right")
     for lv in data["levels"]:
-        table.add_row(lv["name"], str(lv["stride"]), f"{lv['size'][0]}x{lv['size'][1]}", str(lv["channels"]),
-                      ",".join(map(str, lv["anchor_sizes"])) or "-",
-                      ",".join(f"{r:g}" for r in lv["aspect_ratios"]) or "-", show(lv["anchors"]),
-                      show(lv["proposals_pre_nms"]), show(lv["proposals_post_nms"]), show(lv["detections"]))
+        table.add_row(
+            lv["name"],
+            str(lv["stride"]),
+            f"{lv['size'][0]}x{lv['size'][1]}",
+            str(lv["channels"]),
+            ",".join(map(str, lv["anchor_sizes"])) or "-",
+            ",".join(f"{r:g}" for r in lv["aspect_ratios"]) or "-",
+            show(lv["anchors"]),
+            show(lv["proposals_pre_nms"]),
+            show(lv["proposals_post_nms"]),
+            show(lv["detections"]),
+        )
     console.print(table)
-    console.print("map: feature cells h x w; ch: channels; anchor: size(s) in input px; h/w: aspect ratios; "
-                  "pre-/post-NMS: RPN proposals from the level; dets: final detections on the level")
-    console.print(f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
-                  f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}")
+    console.print(
+        "map: feature cells h x w; ch: channels; anchor: size(s) in input px; h/w: aspect ratios; "
+        "pre-/post-NMS: RPN proposals from the level; dets: final detections on the level"
+    )
+    console.print(
+        f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
+        f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}"
+    )
 
 
 def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json) -> None:
@@ -140,10 +222,13 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
 
     from fpncli.engine.inspect_levels import inspect_dataset
 
-    cfg = _dataset_config(weights, preset, neck).replace(min_size=min_size, max_size=max_size,
-                                                         anchor_sizes=sizes, aspect_ratios=ratios)
+    cfg = _dataset_config(weights, preset, neck).replace(
+        min_size=min_size, max_size=max_size, anchor_sizes=sizes, aspect_ratios=ratios
+    )
     cfg.validate()
-    report = inspect_dataset(coco, cfg, progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")))
+    report = inspect_dataset(
+        coco, cfg, progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]"))
+    )
     data = report.to_json()
     written = []
     if out is not None:
@@ -159,7 +244,7 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
         console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
 
 
-def _dataset_config(weights: str, preset: str, neck: Optional[str]):
+def _dataset_config(weights: str, preset: str, neck: str | None):
     """The configuration whose anchors and levels a dataset is checked against (no weights loaded)."""
     from fpncli.config import ModelConfig, preset_config
 
@@ -193,28 +278,52 @@ def _print_dataset_tables(data: dict) -> None:
         return "-" if share is None else f"{100 * share:.1f} %"
 
     cfg = data["config"]
-    title = (f"{data['annotations']} — {data['boxes']:,} boxes in {data['images']:,} images; "
-             f"input --min-size {cfg['min_size']} --max-size {cfg['max_size']}")
+    title = (
+        f"{data['annotations']} — {data['boxes']:,} boxes in {data['images']:,} images; "
+        f"input --min-size {cfg['min_size']} --max-size {cfg['max_size']}"
+    )
     table = Table(title=title)
     for column in ("group", "anchor", "boxes", "IoU>=0.7", "IoU>=0.3", "IoU<0.3", "best here"):
         table.add_column(column, justify="left" if column == "group" else "right")
     for lv in data["levels"]:
-        table.add_row(f"{lv['name']} /{lv['stride']}", ", ".join(map(str, lv["anchor_sizes"])) or "-",
-                      f"{lv['boxes']:,}" if lv["assigned_by_equation"] else "-", pct(lv["share_positive"]),
-                      pct(lv["share_usable"]), pct(lv["share_none"]), f"{lv['best_anchor_boxes']:,}")
+        table.add_row(
+            f"{lv['name']} /{lv['stride']}",
+            ", ".join(map(str, lv["anchor_sizes"])) or "-",
+            f"{lv['boxes']:,}" if lv["assigned_by_equation"] else "-",
+            pct(lv["share_positive"]),
+            pct(lv["share_usable"]),
+            pct(lv["share_none"]),
+            f"{lv['best_anchor_boxes']:,}",
+        )
     table.add_section()
     for b in data["buckets"]:
-        table.add_row(b["name"], "", f"{b['boxes']:,}", pct(b["share_positive"]), pct(b["share_usable"]),
-                      pct(b["share_none"]), "")
+        table.add_row(
+            b["name"],
+            "",
+            f"{b['boxes']:,}",
+            pct(b["share_positive"]),
+            pct(b["share_usable"]),
+            pct(b["share_none"]),
+            "",
+        )
     table.add_section()
     o = data["overall"]
-    table.add_row("all", "", f"{o['boxes']:,}", pct(o["share_positive"]), pct(o["share_usable"]),
-                  pct(o["share_none"]), "")
+    table.add_row(
+        "all",
+        "",
+        f"{o['boxes']:,}",
+        pct(o["share_positive"]),
+        pct(o["share_usable"]),
+        pct(o["share_none"]),
+        "",
+    )
     console.print(table)
-    console.print("rows: levels (/stride), boxes grouped by Eqn. (1) on their size after resizing; COCO area "
-                  "buckets (< 32², < 96², larger, original pixels). IoU columns: share of boxes whose best "
-                  "anchor reaches it (0.7 positive, 0.3 usable). best here: boxes whose best anchor is on "
-                  "that level.")
+    console.print(
+        "rows: levels (/stride), boxes grouped by Eqn. (1) on their size after resizing; COCO area "
+        "buckets (< 32², < 96², larger, original pixels). IoU columns: share of boxes whose best "
+        "anchor reaches it (0.7 positive, 0.3 usable). best here: boxes whose best anchor is on "
+        "that level."
+    )
     skipped = {k: v for k, v in data["skipped"].items() if v}
     if skipped:
         console.print("left out: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in skipped.items()))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from fpncli.cli.common import console, err_console, handle_errors
 
-HELP = ("Train an FPN Faster R-CNN on COCO-format data: the paper's recipe by default, resumable, "
-        "multi-GPU with torchrun.")
+HELP = (
+    "Train an FPN Faster R-CNN on COCO-format data: the paper's recipe by default, resumable, "
+    "multi-GPU with torchrun."
+)
 EPILOG = (
     "Examples:\n\n"
     "  fpn data synth data/shapes && fpn train --data data/shapes --preset tiny --out runs/shapes\n\n"
@@ -21,7 +23,7 @@ EPILOG = (
 )
 
 
-def _sizes(text: Optional[str]) -> Optional[list[int]]:
+def _sizes(text: str | None) -> list[int] | None:
     if not text:
         return None
     try:
@@ -32,60 +34,136 @@ def _sizes(text: Optional[str]) -> Optional[list[int]]:
 
 @handle_errors
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="COCO-layout root: annotations/instances_train*.json, train*/ (and the val pair).")] = None,
-    out: Annotated[Path, typer.Option(help="Run folder (config.json, metrics.jsonl, last.pt, best.pt, curves.png).")] = Path("runs/train"),
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last.pt (its config is reused).")] = None,
-    train_ann: Annotated[Optional[Path], typer.Option(help="Training annotation file (instead of --data).")] = None,
-    train_images: Annotated[Optional[Path], typer.Option(help="Training images folder (with --train-ann).")] = None,
-    val_ann: Annotated[Optional[Path], typer.Option(help="Validation annotation file.")] = None,
-    val_images: Annotated[Optional[Path], typer.Option(help="Validation images folder (with --val-ann).")] = None,
-    preset: Annotated[str, typer.Option(help="Model + recipe: default (the paper: R50-FPN, SGD) or tiny (CPU, from scratch, AdamW).")] = "default",
-    backbone: Annotated[Optional[str], typer.Option(help="resnet18|resnet34|resnet50|resnet101 (default: the preset's).")] = None,
-    neck: Annotated[Optional[str], typer.Option(help="Neck architecture (default: fpn).")] = None,
-    weights: Annotated[str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")] = "none",
-    backbone_weights: Annotated[Optional[str], typer.Option(help="imagenet, none or a ResNet state dict (default: the recipe's).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training length in epochs (default: the recipe's).")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="Training length in iterations (wins over --epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch per process (default: 2, tiny: 4).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate for --batch-size on one process (default: 0.02 per 16 images; scaled by the number of processes).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adamw (default: the recipe's).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default 1e-4).")] = None,
-    warmup_iters: Annotated[Optional[int], typer.Option(help="Linear warm-up iterations.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="COCO-layout root: annotations/instances_train*.json, train*/ (and the val pair)."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Run folder (config.json, metrics.jsonl, last.pt, best.pt, curves.png).")
+    ] = Path("runs/train"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its last.pt (its config is reused)."),
+    ] = None,
+    train_ann: Annotated[
+        Path | None, typer.Option(help="Training annotation file (instead of --data).")
+    ] = None,
+    train_images: Annotated[
+        Path | None, typer.Option(help="Training images folder (with --train-ann).")
+    ] = None,
+    val_ann: Annotated[Path | None, typer.Option(help="Validation annotation file.")] = None,
+    val_images: Annotated[
+        Path | None, typer.Option(help="Validation images folder (with --val-ann).")
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Model + recipe: default (the paper: R50-FPN, SGD) or tiny (CPU, from scratch, AdamW)."
+        ),
+    ] = "default",
+    backbone: Annotated[
+        str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101 (default: the preset's).")
+    ] = None,
+    neck: Annotated[str | None, typer.Option(help="Neck architecture (default: fpn).")] = None,
+    weights: Annotated[
+        str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
+    ] = "none",
+    backbone_weights: Annotated[
+        str | None, typer.Option(help="imagenet, none or a ResNet state dict (default: the recipe's).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training length in epochs (default: the recipe's).")
+    ] = None,
+    iters: Annotated[
+        int | None, typer.Option(help="Training length in iterations (wins over --epochs).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch per process (default: 2, tiny: 4).")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning rate for --batch-size on one process (default: 0.02 per 16 images; scaled by the number of processes)."
+        ),
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw (default: the recipe's).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 1e-4).")] = None,
+    warmup_iters: Annotated[int | None, typer.Option(help="Linear warm-up iterations.")] = None,
     clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 10.0,
-    fpn_channels: Annotated[Optional[int], typer.Option(help="Channels d of every pyramid level (default: the preset's).")] = None,
-    min_size: Annotated[Optional[int], typer.Option(help="Shorter image side (default: the preset's).")] = None,
-    max_size: Annotated[Optional[int], typer.Option(help="Longer image side cap (default: the preset's).")] = None,
-    train_sizes: Annotated[Optional[str], typer.Option(help="Multi-scale training: shorter sides to draw from, e.g. 640,672,704,736,768,800.")] = None,
-    no_flip: Annotated[bool, typer.Option("--no-flip", help="Turn off horizontal-flip augmentation.")] = False,
+    fpn_channels: Annotated[
+        int | None, typer.Option(help="Channels d of every pyramid level (default: the preset's).")
+    ] = None,
+    min_size: Annotated[int | None, typer.Option(help="Shorter image side (default: the preset's).")] = None,
+    max_size: Annotated[
+        int | None, typer.Option(help="Longer image side cap (default: the preset's).")
+    ] = None,
+    train_sizes: Annotated[
+        str | None,
+        typer.Option(help="Multi-scale training: shorter sides to draw from, e.g. 640,672,704,736,768,800."),
+    ] = None,
+    no_flip: Annotated[
+        bool, typer.Option("--no-flip", help="Turn off horizontal-flip augmentation.")
+    ] = False,
     drop_negatives: Annotated[bool, typer.Option(help="Leave out images without annotations.")] = False,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler).")] = False,
+    amp: Annotated[
+        bool, typer.Option(help="Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order, flips and sampling.")] = 0,
-    eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0: only at the end, -1: never).")] = 1,
+    eval_every: Annotated[
+        int, typer.Option(help="Validate every N epochs (0: only at the end, -1: never).")
+    ] = 1,
     log_every: Annotated[int, typer.Option(help="Log to metrics.jsonl every N iterations.")] = 20,
-    save_every: Annotated[int, typer.Option(help="Write last.pt every N iterations (0: each epoch end).")] = 0,
+    save_every: Annotated[
+        int, typer.Option(help="Write last.pt every N iterations (0: each epoch end).")
+    ] = 0,
 ) -> None:
     import os
 
     from fpncli.engine.train import train as run_training
     from fpncli.engine.train_config import TrainConfig
 
-    model: dict[str, Any] = {k: v for k, v in (("min_size", min_size), ("max_size", max_size),
-                                               ("fpn_channels", fpn_channels)) if v is not None}
+    model: dict[str, Any] = {
+        k: v
+        for k, v in (("min_size", min_size), ("max_size", max_size), ("fpn_channels", fpn_channels))
+        if v is not None
+    }
     if resume is not None:
         cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
     else:
         cfg = TrainConfig(
-            out=str(out), data=str(data) if data else None,
-            train_ann=str(train_ann) if train_ann else None, train_images=str(train_images) if train_images else None,
-            val_ann=str(val_ann) if val_ann else None, val_images=str(val_images) if val_images else None,
-            preset=preset, backbone=backbone, neck=neck, model=model, weights=weights,
-            backbone_weights=backbone_weights, epochs=epochs, iters=iters, batch_size=batch_size, lr=lr,
-            optimizer=optimizer, weight_decay=weight_decay, warmup_iters=warmup_iters,
-            clip_grad=clip_grad or None, train_sizes=_sizes(train_sizes), flip=not no_flip,
-            drop_negatives=drop_negatives, workers=workers, device=device, amp=amp, seed=seed,
-            eval_every=eval_every, log_every=log_every, save_every=save_every)
+            out=str(out),
+            data=str(data) if data else None,
+            train_ann=str(train_ann) if train_ann else None,
+            train_images=str(train_images) if train_images else None,
+            val_ann=str(val_ann) if val_ann else None,
+            val_images=str(val_images) if val_images else None,
+            preset=preset,
+            backbone=backbone,
+            neck=neck,
+            model=model,
+            weights=weights,
+            backbone_weights=backbone_weights,
+            epochs=epochs,
+            iters=iters,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            warmup_iters=warmup_iters,
+            clip_grad=clip_grad or None,
+            train_sizes=_sizes(train_sizes),
+            flip=not no_flip,
+            drop_negatives=drop_negatives,
+            workers=workers,
+            device=device,
+            amp=amp,
+            seed=seed,
+            eval_every=eval_every,
+            log_every=log_every,
+            save_every=save_every,
+        )
     is_main = int(os.environ.get("RANK", "0")) == 0
     display = TrainDisplay() if is_main else None
     try:
@@ -97,19 +175,30 @@ def train(
         return
     run = summary["run"]
     if summary["interrupted"]:
-        err_console.print(f"interrupted at iteration {summary['iterations']}/{summary['total_iterations']}; "
-                          f"saved {summary['last']}. Continue with: fpn train --resume {run}", style="yellow",
-                          highlight=False)
+        err_console.print(
+            f"interrupted at iteration {summary['iterations']}/{summary['total_iterations']}; "
+            f"saved {summary['last']}. Continue with: fpn train --resume {run}",
+            style="yellow",
+            highlight=False,
+        )
         raise typer.Exit(130)
-    console.print(f"trained {summary['iterations']} iterations ({summary['epochs']:.2f} epochs) in "
-                  f"{summary['seconds']:.0f} s, {summary['images_per_s']:.1f} images/s", highlight=False)
+    console.print(
+        f"trained {summary['iterations']} iterations ({summary['epochs']:.2f} epochs) in "
+        f"{summary['seconds']:.0f} s, {summary['images_per_s']:.1f} images/s",
+        highlight=False,
+    )
     if summary["final_metrics"]:
         m = summary["final_metrics"]
-        console.print(f"val: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  APs {m['APs']:.3f}  APm {m['APm']:.3f}  "
-                      f"APl {m['APl']:.3f}   best AP {summary['best_ap']:.3f}", highlight=False)
-    console.print(f"run folder: [bold]{run}[/]  (last.pt, {'best.pt, ' if summary['best'] else ''}"
-                  f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
-                  highlight=False)
+        console.print(
+            f"val: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  APs {m['APs']:.3f}  APm {m['APm']:.3f}  "
+            f"APl {m['APl']:.3f}   best AP {summary['best_ap']:.3f}",
+            highlight=False,
+        )
+    console.print(
+        f"run folder: [bold]{run}[/]  (last.pt, {'best.pt, ' if summary['best'] else ''}"
+        f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
+        highlight=False,
+    )
 
 
 class TrainDisplay:
@@ -119,35 +208,49 @@ class TrainDisplay:
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=False,
+        )
         self.task = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "start":
-            console.print(f"run {event['run']}: {event['train_images']} training images, "
-                          f"{event['total_iterations']} iterations ({event['iterations_per_epoch']}/epoch), "
-                          f"batch {event['effective_batch']} on {event['world_size']}x {event['device']}, "
-                          f"{event['optimizer']} lr {event['lr']:.3g}, weights: {event['weights']}"
-                          + (f", AMP {event['amp']}" if event.get("amp") else ""), highlight=False)
+            console.print(
+                f"run {event['run']}: {event['train_images']} training images, "
+                f"{event['total_iterations']} iterations ({event['iterations_per_epoch']}/epoch), "
+                f"batch {event['effective_batch']} on {event['world_size']}x {event['device']}, "
+                f"{event['optimizer']} lr {event['lr']:.3g}, weights: {event['weights']}"
+                + (f", AMP {event['amp']}" if event.get("amp") else ""),
+                highlight=False,
+            )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=event["total_iterations"],
-                                               completed=event["start_iteration"], status="")
+            self.task = self.progress.add_task(
+                "train", total=event["total_iterations"], completed=event["start_iteration"], status=""
+            )
         elif kind in ("iter", "tick") and self.task is not None:
             fields = {}
             if kind == "iter":
-                fields["status"] = (f"loss {event['loss']:.3f} (cls {event['loss_classifier']:.3f} "
-                                    f"box {event['loss_box_reg']:.3f} obj {event['loss_objectness']:.3f} "
-                                    f"rpn {event['loss_rpn_box_reg']:.3f})  lr {event['lr']:.2e}  "
-                                    f"{event['images_per_s']:.1f} img/s")
+                fields["status"] = (
+                    f"loss {event['loss']:.3f} (cls {event['loss_classifier']:.3f} "
+                    f"box {event['loss_box_reg']:.3f} obj {event['loss_objectness']:.3f} "
+                    f"rpn {event['loss_rpn_box_reg']:.3f})  lr {event['lr']:.2e}  "
+                    f"{event['images_per_s']:.1f} img/s"
+                )
             self.progress.update(self.task, completed=event["iter"], **fields)
         elif kind == "eval_start":
             self._print(f"iteration {event['iter']}: evaluating on the validation set ...")
         elif kind == "eval":
-            self._print(f"iteration {event['iter']}: val AP {event['AP']:.3f}  AP50 {event['AP50']:.3f}  "
-                        f"APs {event['APs']:.3f}  APm {event['APm']:.3f}  APl {event['APl']:.3f}")
+            self._print(
+                f"iteration {event['iter']}: val AP {event['AP']:.3f}  AP50 {event['AP50']:.3f}  "
+                f"APs {event['APs']:.3f}  APm {event['APm']:.3f}  APl {event['APl']:.3f}"
+            )
         elif kind == "warning":
             self._print(f"[yellow]warning:[/] {event['message']}")
         elif kind == "checkpoint" and "AP" in event:

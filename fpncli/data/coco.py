@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 from fpncli.errors import FpnError
 
@@ -28,7 +29,9 @@ def read_json(path: str | os.PathLike) -> Any:
     except IsADirectoryError:
         raise FpnError(f"{path}: is a folder, expected a JSON file") from None
     except json.JSONDecodeError as exc:
-        raise FpnError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise FpnError(
+            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except UnicodeDecodeError:
         raise FpnError(f"{path}: not a UTF-8 text file") from None
 
@@ -109,7 +112,9 @@ def load_coco(path: str | os.PathLike) -> CocoAnnotations:
     per_image: dict[int, list[dict[str, Any]]] = {img_id: [] for img_id in images}
     problems: list[str] = []
     for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}] (id {ann.get('id', '?')})" if isinstance(ann, dict) else f"annotations[{i}]"
+        where = (
+            f"annotations[{i}] (id {ann.get('id', '?')})" if isinstance(ann, dict) else f"annotations[{i}]"
+        )
         if not isinstance(ann, dict):
             problems.append(f"{where}: not an object")
         elif ann.get("image_id") not in images:
@@ -124,8 +129,11 @@ def load_coco(path: str | os.PathLike) -> CocoAnnotations:
 
 
 def _valid_bbox(bbox: Any) -> bool:
-    return (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and v == v for v in bbox))
+    return (
+        isinstance(bbox, (list, tuple))
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and v == v for v in bbox)
+    )
 
 
 def safe_image_path(images_dir: str | os.PathLike, file_name: str, source: str = "") -> Path:
@@ -138,7 +146,11 @@ def safe_image_path(images_dir: str | os.PathLike, file_name: str, source: str =
     if not isinstance(file_name, str) or not file_name:
         raise FpnError(f"{where}bad file_name {file_name!r}")
     posix = PurePosixPath(file_name.replace("\\", "/"))
-    if posix.is_absolute() or file_name.startswith(("/", "\\")) or (len(file_name) > 1 and file_name[1] == ":"):
+    if (
+        posix.is_absolute()
+        or file_name.startswith(("/", "\\"))
+        or (len(file_name) > 1 and file_name[1] == ":")
+    ):
         raise FpnError(f"{where}image path {file_name!r} is absolute; paths must be inside the images folder")
     if ".." in posix.parts:
         raise FpnError(f"{where}image path {file_name!r} leaves the images folder ('..')")

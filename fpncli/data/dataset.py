@@ -62,13 +62,19 @@ class DatasetReport:
         """At most one line per kind of problem, with counts and a first example."""
         out = []
         if self.dropped_boxes or self.clipped_boxes:
-            out.append(f"{self.dropped_boxes} degenerate box(es) dropped (zero/negative size or outside "
-                       f"the image) and {self.clipped_boxes} clipped to the image")
+            out.append(
+                f"{self.dropped_boxes} degenerate box(es) dropped (zero/negative size or outside "
+                f"the image) and {self.clipped_boxes} clipped to the image"
+            )
         if self.annotation_problems:
-            out.append(f"{len(self.annotation_problems)} annotation(s) skipped, e.g. {self.annotation_problems[0]}")
+            out.append(
+                f"{len(self.annotation_problems)} annotation(s) skipped, e.g. {self.annotation_problems[0]}"
+            )
         if self.missing_images:
-            out.append(f"{len(self.missing_images)} image(s) listed but not found, skipped, "
-                       f"e.g. {self.missing_images[0]}")
+            out.append(
+                f"{len(self.missing_images)} image(s) listed but not found, skipped, "
+                f"e.g. {self.missing_images[0]}"
+            )
         return out
 
 
@@ -86,8 +92,9 @@ def _image_size(img: dict[str, Any], path: Path) -> tuple[int, int] | None:
         return None
 
 
-def build_records(coco: CocoAnnotations, images_dir: str | os.PathLike,
-                  drop_negatives: bool = False) -> tuple[list[Record], DatasetReport]:
+def build_records(
+    coco: CocoAnnotations, images_dir: str | os.PathLike, drop_negatives: bool = False
+) -> tuple[list[Record], DatasetReport]:
     """Turn checked COCO annotations into training records (see the module docstring)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -143,14 +150,21 @@ class DetectionDataset(Dataset):
     An integer index means no flip.
     """
 
-    def __init__(self, annotation_file: str | os.PathLike, images_dir: str | os.PathLike,
-                 drop_negatives: bool = False, categories: CategoryMap | None = None) -> None:
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike,
+        images_dir: str | os.PathLike,
+        drop_negatives: bool = False,
+        categories: CategoryMap | None = None,
+    ) -> None:
         coco = load_coco(annotation_file)
         if not coco.categories.category_ids:
             raise FpnError(f"{annotation_file}: no categories")
         if categories is not None and (categories.category_ids != coco.categories.category_ids):
-            raise FpnError(f"{annotation_file}: categories differ from the training set's "
-                           f"(ids {coco.categories.category_ids[:5]}... vs {categories.category_ids[:5]}...)")
+            raise FpnError(
+                f"{annotation_file}: categories differ from the training set's "
+                f"(ids {coco.categories.category_ids[:5]}... vs {categories.category_ids[:5]}...)"
+            )
         self.annotation_file = Path(annotation_file)
         self.images_dir = Path(images_dir)
         self.categories = coco.categories

@@ -43,8 +43,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         with Image.open(path) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageReadError(f"{path}: image too large ({width}x{height} pixels; "
-                                     f"the limit is {max_pixels:,} pixels)")
+                raise ImageReadError(
+                    f"{path}: image too large ({width}x{height} pixels; the limit is {max_pixels:,} pixels)"
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)

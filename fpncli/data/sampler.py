@@ -16,7 +16,7 @@ each group at the end of an epoch are batched together.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -34,8 +34,15 @@ class GroupedBatches:
         rank, world_size: this process's share under DistributedDataParallel.
     """
 
-    def __init__(self, groups: Sequence[int], batch_size: int, seed: int = 0, flip: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        flip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if not groups:
@@ -64,7 +71,7 @@ class GroupedBatches:
         total = self.per_rank * self.world_size
         if total > n:  # pad by repeating from the start, as DistributedSampler does
             order = np.concatenate([order, np.resize(order, total - n)])
-        mine = order[self.rank::self.world_size]
+        mine = order[self.rank :: self.world_size]
         batches: list[list[BatchItem]] = []
         pending: dict[int, list[BatchItem]] = {}
         for idx in mine.tolist():
@@ -75,7 +82,7 @@ class GroupedBatches:
                 pending[self.groups[idx]] = []
         leftovers = [item for g in sorted(pending) for item in pending[g]]
         for i in range(0, len(leftovers), self.batch_size):
-            batches.append(leftovers[i:i + self.batch_size])
+            batches.append(leftovers[i : i + self.batch_size])
         return batches
 
     def iterate(self, start_iteration: int = 0) -> Iterator[tuple[int, int, list[BatchItem]]]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -37,8 +38,16 @@ NEGATIVE_FRACTION = 0.05  # images with no object (background only)
 SPLIT_IDS = {"train": 1, "val": 2}
 
 
-def _shape(draw: ImageDraw.ImageDraw, cls: str, x: float, y: float, w: float, h: float,
-           colour: tuple[int, int, int], rng: np.random.Generator) -> list[float]:
+def _shape(
+    draw: ImageDraw.ImageDraw,
+    cls: str,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    colour: tuple[int, int, int],
+    rng: np.random.Generator,
+) -> list[float]:
     """Draw one shape in the box (x, y, w, h); returns its tight COCO bbox [x, y, w, h]."""
     x2, y2 = x + w, y + h
     if cls == "circle":
@@ -59,8 +68,11 @@ def _shape(draw: ImageDraw.ImageDraw, cls: str, x: float, y: float, w: float, h:
     return [float(x), float(y), float(w), float(h)]
 
 
-def _overlaps(box: tuple[float, float, float, float], placed: list[tuple[float, float, float, float]],
-              margin: float = 2.0) -> bool:
+def _overlaps(
+    box: tuple[float, float, float, float],
+    placed: list[tuple[float, float, float, float]],
+    margin: float = 2.0,
+) -> bool:
     x, y, w, h = box
     for px, py, pw, ph in placed:
         if x < px + pw + margin and px < x + w + margin and y < py + ph + margin and py < y + h + margin:
@@ -68,8 +80,9 @@ def _overlaps(box: tuple[float, float, float, float], placed: list[tuple[float, 
     return False
 
 
-def render_image(seed: int, split: str, index: int,
-                 sizes: tuple[tuple[int, int], ...] = SIZES) -> tuple[Image.Image, list[dict[str, Any]]]:
+def render_image(
+    seed: int, split: str, index: int, sizes: tuple[tuple[int, int], ...] = SIZES
+) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One synthetic image and its objects ``[{"category": name, "bbox": [x, y, w, h]}]``;
     its (width, height) is drawn from ``sizes``."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
@@ -119,9 +132,15 @@ def render_image(seed: int, split: str, index: int,
     return img, objects
 
 
-def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: int = 0,
-               overwrite: bool = False, sizes: tuple[tuple[int, int], ...] = SIZES,
-               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def synthesize(
+    out: str | os.PathLike,
+    train: int = 800,
+    val: int = 100,
+    seed: int = 0,
+    overwrite: bool = False,
+    sizes: tuple[tuple[int, int], ...] = SIZES,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Write a synthetic COCO-layout dataset to ``out``.
 
     Args:
@@ -168,18 +187,34 @@ def synthesize(out: str | os.PathLike, train: int = 800, val: int = 100, seed: i
             for obj in objects:
                 x, y, w, h = obj["bbox"]
                 area = w * h
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": cat_id[obj["category"]], "bbox": [x, y, w, h],
-                                    "area": area, "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": cat_id[obj["category"]],
+                        "bbox": [x, y, w, h],
+                        "area": area,
+                        "iscrowd": 0,
+                    }
+                )
                 per_class[obj["category"]] += 1
-                buckets["small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"] += 1
+                buckets["small" if area < 32**2 else "medium" if area < 96**2 else "large"] += 1
             if progress is not None:
                 progress(split, index + 1, count)
         ann_file = ann_dir / f"instances_{split}.json"
-        data = {"info": {"description": f"fpncli synthetic shapes, seed {seed}"},
-                "images": images, "annotations": annotations, "categories": categories}
+        data = {
+            "info": {"description": f"fpncli synthetic shapes, seed {seed}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         write_json(ann_file, data, indent=None)
-        summary["splits"][split] = {"images": count, "objects": len(annotations),
-                                    "annotation_file": str(ann_file), "images_dir": str(img_dir),
-                                    "per_class": per_class, **buckets}
+        summary["splits"][split] = {
+            "images": count,
+            "objects": len(annotations),
+            "annotation_file": str(ann_file),
+            "images_dir": str(img_dir),
+            "per_class": per_class,
+            **buckets,
+        }
     return summary

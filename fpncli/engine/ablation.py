@@ -22,8 +22,9 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fpncli.errors import FpnError
 
@@ -110,14 +111,19 @@ def rpn_proposals(model: Any, images: Sequence[Any], top_n: int = PROPOSALS) -> 
             features = model.backbone(image_list.tensors)
             proposals, _ = model.rpn(image_list, features)
             # postprocess rescales "boxes" from the resized input back to each image.
-            out = model.transform.postprocess([{"boxes": p} for p in proposals], image_list.image_sizes, sizes)
+            out = model.transform.postprocess(
+                [{"boxes": p} for p in proposals], image_list.image_sizes, sizes
+            )
     finally:
         model.train(was_training)
     return [o["boxes"] for o in out]
 
 
-def proposal_recall(dataset: dict[str, Any], proposals: dict[int, Sequence[Sequence[float]]],
-                    max_dets: tuple[int, int] = (100, PROPOSALS)) -> dict[str, float]:
+def proposal_recall(
+    dataset: dict[str, Any],
+    proposals: dict[int, Sequence[Sequence[float]]],
+    max_dets: tuple[int, int] = (100, PROPOSALS),
+) -> dict[str, float]:
     """COCO average recall of class-agnostic proposals.
 
     Args:
@@ -140,9 +146,14 @@ def proposal_recall(dataset: dict[str, Any], proposals: dict[int, Sequence[Seque
         n = len(boxes)
         for rank, (x1, y1, x2, y2) in enumerate(boxes):
             # Scores only carry the RPN's order (which the maxDets cut reads).
-            dets.append({"image_id": int(image_id), "category_id": cat_id,
-                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                         "score": 1.0 - rank / max(n, 1)})
+            dets.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": cat_id,
+                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                    "score": 1.0 - rank / max(n, 1),
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {"info": {}, **dataset}
@@ -151,8 +162,12 @@ def proposal_recall(dataset: dict[str, Any], proposals: dict[int, Sequence[Seque
             dt = gt.loadRes(dets)
         else:
             dt = COCO()
-            dt.dataset = {"info": {}, "images": list(dataset["images"]),
-                          "categories": list(dataset["categories"]), "annotations": []}
+            dt.dataset = {
+                "info": {},
+                "images": list(dataset["images"]),
+                "categories": list(dataset["categories"]),
+                "annotations": [],
+            }
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.params.useCats = 0
@@ -195,18 +210,27 @@ def _load_tensor(path: Path):
     return pil_to_tensor(read_image(path)).float().div_(255)
 
 
-def measure_recall(model: Any, dataset: dict[str, Any], paths: list[tuple[int, Path]], device: Any,
-                   batch_size: int = 2, top_n: int = PROPOSALS) -> dict[str, float]:
+def measure_recall(
+    model: Any,
+    dataset: dict[str, Any],
+    paths: list[tuple[int, Path]],
+    device: Any,
+    batch_size: int = 2,
+    top_n: int = PROPOSALS,
+) -> dict[str, float]:
     """Proposal recall of ``model``'s RPN on the images ``paths`` (``(image_id, file)``)."""
     proposals: dict[int, list[list[float]]] = {}
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         images = [_load_tensor(p).to(device) for _, p in chunk]
         for (image_id, _), boxes in zip(chunk, rpn_proposals(model, images, top_n)):
             proposals[image_id] = boxes.float().cpu().tolist()
     ids = {image_id for image_id, _ in paths}
-    subset = dict(dataset, images=[im for im in dataset["images"] if im["id"] in ids],
-                  annotations=[a for a in dataset["annotations"] if a["image_id"] in ids])
+    subset = dict(
+        dataset,
+        images=[im for im in dataset["images"] if im["id"] in ids],
+        annotations=[a for a in dataset["annotations"] if a["image_id"] in ids],
+    )
     return proposal_recall(subset, proposals, (100, top_n))
 
 
@@ -249,8 +273,7 @@ def time_inference(model: Any, images: list[Any], warmup: int = 2) -> float:
 # --------------------------------------------------------------------------- the ablation
 
 
-def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int,
-                  emit: ProgressFn) -> Path:
+def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int, emit: ProgressFn) -> Path:
     """The dataset root: ``data`` as given, or synthetic shapes under ``out/data`` (reused
     when a previous run made the same one)."""
     if data is not None:
@@ -296,8 +319,16 @@ def _finished_training(run: Path, key: dict[str, Any]) -> bool:
         return False
 
 
-def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path, device: str,
-                 workers: int, fresh: bool, emit: ProgressFn) -> dict[str, Any]:
+def _neck_result(
+    neck: str,
+    run: Path,
+    settings: dict[str, Any],
+    data_root: Path,
+    device: str,
+    workers: int,
+    fresh: bool,
+    emit: ProgressFn,
+) -> dict[str, Any]:
     from fpncli.device import resolve_device
     from fpncli.engine.evaluate import evaluate_model
     from fpncli.engine.train import train
@@ -306,13 +337,25 @@ def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path
     from fpncli.modeling.weights import load_detector
 
     model_overrides = {"bifpn_repeats": settings["bifpn_repeats"]} if neck == "bifpn" else {}
-    cfg = TrainConfig(out=str(run), data=str(data_root), preset=settings["preset"], neck=neck,
-                      model=model_overrides, iters=settings["iters"], batch_size=settings["batch_size"],
-                      seed=settings["seed"], eval_every=-1, workers=workers, device=device,
-                      log_every=max(1, settings["iters"] // 10))
+    cfg = TrainConfig(
+        out=str(run),
+        data=str(data_root),
+        preset=settings["preset"],
+        neck=neck,
+        model=model_overrides,
+        iters=settings["iters"],
+        batch_size=settings["batch_size"],
+        seed=settings["seed"],
+        eval_every=-1,
+        workers=workers,
+        device=device,
+        log_every=max(1, settings["iters"] // 10),
+    )
     resolved = cfg.resolved()
     if not resolved.val_ann:
-        raise FpnError(f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)")
+        raise FpnError(
+            f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)"
+        )
     key = _train_key(settings, neck)
     if not fresh and _finished_training(run, key):
         emit({"event": "measure", "neck": neck, "what": f"the trained {run / 'last.pt'} (not retrained)"})
@@ -322,11 +365,15 @@ def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path
     else:
         if run.exists():
             if not (run / "config.json").is_file() and any(run.iterdir()):
-                raise FpnError(f"{run}: exists and is not a training run of this ablation; choose another --out")
+                raise FpnError(
+                    f"{run}: exists and is not a training run of this ablation; choose another --out"
+                )
             shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
         summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
         model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
-        (run / "ablation_train.json").write_text(json.dumps({**key, "seconds": train_seconds}), encoding="utf-8")
+        (run / "ablation_train.json").write_text(
+            json.dumps({**key, "seconds": train_seconds}), encoding="utf-8"
+        )
     model.eval()
     dev = next(model.parameters()).device
     emit({"event": "measure", "neck": neck, "what": "proposal recall"})
@@ -337,7 +384,7 @@ def _neck_result(neck: str, run: Path, settings: dict[str, Any], data_root: Path
     with rpn_top_n(model, equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
         metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
     emit({"event": "measure", "neck": neck, "what": "inference time"})
-    timed = [_load_tensor(p).to(dev) for _, p in paths[:settings["timed_images"]]]
+    timed = [_load_tensor(p).to(dev) for _, p in paths[: settings["timed_images"]]]
     seconds = time_inference(model, timed)
     return {
         "neck": neck,
@@ -412,10 +459,17 @@ def run_ablation(
     import torch
 
     data_root = _prepare_data(out, data, plan, seed, emit)
-    settings = {"budget": budget, "seed": seed, "preset": "tiny", "data": str(data_root),
-                "bifpn_repeats": bifpn_repeats, "timed_images": TIMED_IMAGES, "proposals": PROPOSALS,
-                "pre_nms": "equal total over 5 levels",
-                **plan}
+    settings = {
+        "budget": budget,
+        "seed": seed,
+        "preset": "tiny",
+        "data": str(data_root),
+        "bifpn_repeats": bifpn_repeats,
+        "timed_images": TIMED_IMAGES,
+        "proposals": PROPOSALS,
+        "pre_nms": "equal total over 5 levels",
+        **plan,
+    }
     rows = []
     started = time.perf_counter()
     for index, neck in enumerate(necks):
@@ -435,10 +489,19 @@ def run_ablation(
         cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
         rows.append(row)
         emit({"event": "neck_done", "neck": neck, "row": row})
-    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "cpu_count": os.cpu_count(), "device": str(rows[-1].get("device", device)),
-                   "seconds": time.perf_counter() - started}
-    result = {"settings": settings, "environment": environment, "rows": rows, "claim": small_object_claim(rows)}
+    environment = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": str(rows[-1].get("device", device)),
+        "seconds": time.perf_counter() - started,
+    }
+    result = {
+        "settings": settings,
+        "environment": environment,
+        "rows": rows,
+        "claim": small_object_claim(rows),
+    }
     json_path = out / "ablation.json"
     md_path = out / "ablation.md"
     json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -476,9 +539,18 @@ def small_object_claim(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
-COLUMNS = (("AR100", "AR100"), ("AR1k", "AR1k"), ("AR1k_s", "AR1k s"), ("AR1k_m", "AR1k m"),
-           ("AR1k_l", "AR1k l"), ("AP50", "AP50"), ("AP", "AP"), ("APs", "APs"), ("APm", "APm"),
-           ("APl", "APl"))
+COLUMNS = (
+    ("AR100", "AR100"),
+    ("AR1k", "AR1k"),
+    ("AR1k_s", "AR1k s"),
+    ("AR1k_m", "AR1k m"),
+    ("AR1k_l", "AR1k l"),
+    ("AP50", "AP50"),
+    ("AP", "AP"),
+    ("APs", "APs"),
+    ("APm", "APm"),
+    ("APl", "APl"),
+)
 
 
 def format_row(row: dict[str, Any]) -> list[str]:
@@ -506,11 +578,16 @@ def claim_sentence(claim: dict[str, Any] | None) -> str:
         if not gains:
             parts.append(f"{label}: no objects of some size to compare")
             continue
-        listed = ", ".join(f"{k.replace('AR1k_', '').replace('AP', '') or k} {v:+.1f}" for k, v in gains.items())
+        listed = ", ".join(
+            f"{k.replace('AR1k_', '').replace('AP', '') or k} {v:+.1f}" for k, v in gains.items()
+        )
         parts.append(f"{label} gains over the best baseline (points, s/m/l): {listed}")
-    verdict = ("held: FPN's largest gain is on small objects for both proposals and detection"
-               if claim["holds"] else "did not fully hold in this run: FPN's largest gain is not on "
-               "small objects for " + " and ".join(f for f in ("AR1k", "AP") if not claim[f]["small_largest"]))
+    verdict = (
+        "held: FPN's largest gain is on small objects for both proposals and detection"
+        if claim["holds"]
+        else "did not fully hold in this run: FPN's largest gain is not on "
+        "small objects for " + " and ".join(f for f in ("AR1k", "AP") if not claim[f]["small_largest"])
+    )
     return f"The paper's claim {verdict}. " + "; ".join(parts) + "."
 
 

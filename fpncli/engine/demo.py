@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fpncli.errors import FpnError
 
@@ -73,31 +74,60 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"out": str(out)}
 
-    emit({"event": "step", "step": "data", "message": f"synthesising {cfg.train_images} + {cfg.val_images} images"})
+    emit(
+        {
+            "event": "step",
+            "step": "data",
+            "message": f"synthesising {cfg.train_images} + {cfg.val_images} images",
+        }
+    )
     t = time.perf_counter()
     # Square 256 px images: the tiny preset's input size, so no pixel is spent on padding
     # or upscaling (mixed orientations cost ~40% more per batch on a CPU).
-    data = synthesize(out / "data", train=cfg.train_images, val=cfg.val_images, seed=cfg.seed,
-                      sizes=((256, 256),))
+    data = synthesize(
+        out / "data", train=cfg.train_images, val=cfg.val_images, seed=cfg.seed, sizes=((256, 256),)
+    )
     timings["data"] = time.perf_counter() - t
     val = data["splits"]["val"]
 
-    emit({"event": "step", "step": "train", "message": f"training the tiny preset for {cfg.iters} iterations"})
+    emit(
+        {"event": "step", "step": "train", "message": f"training the tiny preset for {cfg.iters} iterations"}
+    )
     t = time.perf_counter()
-    result = train(TrainConfig(data=str(out / "data"), preset="tiny", out=str(out / "run"), iters=cfg.iters,
-                               eval_every=-1, workers=cfg.workers, device=cfg.device, seed=cfg.seed,
-                               log_every=10), progress=progress)
+    result = train(
+        TrainConfig(
+            data=str(out / "data"),
+            preset="tiny",
+            out=str(out / "run"),
+            iters=cfg.iters,
+            eval_every=-1,
+            workers=cfg.workers,
+            device=cfg.device,
+            seed=cfg.seed,
+            log_every=10,
+        ),
+        progress=progress,
+    )
     timings["train"] = time.perf_counter() - t
     if result["interrupted"]:  # Ctrl-C: training saved last.pt; stop here
-        (out / MARKER).write_text(json.dumps({"status": "interrupted", "run": str(out / "run")}), encoding="utf-8")
+        (out / MARKER).write_text(
+            json.dumps({"status": "interrupted", "run": str(out / "run")}), encoding="utf-8"
+        )
         raise KeyboardInterrupt
     model = result["model"].eval()
 
     emit({"event": "step", "step": "eval", "message": f"evaluating on {cfg.val_images} held-out images"})
     t = time.perf_counter()
-    metrics = evaluate_model(model, val["annotation_file"], val["images_dir"], out_dir=out / "eval",
-                             device=cfg.device, batch_size=4, workers=cfg.workers,
-                             weights=str(out / "run" / "last.pt"))
+    metrics = evaluate_model(
+        model,
+        val["annotation_file"],
+        val["images_dir"],
+        out_dir=out / "eval",
+        device=cfg.device,
+        batch_size=4,
+        workers=cfg.workers,
+        weights=str(out / "run" / "last.pt"),
+    )
     timings["eval"] = time.perf_counter() - t
 
     images = sorted(Path(val["images_dir"]).glob("*.png"))[: cfg.detect_images]
@@ -110,14 +140,26 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
     summary["levels"] = _inspect(model, images[0], out / "levels", cfg.device, emit) if images else None
     timings["levels"] = time.perf_counter() - t
 
-    summary.update({
-        "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"], "APs": metrics["APs"],
-        "APm": metrics["APm"], "APl": metrics["APl"],
-        "data": str(out / "data"), "run": str(out / "run"), "checkpoint": str(out / "run" / "last.pt"),
-        "curves": result.get("curves"), "metrics": str(out / "eval" / "metrics.json"),
-        "iterations": result["iterations"], "train_images_per_s": result["images_per_s"],
-        "seconds": time.perf_counter() - t0, "timings": timings, "status": "done",
-    })
+    summary.update(
+        {
+            "AP": metrics["AP"],
+            "AP50": metrics["AP50"],
+            "AP75": metrics["AP75"],
+            "APs": metrics["APs"],
+            "APm": metrics["APm"],
+            "APl": metrics["APl"],
+            "data": str(out / "data"),
+            "run": str(out / "run"),
+            "checkpoint": str(out / "run" / "last.pt"),
+            "curves": result.get("curves"),
+            "metrics": str(out / "eval" / "metrics.json"),
+            "iterations": result["iterations"],
+            "train_images_per_s": result["images_per_s"],
+            "seconds": time.perf_counter() - t0,
+            "timings": timings,
+            "status": "done",
+        }
+    )
     (out / MARKER).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
@@ -128,8 +170,10 @@ def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str
         from fpncli.engine.detect import DetectOptions, run_detect
     except ImportError:  # older checkouts without `fpn detect`
         return None
-    run_detect([str(p) for p in images], DetectOptions(weights=str(checkpoint), out_dir=out, device=device,
-                                                        workers=0))
+    run_detect(
+        [str(p) for p in images],
+        DetectOptions(weights=str(checkpoint), out_dir=out, device=device, workers=0),
+    )
     return str(out)
 
 

@@ -13,21 +13,35 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
     rpn_sizes = dict(zip(model.rpn_levels, model.anchor_sizes()))
     levels = []
     for name, spec in model.levels.items():
-        used_by = [head for head, names in (("RPN", model.rpn_levels), ("RoI head", model.roi_levels))
-                   if name in names]
+        used_by = [
+            head
+            for head, names in (("RPN", model.rpn_levels), ("RoI head", model.roi_levels))
+            if name in names
+        ]
         sizes = list(rpn_sizes.get(name, ()))
-        levels.append({
-            "name": name, "stride": spec.stride, "channels": spec.channels,
-            "anchor_sizes": sizes,
-            "aspect_ratios": list(cfg.aspect_ratios) if sizes else [],
-            "anchors_per_cell": len(sizes) * len(cfg.aspect_ratios),
-            "used_by": used_by,
-        })
+        levels.append(
+            {
+                "name": name,
+                "stride": spec.stride,
+                "channels": spec.channels,
+                "anchor_sizes": sizes,
+                "aspect_ratios": list(cfg.aspect_ratios) if sizes else [],
+                "anchors_per_cell": len(sizes) * len(cfg.aspect_ratios),
+                "used_by": used_by,
+            }
+        )
     return {
-        "backbone": cfg.backbone, "neck": cfg.neck, "norm": model.norm,
-        "levels": levels, "rpn_levels": model.rpn_levels, "roi_levels": model.roi_levels,
+        "backbone": cfg.backbone,
+        "neck": cfg.neck,
+        "norm": model.norm,
+        "levels": levels,
+        "rpn_levels": model.rpn_levels,
+        "roi_levels": model.roi_levels,
         "parameters": count_parameters(model),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "num_classes": len(cfg.class_names), "min_size": cfg.min_size, "max_size": cfg.max_size,
-        "roi_output_size": cfg.roi_output_size, "weights": weights,
+        "num_classes": len(cfg.class_names),
+        "min_size": cfg.min_size,
+        "max_size": cfg.max_size,
+        "roi_output_size": cfg.roi_output_size,
+        "weights": weights,
     }

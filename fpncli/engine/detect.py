@@ -18,10 +18,11 @@ import glob
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fpncli.atomic import write_json
 from fpncli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
@@ -90,8 +91,9 @@ class DetectSummary:
 # --------------------------------------------------------------------------- sources
 
 
-def expand_sources(sources: Sequence[str | os.PathLike], recursive: bool = False,
-                   exclude: Path | None = None) -> list[Path]:
+def expand_sources(
+    sources: Sequence[str | os.PathLike], recursive: bool = False, exclude: Path | None = None
+) -> list[Path]:
     """Image paths from files, folders and glob patterns, in a stable order, without repeats.
 
     A file is taken as given (whatever its extension: reading it will say if it is no
@@ -173,8 +175,9 @@ def output_paths(paths: Sequence[Path], out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- classes
 
 
-def resolve_classes(class_names: Sequence[str], category_ids: Sequence[int],
-                    wanted: Sequence[str] | None) -> set[int]:
+def resolve_classes(
+    class_names: Sequence[str], category_ids: Sequence[int], wanted: Sequence[str] | None
+) -> set[int]:
     """The model labels (1..K) to report: ``wanted`` names or category ids (comma-separated
     items allowed), or all; placeholder classes (``N/A`` in torchvision's COCO_V1) never."""
     from fpncli.modeling.weights import UNUSED_CLASS
@@ -195,8 +198,10 @@ def resolve_classes(class_names: Sequence[str], category_ids: Sequence[int],
                 labels.add(by_id[int(token)])
             else:
                 examples = ", ".join([n for n in class_names if n != UNUSED_CLASS][:8])
-                raise FpnError(f"--classes: {token!r} is neither a class name nor a category id of "
-                               f"this model (classes include: {examples}...)")
+                raise FpnError(
+                    f"--classes: {token!r} is neither a class name nor a category id of "
+                    f"this model (classes include: {examples}...)"
+                )
     return labels
 
 
@@ -251,9 +256,12 @@ def _save_annotated(result, target: Path, names: list[str], keys: list[int]) -> 
 # --------------------------------------------------------------------------- the run
 
 
-def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
-               on_start: Callable[[int, str, str], None] | None = None,
-               on_image: Callable[[dict[str, Any], DetectSummary], None] | None = None) -> DetectSummary:
+def run_detect(
+    sources: Sequence[str | os.PathLike],
+    options: DetectOptions,
+    on_start: Callable[[int, str, str], None] | None = None,
+    on_image: Callable[[dict[str, Any], DetectSummary], None] | None = None,
+) -> DetectSummary:
     """Detect objects in every image of ``sources``; see the module docstring for outputs.
 
     Args:
@@ -288,9 +296,14 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
 
-    loaded = load_detector(options.weights, min_size=options.min_size, max_size=options.max_size,
-                           box_score_thresh=options.score_thr, box_nms_thresh=options.nms_iou,
-                           box_detections_per_img=options.max_dets)
+    loaded = load_detector(
+        options.weights,
+        min_size=options.min_size,
+        max_size=options.max_size,
+        box_score_thresh=options.score_thr,
+        box_nms_thresh=options.nms_iou,
+        box_detections_per_img=options.max_dets,
+    )
     model = loaded.model
     cfg = model.config
     keep = resolve_classes(cfg.class_names, cfg.category_ids, options.classes)
@@ -304,8 +317,9 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
         from fpncli.modeling.optimize import optimize_for_inference
 
         # CPU: NNPACK's Winograd needs NCHW; CUDA: channels-last feeds the tensor cores.
-        model = optimize_for_inference(model, inplace=True, winograd=device.type == "cpu",
-                                       channels_last=device.type == "cuda")
+        model = optimize_for_inference(
+            model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
+        )
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
     workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
@@ -317,8 +331,13 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     image_ids, unmatched = ({}, [])
     if options.coco_results is not None:
         image_ids, unmatched = _coco_image_ids(paths, options.coco_annotations)
-    summary = DetectSummary(images_total=len(paths), device=str(device), weights=loaded.source,
-                            predictions_path=out_dir / PREDICTIONS_FILE, coco_unmatched=unmatched)
+    summary = DetectSummary(
+        images_total=len(paths),
+        device=str(device),
+        weights=loaded.source,
+        predictions_path=out_dir / PREDICTIONS_FILE,
+        coco_unmatched=unmatched,
+    )
     images: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = summary.errors
     coco: list[dict[str, Any]] = []
@@ -341,9 +360,17 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
     if on_start is not None:
         on_start(len(paths), str(device), loaded.source)
     try:
-        for result in predict_images(model, paths, device=device, batch_size=batch_size, workers=workers,
-                                     half=options.half, max_pixels=options.max_pixels,
-                                     keep_images=options.draw, cpu_processes=cpu_processes):
+        for result in predict_images(
+            model,
+            paths,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            half=options.half,
+            max_pixels=options.max_pixels,
+            keep_images=options.draw,
+            cpu_processes=cpu_processes,
+        ):
             i = index[result.path]
             if result.error is not None:
                 record: dict[str, Any] = {"file": str(result.path), "error": result.error}
@@ -352,23 +379,46 @@ def run_detect(sources: Sequence[str | os.PathLike], options: DetectOptions,
             else:
                 boxes, scores, labels = result.boxes, result.scores, result.labels
                 if filtered:
-                    mask = torch.tensor([int(l) in keep for l in labels.tolist()], dtype=torch.bool)
-                    boxes, scores, labels = boxes[mask][:max_dets], scores[mask][:max_dets], labels[mask][:max_dets]
+                    mask = torch.tensor([int(label) in keep for label in labels.tolist()], dtype=torch.bool)
+                    boxes, scores, labels = (
+                        boxes[mask][:max_dets],
+                        scores[mask][:max_dets],
+                        labels[mask][:max_dets],
+                    )
                 label_list = labels.tolist()
-                cat_ids = [cfg.category_ids[l - 1] for l in label_list]
-                names = [cfg.class_names[l - 1] for l in label_list]
-                detections = [{"box": [round(v, 2) for v in box], "score": round(score, 4),
-                               "category_id": cid, "label": name}
-                              for box, score, cid, name in zip(boxes.tolist(), scores.tolist(), cat_ids, names)]
-                record = {"file": str(result.path), "width": result.width, "height": result.height,
-                          "detections": detections}
-                if options.coco_results is not None:
-                    if i in image_ids:
-                        record["image_id"] = image_ids[i]
-                        coco.extend({"image_id": image_ids[i], "category_id": cid,
-                                     "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                              round(box[3] - box[1], 2)], "score": round(score, 5)}
-                                    for box, score, cid in zip(boxes.tolist(), scores.tolist(), cat_ids))
+                cat_ids = [cfg.category_ids[label - 1] for label in label_list]
+                names = [cfg.class_names[label - 1] for label in label_list]
+                detections = [
+                    {
+                        "box": [round(v, 2) for v in box],
+                        "score": round(score, 4),
+                        "category_id": cid,
+                        "label": name,
+                    }
+                    for box, score, cid, name in zip(boxes.tolist(), scores.tolist(), cat_ids, names)
+                ]
+                record = {
+                    "file": str(result.path),
+                    "width": result.width,
+                    "height": result.height,
+                    "detections": detections,
+                }
+                if options.coco_results is not None and i in image_ids:
+                    record["image_id"] = image_ids[i]
+                    coco.extend(
+                        {
+                            "image_id": image_ids[i],
+                            "category_id": cid,
+                            "bbox": [
+                                round(box[0], 2),
+                                round(box[1], 2),
+                                round(box[2] - box[0], 2),
+                                round(box[3] - box[1], 2),
+                            ],
+                            "score": round(score, 5),
+                        }
+                        for box, score, cid in zip(boxes.tolist(), scores.tolist(), cat_ids)
+                    )
                 images.append(record)
                 summary.images_read += 1
                 summary.detections += len(detections)

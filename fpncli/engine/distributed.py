@@ -9,7 +9,7 @@ process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialized_here: bool = False
 
     @property
@@ -49,8 +49,10 @@ def setup(device_spec: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     initialized = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+        )
         initialized = True
     return DistInfo(rank, world, local_rank, device, initialized)
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
 from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path, xyxy_to_xywh
@@ -55,6 +56,7 @@ ProgressFn = Callable[[int, int], None]
 
 # --------------------------------------------------------------------------- backends
 
+
 def available_backends() -> list[str]:
     """The installed evaluation backends, fastest first."""
     found = []
@@ -87,6 +89,7 @@ def resolve_backend(backend: str = "auto") -> str:
 
 # --------------------------------------------------------------------------- input checking
 
+
 class _Problems:
     """Skipped entries grouped by kind: one line per kind with the count and the first example,
     plus up to MAX_LISTED per-entry lines."""
@@ -103,8 +106,10 @@ class _Problems:
             self.entries.append(f"{self.source}: {entry}: {kind}")
 
     def lines(self) -> list[str]:
-        return [f"{self.source}: {n} {'entry' if n == 1 else 'entries'} skipped, {kind} "
-                f"(first: {first})" for kind, (n, first) in self.kinds.items()]
+        return [
+            f"{self.source}: {n} {'entry' if n == 1 else 'entries'} skipped, {kind} (first: {first})"
+            for kind, (n, first) in self.kinds.items()
+        ]
 
     def count(self) -> int:
         return sum(n for n, _ in self.kinds.values())
@@ -123,8 +128,14 @@ def _finite_number(v: Any) -> bool:
 
 def _valid_box(box: Any) -> bool:
     # Unrolled: this runs once per detection (hundreds of thousands on COCO val).
-    return (type(box) in (list, tuple) and len(box) == 4 and _finite_number(box[0])
-            and _finite_number(box[1]) and _finite_number(box[2]) and _finite_number(box[3]))
+    return (
+        type(box) in (list, tuple)
+        and len(box) == 4
+        and _finite_number(box[0])
+        and _finite_number(box[1])
+        and _finite_number(box[2])
+        and _finite_number(box[3])
+    )
 
 
 @dataclass
@@ -178,18 +189,27 @@ def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
     if len(coco.problems) > MAX_LISTED:
         notes.append(f"{src}: ... and {len(coco.problems) - MAX_LISTED} more skipped annotations")
     for key, (n, first) in filled.items():
-        what = {"area": "no 'area'; used w*h of its bbox", "iscrowd": "no 'iscrowd'; used 0",
-                "id": "no 'id'; gave a fresh id", "duplicate id": "an id used before; gave a fresh id"}[key]
-        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} {what} "
-                     f"(first: {first})")
+        what = {
+            "area": "no 'area'; used w*h of its bbox",
+            "iscrowd": "no 'iscrowd'; used 0",
+            "id": "no 'id'; gave a fresh id",
+            "duplicate id": "an id used before; gave a fresh id",
+        }[key]
+        notes.append(
+            f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} {what} (first: {first})"
+        )
     if degenerate[0]:
         n = degenerate[0]
-        notes.append(f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} a zero or negative "
-                     f"size box; as in COCO it stays ground truth no detection can match (first: {degenerate[1]})")
+        notes.append(
+            f"{src}: {_count(n, 'annotation')} {'has' if n == 1 else 'have'} a zero or negative "
+            f"size box; as in COCO it stays ground truth no detection can match (first: {degenerate[1]})"
+        )
     return _GroundTruth(coco, dataset, notes)
 
 
-def _check_results(results: str | os.PathLike | Sequence[Any], gt: CocoAnnotations) -> tuple[list[dict], list[str], str]:
+def _check_results(
+    results: str | os.PathLike | Sequence[Any], gt: CocoAnnotations
+) -> tuple[list[dict], list[str], str]:
     """Validate COCO results; returns (usable detections as fresh dicts, problem lines, source name).
 
     A detection needs ``image_id`` and ``category_id`` known to the annotation file, a
@@ -205,8 +225,10 @@ def _check_results(results: str | os.PathLike | Sequence[Any], gt: CocoAnnotatio
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         data = data["annotations"]  # a whole COCO-style file was given: take its detections
     if not isinstance(data, list):
-        raise FpnError(f"{source}: expected a JSON list of detections "
-                       "({\"image_id\", \"category_id\", \"bbox\": [x, y, w, h], \"score\"})")
+        raise FpnError(
+            f"{source}: expected a JSON list of detections "
+            '({"image_id", "category_id", "bbox": [x, y, w, h], "score"})'
+        )
     problems = _Problems(source)
     images, cats = gt.images, gt.categories.id_to_label
     dets: list[dict] = []
@@ -230,29 +252,38 @@ def _check_results(results: str | os.PathLike | Sequence[Any], gt: CocoAnnotatio
         hint = ""
         if any(k.startswith("category_id") for k in kinds) and len(kinds) == 1:
             used = sorted({d.get("category_id") for d in data if isinstance(d, dict)}, key=str)[:8]
-            hint = (f"; the results use category ids {used} but {gt.path.name} has "
-                    f"{gt.categories.category_ids[:8]}{'...' if len(gt.categories) > 8 else ''}: "
-                    "were contiguous labels written instead of dataset category ids?")
+            hint = (
+                f"; the results use category ids {used} but {gt.path.name} has "
+                f"{gt.categories.category_ids[:8]}{'...' if len(gt.categories) > 8 else ''}: "
+                "were contiguous labels written instead of dataset category ids?"
+            )
         first = next(iter(kinds.items()))
-        raise FpnError(f"{source}: none of its {len(data)} detections can be evaluated against "
-                       f"{gt.path}: {first[0]} (first: {first[1][1]}){hint}")
+        raise FpnError(
+            f"{source}: none of its {len(data)} detections can be evaluated against "
+            f"{gt.path}: {first[0]} (first: {first[1][1]}){hint}"
+        )
     return dets, problems.lines() + (problems.entries if problems.count() > 1 else []), source
 
 
 # --------------------------------------------------------------------------- running COCOeval
 
+
 @dataclass
 class _Evaluation:
     stats: list[float]  # the 12 numbers
-    precision: "np.ndarray"  # [T, R, K, A, M] as in COCOeval.eval["precision"] (-1 = no GT)
-    recall: "np.ndarray"  # [T, K, A, M]
-    iou_thrs: "np.ndarray"  # [T]
-    rec_thrs: "np.ndarray"  # [R]
+    precision: np.ndarray  # [T, R, K, A, M] as in COCOeval.eval["precision"] (-1 = no GT)
+    recall: np.ndarray  # [T, K, A, M]
+    iou_thrs: np.ndarray  # [T]
+    rec_thrs: np.ndarray  # [R]
     cat_ids: list[int]  # K, the order of the class axis
 
 
-def run_cocoeval(dataset: dict[str, Any], detections: list[dict], backend: str = "auto",
-                 image_ids: Iterable[int] | None = None) -> _Evaluation:
+def run_cocoeval(
+    dataset: dict[str, Any],
+    detections: list[dict],
+    backend: str = "auto",
+    image_ids: Iterable[int] | None = None,
+) -> _Evaluation:
     """COCOeval (``iouType="bbox"``) of ``detections`` against a COCO ``dataset`` dict.
 
     Args:
@@ -267,7 +298,8 @@ def run_cocoeval(dataset: dict[str, Any], detections: list[dict], backend: str =
 
     backend = resolve_backend(backend)
     if backend == "faster-coco-eval":
-        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
     else:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -279,8 +311,12 @@ def run_cocoeval(dataset: dict[str, Any], detections: list[dict], backend: str =
             dt = gt.loadRes(detections)
         else:  # pycocotools' loadRes cannot take an empty list; this is what it would build
             dt = COCO()
-            dt.dataset = {"info": {}, "images": list(dataset["images"]),
-                          "categories": list(dataset["categories"]), "annotations": []}
+            dt.dataset = {
+                "info": {},
+                "images": list(dataset["images"]),
+                "categories": list(dataset["categories"]),
+                "annotations": [],
+            }
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         if image_ids is not None:
@@ -288,18 +324,24 @@ def run_cocoeval(dataset: dict[str, Any], detections: list[dict], backend: str =
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return _Evaluation([float(s) for s in list(ev.stats)[:12]], np.asarray(ev.eval["precision"]),
-                       np.asarray(ev.eval["recall"]), np.asarray(ev.params.iouThrs),
-                       np.asarray(ev.params.recThrs), [int(c) for c in ev.params.catIds])
+    return _Evaluation(
+        [float(s) for s in list(ev.stats)[:12]],
+        np.asarray(ev.eval["precision"]),
+        np.asarray(ev.eval["recall"]),
+        np.asarray(ev.params.iouThrs),
+        np.asarray(ev.params.recThrs),
+        [int(c) for c in ev.params.catIds],
+    )
 
 
-def _mean_valid(values: "np.ndarray") -> float:
+def _mean_valid(values: np.ndarray) -> float:
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else -1.0
 
 
-def _per_class(ev: _Evaluation, gt: CocoAnnotations, detections: list[dict],
-               image_ids: set[int]) -> list[dict[str, Any]]:
+def _per_class(
+    ev: _Evaluation, gt: CocoAnnotations, detections: list[dict], image_ids: set[int]
+) -> list[dict[str, Any]]:
     """AP, AP50, AP75, APs/m/l and AR100 per category, as COCOeval.summarize computes the
     overall ones (mean over entries > -1), with instance and detection counts; best AP first."""
     import numpy as np
@@ -319,18 +361,27 @@ def _per_class(ev: _Evaluation, gt: CocoAnnotations, detections: list[dict],
     rows = []
     for k, cid in enumerate(ev.cat_ids):
         p = ev.precision[:, :, k, :, -1]  # [T, R, A] at maxDets=100
-        row = {"category_id": cid, "name": gt.categories.names[gt.categories.id_to_label[cid] - 1],
-               "instances": instances.get(cid, 0), "crowd": crowds.get(cid, 0), "detections": dets.get(cid, 0),
-               "AP": _mean_valid(p[:, :, 0]), "AP50": _mean_valid(p[t50, :, 0]),
-               "AP75": _mean_valid(p[t75, :, 0]), "APs": _mean_valid(p[:, :, 1]),
-               "APm": _mean_valid(p[:, :, 2]), "APl": _mean_valid(p[:, :, 3]),
-               "AR100": _mean_valid(ev.recall[:, k, 0, -1])}
+        row = {
+            "category_id": cid,
+            "name": gt.categories.names[gt.categories.id_to_label[cid] - 1],
+            "instances": instances.get(cid, 0),
+            "crowd": crowds.get(cid, 0),
+            "detections": dets.get(cid, 0),
+            "AP": _mean_valid(p[:, :, 0]),
+            "AP50": _mean_valid(p[t50, :, 0]),
+            "AP75": _mean_valid(p[t75, :, 0]),
+            "APs": _mean_valid(p[:, :, 1]),
+            "APm": _mean_valid(p[:, :, 2]),
+            "APl": _mean_valid(p[:, :, 3]),
+            "AR100": _mean_valid(ev.recall[:, k, 0, -1]),
+        }
         rows.append(row)
     rows.sort(key=lambda r: (r["AP"] == -1, -r["AP"], r["name"]))
     return rows
 
 
 # --------------------------------------------------------------------------- public API
+
 
 def evaluate_results(
     annotation_file: str | os.PathLike,
@@ -367,27 +418,38 @@ def evaluate_results(
         ``weights``, ``num_images``, ``num_detections``, ``backend``, ``problems``.
     """
     gt = _load_ground_truth(annotation_file)
-    return _evaluate(gt, results, out_dir=out_dir, plots=plots, backend=backend, image_ids=image_ids,
-                     weights=weights, extra=extra)
+    return _evaluate(
+        gt,
+        results,
+        out_dir=out_dir,
+        plots=plots,
+        backend=backend,
+        image_ids=image_ids,
+        weights=weights,
+        extra=extra,
+    )
 
 
-def _evaluate(gt: _GroundTruth, results: Any, *, out_dir, plots, backend, image_ids, weights,
-              extra) -> dict[str, Any]:
+def _evaluate(
+    gt: _GroundTruth, results: Any, *, out_dir, plots, backend, image_ids, weights, extra
+) -> dict[str, Any]:
     backend = resolve_backend(backend)
     detections, problems, source = _check_results(results, gt.coco)
     ids = set(gt.coco.images) if image_ids is None else set(image_ids) & set(gt.coco.images)
     ev = run_cocoeval(gt.dataset, detections, backend, image_ids=ids)
     metrics: dict[str, Any] = dict(zip(METRIC_KEYS, ev.stats))
     metrics["per_class"] = _per_class(ev, gt.coco, detections, ids)
-    metrics.update({
-        "annotation_file": str(gt.coco.path),
-        "results_file": source if isinstance(results, (str, os.PathLike)) else None,
-        "weights": weights,
-        "num_images": len(ids),
-        "num_detections": sum(1 for d in detections if d["image_id"] in ids),
-        "backend": backend,
-        "problems": gt.notes + problems,
-    })
+    metrics.update(
+        {
+            "annotation_file": str(gt.coco.path),
+            "results_file": source if isinstance(results, (str, os.PathLike)) else None,
+            "weights": weights,
+            "num_images": len(ids),
+            "num_detections": sum(1 for d in detections if d["image_id"] in ids),
+            "backend": backend,
+            "problems": gt.notes + problems,
+        }
+    )
     if extra:
         metrics.update(extra)
     if out_dir is not None:
@@ -397,16 +459,28 @@ def _evaluate(gt: _GroundTruth, results: Any, *, out_dir, plots, backend, image_
             from fpncli.viz.pr_curves import plot_pr_curves
 
             names = {r["category_id"]: r["name"] for r in metrics["per_class"]}
-            metrics["plots"] = [str(p) for p in plot_pr_curves(
-                ev.precision[:, :, :, 0, -1], ev.rec_thrs, ev.iou_thrs,
-                [names[c] for c in ev.cat_ids], out)]
+            metrics["plots"] = [
+                str(p)
+                for p in plot_pr_curves(
+                    ev.precision[:, :, :, 0, -1],
+                    ev.rec_thrs,
+                    ev.iou_thrs,
+                    [names[c] for c in ev.cat_ids],
+                    out,
+                )
+            ]
             write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def predictions_to_coco(boxes: Sequence[Sequence[float]], scores: Sequence[float], labels: Sequence[int],
-                        image_id: int, category_ids: Sequence[int],
-                        keep_ids: set[int] | None = None) -> list[dict[str, Any]]:
+def predictions_to_coco(
+    boxes: Sequence[Sequence[float]],
+    scores: Sequence[float],
+    labels: Sequence[int],
+    image_id: int,
+    category_ids: Sequence[int],
+    keep_ids: set[int] | None = None,
+) -> list[dict[str, Any]]:
     """One image's detections as COCO results.
 
     Args:
@@ -431,9 +505,14 @@ def predictions_to_coco(boxes: Sequence[Sequence[float]], scores: Sequence[float
         cid = int(category_ids[label - 1])
         if keep_ids is not None and cid not in keep_ids:
             continue
-        out.append({"image_id": image_id, "category_id": cid,
-                    "bbox": [round(float(v), 2) for v in xyxy_to_xywh([float(b) for b in box])],
-                    "score": round(float(score), 5)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": cid,
+                "bbox": [round(float(v), 2) for v in xyxy_to_xywh([float(b) for b in box])],
+                "score": round(float(score), 5),
+            }
+        )
     return out
 
 
@@ -501,39 +580,65 @@ def evaluate_model(
     detections: list[dict[str, Any]] = []
     evaluated: list[int] = []
     dropped = 0
-    for done, (img_id, result) in enumerate(zip(path_ids, predict_images(
-            model, paths, device=device, batch_size=batch_size, workers=workers,
-            **({"half": True} if half else {}))), start=1):
+    for done, (img_id, result) in enumerate(
+        zip(
+            path_ids,
+            predict_images(
+                model,
+                paths,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                **({"half": True} if half else {}),
+            ),
+        ),
+        start=1,
+    ):
         if result.error:
             skipped.append(f"{result.path}: {result.error}")
         else:
             evaluated.append(img_id)
-            dets = predictions_to_coco(result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(),
-                                       img_id, category_ids)
+            dets = predictions_to_coco(
+                result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(), img_id, category_ids
+            )
             kept = [d for d in dets if d["category_id"] in keep]
             dropped += len(dets) - len(kept)
             detections.extend(kept)
         if progress is not None:
             progress(done, len(paths))
     if dropped:
-        mapping_notes.append(f"{_count(dropped, 'detection')} of classes that {coco.path.name} does not have "
-                             f"{'was' if dropped == 1 else 'were'} dropped")
+        mapping_notes.append(
+            f"{_count(dropped, 'detection')} of classes that {coco.path.name} does not have "
+            f"{'was' if dropped == 1 else 'were'} dropped"
+        )
     if out_dir is not None:
         write_json(Path(out_dir) / "detections.json", detections, indent=None)
     if not evaluated:
         raise FpnError(f"none of the {len(paths)} images found could be read (first: {skipped[-1]})")
-    extra = {"missing_images": missing, "skipped_images": skipped,
-             "detections_file": str(Path(out_dir) / "detections.json") if out_dir is not None else None}
-    metrics = _evaluate(gt, detections, out_dir=out_dir, plots=plots, backend=backend,
-                        image_ids=evaluated, weights=weights, extra=extra)
+    extra = {
+        "missing_images": missing,
+        "skipped_images": skipped,
+        "detections_file": str(Path(out_dir) / "detections.json") if out_dir is not None else None,
+    }
+    metrics = _evaluate(
+        gt,
+        detections,
+        out_dir=out_dir,
+        plots=plots,
+        backend=backend,
+        image_ids=evaluated,
+        weights=weights,
+        extra=extra,
+    )
     metrics["problems"] = mapping_notes + metrics["problems"]
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
 
-def check_category_mapping(category_ids: Sequence[int], class_names: Sequence[str],
-                           coco: CocoAnnotations) -> list[str]:
+def check_category_mapping(
+    category_ids: Sequence[int], class_names: Sequence[str], coco: CocoAnnotations
+) -> list[str]:
     """Compare a model's categories with a dataset's; returns notes, raises when none match.
 
     Ids are what count (names are only compared to warn): a model whose category ids share
@@ -545,18 +650,24 @@ def check_category_mapping(category_ids: Sequence[int], class_names: Sequence[st
     model = {cid: name for cid, name in zip(category_ids, class_names) if name != UNUSED_CLASS}
     shared = [cid for cid in model if cid in dataset]
     if not shared:
-        raise FpnError(f"the model's category ids ({_ids(model)}) share none with {coco.path} "
-                       f"({_ids(dataset)}); was it trained on another dataset?")
+        raise FpnError(
+            f"the model's category ids ({_ids(model)}) share none with {coco.path} "
+            f"({_ids(dataset)}); was it trained on another dataset?"
+        )
     notes = []
     renamed = [cid for cid in shared if model[cid].lower() != dataset[cid].lower()]
     if renamed:
         cid = renamed[0]
-        notes.append(f"{len(renamed)} category ids have other names in the model than in {coco.path.name} "
-                     f"(first: id {cid} is {model[cid]!r} in the model, {dataset[cid]!r} in the file)")
+        notes.append(
+            f"{len(renamed)} category ids have other names in the model than in {coco.path.name} "
+            f"(first: id {cid} is {model[cid]!r} in the model, {dataset[cid]!r} in the file)"
+        )
     unknown = [cid for cid in dataset if cid not in model]
     if unknown:
-        notes.append(f"{len(unknown)} of the {len(dataset)} categories of {coco.path.name} are not among the model's classes "
-                     f"(AP 0 where they have instances; first: id {unknown[0]} {dataset[unknown[0]]!r})")
+        notes.append(
+            f"{len(unknown)} of the {len(dataset)} categories of {coco.path.name} are not among the model's classes "
+            f"(AP 0 where they have instances; first: id {unknown[0]} {dataset[unknown[0]]!r})"
+        )
     return notes
 
 

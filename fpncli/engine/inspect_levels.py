@@ -42,10 +42,11 @@ import copy
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import CANONICAL_LEVEL, CANONICAL_SIZE, LevelSpec, assign_level
 
-Progress = Optional[Callable[[str], None]]
+Progress = Callable[[str], None] | None
 
 # The RPN's labelling thresholds (the paper's and torchvision's): IoU >= 0.7 makes an anchor
 # positive; below 0.3 it is background. A box whose best anchor reaches 0.3 can still be
@@ -64,7 +65,7 @@ Progress = Optional[Callable[[str], None]]
 POSITIVE_IOU = 0.7
 USABLE_IOU = 0.3
 # COCO's size buckets, on the annotation's area in original image pixels.
-SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
+SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
 # A verdict line is written when a cause leaves at least this share of boxes without a
 # usable anchor.
 VERDICT_SHARE = 0.05
@@ -83,7 +84,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     produces (checked against the transform in the tests).
     """
     scale = min(min_size / min(height, width), max_size / max(height, width))
-    return int(math.floor(height * scale)), int(math.floor(width * scale))
+    return math.floor(height * scale), math.floor(width * scale)
 
 
 def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
@@ -98,15 +99,17 @@ def level_boundaries(min_level: int, max_level: int) -> list[tuple[str, float]]:
     These are the sizes where ``k0 + log2(size / 224)`` crosses an integer; the tests check
     that :func:`assign_level` changes level exactly there.
     """
-    return [(f"p{k}", CANONICAL_SIZE * 2.0 ** (k - CANONICAL_LEVEL)) for k in range(min_level + 1, max_level + 1)]
+    return [
+        (f"p{k}", CANONICAL_SIZE * 2.0 ** (k - CANONICAL_LEVEL)) for k in range(min_level + 1, max_level + 1)
+    ]
 
 
-def _level_range(levels: "OrderedDict[str, LevelSpec]", names: list[str]) -> tuple[int, int]:
+def _level_range(levels: OrderedDict[str, LevelSpec], names: list[str]) -> tuple[int, int]:
     ks = [levels[n].level for n in names]
     return min(ks), max(ks)
 
 
-def _level_name(levels: "OrderedDict[str, LevelSpec]", names: list[str], k: int) -> str:
+def _level_name(levels: OrderedDict[str, LevelSpec], names: list[str], k: int) -> str:
     for name in names:
         if levels[name].level == k:
             return name
@@ -134,18 +137,24 @@ class LevelRow:
     anchor_sizes: list[int]
     aspect_ratios: list[float]
     anchors: int
-    proposals_pre_nms: Optional[int]
-    proposals_post_nms: Optional[int]
-    detections: Optional[int]
+    proposals_pre_nms: int | None
+    proposals_post_nms: int | None
+    detections: int | None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "stride": self.stride, "size": list(self.size), "channels": self.channels,
+            "name": self.name,
+            "stride": self.stride,
+            "size": list(self.size),
+            "channels": self.channels,
             # One size per level in the paper; a single-level neck carries several.
             "anchor_size": self.anchor_sizes[0] if len(self.anchor_sizes) == 1 else None,
-            "anchor_sizes": list(self.anchor_sizes), "aspect_ratios": list(self.aspect_ratios),
-            "anchors": self.anchors, "proposals_pre_nms": self.proposals_pre_nms,
-            "proposals_post_nms": self.proposals_post_nms, "detections": self.detections,
+            "anchor_sizes": list(self.anchor_sizes),
+            "aspect_ratios": list(self.aspect_ratios),
+            "anchors": self.anchors,
+            "proposals_pre_nms": self.proposals_pre_nms,
+            "proposals_post_nms": self.proposals_post_nms,
+            "detections": self.detections,
         }
 
 
@@ -161,8 +170,13 @@ class Detection:
     level: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 4),
-                "label": self.label, "class": self.name, "level": self.level}
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "score": round(self.score, 4),
+            "label": self.label,
+            "class": self.name,
+            "level": self.level,
+        }
 
 
 @dataclass
@@ -185,9 +199,9 @@ class ImageInspection:
     padded_size: tuple[int, int]
     levels: list[LevelRow]
     detections: list[Detection]
-    strength: "OrderedDict[str, np.ndarray]"
+    strength: OrderedDict[str, np.ndarray]
     strides: dict[str, int]
-    bottom_up: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
+    bottom_up: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     bottom_up_strides: dict[str, int] = field(default_factory=dict)
     score_thr: float = 0.0
     weights: str = ""
@@ -195,8 +209,11 @@ class ImageInspection:
     def to_json(self) -> dict[str, Any]:
         return {
             "image": str(self.image_path),
-            "image_size": list(self.image_size), "input_size": list(self.input_size),
-            "padded_size": list(self.padded_size), "score_thr": self.score_thr, "weights": self.weights,
+            "image_size": list(self.image_size),
+            "input_size": list(self.input_size),
+            "padded_size": list(self.padded_size),
+            "score_thr": self.score_thr,
+            "weights": self.weights,
             "levels": [row.to_json() for row in self.levels],
             "detections": [d.to_json() for d in self.detections],
         }
@@ -221,9 +238,14 @@ def _record_filter_proposals(rpn: torch.nn.Module) -> Iterator[list[tuple]]:
         del rpn.filter_proposals
 
 
-def proposals_per_level(rpn: torch.nn.Module, proposals: Tensor, objectness: Tensor,
-                        image_shapes: list[tuple[int, int]], num_anchors_per_level: list[int],
-                        kept: int) -> tuple[list[int], list[int]]:
+def proposals_per_level(
+    rpn: torch.nn.Module,
+    proposals: Tensor,
+    objectness: Tensor,
+    image_shapes: list[tuple[int, int]],
+    num_anchors_per_level: list[int],
+    kept: int,
+) -> tuple[list[int], list[int]]:
     """Per RPN level, how many proposals of image 0 enter NMS and how many the RPN finally keeps.
 
     Args:
@@ -249,7 +271,7 @@ def proposals_per_level(rpn: torch.nn.Module, proposals: Tensor, objectness: Ten
     scores: list[Tensor] = []
     start = 0
     for n in num_anchors_per_level:
-        part = (proposals[:, start:start + n], obj[:, start:start + n], image_shapes, [n])
+        part = (proposals[:, start : start + n], obj[:, start : start + n], image_shapes, [n])
         pre.append(int(everything.filter_proposals(*part)[0][0].shape[0]))
         scores.append(survivors.filter_proposals(*part)[1][0])
         start += n
@@ -286,13 +308,20 @@ def check_image_size(path: Path, image_size: tuple[int, int], model: torch.nn.Mo
             f"{path}: image too small for the pyramid: {w}x{h} px is resized to {rw}x{rh} "
             f"(--min-size {cfg.min_size}, --max-size {cfg.max_size}), but the coarsest level "
             f"{coarsest.name} has stride {coarsest.stride}; the resized shorter side must be at "
-            f"least {coarsest.stride} px (raise --max-size for elongated images, or --min-size)")
+            f"least {coarsest.stride} px (raise --max-size for elongated images, or --min-size)"
+        )
     return rh, rw
 
 
-def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu",
-                  score_thr: float = 0.5, bottom_up: bool = False, weights: str = "",
-                  progress: Progress = None) -> ImageInspection:
+def inspect_image(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    score_thr: float = 0.5,
+    bottom_up: bool = False,
+    weights: str = "",
+    progress: Progress = None,
+) -> ImageInspection:
     """Run ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) on one image and
     describe every pyramid level.
 
@@ -322,10 +351,13 @@ def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch
     def keep(name: str):
         def hook(_module, _inputs, output):
             captured[name] = output
+
         return hook
 
-    hooks = [model.transform.register_forward_hook(keep("transform")),
-             model.backbone.register_forward_hook(keep("features"))]
+    hooks = [
+        model.transform.register_forward_hook(keep("transform")),
+        model.backbone.register_forward_hook(keep("features")),
+    ]
     if bottom_up:
         hooks.append(model.backbone.bottom_up.register_forward_hook(keep("bottom_up")))
     _say(progress, f"running the model on {path.name}")
@@ -339,15 +371,16 @@ def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch
     image_list = captured["transform"][0]
     input_size = tuple(int(v) for v in image_list.image_sizes[0])
     padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
-    features: "OrderedDict[str, Tensor]" = captured["features"]
-    levels: "OrderedDict[str, LevelSpec]" = model.levels
+    features: OrderedDict[str, Tensor] = captured["features"]
+    levels: OrderedDict[str, LevelSpec] = model.levels
     rpn_levels, roi_levels = model.rpn_levels, model.roi_levels
 
     _say(progress, "counting proposals per level")
     props, objectness, image_shapes, per_level, kept_boxes, _ = calls[-1]
     with torch.inference_mode():
-        pre, post = proposals_per_level(model.rpn, props, objectness, image_shapes, per_level,
-                                        int(kept_boxes[0].shape[0]))
+        pre, post = proposals_per_level(
+            model.rpn, props, objectness, image_shapes, per_level, int(kept_boxes[0].shape[0])
+        )
     if len(per_level) != len(rpn_levels):
         raise RuntimeError(f"the RPN saw {len(per_level)} maps but the model declares {rpn_levels}")
     rpn_counts = {name: (pre[i], post[i]) for i, name in enumerate(rpn_levels)}
@@ -362,9 +395,13 @@ def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch
     det_levels = assign_level(boxes * ratio, lo, hi).tolist()
     names = list(model.config.class_names)
     detections = [
-        Detection([float(v) for v in box], float(score), int(label),
-                  names[int(label) - 1] if 0 < int(label) <= len(names) else str(int(label)),
-                  _level_name(levels, roi_levels, k))
+        Detection(
+            [float(v) for v in box],
+            float(score),
+            int(label),
+            names[int(label) - 1] if 0 < int(label) <= len(names) else str(int(label)),
+            _level_name(levels, roi_levels, k),
+        )
         for box, score, label, k in zip(boxes.tolist(), scores.tolist(), labels.tolist(), det_levels)
     ]
     det_counts = {name: 0 for name in roi_levels}
@@ -379,18 +416,25 @@ def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch
         h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
         anchor_sizes = [int(s) for s in sizes.get(name, ())]
         level_ratios = ratios if anchor_sizes else []
-        rows.append(LevelRow(
-            name=name, stride=spec.stride, size=(h, w), channels=int(fmap.shape[1]),
-            anchor_sizes=anchor_sizes, aspect_ratios=level_ratios,
-            anchors=h * w * len(anchor_sizes) * len(level_ratios),
-            proposals_pre_nms=rpn_counts[name][0] if name in rpn_counts else None,
-            proposals_post_nms=rpn_counts[name][1] if name in rpn_counts else None,
-            detections=det_counts[name] if name in roi_levels else None,
-        ))
+        rows.append(
+            LevelRow(
+                name=name,
+                stride=spec.stride,
+                size=(h, w),
+                channels=int(fmap.shape[1]),
+                anchor_sizes=anchor_sizes,
+                aspect_ratios=level_ratios,
+                anchors=h * w * len(anchor_sizes) * len(level_ratios),
+                proposals_pre_nms=rpn_counts[name][0] if name in rpn_counts else None,
+                proposals_post_nms=rpn_counts[name][1] if name in rpn_counts else None,
+                detections=det_counts[name] if name in roi_levels else None,
+            )
+        )
 
-    strength = OrderedDict((name, _strength(features[name], levels[name].stride, input_size))
-                           for name in levels)
-    bottom_maps: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    strength = OrderedDict(
+        (name, _strength(features[name], levels[name].stride, input_size)) for name in levels
+    )
+    bottom_maps: OrderedDict[str, np.ndarray] = OrderedDict()
     bottom_strides: dict[str, int] = {}
     if bottom_up:
         # The ResNet may stop after the last stage its neck reads (c4 for the c4 neck).
@@ -399,10 +443,19 @@ def inspect_image(model: torch.nn.Module, path: str | os.PathLike, device: torch
                 bottom_maps[name] = _strength(captured["bottom_up"][name], spec.stride, input_size)
                 bottom_strides[name] = spec.stride
     return ImageInspection(
-        image_path=path, image=np.asarray(img), image_size=image_size, input_size=input_size,
-        padded_size=padded, levels=rows, detections=detections, strength=strength,
-        strides={name: spec.stride for name, spec in levels.items()}, bottom_up=bottom_maps,
-        bottom_up_strides=bottom_strides, score_thr=score_thr, weights=weights,
+        image_path=path,
+        image=np.asarray(img),
+        image_size=image_size,
+        input_size=input_size,
+        padded_size=padded,
+        levels=rows,
+        detections=detections,
+        strength=strength,
+        strides={name: spec.stride for name, spec in levels.items()},
+        bottom_up=bottom_maps,
+        bottom_up_strides=bottom_strides,
+        score_thr=score_thr,
+        weights=weights,
     )
 
 
@@ -428,7 +481,7 @@ class AnchorLayout:
     """The anchors and levels a configuration implies, without weights."""
 
     config: ModelConfig
-    levels: "OrderedDict[str, LevelSpec]"
+    levels: OrderedDict[str, LevelSpec]
     rpn_levels: list[str]
     roi_levels: list[str]
     anchor_sizes: dict[str, list[int]]
@@ -460,11 +513,20 @@ def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
         combos = [(ratio, size) for ratio in cfg.aspect_ratios for size in sizes[name]]
         for (ratio, size), row in zip(combos, base.tolist()):
             shapes.append(AnchorShape(name, levels[name].stride, size, float(ratio), tuple(row)))
-    return AnchorLayout(model.config, levels, model.rpn_levels, model.roi_levels, sizes, shapes,
-                        int(model.transform.size_divisible))
+    return AnchorLayout(
+        model.config,
+        levels,
+        model.rpn_levels,
+        model.roi_levels,
+        sizes,
+        shapes,
+        int(model.transform.size_divisible),
+    )
 
 
-def best_anchor_iou(boxes: np.ndarray, padded: np.ndarray, layout: AnchorLayout) -> tuple[np.ndarray, np.ndarray]:
+def best_anchor_iou(
+    boxes: np.ndarray, padded: np.ndarray, layout: AnchorLayout
+) -> tuple[np.ndarray, np.ndarray]:
     """Best IoU of each box with any anchor of the model's grid.
 
     Args:
@@ -518,9 +580,16 @@ class Coverage:
 
     def to_json(self) -> dict[str, Any]:
         share = (lambda k: round(k / self.boxes, 4)) if self.boxes else (lambda k: None)
-        return {"name": self.name, "boxes": self.boxes, "positive": self.positive, "usable": self.usable,
-                "none": self.boxes - self.usable, "share_positive": share(self.positive),
-                "share_usable": share(self.usable), "share_none": share(self.boxes - self.usable)}
+        return {
+            "name": self.name,
+            "boxes": self.boxes,
+            "positive": self.positive,
+            "usable": self.usable,
+            "none": self.boxes - self.usable,
+            "share_positive": share(self.positive),
+            "share_usable": share(self.usable),
+            "share_none": share(self.boxes - self.usable),
+        }
 
 
 def _coverage(name: str, best: np.ndarray) -> Coverage:
@@ -560,19 +629,30 @@ class DatasetReport:
     def to_json(self) -> dict[str, Any]:
         cfg = self.layout.config
         return {
-            "annotations": str(self.annotations), "images": self.images, "boxes": int(self.best_iou.size),
-            "config": {"min_size": cfg.min_size, "max_size": cfg.max_size, "neck": cfg.neck,
-                       "anchor_sizes": self.layout.anchor_sizes, "aspect_ratios": list(cfg.aspect_ratios)},
+            "annotations": str(self.annotations),
+            "images": self.images,
+            "boxes": int(self.best_iou.size),
+            "config": {
+                "min_size": cfg.min_size,
+                "max_size": cfg.max_size,
+                "neck": cfg.neck,
+                "anchor_sizes": self.layout.anchor_sizes,
+                "aspect_ratios": list(cfg.aspect_ratios),
+            },
             "thresholds": {"positive": POSITIVE_IOU, "usable": USABLE_IOU},
             "overall": self.overall.to_json(),
             "levels": self.levels,
             "buckets": [b.to_json() for b in self.buckets],
-            "skipped": self.skipped, "skipped_examples": self.skipped_examples,
-            "fits": self.fits, "verdict": self.verdict,
+            "skipped": self.skipped,
+            "skipped_examples": self.skipped_examples,
+            "fits": self.fits,
+            "verdict": self.verdict,
         }
 
 
-def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: Progress = None) -> DatasetReport:
+def inspect_dataset(
+    annotations: str | os.PathLike, cfg: ModelConfig, progress: Progress = None
+) -> DatasetReport:
     """Check every ground-truth box of a COCO annotation file against the pyramid of ``cfg``.
 
     Crowd regions (``iscrowd``) are left out, as COCO evaluation ignores them; boxes with
@@ -597,7 +677,9 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
     for image_id, anns in coco.annotations.items():
         record = coco.images[image_id]
         width, height = record.get("width"), record.get("height")
-        known = isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0
+        known = (
+            isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0
+        )
         for ann in anns:
             reason = None
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -621,8 +703,11 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
     total = sum(len(a) for a in coco.annotations.values()) + len(coco.problems)
     if not rows:
         detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v)
-        raise FpnError(f"{path}: no boxes to inspect ({len(coco.images)} images, {total} annotations"
-                       + (f": {detail}" if detail else "") + ")")
+        raise FpnError(
+            f"{path}: no boxes to inspect ({len(coco.images)} images, {total} annotations"
+            + (f": {detail}" if detail else "")
+            + ")"
+        )
     _say(progress, f"matching {len(rows):,} boxes against the anchors")
     data = np.asarray(rows, dtype=np.float64)
     boxes, area = data[:, :4], data[:, 4]
@@ -639,7 +724,9 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
     best, which = best_anchor_iou(boxes_in, resized[:, 2:4], layout)
     lo, hi = _level_range(layout.levels, layout.roi_levels)
     ks = assign_level(torch.from_numpy(boxes_in), lo, hi).numpy()
-    level_names = np.asarray([_level_name(layout.levels, layout.roi_levels, int(k)) for k in range(lo, hi + 1)])
+    level_names = np.asarray(
+        [_level_name(layout.levels, layout.roi_levels, int(k)) for k in range(lo, hi + 1)]
+    )
     level = level_names[ks - lo]
     anchor_level = np.asarray([layout.shapes[i].level for i in range(len(layout.shapes))])[which]
     box_size = np.sqrt((boxes_in[:, 2] - boxes_in[:, 0]) * (boxes_in[:, 3] - boxes_in[:, 1]))
@@ -647,18 +734,37 @@ def inspect_dataset(annotations: str | os.PathLike, cfg: ModelConfig, progress: 
     level_rows = []
     for name, spec in layout.levels.items():
         cov = _coverage(name, best[level == name]).to_json()
-        cov.update({"stride": spec.stride, "anchor_sizes": layout.anchor_sizes.get(name, []),
-                    "best_anchor_boxes": int((anchor_level == name).sum()),
-                    "assigned_by_equation": name in layout.roi_levels})
+        cov.update(
+            {
+                "stride": spec.stride,
+                "anchor_sizes": layout.anchor_sizes.get(name, []),
+                "best_anchor_boxes": int((anchor_level == name).sum()),
+                "assigned_by_equation": name in layout.roi_levels,
+            }
+        )
         level_rows.append(cov)
     buckets = []
     for name, low, high in SIZE_BUCKETS:
         buckets.append(_coverage(name, best[(area >= low) & (area < high)]))
     overall = _coverage("all", best)
     verdict, fits = _verdict(layout, box_size, boxes_in, best, overall, skipped)
-    return DatasetReport(path, len(coco.images), layout, box_size, area, best, level, anchor_level,
-                         level_rows, buckets, overall, skipped, {k: v for k, v in examples.items() if v},
-                         verdict, fits)
+    return DatasetReport(
+        path,
+        len(coco.images),
+        layout,
+        box_size,
+        area,
+        best,
+        level,
+        anchor_level,
+        level_rows,
+        buckets,
+        overall,
+        skipped,
+        {k: v for k, v in examples.items() if v},
+        verdict,
+        fits,
+    )
 
 
 def _pct(share: float) -> str:
@@ -669,8 +775,14 @@ def _sizes_arg(sizes: list[int]) -> str:
     return ",".join(str(s) for s in sizes)
 
 
-def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best: np.ndarray,
-             overall: Coverage, skipped: dict[str, int]) -> tuple[list[str], bool]:
+def _verdict(
+    layout: AnchorLayout,
+    box_size: np.ndarray,
+    boxes: np.ndarray,
+    best: np.ndarray,
+    overall: Coverage,
+    skipped: dict[str, int],
+) -> tuple[list[str], bool]:
     """Plain-language lines; each problem names the setting that would change it."""
     cfg = layout.config
     n = best.size
@@ -683,7 +795,9 @@ def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best
     too_large = unusable & (box_size > largest)
     # height / width, the convention of torchvision's aspect ratios
     box_ratio = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0])
-    elongated = unusable & ~too_small & ~too_large & ((box_ratio < ratios[0] / 2) | (box_ratio > ratios[-1] * 2))
+    elongated = (
+        unusable & ~too_small & ~too_large & ((box_ratio < ratios[0] / 2) | (box_ratio > ratios[-1] * 2))
+    )
     lines: list[str] = []
     fits = True
     # Anchors closer together than ~4x their stride's worth of size rarely line up with a box
@@ -691,7 +805,8 @@ def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best
     strides = {name: layout.levels[name].stride for name in layout.rpn_levels}
     halved = [max(1, s // 2) for s in flat]
     halved_ok = len(layout.rpn_levels) > 1 and all(
-        s >= 4 * strides[name] for name, s in zip(layout.rpn_levels, halved))
+        s >= 4 * strides[name] for name, s in zip(layout.rpn_levels, halved)
+    )
     share = too_small.sum() / n
     if share >= VERDICT_SHARE:
         fits = False
@@ -702,48 +817,65 @@ def _verdict(layout: AnchorLayout, box_size: np.ndarray, boxes: np.ndarray, best
         lines.append(
             f"{_pct(share)} of boxes are smaller than the smallest anchor can match (best IoU < "
             f"{USABLE_IOU} with every anchor; median {median:.0f} px after resizing, smallest anchor "
-            f"{smallest} px). {fix}.")
+            f"{smallest} px). {fix}."
+        )
     share = too_large.sum() / n
     if share >= VERDICT_SHARE:
         fits = False
         lines.append(
             f"{_pct(share)} of boxes are larger than the largest anchor can match (largest anchor "
             f"{largest} px). Use larger anchors (--anchor-sizes {_sizes_arg([s * 2 for s in flat])}) "
-            f"or smaller input images (--min-size {max(1, cfg.min_size // 2)} --max-size {max(1, cfg.max_size // 2)}).")
+            f"or smaller input images (--min-size {max(1, cfg.min_size // 2)} --max-size {max(1, cfg.max_size // 2)})."
+        )
     share = elongated.sum() / n
     if share >= VERDICT_SHARE:
         fits = False
         wider = sorted({*ratios, ratios[0] / 4, ratios[-1] * 4})
         lines.append(
             f"{_pct(share)} of boxes are more elongated than any anchor (aspect ratios h/w "
-            f"{', '.join(f'{r:g}' for r in ratios)}). Add ratios (--aspect-ratios {','.join(f'{r:g}' for r in wider)}).")
+            f"{', '.join(f'{r:g}' for r in ratios)}). Add ratios (--aspect-ratios {','.join(f'{r:g}' for r in wider)})."
+        )
     rest = unusable.sum() / n - (too_small.sum() + too_large.sum() + elongated.sum()) / n
     if rest >= VERDICT_SHARE:
         fits = False
-        lines.append(f"{_pct(rest)} of boxes have no usable anchor although their size and shape are "
-                     f"within the anchors' range; a denser set of anchor sizes would help (--anchor-sizes).")
+        lines.append(
+            f"{_pct(rest)} of boxes have no usable anchor although their size and shape are "
+            f"within the anchors' range; a denser set of anchor sizes would help (--anchor-sizes)."
+        )
     usable = overall.usable / n
     positive = overall.positive / n
     if positive < 0.2:
         fits = False
         density = min(s / strides[name] for name in layout.rpn_levels for s in layout.anchor_sizes[name])
         if density < 4:
-            lines.append(f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}): some "
-                         f"anchors are only {density:g}x their level's stride, too sparse to line up with boxes. "
-                         f"Keep each anchor size at least 4x its stride (--anchor-sizes) and enlarge the images "
-                         f"instead (--min-size).")
+            lines.append(
+                f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}): some "
+                f"anchors are only {density:g}x their level's stride, too sparse to line up with boxes. "
+                f"Keep each anchor size at least 4x its stride (--anchor-sizes) and enlarge the images "
+                f"instead (--min-size)."
+            )
         else:
-            lines.append(f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}); the "
-                         f"RPN then learns them from their best (low-quality) matches. Larger input images "
-                         f"(--min-size) make small boxes easier to match.")
+            lines.append(
+                f"Only {_pct(positive)} of boxes have a positive anchor (IoU >= {POSITIVE_IOU}); the "
+                f"RPN then learns them from their best (low-quality) matches. Larger input images "
+                f"(--min-size) make small boxes easier to match."
+            )
     if fits:
-        lines.insert(0, f"The pyramid fits this dataset: {_pct(usable)} of boxes have a usable anchor "
-                        f"(IoU >= {USABLE_IOU}) and {_pct(positive)} a positive one (IoU >= {POSITIVE_IOU}).")
+        lines.insert(
+            0,
+            f"The pyramid fits this dataset: {_pct(usable)} of boxes have a usable anchor "
+            f"(IoU >= {USABLE_IOU}) and {_pct(positive)} a positive one (IoU >= {POSITIVE_IOU}).",
+        )
     else:
-        lines.insert(0, f"The pyramid does not fit this dataset well: {_pct(1 - usable)} of boxes have no "
-                        f"usable anchor (IoU >= {USABLE_IOU}); {_pct(positive)} have a positive one "
-                        f"(IoU >= {POSITIVE_IOU}).")
+        lines.insert(
+            0,
+            f"The pyramid does not fit this dataset well: {_pct(1 - usable)} of boxes have no "
+            f"usable anchor (IoU >= {USABLE_IOU}); {_pct(positive)} have a positive one "
+            f"(IoU >= {POSITIVE_IOU}).",
+        )
     if skipped.get("zero_area"):
-        lines.append(f"{skipped['zero_area']} boxes have zero width or height and were left out; "
-                     f"fix or remove them in the annotation file.")
+        lines.append(
+            f"{skipped['zero_area']} boxes have zero width or height and were left out; "
+            f"fix or remove them in the annotation file."
+        )
     return lines, fits

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -66,8 +67,9 @@ class _Item(NamedTuple):
 class _ImageFiles(Dataset):
     """Reads and prepares one image per item; runs in DataLoader workers."""
 
-    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module | None,
-                 max_pixels: int, keep_images: bool) -> None:
+    def __init__(
+        self, paths: Sequence[Path], transform: torch.nn.Module | None, max_pixels: int, keep_images: bool
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.max_pixels = max_pixels
@@ -124,16 +126,16 @@ def _padded_shape(shape: tuple[int, ...], divisor: int) -> tuple[int, int]:
     return (int(math.ceil(shape[-2] / divisor) * divisor), int(math.ceil(shape[-1] / divisor) * divisor))
 
 
-def _forward(model: torch.nn.Module, items: list[_Item], device: torch.device,
-             half: bool) -> list[dict[str, Tensor]]:
+def _forward(
+    model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
+) -> list[dict[str, Tensor]]:
     """``GeneralizedRCNN.forward`` for already normalised and resized images."""
     transform = model.transform
     images = [it.prepared.to(device, non_blocking=True) for it in items]
     image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
     batched = transform.batch_images(images, size_divisible=transform.size_divisible)
     image_list = ImageList(batched, image_sizes)
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if half
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if half else contextlib.nullcontext()
     with autocast:
         features = model.backbone(image_list.tensors)
         if isinstance(features, Tensor):
@@ -200,9 +202,15 @@ def predict_images(
     if cpu_processes > 0 and device.type == "cpu":
         yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
         return
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                        shuffle=False, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     empty = torch.zeros((0,))
 
     buckets: dict[tuple[int, int], list[_Item]] = {}  # padded size -> images waiting
@@ -218,8 +226,14 @@ def predict_images(
             del buckets[key]
         for item, out in zip(items, _forward(model, items, device, half)):
             done[item.index] = ImageResult(
-                paths[item.index], item.size[1], item.size[0], out["boxes"].float().cpu(),
-                out["scores"].float().cpu(), out["labels"].cpu(), image=item.original)
+                paths[item.index],
+                item.size[1],
+                item.size[0],
+                out["boxes"].float().cpu(),
+                out["scores"].float().cpu(),
+                out["labels"].cpu(),
+                image=item.original,
+            )
 
     def oldest_bucket() -> tuple[int, int]:
         return min(buckets, key=lambda k: buckets[k][0].index)
@@ -236,8 +250,9 @@ def predict_images(
     with torch.inference_mode():
         for item in loader:
             if item.error is not None:
-                done[item.index] = ImageResult(paths[item.index], 0, 0, empty.reshape(0, 4), empty,
-                                               empty.long(), error=item.error)
+                done[item.index] = ImageResult(
+                    paths[item.index], 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error
+                )
             else:
                 key = _padded_shape(item.prepared.shape, divisor)
                 buckets.setdefault(key, []).append(item)
@@ -257,20 +272,37 @@ def predict_images(
         yield from ready()
 
 
-def _predict_in_processes(model: torch.nn.Module, files: _ImageFiles, processes: int,
-                          on_result: Callable[[ImageResult], None] | None) -> Iterator[ImageResult]:
+def _predict_in_processes(
+    model: torch.nn.Module,
+    files: _ImageFiles,
+    processes: int,
+    on_result: Callable[[ImageResult], None] | None,
+) -> Iterator[ImageResult]:
     threads = max(1, torch.get_num_threads() // processes)
     # Workers are forked: each gets the model copy-on-write, no pickling of weights.
-    loader = DataLoader(_DetectInWorker(files, model, threads), batch_size=None, num_workers=processes,
-                        collate_fn=_identity, shuffle=False, prefetch_factor=1)
+    loader = DataLoader(
+        _DetectInWorker(files, model, threads),
+        batch_size=None,
+        num_workers=processes,
+        collate_fn=_identity,
+        shuffle=False,
+        prefetch_factor=1,
+    )
     empty = torch.zeros((0,))
     for item, out in loader:
         path = files.paths[item.index]
         if out is None:
             result = ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
         else:
-            result = ImageResult(path, item.size[1], item.size[0], out["boxes"].float(),
-                                 out["scores"].float(), out["labels"], image=item.original)
+            result = ImageResult(
+                path,
+                item.size[1],
+                item.size[0],
+                out["boxes"].float(),
+                out["scores"].float(),
+                out["labels"],
+                image=item.original,
+            )
         if on_result is not None:
             on_result(result)
         yield result

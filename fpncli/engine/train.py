@@ -21,9 +21,10 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ class TrainingDiverged(FpnError):
 # ----------------------------------------------------------------------------- helpers
 
 
-def lr_factor(iteration: int, total: int, warmup_iters: int, warmup_factor: float,
-              steps: list[float], gamma: float) -> float:
+def lr_factor(
+    iteration: int, total: int, warmup_iters: int, warmup_factor: float, steps: list[float], gamma: float
+) -> float:
     """Multiplier of the base lr at ``iteration`` (0-based): linear warm-up from
     ``warmup_factor`` over ``warmup_iters``, then ``gamma`` after each fraction in ``steps``."""
     factor = 1.0
@@ -99,13 +101,13 @@ class _StopFlag:
         self.requested = False
 
     @contextmanager
-    def installed(self) -> Iterator["_StopFlag"]:
+    def installed(self) -> Iterator[_StopFlag]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = signal.getsignal(signal.SIGINT)
 
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
@@ -144,8 +146,11 @@ def _build_model(cfg: TrainConfig, categories) -> tuple[torch.nn.Module, str]:
         return loaded.model, loaded.source
     loaded = load_detector(cfg.weights)
     model = loaded.model
-    if list(model.config.category_ids) == ids and list(model.config.class_names) == names \
-            and not any(v is not None for v in overrides.values()):
+    if (
+        list(model.config.category_ids) == ids
+        and list(model.config.class_names) == names
+        and not any(v is not None for v in overrides.values())
+    ):
         return model, loaded.source
     # Fine-tuning on other classes: same architecture, new box predictor.
     config = model.config.replace(class_names=names, category_ids=ids, **overrides)
@@ -193,7 +198,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any
 
 
 def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> dict[str, Any]:
-    emit = (progress if (progress is not None and info.is_main) else (lambda event: None))
+    emit = progress if (progress is not None and info.is_main) else (lambda event: None)
     run = Path(cfg.out)
     resume_state = None
     if cfg.resume:
@@ -238,15 +243,22 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     # Each rank draws different RPN/RoI samples.
     torch.manual_seed(cfg.seed + info.rank)
 
-    plan = GroupedBatches(train_set.aspect_groups(), cfg.batch_size, seed=cfg.seed, flip=cfg.flip,
-                          rank=info.rank, world_size=info.world_size)
+    plan = GroupedBatches(
+        train_set.aspect_groups(),
+        cfg.batch_size,
+        seed=cfg.seed,
+        flip=cfg.flip,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
     per_epoch = len(plan)
     total = cfg.iters if cfg.iters is not None else cfg.epochs * per_epoch
     lr = cfg.lr * info.world_size  # linear scaling with the effective batch
     optimizer = _make_optimizer(cfg, model, lr)
     warmup = min(cfg.warmup_iters, max(total // 5, 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, warmup, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma))
+        optimizer, lambda it: lr_factor(it, total, warmup, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma)
+    )
     amp_dtype = None
     if cfg.amp and device.type == "cuda":
         want_bf16 = cfg.amp_dtype == "bf16" or (cfg.amp_dtype == "auto" and torch.cuda.is_bf16_supported())
@@ -267,13 +279,20 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             scaler.load_state_dict(ts["scaler"])
         start_iter, best_ap = int(ts["iteration"]), ts.get("best_ap")
         if ts.get("world_size", 1) != info.world_size:
-            emit({"event": "warning", "message": f"resuming a {ts.get('world_size')}-process run with "
-                  f"{info.world_size} process(es): data order and lr differ from the original run"})
+            emit(
+                {
+                    "event": "warning",
+                    "message": f"resuming a {ts.get('world_size')}-process run with "
+                    f"{info.world_size} process(es): data order and lr differ from the original run",
+                }
+            )
         rngs = ts["rng"]
         _set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
         if start_iter >= total:
-            raise FpnError(f"{run}: already trained {start_iter} of {total} iterations; "
-                           f"pass a larger --iters/--epochs to continue")
+            raise FpnError(
+                f"{run}: already trained {start_iter} of {total} iterations; "
+                f"pass a larger --iters/--epochs to continue"
+            )
 
     ddp_model = model
     if info.distributed:
@@ -285,14 +304,23 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    config_record = {"train": cfg.to_dict(), "model": unwrap(model).config.replace(norm=model.norm).to_dict(),
-                     "weights_source": source, "world_size": info.world_size,
-                     "effective_batch": cfg.batch_size * info.world_size, "effective_lr": lr,
-                     "iterations": total, "iterations_per_epoch": per_epoch,
-                     "train_images": len(train_set), "versions": {
-                         "python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": __import__("torchvision").__version__,
-                         "fpncli": __import__("fpncli").__version__}}
+    config_record = {
+        "train": cfg.to_dict(),
+        "model": unwrap(model).config.replace(norm=model.norm).to_dict(),
+        "weights_source": source,
+        "world_size": info.world_size,
+        "effective_batch": cfg.batch_size * info.world_size,
+        "effective_lr": lr,
+        "iterations": total,
+        "iterations_per_epoch": per_epoch,
+        "train_images": len(train_set),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": __import__("torchvision").__version__,
+            "fpncli": __import__("fpncli").__version__,
+        },
+    }
     metrics_path = run / "metrics.jsonl"
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
@@ -302,19 +330,32 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         _trim_metrics(metrics_path, start_iter)
     D.barrier(info)
 
-    loader = DataLoader(train_set, batch_sampler=_Batches(plan, start_iter), num_workers=cfg.workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda",
-                        persistent_workers=False, generator=torch.Generator(),
-                        prefetch_factor=4 if cfg.workers > 0 else None)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=_Batches(plan, start_iter),
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator(),
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
 
     def train_state(iteration: int) -> dict[str, Any]:
         rng = _rng_state()
         rngs = D.gather_tensors(rng["torch"], info)
         states = [dict(rng, torch=t) for t in rngs]
-        return {"iteration": iteration, "epoch": iteration // per_epoch, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": states, "best_ap": best_ap, "world_size": info.world_size,
-                "train_config": json.dumps(cfg.to_dict())}
+        return {
+            "iteration": iteration,
+            "epoch": iteration // per_epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "rng": states,
+            "best_ap": best_ap,
+            "world_size": info.world_size,
+            "train_config": json.dumps(cfg.to_dict()),
+        }
 
     def save_last(iteration: int) -> None:
         state = train_state(iteration)  # collective: every rank takes part
@@ -322,11 +363,23 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             save_checkpoint(run / "last.pt", model, train_state=state)
             emit({"event": "checkpoint", "path": str(run / "last.pt"), "iteration": iteration})
 
-    emit({"event": "start", "run": str(run), "start_iteration": start_iter, "total_iterations": total,
-          "iterations_per_epoch": per_epoch, "train_images": len(train_set), "device": str(device),
-          "world_size": info.world_size, "effective_batch": cfg.batch_size * info.world_size,
-          "lr": lr, "optimizer": cfg.optimizer, "weights": source,
-          "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None})
+    emit(
+        {
+            "event": "start",
+            "run": str(run),
+            "start_iteration": start_iter,
+            "total_iterations": total,
+            "iterations_per_epoch": per_epoch,
+            "train_images": len(train_set),
+            "device": str(device),
+            "world_size": info.world_size,
+            "effective_batch": cfg.batch_size * info.world_size,
+            "lr": lr,
+            "optimizer": cfg.optimizer,
+            "weights": source,
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        }
+    )
 
     stop = _StopFlag()
     iteration = start_iter
@@ -340,7 +393,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             images, targets = next(data_iter)
             data_time = time.perf_counter() - t_data
             if D.any_rank(not images, info):
-                emit({"event": "warning", "message": f"iteration {iteration}: no readable image in the batch, skipped"})
+                emit(
+                    {
+                        "event": "warning",
+                        "message": f"iteration {iteration}: no readable image in the batch, skipped",
+                    }
+                )
                 iteration += 1
                 scheduler.step()
                 t_data, cpu_data = time.perf_counter(), time.process_time()
@@ -355,12 +413,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             logged = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in LOSS_KEYS])
             logged = D.all_reduce_mean(logged, info).cpu()
             if not bool(torch.isfinite(logged).all()):
-                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(("loss",) + LOSS_KEYS, logged.tolist()))
+                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(("loss", *LOSS_KEYS), logged.tolist()))
                 raise TrainingDiverged(
                     f"loss is not finite at iteration {iteration + 1} ({parts}); stopped. "
-                    f"The last good checkpoint is {run / 'last.pt'}" +
-                    ("" if (run / "last.pt").exists() else " (none written yet)") +
-                    "; try a lower --lr, a longer warm-up or --clip-grad")
+                    f"The last good checkpoint is {run / 'last.pt'}"
+                    + ("" if (run / "last.pt").exists() else " (none written yet)")
+                    + "; try a lower --lr, a longer warm-up or --clip-grad"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             grad_norm = None
@@ -377,28 +436,42 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             window.append(step_time + data_time)
             images_seen += len(images) * info.world_size
             epoch_end = iteration % per_epoch == 0
-            if info.is_main and (iteration % cfg.log_every == 0 or iteration == total or iteration == start_iter + 1):
+            if info.is_main and (
+                iteration % cfg.log_every == 0 or iteration == total or iteration == start_iter + 1
+            ):
                 avg = sum(window) / len(window)
-                record = {"type": "train", "iter": iteration, "epoch": iteration / per_epoch,
-                          "lr": optimizer.param_groups[0]["lr"],
-                          **dict(zip(("loss",) + LOSS_KEYS, (round(v, 6) for v in logged.tolist()))),
-                          "grad_norm": grad_norm, "time_per_iter": avg, "iter_time": step_time + data_time,
-                          # this process's CPU time for the iteration: a figure that other
-                          # jobs on a shared machine disturb far less than wall-clock time
-                          "iter_cpu_time": time.process_time() - cpu_data,
-                          "data_time": data_time,
-                          "images_per_s": cfg.batch_size * info.world_size / avg,
-                          "memory_mb": round(_memory_mb(device), 1)}
+                record = {
+                    "type": "train",
+                    "iter": iteration,
+                    "epoch": iteration / per_epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    **dict(zip(("loss", *LOSS_KEYS), (round(v, 6) for v in logged.tolist()))),
+                    "grad_norm": grad_norm,
+                    "time_per_iter": avg,
+                    "iter_time": step_time + data_time,
+                    # this process's CPU time for the iteration: a figure that other
+                    # jobs on a shared machine disturb far less than wall-clock time
+                    "iter_cpu_time": time.process_time() - cpu_data,
+                    "data_time": data_time,
+                    "images_per_s": cfg.batch_size * info.world_size / avg,
+                    "memory_mb": round(_memory_mb(device), 1),
+                }
                 _append_jsonl(metrics_path, record)
-                emit({"event": "iter", **record, "total_iterations": total,
-                      "eta_s": avg * (total - iteration)})
+                emit(
+                    {"event": "iter", **record, "total_iterations": total, "eta_s": avg * (total - iteration)}
+                )
                 window = window[-50:]
             elif progress is not None and info.is_main:
                 emit({"event": "tick", "iter": iteration, "total_iterations": total})
             should_stop = D.any_rank(stop.requested, info)
-            evaluate_now = cfg.val_ann and cfg.eval_every >= 0 and (
-                iteration == total or (cfg.eval_every > 0 and epoch_end
-                                       and (iteration // per_epoch) % cfg.eval_every == 0))
+            evaluate_now = (
+                cfg.val_ann
+                and cfg.eval_every >= 0
+                and (
+                    iteration == total
+                    or (cfg.eval_every > 0 and epoch_end and (iteration // per_epoch) % cfg.eval_every == 0)
+                )
+            )
             if evaluate_now and not should_stop:
                 metrics = _validate(model, cfg, info, iteration, per_epoch, metrics_path, emit)
                 model.train()
@@ -407,11 +480,25 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                     if best_ap is None or metrics["AP"] > best_ap:
                         best_ap = float(metrics["AP"])
                         if info.is_main:
-                            save_checkpoint(run / "best.pt", model,
-                                            train_state={"iteration": iteration, "val": _json_safe(metrics)})
-                            emit({"event": "checkpoint", "path": str(run / "best.pt"), "iteration": iteration,
-                                  "AP": best_ap})
-            if should_stop or iteration == total or epoch_end or (cfg.save_every and iteration % cfg.save_every == 0):
+                            save_checkpoint(
+                                run / "best.pt",
+                                model,
+                                train_state={"iteration": iteration, "val": _json_safe(metrics)},
+                            )
+                            emit(
+                                {
+                                    "event": "checkpoint",
+                                    "path": str(run / "best.pt"),
+                                    "iteration": iteration,
+                                    "AP": best_ap,
+                                }
+                            )
+            if (
+                should_stop
+                or iteration == total
+                or epoch_end
+                or (cfg.save_every and iteration % cfg.save_every == 0)
+            ):
                 save_last(iteration)
             if should_stop:
                 interrupted = True
@@ -420,11 +507,19 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         del data_iter
     D.broadcast_buffers(model, info)
     seconds = time.perf_counter() - t_start
-    summary = {"run": str(run), "iterations": iteration, "total_iterations": total,
-               "epochs": iteration / per_epoch, "interrupted": interrupted, "best_ap": best_ap,
-               "final_metrics": _json_safe(last_metrics) if last_metrics else None,
-               "last": str(run / "last.pt"), "best": str(run / "best.pt") if best_ap is not None else None,
-               "seconds": seconds, "images_per_s": images_seen / seconds if seconds > 0 else None}
+    summary = {
+        "run": str(run),
+        "iterations": iteration,
+        "total_iterations": total,
+        "epochs": iteration / per_epoch,
+        "interrupted": interrupted,
+        "best_ap": best_ap,
+        "final_metrics": _json_safe(last_metrics) if last_metrics else None,
+        "last": str(run / "last.pt"),
+        "best": str(run / "best.pt") if best_ap is not None else None,
+        "seconds": seconds,
+        "images_per_s": images_seen / seconds if seconds > 0 else None,
+    }
     if info.is_main:
         try:
             from fpncli.viz.curves import plot_training_curves
@@ -437,8 +532,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     return summary
 
 
-def _validate(model, cfg: TrainConfig, info: D.DistInfo, iteration: int, per_epoch: int,
-              metrics_path: Path, emit) -> dict[str, Any] | None:
+def _validate(
+    model, cfg: TrainConfig, info: D.DistInfo, iteration: int, per_epoch: int, metrics_path: Path, emit
+) -> dict[str, Any] | None:
     """COCO evaluation on rank 0 (the others wait); returns the metrics there, None elsewhere."""
     metrics = None
     if info.is_main:
@@ -447,11 +543,37 @@ def _validate(model, cfg: TrainConfig, info: D.DistInfo, iteration: int, per_epo
         emit({"event": "eval_start", "iter": iteration})
         # Inference must not consume the training RNG, or a resumed run would diverge.
         with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-            metrics = evaluate_model(unwrap(model), cfg.val_ann, cfg.val_images, device=info.device,
-                                     batch_size=cfg.eval_batch_size, workers=min(cfg.workers, 2))
-        record = {"type": "val", "iter": iteration, "epoch": iteration / per_epoch,
-                  **{k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl",
-                                             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl") if k in metrics}}
+            metrics = evaluate_model(
+                unwrap(model),
+                cfg.val_ann,
+                cfg.val_images,
+                device=info.device,
+                batch_size=cfg.eval_batch_size,
+                workers=min(cfg.workers, 2),
+            )
+        record = {
+            "type": "val",
+            "iter": iteration,
+            "epoch": iteration / per_epoch,
+            **{
+                k: metrics[k]
+                for k in (
+                    "AP",
+                    "AP50",
+                    "AP75",
+                    "APs",
+                    "APm",
+                    "APl",
+                    "AR1",
+                    "AR10",
+                    "AR100",
+                    "ARs",
+                    "ARm",
+                    "ARl",
+                )
+                if k in metrics
+            },
+        }
         _append_jsonl(metrics_path, record)
         emit({"event": "eval", **record})
     D.barrier(info)
@@ -474,7 +596,7 @@ def _trim_metrics(path: Path, start_iter: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def _json_safe(obj: Any) -> Any:

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fpncli.config import PRESETS
 from fpncli.errors import FpnError
@@ -27,16 +27,30 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 3/4 of training; ImageNet-pretrained backbone with frozen BatchNorm. 12 epochs is the
     # usual "1x" COCO schedule (90k iterations of 16 images).
     "default": {
-        "optimizer": "sgd", "base_lr": 0.02, "base_batch": 16, "batch_size": 2, "epochs": 12,
-        "weight_decay": 1e-4, "warmup_iters": 500, "lr_steps": [0.75], "backbone_weights": "imagenet",
+        "optimizer": "sgd",
+        "base_lr": 0.02,
+        "base_batch": 16,
+        "batch_size": 2,
+        "epochs": 12,
+        "weight_decay": 1e-4,
+        "warmup_iters": 500,
+        "lr_steps": [0.75],
+        "backbone_weights": "imagenet",
     },
     # Departs from the paper on purpose: the tiny preset trains from scratch on a CPU, where
     # SGD at the paper's lr went to NaN within 75 iterations and SGD at half of it barely
     # learned, while AdamW at 1e-3 (batch 4) reached AP 0.72 in ~350 iterations
     # (../shared/docs/MEASURED.md). The paper's SGD recipe is for pretrained backbones.
     "tiny": {
-        "optimizer": "adamw", "base_lr": 1e-3, "base_batch": 4, "batch_size": 4, "epochs": 6,
-        "weight_decay": 1e-4, "warmup_iters": 50, "lr_steps": [0.8], "backbone_weights": "none",
+        "optimizer": "adamw",
+        "base_lr": 1e-3,
+        "base_batch": 4,
+        "batch_size": 4,
+        "epochs": 6,
+        "weight_decay": 1e-4,
+        "warmup_iters": 50,
+        "lr_steps": [0.8],
+        "backbone_weights": "none",
     },
 }
 
@@ -55,35 +69,35 @@ class TrainConfig:
     """
 
     out: str = "runs/train"
-    data: Optional[str] = None
-    train_ann: Optional[str] = None
-    train_images: Optional[str] = None
-    val_ann: Optional[str] = None
-    val_images: Optional[str] = None
+    data: str | None = None
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
     preset: str = "default"
     # Model: backbone / neck / other ModelConfig overrides (None = the preset's).
-    backbone: Optional[str] = None
-    neck: Optional[str] = None
+    backbone: str | None = None
+    neck: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     weights: str = "none"
-    backbone_weights: Optional[str] = None
+    backbone_weights: str | None = None
     # Schedule and optimiser.
-    epochs: Optional[int] = None
-    iters: Optional[int] = None
-    batch_size: Optional[int] = None
-    optimizer: Optional[str] = None
-    lr: Optional[float] = None
+    epochs: int | None = None
+    iters: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
     momentum: float = 0.9
-    weight_decay: Optional[float] = None
-    warmup_iters: Optional[int] = None
+    weight_decay: float | None = None
+    warmup_iters: int | None = None
     warmup_factor: float = 0.001
-    lr_steps: Optional[list[float]] = None  # fractions of the run where lr is multiplied by lr_gamma
+    lr_steps: list[float] | None = None  # fractions of the run where lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
     # Not in the paper: clipping keeps a from-scratch run's early loss spikes from blowing up.
-    clip_grad: Optional[float] = 10.0
+    clip_grad: float | None = 10.0
     # Data pipeline.
     flip: bool = True
-    train_sizes: Optional[list[int]] = None  # multi-scale: shorter side drawn from these
+    train_sizes: list[int] | None = None  # multi-scale: shorter side drawn from these
     drop_negatives: bool = False
     workers: int = 2
     # Hardware.
@@ -99,14 +113,20 @@ class TrainConfig:
     eval_batch_size: int = 2
     resume: bool = False
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the preset's recipe filled in and the data paths found; checked."""
         if self.preset not in RECIPES or self.preset not in PRESETS:
             raise FpnError(f"unknown preset {self.preset!r}; choose one of {', '.join(RECIPES)}")
         recipe = RECIPES[self.preset]
         out = dataclasses.replace(self, model=dict(self.model))
-        for key in ("optimizer", "batch_size", "weight_decay", "warmup_iters", "lr_steps",
-                    "backbone_weights"):
+        for key in (
+            "optimizer",
+            "batch_size",
+            "weight_decay",
+            "warmup_iters",
+            "lr_steps",
+            "backbone_weights",
+        ):
             if getattr(out, key) is None:
                 setattr(out, key, recipe[key])
         if out.iters is None and out.epochs is None:
@@ -175,7 +195,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -21,8 +21,9 @@ class LevelAnchorGenerator(AnchorGenerator):
         aspect_ratios: height / width ratios, the same on every level.
     """
 
-    def __init__(self, levels: list[LevelSpec], sizes: list[tuple[int, ...]],
-                 aspect_ratios: tuple[float, ...]) -> None:
+    def __init__(
+        self, levels: list[LevelSpec], sizes: list[tuple[int, ...]], aspect_ratios: tuple[float, ...]
+    ) -> None:
         if len(levels) != len(sizes):
             raise ValueError(f"{len(levels)} levels but {len(sizes)} anchor size groups")
         super().__init__(tuple(tuple(s) for s in sizes), (tuple(aspect_ratios),) * len(levels))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from functools import partial
 
-
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
@@ -85,5 +84,3 @@ class ResNetBottomUp(nn.Module):
 def imagenet_state_dict_to_bottom_up(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the classifier (``fc.*``) from a torchvision ImageNet ResNet state dict."""
     return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-
-

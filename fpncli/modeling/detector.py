@@ -30,8 +30,9 @@ class BackboneWithNeck(nn.Module):
         super().__init__()
         # cfg arrives resolved (build_model): trainable_layers is set.
         self.bottom_up = ResNetBottomUp(cfg.backbone, norm=norm, trainable_layers=cfg.trainable_layers)
-        self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg.fpn_channels,
-                               repeats=cfg.bifpn_repeats)
+        self.neck = build_neck(
+            cfg.neck, self.bottom_up.output_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats
+        )
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
 
     @property
@@ -118,8 +119,10 @@ def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int
     if num_levels == 1:
         return [sizes]
     if len(sizes) != num_levels:
-        raise FpnError(f"{len(sizes)} anchor sizes given for {num_levels} RPN levels; the {cfg.neck} neck "
-                       f"needs one size per level")
+        raise FpnError(
+            f"{len(sizes)} anchor sizes given for {num_levels} RPN levels; the {cfg.neck} neck "
+            f"needs one size per level"
+        )
     return [(s,) for s in sizes]
 
 

@@ -6,6 +6,7 @@ inspect-levels` and the tests all call it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -38,15 +39,15 @@ class LevelSpec:
     @property
     def level(self) -> int:
         """k in ``stride == 2**k``."""
-        return int(round(math.log2(self.stride)))
+        return round(math.log2(self.stride))
 
 
 def check_strides(specs: list[LevelSpec]) -> None:
     """Raise if strides are not powers of two that double from one level to the next."""
     for spec in specs:
-        if spec.stride <= 0 or 2 ** spec.level != spec.stride:
+        if spec.stride <= 0 or 2**spec.level != spec.stride:
             raise ValueError(f"level {spec.name}: stride {spec.stride} is not a power of two")
-    for finer, coarser in zip(specs, specs[1:]):
+    for finer, coarser in itertools.pairwise(specs):
         if coarser.stride != 2 * finer.stride:
             raise ValueError(
                 f"levels {finer.name} (stride {finer.stride}) and {coarser.name} "

@@ -32,16 +32,28 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
     """A new convolution computing ``norm(conv(x))`` for eval-mode ``norm``."""
     # float64 so the folded weights round once, not twice.
     weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(
-        weight.shape[0], dtype=torch.float64, device=weight.device)
+    bias = (
+        conv.bias.detach().double()
+        if conv.bias is not None
+        else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    )
     mean, var = norm.running_mean.double(), norm.running_var.double()
     gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(mean)
     beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(mean)
     scale = gamma * torch.rsqrt(var + norm.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
-                      padding_mode=conv.padding_mode, device=conv.weight.device,
-                      dtype=conv.weight.dtype)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         fused.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_((bias - mean) * scale + beta)
@@ -117,10 +129,15 @@ class WinogradConv2d(nn.Conv2d):
     inference inputs, and the ordinary convolution otherwise (CUDA, gradients, other dtypes)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias,
-                                                     list(self.padding), [1, 1])
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.dim() == 4
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        ):
+            return torch._nnpack_spatial_convolution(
+                x.contiguous(), self.weight, self.bias, list(self.padding), [1, 1]
+            )
         return super().forward(x)
 
 
@@ -143,17 +160,29 @@ def use_winograd(model: nn.Module) -> int:
         return 0
     swapped = 0
     for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if (type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1)
-                    and child.dilation == (1, 1) and child.groups == 1 and child.padding_mode == "zeros"
-                    and isinstance(child.padding, tuple)):
+        for _name, child in list(module.named_children()):
+            if (
+                type(child) is nn.Conv2d
+                and child.kernel_size == (3, 3)
+                and child.stride == (1, 1)
+                and child.dilation == (1, 1)
+                and child.groups == 1
+                and child.padding_mode == "zeros"
+                and isinstance(child.padding, tuple)
+            ):
                 child.__class__ = WinogradConv2d  # same parameters and state dict, new forward
                 swapped += 1
     return swapped
 
 
-def optimize_for_inference(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False,
-                           winograd: bool = True, inplace: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = False,
+    winograd: bool = True,
+    inplace: bool = False,
+) -> nn.Module:
     """Return ``model`` (a copy unless ``inplace``) in eval mode with the rewrites applied.
 
     ``winograd`` (CPU) and ``channels_last`` do not mix: NNPACK wants NCHW tensors, and

@@ -22,8 +22,9 @@ class LevelRoIPooler(MultiScaleRoIAlign):
         sampling_ratio, aligned: passed to :func:`torchvision.ops.roi_align`.
     """
 
-    def __init__(self, levels: list[LevelSpec], output_size: int = 7, sampling_ratio: int = 2,
-                 aligned: bool = False) -> None:
+    def __init__(
+        self, levels: list[LevelSpec], output_size: int = 7, sampling_ratio: int = 2, aligned: bool = False
+    ) -> None:
         super().__init__([spec.name for spec in levels], output_size, sampling_ratio)
         self.levels = list(levels)
         self.output_size = (output_size, output_size)
@@ -32,8 +33,12 @@ class LevelRoIPooler(MultiScaleRoIAlign):
         self.min_level = self.levels[0].level
         self.max_level = self.levels[-1].level
 
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor],
-                image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]] | None = None,
+    ) -> Tensor:
         """Pool RoIs.
 
         Args:
@@ -58,13 +63,24 @@ class LevelRoIPooler(MultiScaleRoIAlign):
         return out
 
     def _align(self, fmap: Tensor, rois: Tensor, spec: LevelSpec) -> Tensor:
-        return roi_align(fmap, rois, self.output_size, spatial_scale=1.0 / spec.stride,
-                         sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+        return roi_align(
+            fmap,
+            rois,
+            self.output_size,
+            spatial_scale=1.0 / spec.stride,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )
 
 
 def _to_roi_format(boxes: list[Tensor]) -> Tensor:
     """``[Tensor[N_i, 4]]`` -> ``Tensor[sum N_i, 5]`` rows ``(image_index, x1, y1, x2, y2)``."""
     all_boxes = torch.cat(boxes, dim=0)
-    index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
-                       for i, b in enumerate(boxes)], dim=0)
+    index = torch.cat(
+        [
+            torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
+            for i, b in enumerate(boxes)
+        ],
+        dim=0,
+    )
     return torch.cat([index, all_boxes], dim=1)

@@ -39,17 +39,97 @@ IMAGENET_URLS = {
 # torchvision's COCO label space: 91 slots, index = COCO category id, "N/A" for the ids
 # COCO does not use. Kept as is, so label i of the COCO_V1 weights is COCO category i.
 COCO_V1_CATEGORIES = [
-    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
-    "truck", "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
-    "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
-    "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase",
-    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
-    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
-    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A",
-    "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
-    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "__background__",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "N/A",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "N/A",
+    "backpack",
+    "umbrella",
+    "N/A",
+    "N/A",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "N/A",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "N/A",
+    "dining table",
+    "N/A",
+    "N/A",
+    "toilet",
+    "N/A",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "N/A",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ]
 UNUSED_CLASS = "N/A"
 
@@ -63,8 +143,9 @@ class LoadedModel:
 def coco_v1_config(**overrides: Any) -> ModelConfig:
     """The configuration of torchvision's ``fasterrcnn_resnet50_fpn`` with COCO_V1 classes."""
     names = COCO_V1_CATEGORIES[1:]
-    return ModelConfig(backbone="resnet50", norm="frozen_bn", class_names=names,
-                       category_ids=list(range(1, len(names) + 1))).replace(**overrides)
+    return ModelConfig(
+        backbone="resnet50", norm="frozen_bn", class_names=names, category_ids=list(range(1, len(names) + 1))
+    ).replace(**overrides)
 
 
 def hub_cache_path(url: str) -> Path:
@@ -85,12 +166,15 @@ def download_cached(url: str) -> Path:
     # torchvision's file names carry the first hex digits of their SHA-256.
     match = re.search(r"-([a-f0-9]{6,})\.", path.name)
     try:
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None,
-                                       progress=True)
+        torch.hub.download_url_to_file(
+            url, str(path), hash_prefix=match.group(1) if match else None, progress=True
+        )
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise FpnError(f"cannot download {url} ({reason}); if this machine is offline, "
-                       f"download it elsewhere and place it at {path}") from None
+        raise FpnError(
+            f"cannot download {url} ({reason}); if this machine is offline, "
+            f"download it elsewhere and place it at {path}"
+        ) from None
     return path
 
 
@@ -131,8 +215,12 @@ def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **override
         raise ValueError(f"missing key {exc.args[0]}") from None
     blocks3 = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
     bottleneck = any(".conv3." in k for k in state_dict if k.startswith("backbone.body.layer1."))
-    backbone = {(6, True): "resnet50", (23, True): "resnet101", (2, False): "resnet18",
-                (6, False): "resnet34"}.get((len(blocks3), bottleneck))
+    backbone = {
+        (6, True): "resnet50",
+        (23, True): "resnet101",
+        (2, False): "resnet18",
+        (6, False): "resnet34",
+    }.get((len(blocks3), bottleneck))
     if backbone is None:
         raise ValueError("backbone is not resnet18/34/50/101")
     if num_classes == len(COCO_V1_CATEGORIES):
@@ -140,9 +228,14 @@ def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **override
     else:
         names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
     has_bn_stats = any(k.endswith("num_batches_tracked") for k in state_dict)
-    return ModelConfig(backbone=backbone, norm="bn" if has_bn_stats else "frozen_bn",
-                       fpn_channels=channels, box_head_dim=head_dim,
-                       class_names=names, category_ids=ids).replace(**overrides)
+    return ModelConfig(
+        backbone=backbone,
+        norm="bn" if has_bn_stats else "frozen_bn",
+        fpn_channels=channels,
+        box_head_dim=head_dim,
+        class_names=names,
+        category_ids=ids,
+    ).replace(**overrides)
 
 
 def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source: str) -> None:
@@ -185,17 +278,23 @@ def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise FpnError(f"{where}: not a ResNet state dict")
     state = {k.removeprefix("backbone.body."): v for k, v in state.items()}
-    result = _load_or_explain(model.backbone.bottom_up, imagenet_state_dict_to_bottom_up(state),
-                              f"{where}: does not fit backbone {name}")
+    result = _load_or_explain(
+        model.backbone.bottom_up,
+        imagenet_state_dict_to_bottom_up(state),
+        f"{where}: does not fit backbone {name}",
+    )
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise FpnError(f"{where}: does not fit backbone {name} "
-                       f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
+        raise FpnError(
+            f"{where}: does not fit backbone {name} "
+            f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)"
+        )
     return f"backbone from {where}"
 
 
-def load_detector(weights: str = "none", config: ModelConfig | None = None,
-                  backbone_weights: str = "none", **overrides: Any) -> LoadedModel:
+def load_detector(
+    weights: str = "none", config: ModelConfig | None = None, backbone_weights: str = "none", **overrides: Any
+) -> LoadedModel:
     """Build a detector and load its weights.
 
     Args:
@@ -213,8 +312,9 @@ def load_detector(weights: str = "none", config: ModelConfig | None = None,
     """
     if weights == "coco":
         model = build_model(coco_v1_config(**overrides), pretrained_backbone=True)
-        load_model_state(model, torchvision_to_fpncli(load_file(download_cached(COCO_WEIGHTS_URL))),
-                         "COCO_V1 weights")
+        load_model_state(
+            model, torchvision_to_fpncli(load_file(download_cached(COCO_WEIGHTS_URL))), "COCO_V1 weights"
+        )
         return LoadedModel(model.eval(), "torchvision COCO_V1 (37.0 box AP on COCO val2017)")
     if weights == "none":
         if config is None:

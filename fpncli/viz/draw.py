@@ -7,15 +7,15 @@ and each class keeps one colour everywhere: :func:`class_color` depends only on 
 from __future__ import annotations
 
 import colorsys
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache, lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
 _GOLDEN = 0.618033988749895
 
 
-@lru_cache(maxsize=None)
+@cache
 def class_color(key: int) -> tuple[int, int, int]:
     """A stable, saturated RGB colour for class ``key`` (e.g. its category id).
 
@@ -48,9 +48,13 @@ def style_for(width: int, height: int) -> tuple[int, int]:
     return max(1, round(short / 300)), max(10, round(short / 45))
 
 
-def draw_detections(image: Image.Image, boxes: Sequence[Sequence[float]], names: Sequence[str],
-                    scores: Sequence[float] | None = None,
-                    color_keys: Sequence[int] | None = None) -> Image.Image:
+def draw_detections(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    names: Sequence[str],
+    scores: Sequence[float] | None = None,
+    color_keys: Sequence[int] | None = None,
+) -> Image.Image:
     """Return an RGB copy of ``image`` with each box outlined and labelled ``"name 0.93"``.
 
     Args:

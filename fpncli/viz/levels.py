@@ -45,7 +45,7 @@ def level_colours(names: list[str]) -> dict[str, tuple]:
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
 
-def _extent(ins: "ImageInspection", shape: tuple[int, int], stride: int) -> tuple[float, float, float, float]:
+def _extent(ins: ImageInspection, shape: tuple[int, int], stride: int) -> tuple[float, float, float, float]:
     """Where a map of ``shape`` cells (cropped to the image) lies in original-image pixels:
     cell ``(r, c)`` covers input pixels ``[c*stride, (c+1)*stride)``, which the model's
     resizing maps back by ``image / input``."""
@@ -54,12 +54,12 @@ def _extent(ins: "ImageInspection", shape: tuple[int, int], stride: int) -> tupl
     return (0.0, shape[1] * stride * sx, shape[0] * stride * sy, 0.0)
 
 
-def _figsize(ins: "ImageInspection", width: float = 6.0) -> tuple[float, float]:
+def _figsize(ins: ImageInspection, width: float = 6.0) -> tuple[float, float]:
     h, w = ins.image_size
     return width, max(2.0, width * h / w)
 
 
-def save_heatmaps(ins: "ImageInspection", out_dir: str | Path) -> list[Path]:
+def save_heatmaps(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     """``heatmap_<level>.png`` per level: the image with the level's activation strength
     (mean |activation| over channels per cell) laid over it, and a colour bar."""
     plt = _plt()
@@ -70,8 +70,13 @@ def save_heatmaps(ins: "ImageInspection", out_dir: str | Path) -> list[Path]:
         stride = ins.strides[name]
         fig, ax = plt.subplots(figsize=_figsize(ins, 6.5), dpi=DPI)
         ax.imshow(ins.image)
-        shown = ax.imshow(strength, cmap="inferno", alpha=0.6, interpolation="bilinear",
-                          extent=_extent(ins, strength.shape, stride))
+        shown = ax.imshow(
+            strength,
+            cmap="inferno",
+            alpha=0.6,
+            interpolation="bilinear",
+            extent=_extent(ins, strength.shape, stride),
+        )
         ax.set_xlim(0, ins.image_size[1])
         ax.set_ylim(ins.image_size[0], 0)
         ax.set_axis_off()
@@ -86,7 +91,7 @@ def save_heatmaps(ins: "ImageInspection", out_dir: str | Path) -> list[Path]:
     return written
 
 
-def save_pyramid_montage(ins: "ImageInspection", path: str | Path) -> Path:
+def save_pyramid_montage(ins: ImageInspection, path: str | Path) -> Path:
     """All levels side by side, each at its own resolution (one square per cell, no smoothing)
     and its own colour scale, titled with its stride and size."""
     plt = _plt()
@@ -94,12 +99,17 @@ def save_pyramid_montage(ins: "ImageInspection", path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.0 * (len(names) + 1), 3.4), dpi=DPI, squeeze=False)
     axes = axes[0]
     axes[0].imshow(ins.image)
-    axes[0].set_title(f"input {ins.image_size[1]}x{ins.image_size[0]}\n"
-                      f"(model sees {ins.input_size[1]}x{ins.input_size[0]})", fontsize=9)
+    axes[0].set_title(
+        f"input {ins.image_size[1]}x{ins.image_size[0]}\n"
+        f"(model sees {ins.input_size[1]}x{ins.input_size[0]})",
+        fontsize=9,
+    )
     for ax, name in zip(axes[1:], names):
         strength = ins.strength[name]
         shown = ax.imshow(strength, cmap="inferno", interpolation="nearest")
-        ax.set_title(f"{name}  stride {ins.strides[name]}\n{strength.shape[0]}x{strength.shape[1]} cells", fontsize=9)
+        ax.set_title(
+            f"{name}  stride {ins.strides[name]}\n{strength.shape[0]}x{strength.shape[1]} cells", fontsize=9
+        )
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     for ax in axes:
         ax.set_axis_off()
@@ -108,7 +118,7 @@ def save_pyramid_montage(ins: "ImageInspection", path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def save_detections(ins: "ImageInspection", path: str | Path) -> Path:
+def save_detections(ins: ImageInspection, path: str | Path) -> Path:
     """The image with its detections, each box coloured by the level Eqn. (1) assigns it,
     and a legend with the count per level."""
     from matplotlib.patches import Patch, Rectangle
@@ -124,18 +134,35 @@ def save_detections(ins: "ImageInspection", path: str | Path) -> Path:
         x1, y1, x2, y2 = det.box
         colour = colours.get(det.level, "white")
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
-        ax.text(x1, y1, f"{det.name} {det.score:.2f}", fontsize=7, color="white", va="bottom",
-                bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
-    handles = [Patch(facecolor=colours[n], label=f"{n} (stride {ins.strides[n]}): {counts[n]}") for n in names]
-    ax.legend(handles=handles, loc="upper right", fontsize=8, title="level by Eqn. (1)", title_fontsize=8,
-              framealpha=0.85)
+        ax.text(
+            x1,
+            y1,
+            f"{det.name} {det.score:.2f}",
+            fontsize=7,
+            color="white",
+            va="bottom",
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
+        )
+    handles = [
+        Patch(facecolor=colours[n], label=f"{n} (stride {ins.strides[n]}): {counts[n]}") for n in names
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper right",
+        fontsize=8,
+        title="level by Eqn. (1)",
+        title_fontsize=8,
+        framealpha=0.85,
+    )
     ax.set_axis_off()
-    ax.set_title(f"{len(ins.detections)} detections with score >= {ins.score_thr:g}, coloured by level", fontsize=10)
+    ax.set_title(
+        f"{len(ins.detections)} detections with score >= {ins.score_thr:g}, coloured by level", fontsize=10
+    )
     fig.tight_layout()
     return _save(plt, fig, path)
 
 
-def save_bottom_up_comparison(ins: "ImageInspection", path: str | Path) -> Path | None:
+def save_bottom_up_comparison(ins: ImageInspection, path: str | Path) -> Path | None:
     """Bottom-up maps (top row) above the neck's level of the same stride (bottom row), so
     the top-down pathway's effect shows. None when no stride is shared."""
     plt = _plt()
@@ -145,8 +172,9 @@ def save_bottom_up_comparison(ins: "ImageInspection", path: str | Path) -> Path 
         return None
     fig, axes = plt.subplots(2, len(pairs), figsize=(3.2 * len(pairs), 6.2), dpi=DPI, squeeze=False)
     for col, (c_name, p_name) in enumerate(pairs):
-        for row, (name, strength, what) in enumerate(((c_name, ins.bottom_up[c_name], "bottom-up"),
-                                                      (p_name, ins.strength[p_name], "neck output"))):
+        for row, (name, strength, what) in enumerate(
+            ((c_name, ins.bottom_up[c_name], "bottom-up"), (p_name, ins.strength[p_name], "neck output"))
+        ):
             ax = axes[row][col]
             shown = ax.imshow(strength, cmap="inferno", interpolation="nearest")
             ax.set_title(f"{name} ({what}), stride {ins.bottom_up_strides[c_name]}", fontsize=9)
@@ -157,7 +185,7 @@ def save_bottom_up_comparison(ins: "ImageInspection", path: str | Path) -> Path 
     return _save(plt, fig, path)
 
 
-def save_image_figures(ins: "ImageInspection", out_dir: str | Path) -> list[Path]:
+def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     """Every picture of one inspected image: heat maps, pyramid montage, detections, and the
     bottom-up comparison when the inspection kept bottom-up maps."""
     out = Path(out_dir)
@@ -176,7 +204,7 @@ def save_image_figures(ins: "ImageInspection", out_dir: str | Path) -> list[Path
 # --------------------------------------------------------------------------------------
 
 
-def save_box_size_histogram(report: "DatasetReport", path: str | Path) -> Path:
+def save_box_size_histogram(report: DatasetReport, path: str | Path) -> Path:
     """Histogram of box sizes sqrt(w*h) in the model's input pixels (log scale), stacked by
     the best anchor IoU (positive / usable / none), with Eqn. (1)'s level boundaries (solid)
     and the anchor sizes (dashed, coloured by level) marked."""
@@ -191,12 +219,23 @@ def save_box_size_histogram(report: "DatasetReport", path: str | Path) -> Path:
     high = max(float(sizes.max()), max(anchors)) * 1.5
     bins = np.geomspace(low, high, 40)
     best = report.best_iou
-    groups = [(sizes[best >= POSITIVE_IOU], f"positive anchor (IoU >= {POSITIVE_IOU})", "#2ca02c"),
-              (sizes[(best >= USABLE_IOU) & (best < POSITIVE_IOU)], f"usable only ({USABLE_IOU} <= IoU < {POSITIVE_IOU})", "#ff7f0e"),
-              (sizes[best < USABLE_IOU], f"no usable anchor (IoU < {USABLE_IOU})", "#d62728")]
+    groups = [
+        (sizes[best >= POSITIVE_IOU], f"positive anchor (IoU >= {POSITIVE_IOU})", "#2ca02c"),
+        (
+            sizes[(best >= USABLE_IOU) & (best < POSITIVE_IOU)],
+            f"usable only ({USABLE_IOU} <= IoU < {POSITIVE_IOU})",
+            "#ff7f0e",
+        ),
+        (sizes[best < USABLE_IOU], f"no usable anchor (IoU < {USABLE_IOU})", "#d62728"),
+    ]
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=DPI)
-    ax.hist([g[0] for g in groups], bins=bins, stacked=True, label=[g[1] for g in groups],
-            color=[g[2] for g in groups])
+    ax.hist(
+        [g[0] for g in groups],
+        bins=bins,
+        stacked=True,
+        label=[g[1] for g in groups],
+        color=[g[2] for g in groups],
+    )
     ax.set_xscale("log")
     top = ax.get_ylim()[1]
     lo, hi = _level_range(layout.levels, layout.roi_levels)
@@ -206,24 +245,36 @@ def save_box_size_histogram(report: "DatasetReport", path: str | Path) -> Path:
     for name, group in layout.anchor_sizes.items():
         for size in group:
             ax.axvline(size, color=colours[name], linestyle="--", linewidth=1.5)
-            ax.text(size * 1.03, top * 0.55, f"anchor {size} ({name})", rotation=90, va="top", fontsize=8,
-                    color=colours[name])
+            ax.text(
+                size * 1.03,
+                top * 0.55,
+                f"anchor {size} ({name})",
+                rotation=90,
+                va="top",
+                fontsize=8,
+                color=colours[name],
+            )
     ax.set_xlabel("box size sqrt(w*h), pixels of the resized model input")
     ax.set_ylabel("boxes")
     cfg = layout.config
-    ax.set_title(f"{report.best_iou.size:,} boxes; input --min-size {cfg.min_size} --max-size {cfg.max_size}",
-                 fontsize=10)
+    ax.set_title(
+        f"{report.best_iou.size:,} boxes; input --min-size {cfg.min_size} --max-size {cfg.max_size}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return _save(plt, fig, path)
 
 
-def save_level_coverage(report: "DatasetReport", path: str | Path) -> Path:
+def save_level_coverage(report: DatasetReport, path: str | Path) -> Path:
     """Horizontal bars per level (boxes grouped by Eqn. (1)) and per COCO size bucket: the
     shares of boxes with a positive anchor, a usable one only, and none; box counts at right."""
     plt = _plt()
-    rows = [(f"{lv['name']} (Eqn. 1)", lv["boxes"], lv["positive"], lv["usable"]) for lv in report.levels
-            if lv["assigned_by_equation"]]
+    rows = [
+        (f"{lv['name']} (Eqn. 1)", lv["boxes"], lv["positive"], lv["usable"])
+        for lv in report.levels
+        if lv["assigned_by_equation"]
+    ]
     rows += [(f"{b.name} (COCO area)", b.boxes, b.positive, b.usable) for b in report.buckets]
     rows.append(("all", report.overall.boxes, report.overall.positive, report.overall.usable))
     labels = [r[0] for r in rows]
@@ -249,6 +300,9 @@ def save_level_coverage(report: "DatasetReport", path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def save_dataset_figures(report: "DatasetReport", out_dir: str | Path) -> list[Path]:
+def save_dataset_figures(report: DatasetReport, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
-    return [save_box_size_histogram(report, out / "box_sizes.png"), save_level_coverage(report, out / "coverage.png")]
+    return [
+        save_box_size_histogram(report, out / "box_sizes.png"),
+        save_level_coverage(report, out / "coverage.png"),
+    ]

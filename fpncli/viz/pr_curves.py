@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,8 +20,13 @@ def _curve(precision: np.ndarray) -> np.ndarray | None:
     return precision[:, valid].mean(axis=1)
 
 
-def plot_pr_curves(precision: np.ndarray, rec_thrs: np.ndarray, iou_thrs: np.ndarray,
-                   class_names: Sequence[str], out_dir: str | Path) -> list[Path]:
+def plot_pr_curves(
+    precision: np.ndarray,
+    rec_thrs: np.ndarray,
+    iou_thrs: np.ndarray,
+    class_names: Sequence[str],
+    out_dir: str | Path,
+) -> list[Path]:
     """Save ``pr_overall.png`` (mean over classes) and ``pr_per_class.png`` (one panel per class).
 
     Args:
@@ -94,8 +99,14 @@ def plot_pr_curves(precision: np.ndarray, rec_thrs: np.ndarray, iou_thrs: np.nda
         axes.flat[0].legend(title="IoU", fontsize=6, title_fontsize=6, loc="lower left")
         fig.supxlabel("recall", fontsize=8)
         fig.supylabel("precision", fontsize=8)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.6 / (2.0 * rows) + 0.02,
-                            top=1 - 0.4 / (2.0 * rows), wspace=0.25, hspace=0.45)
+        fig.subplots_adjust(
+            left=0.05,
+            right=0.99,
+            bottom=0.6 / (2.0 * rows) + 0.02,
+            top=1 - 0.4 / (2.0 * rows),
+            wspace=0.25,
+            hspace=0.45,
+        )
         written.append(out / "pr_per_class.png")
         fig.savefig(written[-1], dpi=90)
         plt.close(fig)

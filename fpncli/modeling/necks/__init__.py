@@ -14,7 +14,7 @@ from fpncli.modeling.necks.fpn import FPN
 from fpncli.modeling.necks.panet import PANet
 from fpncli.modeling.necks.single import SingleScale
 
-__all__ = ["Neck", "FPN", "PANet", "BiFPN", "SingleScale", "build_neck"]
+__all__ = ["FPN", "BiFPN", "Neck", "PANet", "SingleScale", "build_neck"]
 
 
 def build_neck(name: str, in_specs: dict, channels: int, repeats: int = 2, **kwargs) -> Neck:

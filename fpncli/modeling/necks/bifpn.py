@@ -79,8 +79,9 @@ class BiFPNLayer(nn.Module):
         self.num_levels = num_levels
         self.td_fuse = nn.ModuleList(WeightedFusion(2) for _ in range(num_levels - 1))
         self.td_conv = nn.ModuleList(SeparableConv(channels) for _ in range(num_levels - 1))
-        self.out_fuse = nn.ModuleList(WeightedFusion(3 if i < num_levels - 1 else 2)
-                                      for i in range(1, num_levels))
+        self.out_fuse = nn.ModuleList(
+            WeightedFusion(3 if i < num_levels - 1 else 2) for i in range(1, num_levels)
+        )
         self.out_conv = nn.ModuleList(SeparableConv(channels) for _ in range(num_levels - 1))
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:

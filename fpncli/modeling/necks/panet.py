@@ -39,8 +39,9 @@ class PANet(Neck):
         self.in_names = list(self.fpn.in_names)
         n = len(self.in_names)
         # One downsampling conv and one output conv per level above the finest one.
-        self.downsample = nn.ModuleList(nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-                                        for _ in range(n - 1))
+        self.downsample = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(n - 1)
+        )
         self.fuse = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(n - 1))
         for conv in [*self.downsample, *self.fuse]:
             nn.init.kaiming_uniform_(conv.weight, a=1)
