@@ -58,12 +58,12 @@ def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
 
 
 def test_single_level_necks_get_the_pyramids_rpn_candidates(tiny_config):
-    from fpncli.engine.ablation import equal_pre_nms, rpn_top_n
+    from fpncli.engine.ablation import equal_pre_nms
     from fpncli.modeling.detector import build_model
 
     fpn, c4 = build_model(tiny_config).eval(), build_model(tiny_config.replace(neck="c4")).eval()
     assert equal_pre_nms(fpn, 1000) == 1000 and equal_pre_nms(c4, 1000) == 5000
-    with rpn_top_n(c4, 7, 3):
+    with c4.inference_limits(rpn_pre_nms_top_n=7, rpn_post_nms_top_n=3):
         assert c4.rpn.pre_nms_top_n() == 7 and c4.rpn.post_nms_top_n() == 3
     assert c4.rpn._pre_nms_top_n["testing"] == tiny_config.rpn_pre_nms_top_n_test
 

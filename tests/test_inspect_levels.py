@@ -15,20 +15,11 @@ from typer.testing import CliRunner
 
 from fpncli.cli.app import app
 from fpncli.config import NECKS, preset_config
-from fpncli.engine.inspect_levels import (
-    POSITIVE_IOU,
-    USABLE_IOU,
-    anchor_layout,
-    best_anchor_iou,
-    inspect_dataset,
-    inspect_image,
-    level_boundaries,
-    padded_size,
-    resized_size,
-)
+from fpncli.engine.anchor_fit import POSITIVE_IOU, USABLE_IOU, anchor_layout, best_anchor_iou, inspect_dataset
+from fpncli.engine.inspect_image import inspect_image
 from fpncli.errors import FpnError
 from fpncli.modeling.detector import build_model
-from fpncli.modeling.levels import assign_level
+from fpncli.modeling.levels import assign_level, level_boundaries, padded_size, resized_size
 
 runner = CliRunner()
 H, W = 256, 320  # the test image; min_size 256 / max_size 320 means no resizing

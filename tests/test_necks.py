@@ -126,7 +126,7 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
 
     from fpncli.checkpoint import save_checkpoint
     from fpncli.engine.evaluate import evaluate_model
-    from fpncli.engine.inspect_levels import inspect_image
+    from fpncli.engine.inspect_image import inspect_image
     from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 

@@ -126,7 +126,7 @@ def _image(
 
     from fpncli.config import preset_config
     from fpncli.device import resolve_device
-    from fpncli.engine.inspect_levels import inspect_image
+    from fpncli.engine.inspect_image import inspect_image
     from fpncli.modeling.weights import load_detector
 
     dev = resolve_device(device)
@@ -220,7 +220,7 @@ def _print_image_table(data: dict) -> None:
 def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json) -> None:
     import json
 
-    from fpncli.engine.inspect_levels import inspect_dataset
+    from fpncli.engine.anchor_fit import inspect_dataset
 
     cfg = _dataset_config(weights, preset, neck).replace(
         min_size=min_size, max_size=max_size, anchor_sizes=sizes, aspect_ratios=ratios

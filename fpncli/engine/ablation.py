@@ -63,21 +63,6 @@ def budget_plan(budget: float = 1.0) -> dict[str, int]:
 # --------------------------------------------------------------------------- proposals
 
 
-@contextlib.contextmanager
-def rpn_top_n(model: Any, pre_nms_per_level: int | None = None, post_nms: int | None = None):
-    """Temporarily set the RPN's inference top-n (pre-NMS per level, post-NMS per image)."""
-    rpn = model.rpn
-    saved = rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]
-    if pre_nms_per_level is not None:
-        rpn._pre_nms_top_n["testing"] = pre_nms_per_level
-    if post_nms is not None:
-        rpn._post_nms_top_n["testing"] = post_nms
-    try:
-        yield
-    finally:
-        rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"] = saved
-
-
 def equal_pre_nms(model: Any, per_level: int) -> int:
     """Pre-NMS top-n per level that gives every neck the candidates of a five-level pyramid.
 
@@ -104,19 +89,12 @@ def rpn_proposals(model: Any, images: Sequence[Any], top_n: int = PROPOSALS) -> 
 
     was_training = model.training
     model.eval()
+    limits = model.inference_limits(rpn_pre_nms_top_n=equal_pre_nms(model, top_n), rpn_post_nms_top_n=top_n)
     try:
-        with torch.inference_mode(), rpn_top_n(model, equal_pre_nms(model, top_n), top_n):
-            sizes = [tuple(img.shape[-2:]) for img in images]
-            image_list, _ = model.transform(list(images))
-            features = model.backbone(image_list.tensors)
-            proposals, _ = model.rpn(image_list, features)
-            # postprocess rescales "boxes" from the resized input back to each image.
-            out = model.transform.postprocess(
-                [{"boxes": p} for p in proposals], image_list.image_sizes, sizes
-            )
+        with torch.inference_mode(), limits:
+            return model.propose(list(images))
     finally:
         model.train(was_training)
-    return [o["boxes"] for o in out]
 
 
 def proposal_recall(
@@ -381,7 +359,7 @@ def _neck_result(
     recall = measure_recall(model, dataset, paths, dev)
     emit({"event": "measure", "neck": neck, "what": "detector AP"})
     # The preset's inference settings, with the RPN candidates equalised across necks.
-    with rpn_top_n(model, equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
+    with model.inference_limits(rpn_pre_nms_top_n=equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
         metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
     emit({"event": "measure", "neck": neck, "what": "inference time"})
     timed = [_load_tensor(p).to(dev) for _, p in paths[: settings["timed_images"]]]

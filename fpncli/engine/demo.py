@@ -180,7 +180,7 @@ def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str
 def _inspect(model, image: Path, out: Path, device: str, emit) -> str | None:
     """`fpn inspect-levels` on one held-out image, when that command exists."""
     try:
-        from fpncli.engine.inspect_levels import inspect_image
+        from fpncli.engine.inspect_image import inspect_image
         from fpncli.viz.levels import save_image_figures
     except ImportError:
         return None

@@ -312,7 +312,7 @@ def run_detect(
     if filtered:
         # Filter before the top-k cut, not after it: let the model keep every detection,
         # drop the unwanted classes, then take the best max_dets.
-        model.roi_heads.detections_per_img = 1_000_000
+        model.set_detections_per_img(1_000_000)
     if options.optimize:
         from fpncli.modeling.optimize import optimize_for_inference
 

@@ -13,8 +13,6 @@ size changes the speed, never the output.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +22,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.detection.image_list import ImageList
 from torchvision.transforms.functional import pil_to_tensor
 
 from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
@@ -68,10 +65,14 @@ class _ImageFiles(Dataset):
     """Reads and prepares one image per item; runs in DataLoader workers."""
 
     def __init__(
-        self, paths: Sequence[Path], transform: torch.nn.Module | None, max_pixels: int, keep_images: bool
+        self,
+        paths: Sequence[Path],
+        prepare: Callable[[Tensor], Tensor] | None,
+        max_pixels: int,
+        keep_images: bool,
     ) -> None:
         self.paths = list(paths)
-        self.transform = transform
+        self.prepare = prepare
         self.max_pixels = max_pixels
         self.keep_images = keep_images
 
@@ -90,9 +91,9 @@ class _ImageFiles(Dataset):
             return _Item(index, None, None, (0, 0), f"{path}: cannot decode ({type(exc).__name__}: {exc})")
         original = pil_to_tensor(img)  # uint8 [3, H, W]
         prepared = original.float().div(255)  # what torchvision's to_tensor gives
-        if self.transform is not None:
+        if self.prepare is not None:
             # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
-            prepared = self.transform.resize(self.transform.normalize(prepared), None)[0]
+            prepared = self.prepare(prepared)
         size = (original.shape[1], original.shape[2])
         return _Item(index, original if self.keep_images else None, prepared, size, None)
 
@@ -122,27 +123,12 @@ class _DetectInWorker(Dataset):
         return item._replace(prepared=None), out
 
 
-def _padded_shape(shape: tuple[int, ...], divisor: int) -> tuple[int, int]:
-    return (int(math.ceil(shape[-2] / divisor) * divisor), int(math.ceil(shape[-1] / divisor) * divisor))
-
-
 def _forward(
     model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
 ) -> list[dict[str, Tensor]]:
-    """``GeneralizedRCNN.forward`` for already normalised and resized images."""
-    transform = model.transform
+    """The model's detections for prepared images (see ``FPNFasterRCNN.detect_prepared``)."""
     images = [it.prepared.to(device, non_blocking=True) for it in items]
-    image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    batched = transform.batch_images(images, size_divisible=transform.size_divisible)
-    image_list = ImageList(batched, image_sizes)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if half else contextlib.nullcontext()
-    with autocast:
-        features = model.backbone(image_list.tensors)
-        if isinstance(features, Tensor):
-            features = {"0": features}
-        proposals, _ = model.rpn(image_list, features)
-        detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    return transform.postprocess(detections, image_list.image_sizes, [it.size for it in items])
+    return model.detect_prepared(images, [it.size for it in items], half=half)
 
 
 def predict_images(
@@ -196,9 +182,8 @@ def predict_images(
         model = optimize_for_inference(model)
     model.eval().to(device)
     paths = [Path(p) for p in paths]
-    divisor = model.transform.size_divisible
     lookahead = max(lookahead if lookahead is not None else 4 * batch_size, batch_size)
-    dataset = _ImageFiles(paths, model.transform, max_pixels, keep_images)
+    dataset = _ImageFiles(paths, model.prepare_image, max_pixels, keep_images)
     if cpu_processes > 0 and device.type == "cpu":
         yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
         return
@@ -254,7 +239,7 @@ def predict_images(
                     paths[item.index], 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error
                 )
             else:
-                key = _padded_shape(item.prepared.shape, divisor)
+                key = model.padded_size(item.prepared)
                 buckets.setdefault(key, []).append(item)
                 if len(buckets[key]) >= batch_size:
                     run(key)

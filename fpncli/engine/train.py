@@ -237,7 +237,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         # torchvision's transform draws the shorter side from this tuple for each batch in
         # training mode (torch RNG, so it is seeded and resumable); the saved config keeps
         # min_size for inference.
-        model.transform.min_size = tuple(cfg.train_sizes)
+        model.set_train_sizes(tuple(cfg.train_sizes))
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     # Each rank draws different RPN/RoI samples.

@@ -4,10 +4,17 @@ the paper's heads exactly."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 
 from fpncli.config import ModelConfig
@@ -101,6 +108,11 @@ class FPNFasterRCNN(FasterRCNN):
         return self.backbone.levels
 
     @property
+    def bottom_up_levels(self) -> OrderedDict[str, LevelSpec]:
+        """The bottom-up ResNet's maps (``c2``..``c5``) that the neck reads from."""
+        return self.backbone.bottom_up.output_specs
+
+    @property
     def rpn_levels(self) -> list[str]:
         return list(self.backbone.neck.rpn_levels)
 
@@ -111,6 +123,216 @@ class FPNFasterRCNN(FasterRCNN):
     def anchor_sizes(self) -> list[tuple[int, ...]]:
         """Anchor sizes on each RPN level (same order as :attr:`rpn_levels`)."""
         return [tuple(s) for s in self.rpn.anchor_generator.sizes]
+
+    # ------------------------------------------------------------------ inference API
+    # What the engines need from the model, so that nothing outside ``modeling/`` touches
+    # torchvision's internals (in the spirit of Detectron2's ``GeneralizedRCNN.inference``).
+
+    @property
+    def size_divisible(self) -> int:
+        """Every batch is padded to a multiple of this (pixels)."""
+        return int(self.transform.size_divisible)
+
+    @property
+    def min_size(self) -> int:
+        """The shorter side at inference (pixels); training may draw from several."""
+        return int(self.transform.min_size[-1])
+
+    @property
+    def max_size(self) -> int:
+        return int(self.transform.max_size)
+
+    def prepare_image(self, image: Tensor) -> Tensor:
+        """``Tensor[3, H, W]`` float in 0..1 -> ``Tensor[3, h, w]`` normalised and resized
+        exactly as ``model([image])`` would (torchvision's normalise-then-resize)."""
+        return self.transform.resize(self.transform.normalize(image), None)[0]
+
+    def padded_size(self, prepared: Tensor) -> tuple[int, int]:
+        """(h, w) that a prepared image is padded to in a batch of its own."""
+        d = self.size_divisible
+        h, w = int(prepared.shape[-2]), int(prepared.shape[-1])
+        return (-(-h // d) * d, -(-w // d) * d)
+
+    def batch(self, prepared: list[Tensor]) -> ImageList:
+        """Pad prepared images into one ``ImageList`` (``tensors``: ``[B, 3, Hp, Wp]``)."""
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in prepared]
+        return ImageList(self.transform.batch_images(prepared, size_divisible=self.size_divisible), sizes)
+
+    def detect_prepared(
+        self, prepared: list[Tensor], original_sizes: list[tuple[int, int]], half: bool = False
+    ) -> list[dict[str, Tensor]]:
+        """``GeneralizedRCNN.forward`` (eval mode) for images already through :meth:`prepare_image`.
+
+        Args:
+            prepared: ``[Tensor[3, h, w]]`` on the model's device.
+            original_sizes: ``(H, W)`` of each image before resizing; boxes come back in it.
+            half: float16 autocast (CUDA only).
+
+        Returns:
+            Per image ``{"boxes": Tensor[M, 4] xyxy original pixels, "scores": [M], "labels": [M]}``.
+        """
+        image_list = self.batch(prepared)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16) if half else contextlib.nullcontext()
+        )
+        with autocast:
+            features = self.backbone(image_list.tensors)
+            proposals, _ = self.rpn(image_list, features)
+            detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+        return self.transform.postprocess(detections, image_list.image_sizes, list(original_sizes))
+
+    def propose(self, images: list[Tensor]) -> list[Tensor]:
+        """The RPN's proposals (eval mode, current limits) for ``[Tensor[3, H, W]]`` in 0..1.
+
+        Returns per image ``Tensor[N, 4]`` xyxy in that image's pixels, best first.
+        """
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, _ = self.transform(list(images))
+        features = self.backbone(image_list.tensors)
+        proposals, _ = self.rpn(image_list, features)
+        # postprocess rescales "boxes" from the resized input back to each image.
+        out = self.transform.postprocess([{"boxes": p} for p in proposals], image_list.image_sizes, sizes)
+        return [o["boxes"] for o in out]
+
+    @contextlib.contextmanager
+    def inference_limits(
+        self,
+        *,
+        rpn_pre_nms_top_n: int | None = None,
+        rpn_post_nms_top_n: int | None = None,
+        detections_per_img: int | None = None,
+    ) -> Iterator[None]:
+        """Temporarily change the eval-mode limits: the RPN's top-n before NMS (per level)
+        and after it (per image), and the detections kept per image. ``None`` keeps a value."""
+        rpn, heads = self.rpn, self.roi_heads
+        saved = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
+        if rpn_pre_nms_top_n is not None:
+            rpn._pre_nms_top_n["testing"] = rpn_pre_nms_top_n
+        if rpn_post_nms_top_n is not None:
+            rpn._post_nms_top_n["testing"] = rpn_post_nms_top_n
+        if detections_per_img is not None:
+            heads.detections_per_img = detections_per_img
+        try:
+            yield
+        finally:
+            rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img = saved
+
+    def set_detections_per_img(self, n: int) -> None:
+        """Keep at most ``n`` detections per image from now on (eval mode)."""
+        self.roi_heads.detections_per_img = int(n)
+
+    def set_train_sizes(self, sizes: tuple[int, ...]) -> None:
+        """Shorter sides to draw from per batch in training mode (torchvision draws one per
+        batch with the torch RNG, so it is seeded and resumable); inference keeps the last."""
+        self.transform.min_size = tuple(int(s) for s in sizes)
+
+    def trace(self, image: Tensor, bottom_up: bool = False) -> InferenceTrace:
+        """Run ``model([image])`` (eval mode) and keep what each stage produced.
+
+        Args:
+            image: ``Tensor[3, H, W]`` float in 0..1 on the model's device.
+            bottom_up: also keep the bottom-up maps (``c2``..``c5``).
+        """
+        trace = InferenceTrace()
+
+        def keep(name: str) -> Any:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                setattr(trace, name, output)
+
+            return hook
+
+        hooks = [
+            self.transform.register_forward_hook(keep("transformed")),
+            self.backbone.register_forward_hook(keep("features")),
+        ]
+        if bottom_up:
+            hooks.append(self.backbone.bottom_up.register_forward_hook(keep("bottom_up")))
+        rpn = self.rpn
+        original = rpn.filter_proposals
+
+        def recording(proposals, objectness, image_shapes, num_anchors_per_level):  # type: ignore[no-untyped-def]
+            boxes, scores = original(proposals, objectness, image_shapes, num_anchors_per_level)
+            trace.rpn_calls.append(
+                RPNCall(proposals, objectness, list(image_shapes), list(num_anchors_per_level), boxes)
+            )
+            return boxes, scores
+
+        rpn.filter_proposals = recording  # instance attribute shadows the method while tracing
+        try:
+            trace.output = self([image])[0]
+        finally:
+            del rpn.filter_proposals
+            for h in hooks:
+                h.remove()
+        return trace
+
+    def proposals_per_level(self, call: RPNCall) -> tuple[list[int], list[int]]:
+        """Per RPN level, how many proposals of image 0 enter NMS and how many the RPN keeps.
+
+        torchvision's ``filter_proposals`` keeps the top-n proposals of *each level*, then
+        runs ``batched_nms`` per level and keeps the best ``post_nms_top_n`` overall. The
+        RPN's own ``filter_proposals`` is run on each level's slice: with NMS disabled
+        (``nms_thresh = 1.0``) it gives that level's candidates before NMS, with the model's
+        threshold the level's survivors, whose scores place them in the overall top-n.
+
+        Returns ``(pre_nms, post_nms)``, one count per level; ``sum(post_nms)`` equals the
+        number of proposals the model kept for image 0.
+        """
+        proposals, objectness = call.proposals, call.objectness
+        kept = int(call.boxes[0].shape[0])
+        num_images = proposals.shape[0]
+        obj = objectness.reshape(num_images, -1)
+        unlimited = {"training": proposals.shape[1], "testing": proposals.shape[1]}
+        everything = copy.copy(self.rpn)  # shallow: shares the modules, own thresholds
+        everything._post_nms_top_n = unlimited
+        everything.nms_thresh = 1.0  # IoU never exceeds 1: NMS removes nothing
+        survivors = copy.copy(self.rpn)
+        survivors._post_nms_top_n = unlimited
+        pre: list[int] = []
+        scores: list[Tensor] = []
+        start = 0
+        for n in call.num_anchors_per_level:
+            part = (proposals[:, start : start + n], obj[:, start : start + n], call.image_shapes, [n])
+            pre.append(int(everything.filter_proposals(*part)[0][0].shape[0]))
+            scores.append(survivors.filter_proposals(*part)[1][0])
+            start += n
+        level_of = torch.cat([torch.full((len(s),), i, dtype=torch.int64) for i, s in enumerate(scores)])
+        order = torch.sort(torch.cat(scores).cpu(), descending=True, stable=True).indices[:kept]
+        post = torch.bincount(level_of[order], minlength=len(scores)).tolist()
+        return pre, post
+
+    def base_anchors(self, level: str) -> Tensor:
+        """``Tensor[A, 4]`` xyxy anchors centred on 0 for an RPN level, ratio-major (all
+        sizes of the first aspect ratio, then the next ...), as the anchor generator tiles them."""
+        sizes = dict(zip(self.rpn_levels, self.anchor_sizes()))[level]
+        ratios = list(self.config.aspect_ratios)
+        return self.rpn.anchor_generator.generate_anchors(list(sizes), ratios, device=torch.device("cpu"))
+
+
+@dataclass
+class RPNCall:
+    """One call of the RPN's proposal filter: ``proposals`` ``Tensor[B, A, 4]`` (decoded boxes
+    of all anchors, levels concatenated), ``objectness`` ``Tensor[B * A, 1]`` logits, the
+    images' input sizes, ``A_l`` per level and the kept boxes per image."""
+
+    proposals: Tensor
+    objectness: Tensor
+    image_shapes: list[tuple[int, int]]
+    num_anchors_per_level: list[int]
+    boxes: list[Tensor]
+
+
+@dataclass
+class InferenceTrace:
+    """What :meth:`FPNFasterRCNN.trace` kept: the transform's ``(ImageList, targets)``, the
+    neck's ``{level: Tensor[1, d, h, w]}``, the bottom-up maps (when asked), the RPN's
+    filter calls and the final output dict."""
+
+    transformed: Any = None
+    features: Any = None
+    bottom_up: Any = None
+    rpn_calls: list[RPNCall] = field(default_factory=list)
+    output: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int, ...]]:

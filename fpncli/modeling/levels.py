@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -86,3 +87,48 @@ def assign_level(
     # log2(0) = -inf; floor(-inf) clamps to min_level, which is where zero-area boxes belong.
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_size) + _EPS)
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
+
+
+# ---------------------------------------------------------------- input and level geometry
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The size torchvision's ``GeneralizedRCNNTransform`` resizes an image to (eval mode).
+
+    Shorter side to ``min_size`` unless the longer would exceed ``max_size``; the result is
+    ``floor(side * scale)``, what ``F.interpolate(scale_factor=..., recompute_scale_factor=True)``
+    produces (checked against the transform in the tests).
+    """
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return math.floor(height * scale), math.floor(width * scale)
+
+
+def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
+    """Batch size after the transform pads to a multiple of ``divisible`` (32)."""
+    return (int(math.ceil(height / divisible) * divisible), int(math.ceil(width / divisible) * divisible))
+
+
+def level_boundaries(min_level: int, max_level: int) -> list[tuple[str, float]]:
+    """Box sizes ``sqrt(w*h)`` (input pixels) where Eqn. (1) moves a box up one level:
+    ``[("p3", 112.0), ...]`` means boxes of 112 px and more (up to the next) go to P3.
+
+    These are the sizes where ``k0 + log2(size / 224)`` crosses an integer; the tests check
+    that :func:`assign_level` changes level exactly there.
+    """
+    return [
+        (f"p{k}", CANONICAL_SIZE * 2.0 ** (k - CANONICAL_LEVEL)) for k in range(min_level + 1, max_level + 1)
+    ]
+
+
+def level_range(levels: OrderedDict[str, LevelSpec], names: list[str]) -> tuple[int, int]:
+    """Lowest and highest level index ``k`` among ``names`` (for Eqn. (1)'s clamp)."""
+    ks = [levels[n].level for n in names]
+    return min(ks), max(ks)
+
+
+def level_name(levels: OrderedDict[str, LevelSpec], names: list[str], k: int) -> str:
+    """The name among ``names`` of level ``k`` (``p{k}`` if none)."""
+    for name in names:
+        if levels[name].level == k:
+            return name
+    return f"p{k}"

@@ -2,8 +2,8 @@
 level, bottom-up vs top-down maps (one image), and box sizes vs anchors, coverage per level
 (a dataset). All saved as PNG with matplotlib's Agg backend (no display needed).
 
-Inputs are :class:`fpncli.engine.inspect_levels.ImageInspection` and
-:class:`~fpncli.engine.inspect_levels.DatasetReport`; every function returns the paths written.
+Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
+:class:`~fpncli.engine.anchor_fit.AnchorFitReport`; every function returns the paths written.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fpncli.engine.inspect_levels import DatasetReport, ImageInspection
+    from fpncli.engine.anchor_fit import AnchorFitReport
+    from fpncli.engine.inspect_image import ImageInspection
 
 DPI = 100
 
@@ -204,11 +205,12 @@ def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 
-def save_box_size_histogram(report: DatasetReport, path: str | Path) -> Path:
+def save_box_size_histogram(report: AnchorFitReport, path: str | Path) -> Path:
     """Histogram of box sizes sqrt(w*h) in the model's input pixels (log scale), stacked by
     the best anchor IoU (positive / usable / none), with Eqn. (1)'s level boundaries (solid)
     and the anchor sizes (dashed, coloured by level) marked."""
-    from fpncli.engine.inspect_levels import POSITIVE_IOU, USABLE_IOU, _level_range, level_boundaries
+    from fpncli.engine.anchor_fit import POSITIVE_IOU, USABLE_IOU
+    from fpncli.modeling.levels import level_boundaries, level_range
 
     plt = _plt()
     layout = report.layout
@@ -238,7 +240,7 @@ def save_box_size_histogram(report: DatasetReport, path: str | Path) -> Path:
     )
     ax.set_xscale("log")
     top = ax.get_ylim()[1]
-    lo, hi = _level_range(layout.levels, layout.roi_levels)
+    lo, hi = level_range(layout.levels, layout.roi_levels)
     for name, boundary in level_boundaries(lo, hi):
         ax.axvline(boundary, color="black", linewidth=1)
         ax.text(boundary * 1.03, top * 0.97, f"{name} from {boundary:g}", rotation=90, va="top", fontsize=8)
@@ -266,7 +268,7 @@ def save_box_size_histogram(report: DatasetReport, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def save_level_coverage(report: DatasetReport, path: str | Path) -> Path:
+def save_level_coverage(report: AnchorFitReport, path: str | Path) -> Path:
     """Horizontal bars per level (boxes grouped by Eqn. (1)) and per COCO size bucket: the
     shares of boxes with a positive anchor, a usable one only, and none; box counts at right."""
     plt = _plt()
@@ -300,7 +302,7 @@ def save_level_coverage(report: DatasetReport, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def save_dataset_figures(report: DatasetReport, out_dir: str | Path) -> list[Path]:
+def save_dataset_figures(report: AnchorFitReport, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     return [
         save_box_size_histogram(report, out / "box_sizes.png"),

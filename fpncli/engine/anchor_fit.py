@@ -1,22 +1,7 @@
-"""`fpn inspect-levels`: what each pyramid level sees in one image, and whether a dataset fits
-the pyramid's anchors and levels.
+"""`fpn inspect-levels --dataset`: whether a dataset's boxes fit the pyramid's anchors and levels.
 
 Everything here returns plain data (dataclasses with ``to_json()``); pictures are drawn by
 :mod:`fpncli.viz.levels` and tables by the CLI.
-
-One image (:func:`inspect_image`) runs the model's own forward pass once, with forward hooks
-on the transform, the neck and (optionally) the bottom-up ResNet to keep their outputs.
-RPN proposals per level are recovered from torchvision's ``RegionProposalNetwork
-.filter_proposals``: it keeps the top-n proposals of *each level*, then runs ``batched_nms``
-with the level as the group, then keeps the best ``post_nms_top_n`` overall. We record the
-arguments of the model's own call (an instance attribute wrapping the bound method for the
-duration of the forward pass) and afterwards call the same method again on each level's
-slice, on a shallow copy of the RPN whose ``post_nms_top_n`` is unlimited: with
-``nms_thresh = 1.0`` (NMS removes nothing) that gives the level's candidates before NMS,
-with the model's threshold its NMS survivors. Because NMS never compares boxes of
-different levels, the survivors of all levels ranked by score and cut at the model's
-``post_nms_top_n`` are exactly the model's proposals, so the per-level counts after NMS are
-exact (ties in score at the cut aside). No torchvision code is copied.
 
 A dataset (:func:`inspect_dataset`) needs no weights: the configuration's model skeleton is
 built on PyTorch's ``meta`` device (no memory, no initialisation) only to read the levels,
@@ -38,23 +23,27 @@ with every anchor of torchvision's generator on random boxes.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
-from fpncli.modeling.levels import CANONICAL_LEVEL, CANONICAL_SIZE, LevelSpec, assign_level
+from fpncli.modeling.levels import (
+    LevelSpec,
+    assign_level,
+    level_name,
+    level_range,
+    padded_size,
+    resized_size,
+)
 
 Progress = Callable[[str], None] | None
 
@@ -74,389 +63,6 @@ VERDICT_SHARE = 0.05
 def _say(progress: Progress, message: str) -> None:
     if progress is not None:
         progress(message)
-
-
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The size torchvision's ``GeneralizedRCNNTransform`` resizes an image to (eval mode).
-
-    Shorter side to ``min_size`` unless the longer would exceed ``max_size``; the result is
-    ``floor(side * scale)``, what ``F.interpolate(scale_factor=..., recompute_scale_factor=True)``
-    produces (checked against the transform in the tests).
-    """
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
-
-
-def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
-    """Batch size after the transform pads to a multiple of ``divisible`` (32)."""
-    return (int(math.ceil(height / divisible) * divisible), int(math.ceil(width / divisible) * divisible))
-
-
-def level_boundaries(min_level: int, max_level: int) -> list[tuple[str, float]]:
-    """Box sizes ``sqrt(w*h)`` (input pixels) where Eqn. (1) moves a box up one level:
-    ``[("p3", 112.0), ...]`` means boxes of 112 px and more (up to the next) go to P3.
-
-    These are the sizes where ``k0 + log2(size / 224)`` crosses an integer; the tests check
-    that :func:`assign_level` changes level exactly there.
-    """
-    return [
-        (f"p{k}", CANONICAL_SIZE * 2.0 ** (k - CANONICAL_LEVEL)) for k in range(min_level + 1, max_level + 1)
-    ]
-
-
-def _level_range(levels: OrderedDict[str, LevelSpec], names: list[str]) -> tuple[int, int]:
-    ks = [levels[n].level for n in names]
-    return min(ks), max(ks)
-
-
-def _level_name(levels: OrderedDict[str, LevelSpec], names: list[str], k: int) -> str:
-    for name in names:
-        if levels[name].level == k:
-            return name
-    return f"p{k}"
-
-
-# --------------------------------------------------------------------------------------
-# One image
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LevelRow:
-    """One pyramid level of one inspected image.
-
-    ``size`` is the feature map ``(h, w)`` as the model computed it (padded input / stride,
-    rounded up); ``anchors = h * w * len(anchor_sizes) * len(aspect_ratios)``. RPN and
-    detection counts are None for levels that head does not use.
-    """
-
-    name: str
-    stride: int
-    size: tuple[int, int]
-    channels: int
-    anchor_sizes: list[int]
-    aspect_ratios: list[float]
-    anchors: int
-    proposals_pre_nms: int | None
-    proposals_post_nms: int | None
-    detections: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "stride": self.stride,
-            "size": list(self.size),
-            "channels": self.channels,
-            # One size per level in the paper; a single-level neck carries several.
-            "anchor_size": self.anchor_sizes[0] if len(self.anchor_sizes) == 1 else None,
-            "anchor_sizes": list(self.anchor_sizes),
-            "aspect_ratios": list(self.aspect_ratios),
-            "anchors": self.anchors,
-            "proposals_pre_nms": self.proposals_pre_nms,
-            "proposals_post_nms": self.proposals_post_nms,
-            "detections": self.detections,
-        }
-
-
-@dataclass
-class Detection:
-    """A final detection: ``box`` xyxy in original image pixels; ``level`` by Eqn. (1) on the
-    box measured in the model's input pixels (as the RoI pooler measures boxes)."""
-
-    box: list[float]
-    score: float
-    label: int
-    name: str
-    level: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 2) for v in self.box],
-            "score": round(self.score, 4),
-            "label": self.label,
-            "class": self.name,
-            "level": self.level,
-        }
-
-
-@dataclass
-class ImageInspection:
-    """What :func:`inspect_image` found.
-
-    Attributes:
-        image: the upright RGB image, ``uint8[H, W, 3]``.
-        image_size, input_size, padded_size: ``(h, w)`` of the image, after the model's
-            resizing, and after padding to a multiple of 32.
-        strength: per level, mean absolute activation over channels, ``float32[h_l, w_l]``,
-            cropped to the cells that cover the resized image (padding cells removed).
-        bottom_up: the same for ``c2..c5`` (only with ``bottom_up=True``).
-    """
-
-    image_path: Path
-    image: np.ndarray
-    image_size: tuple[int, int]
-    input_size: tuple[int, int]
-    padded_size: tuple[int, int]
-    levels: list[LevelRow]
-    detections: list[Detection]
-    strength: OrderedDict[str, np.ndarray]
-    strides: dict[str, int]
-    bottom_up: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
-    bottom_up_strides: dict[str, int] = field(default_factory=dict)
-    score_thr: float = 0.0
-    weights: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "image": str(self.image_path),
-            "image_size": list(self.image_size),
-            "input_size": list(self.input_size),
-            "padded_size": list(self.padded_size),
-            "score_thr": self.score_thr,
-            "weights": self.weights,
-            "levels": [row.to_json() for row in self.levels],
-            "detections": [d.to_json() for d in self.detections],
-        }
-
-
-@contextmanager
-def _record_filter_proposals(rpn: torch.nn.Module) -> Iterator[list[tuple]]:
-    """While active, every ``rpn.filter_proposals(...)`` call runs unchanged and its
-    arguments and results are appended to the yielded list."""
-    calls: list[tuple] = []
-    original = rpn.filter_proposals
-
-    def recording(proposals, objectness, image_shapes, num_anchors_per_level):
-        boxes, scores = original(proposals, objectness, image_shapes, num_anchors_per_level)
-        calls.append((proposals, objectness, image_shapes, list(num_anchors_per_level), boxes, scores))
-        return boxes, scores
-
-    rpn.filter_proposals = recording  # instance attribute shadows the method
-    try:
-        yield calls
-    finally:
-        del rpn.filter_proposals
-
-
-def proposals_per_level(
-    rpn: torch.nn.Module,
-    proposals: Tensor,
-    objectness: Tensor,
-    image_shapes: list[tuple[int, int]],
-    num_anchors_per_level: list[int],
-    kept: int,
-) -> tuple[list[int], list[int]]:
-    """Per RPN level, how many proposals of image 0 enter NMS and how many the RPN finally keeps.
-
-    Args:
-        rpn: the model's ``RegionProposalNetwork``; its own ``filter_proposals`` is called
-            on each level's slice (see the module docstring).
-        proposals: ``Tensor[B, A, 4]`` decoded boxes for all anchors, levels concatenated.
-        objectness: ``Tensor[B * A, 1]`` logits, same order.
-        num_anchors_per_level: ``A_l`` per level (they sum to ``A``).
-        kept: how many proposals the model's call returned for image 0.
-
-    Returns:
-        ``(pre_nms, post_nms)``, one count per level; ``sum(post_nms) == kept``.
-    """
-    num_images = proposals.shape[0]
-    obj = objectness.reshape(num_images, -1)
-    unlimited = {"training": proposals.shape[1], "testing": proposals.shape[1]}
-    everything = copy.copy(rpn)  # shallow: shares the modules, own thresholds
-    everything._post_nms_top_n = unlimited
-    everything.nms_thresh = 1.0  # IoU never exceeds 1: NMS removes nothing
-    survivors = copy.copy(rpn)
-    survivors._post_nms_top_n = unlimited
-    pre: list[int] = []
-    scores: list[Tensor] = []
-    start = 0
-    for n in num_anchors_per_level:
-        part = (proposals[:, start : start + n], obj[:, start : start + n], image_shapes, [n])
-        pre.append(int(everything.filter_proposals(*part)[0][0].shape[0]))
-        scores.append(survivors.filter_proposals(*part)[1][0])
-        start += n
-    level_of = torch.cat([torch.full((len(s),), i, dtype=torch.int64) for i, s in enumerate(scores)])
-    order = torch.sort(torch.cat(scores).cpu(), descending=True, stable=True).indices[:kept]
-    post = torch.bincount(level_of[order], minlength=len(scores)).tolist()
-    return pre, post
-
-
-def _strength(fmap: Tensor, stride: int, input_size: tuple[int, int]) -> np.ndarray:
-    """``Tensor[1, C, h, w]`` -> mean |activation| over channels on the cells covering the image."""
-    rows = min(fmap.shape[-2], math.ceil(input_size[0] / stride))
-    cols = min(fmap.shape[-1], math.ceil(input_size[1] / stride))
-    return fmap[0, :, :rows, :cols].abs().mean(dim=0).float().cpu().numpy()
-
-
-def check_image_size(path: Path, image_size: tuple[int, int], model: torch.nn.Module) -> tuple[int, int]:
-    """The model's input size for an image of ``image_size`` (h, w); raises when the image is
-    too small for the pyramid.
-
-    "Too small" means the resized image's shorter side is below the coarsest level's stride:
-    that level would then be a single cell made mostly of padding, and its heat map, anchors
-    and proposals would say nothing about the image. It happens with very elongated images
-    (the longer side caps the scale) or a ``--min-size`` below the coarsest stride.
-    """
-    cfg: ModelConfig = model.config
-    h, w = image_size
-    coarsest = max(model.levels.values(), key=lambda s: s.stride)
-    if min(h, w) < 1:
-        raise FpnError(f"{path}: image has no pixels ({w}x{h})")
-    rh, rw = resized_size(h, w, model.transform.min_size[-1], model.transform.max_size)
-    if min(rh, rw) < coarsest.stride:
-        raise FpnError(
-            f"{path}: image too small for the pyramid: {w}x{h} px is resized to {rw}x{rh} "
-            f"(--min-size {cfg.min_size}, --max-size {cfg.max_size}), but the coarsest level "
-            f"{coarsest.name} has stride {coarsest.stride}; the resized shorter side must be at "
-            f"least {coarsest.stride} px (raise --max-size for elongated images, or --min-size)"
-        )
-    return rh, rw
-
-
-def inspect_image(
-    model: torch.nn.Module,
-    path: str | os.PathLike,
-    device: torch.device | str = "cpu",
-    score_thr: float = 0.5,
-    bottom_up: bool = False,
-    weights: str = "",
-    progress: Progress = None,
-) -> ImageInspection:
-    """Run ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) on one image and
-    describe every pyramid level.
-
-    Args:
-        path: the image (read with :func:`fpncli.data.images.read_image`).
-        score_thr: detections below this score are dropped.
-        bottom_up: also keep the bottom-up maps ``c2..c5``.
-        weights: where the weights came from (copied into the result).
-
-    Raises:
-        FpnError: unreadable image, or an image too small for the coarsest level
-            (see :func:`check_image_size`).
-    """
-    from torchvision.transforms.functional import pil_to_tensor
-
-    from fpncli.data.images import read_image
-
-    path = Path(path)
-    img = read_image(path)
-    tensor = pil_to_tensor(img)  # uint8 [3, H, W]
-    image_size = (int(tensor.shape[1]), int(tensor.shape[2]))
-    check_image_size(path, image_size, model)
-    device = torch.device(device)
-    model.eval().to(device)
-    captured: dict[str, Any] = {}
-
-    def keep(name: str):
-        def hook(_module, _inputs, output):
-            captured[name] = output
-
-        return hook
-
-    hooks = [
-        model.transform.register_forward_hook(keep("transform")),
-        model.backbone.register_forward_hook(keep("features")),
-    ]
-    if bottom_up:
-        hooks.append(model.backbone.bottom_up.register_forward_hook(keep("bottom_up")))
-    _say(progress, f"running the model on {path.name}")
-    try:
-        with torch.inference_mode(), _record_filter_proposals(model.rpn) as calls:
-            output = model([tensor.to(device).float().div_(255)])[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-    image_list = captured["transform"][0]
-    input_size = tuple(int(v) for v in image_list.image_sizes[0])
-    padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
-    features: OrderedDict[str, Tensor] = captured["features"]
-    levels: OrderedDict[str, LevelSpec] = model.levels
-    rpn_levels, roi_levels = model.rpn_levels, model.roi_levels
-
-    _say(progress, "counting proposals per level")
-    props, objectness, image_shapes, per_level, kept_boxes, _ = calls[-1]
-    with torch.inference_mode():
-        pre, post = proposals_per_level(
-            model.rpn, props, objectness, image_shapes, per_level, int(kept_boxes[0].shape[0])
-        )
-    if len(per_level) != len(rpn_levels):
-        raise RuntimeError(f"the RPN saw {len(per_level)} maps but the model declares {rpn_levels}")
-    rpn_counts = {name: (pre[i], post[i]) for i, name in enumerate(rpn_levels)}
-
-    # Detections: keep those above the threshold, level by Eqn. (1) in input pixels.
-    keep_mask = output["scores"] >= score_thr
-    boxes = output["boxes"][keep_mask].float().cpu()
-    scores = output["scores"][keep_mask].float().cpu()
-    labels = output["labels"][keep_mask].cpu()
-    ratio = torch.tensor([input_size[1] / image_size[1], input_size[0] / image_size[0]] * 2)
-    lo, hi = _level_range(levels, roi_levels)
-    det_levels = assign_level(boxes * ratio, lo, hi).tolist()
-    names = list(model.config.class_names)
-    detections = [
-        Detection(
-            [float(v) for v in box],
-            float(score),
-            int(label),
-            names[int(label) - 1] if 0 < int(label) <= len(names) else str(int(label)),
-            _level_name(levels, roi_levels, k),
-        )
-        for box, score, label, k in zip(boxes.tolist(), scores.tolist(), labels.tolist(), det_levels)
-    ]
-    det_counts = {name: 0 for name in roi_levels}
-    for det in detections:
-        det_counts[det.level] = det_counts.get(det.level, 0) + 1
-
-    sizes = dict(zip(rpn_levels, model.anchor_sizes()))
-    ratios = [float(r) for r in model.config.aspect_ratios]
-    rows = []
-    for name, spec in levels.items():
-        fmap = features[name]
-        h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
-        anchor_sizes = [int(s) for s in sizes.get(name, ())]
-        level_ratios = ratios if anchor_sizes else []
-        rows.append(
-            LevelRow(
-                name=name,
-                stride=spec.stride,
-                size=(h, w),
-                channels=int(fmap.shape[1]),
-                anchor_sizes=anchor_sizes,
-                aspect_ratios=level_ratios,
-                anchors=h * w * len(anchor_sizes) * len(level_ratios),
-                proposals_pre_nms=rpn_counts[name][0] if name in rpn_counts else None,
-                proposals_post_nms=rpn_counts[name][1] if name in rpn_counts else None,
-                detections=det_counts[name] if name in roi_levels else None,
-            )
-        )
-
-    strength = OrderedDict(
-        (name, _strength(features[name], levels[name].stride, input_size)) for name in levels
-    )
-    bottom_maps: OrderedDict[str, np.ndarray] = OrderedDict()
-    bottom_strides: dict[str, int] = {}
-    if bottom_up:
-        # The ResNet may stop after the last stage its neck reads (c4 for the c4 neck).
-        for name, spec in model.backbone.bottom_up.output_specs.items():
-            if name in captured["bottom_up"]:
-                bottom_maps[name] = _strength(captured["bottom_up"][name], spec.stride, input_size)
-                bottom_strides[name] = spec.stride
-    return ImageInspection(
-        image_path=path,
-        image=np.asarray(img),
-        image_size=image_size,
-        input_size=input_size,
-        padded_size=padded,
-        levels=rows,
-        detections=detections,
-        strength=strength,
-        strides={name: spec.stride for name, spec in levels.items()},
-        bottom_up=bottom_maps,
-        bottom_up_strides=bottom_strides,
-        score_thr=score_thr,
-        weights=weights,
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -505,11 +111,9 @@ def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
         raise FpnError(f"bad model configuration: {exc}") from None
     levels = model.levels
     sizes = {name: [int(s) for s in group] for name, group in zip(model.rpn_levels, model.anchor_sizes())}
-    generator = model.rpn.anchor_generator
     shapes = []
     for name in model.rpn_levels:
-        # generate_anchors orders anchors ratio-major (all sizes of ratio 0, then ratio 1, ...).
-        base = generator.generate_anchors(sizes[name], list(cfg.aspect_ratios), device=torch.device("cpu"))
+        base = model.base_anchors(name)  # ratio-major: all sizes of ratio 0, then ratio 1, ...
         combos = [(ratio, size) for ratio in cfg.aspect_ratios for size in sizes[name]]
         for (ratio, size), row in zip(combos, base.tolist()):
             shapes.append(AnchorShape(name, levels[name].stride, size, float(ratio), tuple(row)))
@@ -520,7 +124,7 @@ def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
         model.roi_levels,
         sizes,
         shapes,
-        int(model.transform.size_divisible),
+        model.size_divisible,
     )
 
 
@@ -597,7 +201,7 @@ def _coverage(name: str, best: np.ndarray) -> Coverage:
 
 
 @dataclass
-class DatasetReport:
+class AnchorFitReport:
     """What :func:`inspect_dataset` found. Per-box arrays (one entry per analysed box):
 
     Attributes:
@@ -652,7 +256,7 @@ class DatasetReport:
 
 def inspect_dataset(
     annotations: str | os.PathLike, cfg: ModelConfig, progress: Progress = None
-) -> DatasetReport:
+) -> AnchorFitReport:
     """Check every ground-truth box of a COCO annotation file against the pyramid of ``cfg``.
 
     Crowd regions (``iscrowd``) are left out, as COCO evaluation ignores them; boxes with
@@ -722,10 +326,10 @@ def inspect_dataset(
     scale = np.stack([resized[:, 1] / img_hw[:, 1], resized[:, 0] / img_hw[:, 0]], axis=1)
     boxes_in = boxes * np.tile(scale, 2)
     best, which = best_anchor_iou(boxes_in, resized[:, 2:4], layout)
-    lo, hi = _level_range(layout.levels, layout.roi_levels)
+    lo, hi = level_range(layout.levels, layout.roi_levels)
     ks = assign_level(torch.from_numpy(boxes_in), lo, hi).numpy()
     level_names = np.asarray(
-        [_level_name(layout.levels, layout.roi_levels, int(k)) for k in range(lo, hi + 1)]
+        [level_name(layout.levels, layout.roi_levels, int(k)) for k in range(lo, hi + 1)]
     )
     level = level_names[ks - lo]
     anchor_level = np.asarray([layout.shapes[i].level for i in range(len(layout.shapes))])[which]
@@ -748,7 +352,7 @@ def inspect_dataset(
         buckets.append(_coverage(name, best[(area >= low) & (area < high)]))
     overall = _coverage("all", best)
     verdict, fits = _verdict(layout, box_size, boxes_in, best, overall, skipped)
-    return DatasetReport(
+    return AnchorFitReport(
         path,
         len(coco.images),
         layout,

@@ -1,0 +1,306 @@
+"""`fpn inspect-levels IMAGE`: what each pyramid level sees and does in one image.
+
+Everything here returns plain data (dataclasses with ``to_json()``); pictures are drawn by
+:mod:`fpncli.viz.levels` and tables by the CLI.
+
+One image (:func:`inspect_image`) runs the model's own forward pass once, through
+``FPNFasterRCNN.trace``, which keeps the transform's, the neck's and (optionally) the
+bottom-up ResNet's outputs and the RPN's proposal-filter call; the RPN proposals per level,
+before and after NMS, come from ``FPNFasterRCNN.proposals_per_level`` (exact: NMS never
+compares boxes of different levels, so ranking each level's survivors reproduces the
+model's cut, ties at the cut aside).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fpncli.config import ModelConfig
+from fpncli.errors import FpnError
+from fpncli.modeling.levels import (
+    LevelSpec,
+    assign_level,
+    level_name,
+    level_range,
+    resized_size,
+)
+
+Progress = Callable[[str], None] | None
+
+
+def _say(progress: Progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+# --------------------------------------------------------------------------------------
+# One image
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelRow:
+    """One pyramid level of one inspected image.
+
+    ``size`` is the feature map ``(h, w)`` as the model computed it (padded input / stride,
+    rounded up); ``anchors = h * w * len(anchor_sizes) * len(aspect_ratios)``. RPN and
+    detection counts are None for levels that head does not use.
+    """
+
+    name: str
+    stride: int
+    size: tuple[int, int]
+    channels: int
+    anchor_sizes: list[int]
+    aspect_ratios: list[float]
+    anchors: int
+    proposals_pre_nms: int | None
+    proposals_post_nms: int | None
+    detections: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stride": self.stride,
+            "size": list(self.size),
+            "channels": self.channels,
+            # One size per level in the paper; a single-level neck carries several.
+            "anchor_size": self.anchor_sizes[0] if len(self.anchor_sizes) == 1 else None,
+            "anchor_sizes": list(self.anchor_sizes),
+            "aspect_ratios": list(self.aspect_ratios),
+            "anchors": self.anchors,
+            "proposals_pre_nms": self.proposals_pre_nms,
+            "proposals_post_nms": self.proposals_post_nms,
+            "detections": self.detections,
+        }
+
+
+@dataclass
+class Detection:
+    """A final detection: ``box`` xyxy in original image pixels; ``level`` by Eqn. (1) on the
+    box measured in the model's input pixels (as the RoI pooler measures boxes)."""
+
+    box: list[float]
+    score: float
+    label: int
+    name: str
+    level: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "score": round(self.score, 4),
+            "label": self.label,
+            "class": self.name,
+            "level": self.level,
+        }
+
+
+@dataclass
+class ImageInspection:
+    """What :func:`inspect_image` found.
+
+    Attributes:
+        image: the upright RGB image, ``uint8[H, W, 3]``.
+        image_size, input_size, padded_size: ``(h, w)`` of the image, after the model's
+            resizing, and after padding to a multiple of 32.
+        strength: per level, mean absolute activation over channels, ``float32[h_l, w_l]``,
+            cropped to the cells that cover the resized image (padding cells removed).
+        bottom_up: the same for ``c2..c5`` (only with ``bottom_up=True``).
+    """
+
+    image_path: Path
+    image: np.ndarray
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    levels: list[LevelRow]
+    detections: list[Detection]
+    strength: OrderedDict[str, np.ndarray]
+    strides: dict[str, int]
+    bottom_up: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    bottom_up_strides: dict[str, int] = field(default_factory=dict)
+    score_thr: float = 0.0
+    weights: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image_path),
+            "image_size": list(self.image_size),
+            "input_size": list(self.input_size),
+            "padded_size": list(self.padded_size),
+            "score_thr": self.score_thr,
+            "weights": self.weights,
+            "levels": [row.to_json() for row in self.levels],
+            "detections": [d.to_json() for d in self.detections],
+        }
+
+
+def _strength(fmap: Tensor, stride: int, input_size: tuple[int, int]) -> np.ndarray:
+    """``Tensor[1, C, h, w]`` -> mean |activation| over channels on the cells covering the image."""
+    rows = min(fmap.shape[-2], math.ceil(input_size[0] / stride))
+    cols = min(fmap.shape[-1], math.ceil(input_size[1] / stride))
+    return fmap[0, :, :rows, :cols].abs().mean(dim=0).float().cpu().numpy()
+
+
+def check_image_size(path: Path, image_size: tuple[int, int], model: torch.nn.Module) -> tuple[int, int]:
+    """The model's input size for an image of ``image_size`` (h, w); raises when the image is
+    too small for the pyramid.
+
+    "Too small" means the resized image's shorter side is below the coarsest level's stride:
+    that level would then be a single cell made mostly of padding, and its heat map, anchors
+    and proposals would say nothing about the image. It happens with very elongated images
+    (the longer side caps the scale) or a ``--min-size`` below the coarsest stride.
+    """
+    cfg: ModelConfig = model.config
+    h, w = image_size
+    coarsest = max(model.levels.values(), key=lambda s: s.stride)
+    if min(h, w) < 1:
+        raise FpnError(f"{path}: image has no pixels ({w}x{h})")
+    rh, rw = resized_size(h, w, model.min_size, model.max_size)
+    if min(rh, rw) < coarsest.stride:
+        raise FpnError(
+            f"{path}: image too small for the pyramid: {w}x{h} px is resized to {rw}x{rh} "
+            f"(--min-size {cfg.min_size}, --max-size {cfg.max_size}), but the coarsest level "
+            f"{coarsest.name} has stride {coarsest.stride}; the resized shorter side must be at "
+            f"least {coarsest.stride} px (raise --max-size for elongated images, or --min-size)"
+        )
+    return rh, rw
+
+
+def inspect_image(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    score_thr: float = 0.5,
+    bottom_up: bool = False,
+    weights: str = "",
+    progress: Progress = None,
+) -> ImageInspection:
+    """Run ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) on one image and
+    describe every pyramid level.
+
+    Args:
+        path: the image (read with :func:`fpncli.data.images.read_image`).
+        score_thr: detections below this score are dropped.
+        bottom_up: also keep the bottom-up maps ``c2..c5``.
+        weights: where the weights came from (copied into the result).
+
+    Raises:
+        FpnError: unreadable image, or an image too small for the coarsest level
+            (see :func:`check_image_size`).
+    """
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from fpncli.data.images import read_image
+
+    path = Path(path)
+    img = read_image(path)
+    tensor = pil_to_tensor(img)  # uint8 [3, H, W]
+    image_size = (int(tensor.shape[1]), int(tensor.shape[2]))
+    check_image_size(path, image_size, model)
+    device = torch.device(device)
+    model.eval().to(device)
+    _say(progress, f"running the model on {path.name}")
+    with torch.inference_mode():
+        trace = model.trace(tensor.to(device).float().div_(255), bottom_up=bottom_up)
+    output = trace.output
+    image_list = trace.transformed[0]
+    input_size = tuple(int(v) for v in image_list.image_sizes[0])
+    padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
+    features: OrderedDict[str, Tensor] = trace.features
+    levels: OrderedDict[str, LevelSpec] = model.levels
+    rpn_levels, roi_levels = model.rpn_levels, model.roi_levels
+
+    _say(progress, "counting proposals per level")
+    call = trace.rpn_calls[-1]
+    with torch.inference_mode():
+        pre, post = model.proposals_per_level(call)
+    if len(call.num_anchors_per_level) != len(rpn_levels):
+        raise RuntimeError(
+            f"the RPN saw {len(call.num_anchors_per_level)} maps but the model declares {rpn_levels}"
+        )
+    rpn_counts = {name: (pre[i], post[i]) for i, name in enumerate(rpn_levels)}
+
+    # Detections: keep those above the threshold, level by Eqn. (1) in input pixels.
+    keep_mask = output["scores"] >= score_thr
+    boxes = output["boxes"][keep_mask].float().cpu()
+    scores = output["scores"][keep_mask].float().cpu()
+    labels = output["labels"][keep_mask].cpu()
+    ratio = torch.tensor([input_size[1] / image_size[1], input_size[0] / image_size[0]] * 2)
+    lo, hi = level_range(levels, roi_levels)
+    det_levels = assign_level(boxes * ratio, lo, hi).tolist()
+    names = list(model.config.class_names)
+    detections = [
+        Detection(
+            [float(v) for v in box],
+            float(score),
+            int(label),
+            names[int(label) - 1] if 0 < int(label) <= len(names) else str(int(label)),
+            level_name(levels, roi_levels, k),
+        )
+        for box, score, label, k in zip(boxes.tolist(), scores.tolist(), labels.tolist(), det_levels)
+    ]
+    det_counts = {name: 0 for name in roi_levels}
+    for det in detections:
+        det_counts[det.level] = det_counts.get(det.level, 0) + 1
+
+    sizes = dict(zip(rpn_levels, model.anchor_sizes()))
+    ratios = [float(r) for r in model.config.aspect_ratios]
+    rows = []
+    for name, spec in levels.items():
+        fmap = features[name]
+        h, w = int(fmap.shape[-2]), int(fmap.shape[-1])
+        anchor_sizes = [int(s) for s in sizes.get(name, ())]
+        level_ratios = ratios if anchor_sizes else []
+        rows.append(
+            LevelRow(
+                name=name,
+                stride=spec.stride,
+                size=(h, w),
+                channels=int(fmap.shape[1]),
+                anchor_sizes=anchor_sizes,
+                aspect_ratios=level_ratios,
+                anchors=h * w * len(anchor_sizes) * len(level_ratios),
+                proposals_pre_nms=rpn_counts[name][0] if name in rpn_counts else None,
+                proposals_post_nms=rpn_counts[name][1] if name in rpn_counts else None,
+                detections=det_counts[name] if name in roi_levels else None,
+            )
+        )
+
+    strength = OrderedDict(
+        (name, _strength(features[name], levels[name].stride, input_size)) for name in levels
+    )
+    bottom_maps: OrderedDict[str, np.ndarray] = OrderedDict()
+    bottom_strides: dict[str, int] = {}
+    if bottom_up:
+        # The ResNet may stop after the last stage its neck reads (c4 for the c4 neck).
+        for name, spec in model.bottom_up_levels.items():
+            if name in trace.bottom_up:
+                bottom_maps[name] = _strength(trace.bottom_up[name], spec.stride, input_size)
+                bottom_strides[name] = spec.stride
+    return ImageInspection(
+        image_path=path,
+        image=np.asarray(img),
+        image_size=image_size,
+        input_size=input_size,
+        padded_size=padded,
+        levels=rows,
+        detections=detections,
+        strength=strength,
+        strides={name: spec.stride for name, spec in levels.items()},
+        bottom_up=bottom_maps,
+        bottom_up_strides=bottom_strides,
+        score_thr=score_thr,
+        weights=weights,
+    )
