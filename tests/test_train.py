@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from fpncli.checkpoint import read_checkpoint
 from fpncli.cli.app import app
 from fpncli.data.synth import synthesize
-from fpncli.engine.train import TrainingDiverged, lr_factor, train
+from fpncli.engine.train import lr_factor, train
 from fpncli.engine.train_config import TrainConfig
+from fpncli.engine.trainer import TrainingDiverged
 from fpncli.errors import FpnError
 
 SMALL = {

@@ -14,15 +14,13 @@ exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and dat
 from __future__ import annotations
 
 import json
-import math
 import platform
 import random
-import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +28,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fpncli.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from fpncli.checkpoint import read_checkpoint, unwrap
 from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
 from fpncli.data.sampler import GroupedBatches
 from fpncli.engine import distributed as D
 from fpncli.engine.train_config import TrainConfig, read_run_config
+from fpncli.engine.trainer import (
+    BestCheckpointer,
+    HookBase,
+    IterationLogger,
+    LastCheckpointer,
+    PeriodicEvaluation,
+    Trainer,
+    json_safe,
+)
 from fpncli.errors import FpnError
 
 ProgressFn = Callable[[dict[str, Any]], None]
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
-
-
-class TrainingDiverged(FpnError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -84,13 +86,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
-
-
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # Peak resident memory of the process (Linux reports KiB).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _StopFlag:
@@ -171,7 +166,9 @@ def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torc
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, progress: ProgressFn | None = None, hooks: Sequence[HookBase] = ()
+) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; returns a summary.
 
     Args:
@@ -180,6 +177,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any
             ``cfg`` may extend it).
         progress: called with event dicts: ``{"event": "start"|"iter"|"eval"|"warning"|
             "checkpoint"|"end", ...}`` (only on rank 0).
+        hooks: extra :class:`~fpncli.engine.trainer.HookBase` objects, called after the
+            built-in ones (logging, evaluation, ``best.pt``, ``last.pt``) at every step.
 
     Returns:
         ``{"run", "iterations", "total_iterations", "epochs", "interrupted", "best_ap",
@@ -192,12 +191,14 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any
     """
     info = D.setup(cfg.device)
     try:
-        return _train(cfg, info, progress)
+        return _train(cfg, info, progress, hooks)
     finally:
         D.cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None, hooks: Sequence[HookBase]
+) -> dict[str, Any]:
     emit = progress if (progress is not None and info.is_main) else (lambda event: None)
     run = Path(cfg.out)
     resume_state = None
@@ -352,16 +353,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "rng": states,
-            "best_ap": best_ap,
+            "best_ap": trainer.best_ap,
             "world_size": info.world_size,
             "train_config": json.dumps(cfg.to_dict()),
         }
-
-    def save_last(iteration: int) -> None:
-        state = train_state(iteration)  # collective: every rank takes part
-        if info.is_main:
-            save_checkpoint(run / "last.pt", model, train_state=state)
-            emit({"event": "checkpoint", "path": str(run / "last.pt"), "iteration": iteration})
 
     emit(
         {
@@ -381,144 +376,55 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         }
     )
 
+    # Order matters: evaluation runs before best.pt is compared and before last.pt records
+    # best_ap; extra hooks (new evaluations, new logs) run after the built-in ones.
+    default_hooks: list[HookBase] = [
+        IterationLogger(metrics_path, cfg.log_every, cfg.batch_size, progress is not None)
+    ]
+    if cfg.val_ann:
+        default_hooks += [
+            PeriodicEvaluation(lambda m: _validate(m, cfg, info), metrics_path, cfg.eval_every),
+            BestCheckpointer(run / "best.pt"),
+        ]
+    default_hooks.append(LastCheckpointer(run / "last.pt", cfg.save_every, train_state))
     stop = _StopFlag()
-    iteration = start_iter
+    trainer = Trainer(
+        model=model,
+        ddp_model=ddp_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        data=loader,
+        info=info,
+        start_iter=start_iter,
+        total=total,
+        per_epoch=per_epoch,
+        run=run,
+        emit=emit,
+        hooks=[*default_hooks, *hooks],
+        amp_dtype=amp_dtype,
+        clip_grad=cfg.clip_grad,
+        stop_requested=lambda: stop.requested,
+        best_ap=best_ap,
+    )
     t_start = time.perf_counter()
-    images_seen, window, interrupted = 0, [], False
-    last_metrics: dict[str, Any] | None = None
     with stop.installed():
-        data_iter = iter(loader)
-        t_data, cpu_data = time.perf_counter(), time.process_time()
-        while iteration < total:
-            images, targets = next(data_iter)
-            data_time = time.perf_counter() - t_data
-            if D.any_rank(not images, info):
-                emit(
-                    {
-                        "event": "warning",
-                        "message": f"iteration {iteration}: no readable image in the batch, skipped",
-                    }
-                )
-                iteration += 1
-                scheduler.step()
-                t_data, cpu_data = time.perf_counter(), time.process_time()
-                continue
-            t0 = time.perf_counter()
-            images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
-            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-            autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
-            with autocast:
-                loss_dict = ddp_model(images, targets)
-            loss = sum(loss_dict.values())
-            logged = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in LOSS_KEYS])
-            logged = D.all_reduce_mean(logged, info).cpu()
-            if not bool(torch.isfinite(logged).all()):
-                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(("loss", *LOSS_KEYS), logged.tolist()))
-                raise TrainingDiverged(
-                    f"loss is not finite at iteration {iteration + 1} ({parts}); stopped. "
-                    f"The last good checkpoint is {run / 'last.pt'}"
-                    + ("" if (run / "last.pt").exists() else " (none written yet)")
-                    + "; try a lower --lr, a longer warm-up or --clip-grad"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            grad_norm = None
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            iteration += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_time = time.perf_counter() - t0
-            window.append(step_time + data_time)
-            images_seen += len(images) * info.world_size
-            epoch_end = iteration % per_epoch == 0
-            if info.is_main and (
-                iteration % cfg.log_every == 0 or iteration == total or iteration == start_iter + 1
-            ):
-                avg = sum(window) / len(window)
-                record = {
-                    "type": "train",
-                    "iter": iteration,
-                    "epoch": iteration / per_epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    **dict(zip(("loss", *LOSS_KEYS), (round(v, 6) for v in logged.tolist()))),
-                    "grad_norm": grad_norm,
-                    "time_per_iter": avg,
-                    "iter_time": step_time + data_time,
-                    # this process's CPU time for the iteration: a figure that other
-                    # jobs on a shared machine disturb far less than wall-clock time
-                    "iter_cpu_time": time.process_time() - cpu_data,
-                    "data_time": data_time,
-                    "images_per_s": cfg.batch_size * info.world_size / avg,
-                    "memory_mb": round(_memory_mb(device), 1),
-                }
-                _append_jsonl(metrics_path, record)
-                emit(
-                    {"event": "iter", **record, "total_iterations": total, "eta_s": avg * (total - iteration)}
-                )
-                window = window[-50:]
-            elif progress is not None and info.is_main:
-                emit({"event": "tick", "iter": iteration, "total_iterations": total})
-            should_stop = D.any_rank(stop.requested, info)
-            evaluate_now = (
-                cfg.val_ann
-                and cfg.eval_every >= 0
-                and (
-                    iteration == total
-                    or (cfg.eval_every > 0 and epoch_end and (iteration // per_epoch) % cfg.eval_every == 0)
-                )
-            )
-            if evaluate_now and not should_stop:
-                metrics = _validate(model, cfg, info, iteration, per_epoch, metrics_path, emit)
-                model.train()
-                if metrics is not None:
-                    last_metrics = metrics
-                    if best_ap is None or metrics["AP"] > best_ap:
-                        best_ap = float(metrics["AP"])
-                        if info.is_main:
-                            save_checkpoint(
-                                run / "best.pt",
-                                model,
-                                train_state={"iteration": iteration, "val": _json_safe(metrics)},
-                            )
-                            emit(
-                                {
-                                    "event": "checkpoint",
-                                    "path": str(run / "best.pt"),
-                                    "iteration": iteration,
-                                    "AP": best_ap,
-                                }
-                            )
-            if (
-                should_stop
-                or iteration == total
-                or epoch_end
-                or (cfg.save_every and iteration % cfg.save_every == 0)
-            ):
-                save_last(iteration)
-            if should_stop:
-                interrupted = True
-                break
-            t_data, cpu_data = time.perf_counter(), time.process_time()
-        del data_iter
+        trainer.train()
     D.broadcast_buffers(model, info)
     seconds = time.perf_counter() - t_start
+    best_ap, last_metrics = trainer.best_ap, trainer.last_metrics
     summary = {
         "run": str(run),
-        "iterations": iteration,
+        "iterations": trainer.iteration,
         "total_iterations": total,
-        "epochs": iteration / per_epoch,
-        "interrupted": interrupted,
+        "epochs": trainer.iteration / per_epoch,
+        "interrupted": trainer.interrupted,
         "best_ap": best_ap,
-        "final_metrics": _json_safe(last_metrics) if last_metrics else None,
+        "final_metrics": json_safe(last_metrics) if last_metrics else None,
         "last": str(run / "last.pt"),
         "best": str(run / "best.pt") if best_ap is not None else None,
         "seconds": seconds,
-        "images_per_s": images_seen / seconds if seconds > 0 else None,
+        "images_per_s": trainer.images_seen / seconds if seconds > 0 else None,
     }
     if info.is_main:
         try:
@@ -532,57 +438,22 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     return summary
 
 
-def _validate(
-    model, cfg: TrainConfig, info: D.DistInfo, iteration: int, per_epoch: int, metrics_path: Path, emit
-) -> dict[str, Any] | None:
+def _validate(model: torch.nn.Module, cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any] | None:
     """COCO evaluation on rank 0 (the others wait); returns the metrics there, None elsewhere."""
     metrics = None
     if info.is_main:
         from fpncli.engine.evaluate import evaluate_model
 
-        emit({"event": "eval_start", "iter": iteration})
-        # Inference must not consume the training RNG, or a resumed run would diverge.
-        with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-            metrics = evaluate_model(
-                unwrap(model),
-                cfg.val_ann,
-                cfg.val_images,
-                device=info.device,
-                batch_size=cfg.eval_batch_size,
-                workers=min(cfg.workers, 2),
-            )
-        record = {
-            "type": "val",
-            "iter": iteration,
-            "epoch": iteration / per_epoch,
-            **{
-                k: metrics[k]
-                for k in (
-                    "AP",
-                    "AP50",
-                    "AP75",
-                    "APs",
-                    "APm",
-                    "APl",
-                    "AR1",
-                    "AR10",
-                    "AR100",
-                    "ARs",
-                    "ARm",
-                    "ARl",
-                )
-                if k in metrics
-            },
-        }
-        _append_jsonl(metrics_path, record)
-        emit({"event": "eval", **record})
+        metrics = evaluate_model(
+            unwrap(model),
+            cfg.val_ann,
+            cfg.val_images,
+            device=info.device,
+            batch_size=cfg.eval_batch_size,
+            workers=min(cfg.workers, 2),
+        )
     D.barrier(info)
     return metrics
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _trim_metrics(path: Path, start_iter: int) -> None:
@@ -597,18 +468,3 @@ def _trim_metrics(path: Path, start_iter: int) -> None:
         except json.JSONDecodeError:
             continue
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-def _json_safe(obj: Any) -> Any:
-    """Numbers, strings, lists and dicts only (for weights_only checkpoints and JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (bool, int, str)) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json_safe(obj.item())
-    return str(obj)
