@@ -100,7 +100,8 @@ def synthesise(folder: Path, images: int, boxes_per_image: float, seed: int) -> 
 def worker(backend: str, ann: str, res: str) -> None:
     """Runs in the child process: one evaluation, its time and numbers as JSON on stdout."""
     t0 = time.perf_counter()
-    from fpncli.engine.evaluate import METRIC_KEYS, evaluate_results
+    from fpncli.engine.coco_eval import METRIC_KEYS
+    from fpncli.engine.evaluate import evaluate_results
 
     metrics = evaluate_results(ann, res, backend=backend)
     elapsed = time.perf_counter() - t0
@@ -138,7 +139,7 @@ def main() -> None:
         worker(*args.worker)
         return
 
-    from fpncli.engine.evaluate import available_backends
+    from fpncli.engine.coco_eval import available_backends
 
     if "faster-coco-eval" not in available_backends():
         sys.exit('faster-coco-eval is not installed: pip install "fpncli[fast]"')

@@ -20,7 +20,7 @@ DATASET = {
 
 
 def test_proposal_recall_is_class_agnostic_and_cut_at_max_dets():
-    from fpncli.engine.ablation import proposal_recall
+    from fpncli.engine.coco_eval import proposal_recall
 
     exact = proposal_recall(DATASET, {1: [[10, 10, 30, 30]], 2: [[0, 0, 60, 50]]})
     assert exact["AR100"] == exact["AR1k"] == exact["AR1k_s"] == exact["AR1k_m"] == 1.0
@@ -31,13 +31,37 @@ def test_proposal_recall_is_class_agnostic_and_cut_at_max_dets():
 
 
 def test_proposal_recall_empty_and_partial():
-    from fpncli.engine.ablation import proposal_recall
+    from fpncli.engine.coco_eval import proposal_recall
 
     none = proposal_recall(DATASET, {})
     assert none["AR1k"] == 0.0 and none["num_proposals"] == 0
     # A box shifted by half its width (IoU 1/3) matches at no threshold of 0.50:0.95.
     half = proposal_recall(DATASET, {1: [[20, 10, 40, 30]], 2: [[0, 0, 60, 50]]})
     assert half["AR1k_s"] == 0.0 and half["AR1k_m"] == 1.0
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_proposal_recall_same_on_every_backend(backend):
+    """The ablation's recall goes through the same COCOeval driver as `fpn eval`, so
+    --backend applies to it too; both backends give the same numbers."""
+    from fpncli.engine.coco_eval import available_backends, proposal_recall
+
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    g = torch.Generator().manual_seed(0)
+    proposals = {}
+    for image_id in (1, 2):
+        xy = torch.rand(300, 2, generator=g) * 80
+        wh = torch.rand(300, 2, generator=g) * 40 + 2
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        # and, 150th in the ranking, the object's box shifted by a few pixels
+        gt = next(a["bbox"] for a in DATASET["annotations"] if a["image_id"] == image_id)
+        near = torch.tensor([[gt[0] + 2, gt[1] + 1, gt[0] + gt[2] + 2, gt[1] + gt[3] + 1]])
+        proposals[image_id] = torch.cat([boxes[:149], near, boxes[149:]]).tolist()
+    ours = proposal_recall(DATASET, proposals, backend=backend)
+    reference = proposal_recall(DATASET, proposals, backend="pycocotools")
+    assert ours == pytest.approx(reference, abs=1e-9)
+    assert ours["AR100"] < ours["AR1k"] <= 1 and ours["num_proposals"] == 602
 
 
 def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fpncli.engine.evaluate import METRIC_KEYS, evaluate_results, resolve_backend
+from fpncli.engine.coco_eval import METRIC_KEYS, resolve_backend
+from fpncli.engine.evaluate import evaluate_results
 from fpncli.errors import FpnError
 
 runner = CliRunner()

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fpncli.engine.evaluate import METRIC_KEYS, evaluate_model, evaluate_results
+from fpncli.engine.coco_eval import METRIC_KEYS
+from fpncli.engine.evaluate import evaluate_model, evaluate_results
 from fpncli.errors import FpnError
 
 

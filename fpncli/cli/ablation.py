@@ -57,6 +57,9 @@ def ablation(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
+    backend: Annotated[
+        str, typer.Option(help="COCO evaluation backend: auto, pycocotools or faster-coco-eval.")
+    ] = "auto",
 ) -> None:
     import torch
     from rich import box
@@ -105,6 +108,7 @@ def ablation(
         bifpn_repeats=bifpn_repeats,
         fresh=fresh,
         progress=report,
+        backend=backend,
     )
     s = result["settings"]
     # Thirteen columns: a light box and one space of padding keep it within 80 characters.

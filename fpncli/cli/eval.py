@@ -113,7 +113,8 @@ def _run_model(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fpncli.device import resolve_device
-    from fpncli.engine.evaluate import evaluate_model, resolve_backend
+    from fpncli.engine.coco_eval import resolve_backend
+    from fpncli.engine.evaluate import evaluate_model
     from fpncli.errors import FpnError
     from fpncli.modeling.weights import load_detector
 
@@ -158,7 +159,7 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
     from rich import box
     from rich.table import Table
 
-    from fpncli.engine.evaluate import METRIC_DESCRIPTIONS, METRIC_KEYS
+    from fpncli.engine.coco_eval import METRIC_DESCRIPTIONS, METRIC_KEYS
 
     for line in metrics.get("problems", [])[:8]:
         err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)

@@ -15,8 +15,6 @@ This module returns data and reports progress through a callback; printing is th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -26,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fpncli.engine.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
 from fpncli.errors import FpnError
 
 # The paper's rows first (single-scale baselines, then FPN), then the later necks.
@@ -41,8 +40,6 @@ BATCH_SIZE = 4
 TIMED_IMAGES = 20
 PROPOSALS = 1000
 PYRAMID_LEVELS = 5  # P2..P6: the RPN candidates every neck is given (see equal_pre_nms)
-# (name in results, COCOeval area index, maxDets index) for proposal recall.
-RECALL_KEYS = (("AR100", 0, 0), ("AR1k", 0, 1), ("AR1k_s", 1, 1), ("AR1k_m", 2, 1), ("AR1k_l", 3, 1))
 AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -97,72 +94,6 @@ def rpn_proposals(model: Any, images: Sequence[Any], top_n: int = PROPOSALS) -> 
         model.train(was_training)
 
 
-def proposal_recall(
-    dataset: dict[str, Any],
-    proposals: dict[int, Sequence[Sequence[float]]],
-    max_dets: tuple[int, int] = (100, PROPOSALS),
-) -> dict[str, float]:
-    """COCO average recall of class-agnostic proposals.
-
-    Args:
-        dataset: a parsed COCO annotation file (``images``, ``annotations``, ``categories``).
-        proposals: ``image_id -> [[x1, y1, x2, y2], ...]`` in pixels, best first. Images of
-            ``dataset`` missing here count as having no proposals.
-        max_dets: the two proposal budgets (AR@100 and AR@1000 in the paper).
-
-    Returns:
-        ``AR100``, ``AR1k``, ``AR1k_s``, ``AR1k_m``, ``AR1k_l`` as fractions (IoU 0.50:0.95;
-        -1 where a size has no ground truth), plus ``num_proposals``.
-    """
-    import numpy as np
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    cat_id = dataset["categories"][0]["id"] if dataset.get("categories") else 1
-    dets = []
-    for image_id, boxes in proposals.items():
-        n = len(boxes)
-        for rank, (x1, y1, x2, y2) in enumerate(boxes):
-            # Scores only carry the RPN's order (which the maxDets cut reads).
-            dets.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": cat_id,
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                    "score": 1.0 - rank / max(n, 1),
-                }
-            )
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {"info": {}, **dataset}
-        gt.createIndex()
-        if dets:
-            dt = gt.loadRes(dets)
-        else:
-            dt = COCO()
-            dt.dataset = {
-                "info": {},
-                "images": list(dataset["images"]),
-                "categories": list(dataset["categories"]),
-                "annotations": [],
-            }
-            dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.useCats = 0
-        ev.params.maxDets = list(max_dets)
-        ev.params.imgIds = sorted(img["id"] for img in dataset["images"])
-        ev.evaluate()
-        ev.accumulate()
-    recall = np.asarray(ev.eval["recall"])  # [T, K=1, A, M]
-    out: dict[str, float] = {}
-    for key, area, m in RECALL_KEYS:
-        values = recall[:, 0, area, m]
-        values = values[values > -1]
-        out[key] = float(values.mean()) if values.size else -1.0
-    out["num_proposals"] = len(dets)
-    return out
-
-
 # --------------------------------------------------------------------------- measurements
 
 
@@ -195,6 +126,7 @@ def measure_recall(
     device: Any,
     batch_size: int = 2,
     top_n: int = PROPOSALS,
+    backend: str = "auto",
 ) -> dict[str, float]:
     """Proposal recall of ``model``'s RPN on the images ``paths`` (``(image_id, file)``)."""
     proposals: dict[int, list[list[float]]] = {}
@@ -209,7 +141,7 @@ def measure_recall(
         images=[im for im in dataset["images"] if im["id"] in ids],
         annotations=[a for a in dataset["annotations"] if a["image_id"] in ids],
     )
-    return proposal_recall(subset, proposals, (100, top_n))
+    return proposal_recall(subset, proposals, (100, top_n), backend=backend)
 
 
 def used_parameters(model: Any, image: Any) -> int:
@@ -306,6 +238,7 @@ def _neck_result(
     workers: int,
     fresh: bool,
     emit: ProgressFn,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     from fpncli.device import resolve_device
     from fpncli.engine.evaluate import evaluate_model
@@ -356,11 +289,13 @@ def _neck_result(
     dev = next(model.parameters()).device
     emit({"event": "measure", "neck": neck, "what": "proposal recall"})
     dataset, paths = _val_images(resolved.val_ann, resolved.val_images)
-    recall = measure_recall(model, dataset, paths, dev)
+    recall = measure_recall(model, dataset, paths, dev, backend=backend)
     emit({"event": "measure", "neck": neck, "what": "detector AP"})
     # The preset's inference settings, with the RPN candidates equalised across necks.
     with model.inference_limits(rpn_pre_nms_top_n=equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
-        metrics = evaluate_model(model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2)
+        metrics = evaluate_model(
+            model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2, backend=backend
+        )
     emit({"event": "measure", "neck": neck, "what": "inference time"})
     timed = [_load_tensor(p).to(dev) for _, p in paths[: settings["timed_images"]]]
     seconds = time_inference(model, timed)
@@ -392,6 +327,7 @@ def run_ablation(
     bifpn_repeats: int = 2,
     fresh: bool = False,
     progress: ProgressFn | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Train and measure each neck; write ``ablation.json`` and ``ablation.md`` into ``out``.
 
@@ -406,6 +342,8 @@ def run_ablation(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         workers: data-loading processes during training.
         bifpn_repeats: BiFPN blocks.
+        backend: COCO evaluation backend for recall and AP (see
+            :func:`fpncli.engine.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
             made with the same settings is reused, and a neck whose training finished with the
             same training settings is only re-measured (an interrupted ablation continues
@@ -429,6 +367,7 @@ def run_ablation(
         raise FpnError("a neck is listed twice")
     if workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {workers}")
+    backend = resolve_backend(backend)  # a missing backend fails before any training
     plan = budget_plan(budget)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -463,7 +402,7 @@ def run_ablation(
                 rows.append(row)
                 continue
         emit({"event": "neck_start", "neck": neck, "index": index, "total": len(necks), **plan})
-        row = _neck_result(neck, run, settings, data_root, device, workers, fresh, emit)
+        row = _neck_result(neck, run, settings, data_root, device, workers, fresh, emit, backend)
         cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
         rows.append(row)
         emit({"event": "neck_done", "neck": neck, "row": row})

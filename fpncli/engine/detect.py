@@ -283,6 +283,7 @@ def run_detect(
     import torch
 
     from fpncli.device import resolve_device
+    from fpncli.engine.coco_eval import detections_to_coco
     from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
@@ -406,18 +407,9 @@ def run_detect(
                 if options.coco_results is not None and i in image_ids:
                     record["image_id"] = image_ids[i]
                     coco.extend(
-                        {
-                            "image_id": image_ids[i],
-                            "category_id": cid,
-                            "bbox": [
-                                round(box[0], 2),
-                                round(box[1], 2),
-                                round(box[2] - box[0], 2),
-                                round(box[3] - box[1], 2),
-                            ],
-                            "score": round(score, 5),
-                        }
-                        for box, score, cid in zip(boxes.tolist(), scores.tolist(), cat_ids)
+                        detections_to_coco(
+                            boxes.tolist(), scores.tolist(), label_list, image_ids[i], cfg.category_ids
+                        )
                     )
                 images.append(record)
                 summary.images_read += 1

@@ -16,8 +16,6 @@ needs neither, and plots import matplotlib only when asked for.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,66 +23,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
-from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path, xyxy_to_xywh
+from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path
+from fpncli.engine.coco_eval import (
+    METRIC_KEYS,
+    CocoEvaluation,
+    detections_to_coco,
+    resolve_backend,
+    run_cocoeval,
+)
 from fpncli.errors import FpnError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-# The 12 numbers of COCOeval.summarize() for boxes, in its order.
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-METRIC_DESCRIPTIONS = {
-    "AP": "AP   IoU=0.50:0.95  area=all     maxDets=100",
-    "AP50": "AP   IoU=0.50       area=all     maxDets=100",
-    "AP75": "AP   IoU=0.75       area=all     maxDets=100",
-    "APs": "AP   IoU=0.50:0.95  area=small   maxDets=100",
-    "APm": "AP   IoU=0.50:0.95  area=medium  maxDets=100",
-    "APl": "AP   IoU=0.50:0.95  area=large   maxDets=100",
-    "AR1": "AR   IoU=0.50:0.95  area=all     maxDets=1",
-    "AR10": "AR   IoU=0.50:0.95  area=all     maxDets=10",
-    "AR100": "AR   IoU=0.50:0.95  area=all     maxDets=100",
-    "ARs": "AR   IoU=0.50:0.95  area=small   maxDets=100",
-    "ARm": "AR   IoU=0.50:0.95  area=medium  maxDets=100",
-    "ARl": "AR   IoU=0.50:0.95  area=large   maxDets=100",
-}
 PER_CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-BACKENDS = ("pycocotools", "faster-coco-eval")
 MAX_LISTED = 50  # per-entry lines kept in metrics.json; the count is always exact
 
 ProgressFn = Callable[[int, int], None]
-
-
-# --------------------------------------------------------------------------- backends
-
-
-def available_backends() -> list[str]:
-    """The installed evaluation backends, fastest first."""
-    found = []
-    for name, module in (("faster-coco-eval", "faster_coco_eval"), ("pycocotools", "pycocotools.cocoeval")):
-        try:
-            __import__(module)
-        except ImportError:
-            continue
-        found.append(name)
-    return found
-
-
-def resolve_backend(backend: str = "auto") -> str:
-    """``auto`` -> faster-coco-eval when installed, else pycocotools; a named one must be installed."""
-    backend = (backend or "auto").strip().lower().replace("_", "-")
-    if backend in ("fast", "faster"):
-        backend = "faster-coco-eval"
-    found = available_backends()
-    if backend == "auto":
-        if not found:
-            raise FpnError("no COCO evaluation backend installed: pip install pycocotools")
-        return found[0]
-    if backend not in BACKENDS:
-        raise FpnError(f"unknown evaluation backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
-    if backend not in found:
-        hint = 'pip install "fpncli[fast]"' if backend == "faster-coco-eval" else "pip install pycocotools"
-        raise FpnError(f"evaluation backend {backend!r} is not installed ({hint})")
-    return backend
 
 
 # --------------------------------------------------------------------------- input checking
@@ -265,82 +220,13 @@ def _check_results(
     return dets, problems.lines() + (problems.entries if problems.count() > 1 else []), source
 
 
-# --------------------------------------------------------------------------- running COCOeval
-
-
-@dataclass
-class _Evaluation:
-    stats: list[float]  # the 12 numbers
-    precision: np.ndarray  # [T, R, K, A, M] as in COCOeval.eval["precision"] (-1 = no GT)
-    recall: np.ndarray  # [T, K, A, M]
-    iou_thrs: np.ndarray  # [T]
-    rec_thrs: np.ndarray  # [R]
-    cat_ids: list[int]  # K, the order of the class axis
-
-
-def run_cocoeval(
-    dataset: dict[str, Any],
-    detections: list[dict],
-    backend: str = "auto",
-    image_ids: Iterable[int] | None = None,
-) -> _Evaluation:
-    """COCOeval (``iouType="bbox"``) of ``detections`` against a COCO ``dataset`` dict.
-
-    Args:
-        dataset: a parsed annotation file (``images``, ``annotations``, ``categories``).
-        detections: checked COCO results (fresh dicts: the backends add keys to them).
-        backend: ``auto``, ``pycocotools`` or ``faster-coco-eval``.
-        image_ids: evaluate only these images (default: every image of ``dataset``).
-
-    Everything the backends print is captured: the caller owns the output.
-    """
-    import numpy as np
-
-    backend = resolve_backend(backend)
-    if backend == "faster-coco-eval":
-        from faster_coco_eval import COCO
-        from faster_coco_eval import COCOeval_faster as COCOeval
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = dataset
-        gt.createIndex()
-        if detections:
-            dt = gt.loadRes(detections)
-        else:  # pycocotools' loadRes cannot take an empty list; this is what it would build
-            dt = COCO()
-            dt.dataset = {
-                "info": {},
-                "images": list(dataset["images"]),
-                "categories": list(dataset["categories"]),
-                "annotations": [],
-            }
-            dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        if image_ids is not None:
-            ev.params.imgIds = sorted(set(image_ids))
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return _Evaluation(
-        [float(s) for s in list(ev.stats)[:12]],
-        np.asarray(ev.eval["precision"]),
-        np.asarray(ev.eval["recall"]),
-        np.asarray(ev.params.iouThrs),
-        np.asarray(ev.params.recThrs),
-        [int(c) for c in ev.params.catIds],
-    )
-
-
 def _mean_valid(values: np.ndarray) -> float:
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else -1.0
 
 
 def _per_class(
-    ev: _Evaluation, gt: CocoAnnotations, detections: list[dict], image_ids: set[int]
+    ev: CocoEvaluation, gt: CocoAnnotations, detections: list[dict], image_ids: set[int]
 ) -> list[dict[str, Any]]:
     """AP, AP50, AP75, APs/m/l and AR100 per category, as COCOeval.summarize computes the
     overall ones (mean over entries > -1), with instance and detection counts; best AP first."""
@@ -473,49 +359,6 @@ def _evaluate(
     return metrics
 
 
-def predictions_to_coco(
-    boxes: Sequence[Sequence[float]],
-    scores: Sequence[float],
-    labels: Sequence[int],
-    image_id: int,
-    category_ids: Sequence[int],
-    keep_ids: set[int] | None = None,
-) -> list[dict[str, Any]]:
-    """One image's detections as COCO results.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy, absolute pixels of the original image.
-        scores: ``[N]`` in 0..1.
-        labels: ``[N]`` the model's contiguous labels 1..K (0 = background never appears).
-        image_id: the annotation file's id of the image.
-        category_ids: ``ModelConfig.category_ids``: label ``i`` is ``category_ids[i - 1]``.
-        keep_ids: when given, detections of other category ids are dropped (classes the
-            model knows but the dataset does not, e.g. COCO_V1's "N/A" slots).
-
-    Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``; boxes rounded to
-        0.01 px and scores to 1e-5 (results files stay small; the evaluation uses the same
-        rounded values as the file).
-    """
-    out = []
-    for box, score, label in zip(boxes, scores, labels):
-        label = int(label)
-        if not 1 <= label <= len(category_ids):
-            continue
-        cid = int(category_ids[label - 1])
-        if keep_ids is not None and cid not in keep_ids:
-            continue
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": cid,
-                "bbox": [round(float(v), 2) for v in xyxy_to_xywh([float(b) for b in box])],
-                "score": round(float(score), 5),
-            }
-        )
-    return out
-
-
 def evaluate_model(
     model: Any,
     annotation_file: str | os.PathLike,
@@ -598,7 +441,7 @@ def evaluate_model(
             skipped.append(f"{result.path}: {result.error}")
         else:
             evaluated.append(img_id)
-            dets = predictions_to_coco(
+            dets = detections_to_coco(
                 result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(), img_id, category_ids
             )
             kept = [d for d in dets if d["category_id"] in keep]
