@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fpncli.errors import FpnError
+from fpncli.modeling.necks.registry import get_neck, neck_names
+
+# Every registered neck (fpncli.modeling.necks.registry), kept here for importers.
+NECKS = tuple(neck_names())
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-NECKS = ("fpn", "panet", "bifpn", "c4", "c5")  # built by fpncli.modeling.necks.build_neck
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 
 # torchvision's ImageNet statistics, which its pretrained weights expect.
@@ -94,8 +97,7 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         if self.backbone not in BACKBONES:
             raise FpnError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if self.neck not in NECKS:
-            raise FpnError(f"unknown neck {self.neck!r}; choose one of {', '.join(NECKS)}")
+        get_neck(self.neck)  # one-line error naming the registered necks
         if self.norm not in NORMS:
             raise FpnError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if not self.class_names:

@@ -36,6 +36,45 @@ def test_every_neck_is_registered():
     assert set(ALL_NECKS) == set(NECKS)
 
 
+def test_registry_feeds_config_cli_info_and_ablation(tiny_config):
+    from typer.testing import CliRunner
+
+    from fpncli.cli.app import app
+    from fpncli.engine.ablation import DEFAULT_NECKS, SINGLE_SCALE
+    from fpncli.engine.describe import describe_model
+    from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
+
+    assert list(NECKS) == list(NECK_REGISTRY) and set(DEFAULT_NECKS) <= set(NECK_REGISTRY)
+    assert SINGLE_SCALE == ("c4", "c5")
+    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    assert all(name in help_text for name in NECK_REGISTRY)
+    with pytest.raises(FpnError, match="unknown neck 'fpx'; choose one of c4, c5, fpn"):
+        get_neck("fpx")
+    with pytest.raises(FpnError, match="unknown neck"):
+        tiny_config.replace(neck="fpx").validate()
+    info = describe_model(_build(tiny_config, "bifpn", bifpn_repeats=3), "random")
+    assert info["neck_options"] == {"bifpn_repeats": 3} and info["input_levels"] == ["c2", "c3", "c4", "c5"]
+
+
+@pytest.mark.parametrize("neck", ALL_NECKS)
+def test_neck_declares_the_bottom_up_levels_it_reads(tiny_config, neck):
+    """The detector stops the ResNet after the neck's last declared input (c4 never runs conv5)."""
+    model = _build(tiny_config, neck)
+    neck_module = model.backbone.neck
+    assert model.input_levels == neck_module.in_names and set(neck_module.in_names) <= set(
+        model.bottom_up_levels
+    )
+    ran = []
+    hook = model.backbone.bottom_up.register_forward_hook(lambda m, args, out: ran.extend(out))
+    with torch.no_grad():
+        model.backbone(torch.rand(1, 3, 64, 64))
+    hook.remove()
+    assert ran[-1] == neck_module.in_names[-1]
+    del neck_module.in_names
+    with pytest.raises(ValueError, match="declares no input levels"):
+        neck_module.check_contract()
+
+
 @pytest.mark.parametrize("neck", ALL_NECKS)
 def test_declared_strides_match_real_shapes(tiny_config, neck):
     model = _build(tiny_config, neck)

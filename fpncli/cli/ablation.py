@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
+from fpncli.engine.ablation import DEFAULT_NECKS
 
 HELP = (
-    "Train every neck (c4, c5, fpn, panet, bifpn) on the same synthetic multi-scale data with the "
+    f"Train every neck ({', '.join(DEFAULT_NECKS)}) on the same synthetic multi-scale data with the "
     "same budget and seed, then print one table in the paper's form: RPN proposal recall "
     "(AR100, AR1k, AR1k small/medium/large), detector AP (AP50, AP, APs, APm, APl), "
     "parameters and inference time per image."
@@ -32,9 +33,9 @@ def ablation(
     out: Annotated[
         Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")
     ] = Path("runs/ablation"),
-    necks: Annotated[
-        str, typer.Option(help="Comma-separated necks, in table order.")
-    ] = "c4,c5,fpn,panet,bifpn",
+    necks: Annotated[str, typer.Option(help="Comma-separated necks, in table order.")] = ",".join(
+        DEFAULT_NECKS
+    ),
     budget: Annotated[
         float,
         typer.Option(
@@ -48,7 +49,7 @@ def ablation(
     data: Annotated[
         Path | None, typer.Option(help="A COCO-layout dataset root instead of the synthetic shapes.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     workers: Annotated[int, typer.Option(min=0, help="Data-loading processes during training.")] = 0,
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
@@ -57,9 +58,7 @@ def ablation(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
-    backend: Annotated[
-        str, typer.Option(help="COCO evaluation backend: auto, pycocotools or faster-coco-eval.")
-    ] = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     import torch
     from rich import box

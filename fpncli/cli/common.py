@@ -1,4 +1,5 @@
-"""What every command shares: the error boundary, consoles, common option types.
+"""What every command shares: the error boundary, consoles, the option types used by
+several commands (declared once, so their names, help and checks agree everywhere).
 
 Commands import torch lazily (inside the function), so ``fpn --help`` stays fast.
 """
@@ -6,19 +7,35 @@ Commands import torch lazily (inside the function), so ``fpn --help`` stays fast
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from fpncli.errors import FpnError
+from fpncli.modeling.necks.registry import neck_names
 
 console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# ---------------------------------------------------------------- shared option types
+# The default stays at each command (``device: DeviceOption = "auto"``).
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
+BackendOption = Annotated[
+    str, typer.Option(help="COCO evaluation backend: auto, pycocotools or faster-coco-eval.")
+]
+NeckOption = Annotated[
+    str | None, typer.Option(help=f"Neck: {', '.join(neck_names())} (default: the preset's, fpn).")
+]
+ModelWeightsOption = Annotated[
+    str,
+    typer.Option(
+        help="coco (torchvision COCO_V1), none, or an fpncli checkpoint / torchvision state-dict path."
+    ),
+]
 
 
 class _State:
@@ -53,7 +70,3 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import console, handle_errors
+from fpncli.cli.common import DeviceOption, console, handle_errors
 
 HELP = (
     "Run the whole job end to end with no download: synthesise shapes, train the tiny preset "
@@ -29,7 +29,8 @@ def demo(
     train_images: Annotated[int, typer.Option(min=1, help="Synthetic training images.")] = 600,
     val_images: Annotated[int, typer.Option(min=1, help="Held-out synthetic images for evaluation.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for data, weights and training.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, auto, cuda or cuda:N.")] = "cpu",
+    # The CPU by default: the README's demo figures are CPU figures, reproducible anywhere.
+    device: DeviceOption = "cpu",
 ) -> None:
     from fpncli.cli.train import TrainDisplay
     from fpncli.engine.demo import DemoConfig, run_demo

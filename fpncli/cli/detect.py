@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
 
 HELP = (
     "Detect objects in images, folders and glob patterns; write predictions.json and "
@@ -65,9 +65,7 @@ def detect(
             "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process."
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto, cpu, cuda or cuda:N (auto picks CUDA when present).")
-    ] = "auto",
+    device: DeviceOption = "auto",
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated images.")] = True,
     coco_results: Annotated[

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
 
 HELP = (
     "Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
@@ -49,8 +49,8 @@ def eval_coco(
     plots: Annotated[
         bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")
     ] = False,
-    backend: Annotated[str, typer.Option(help="auto, pycocotools or faster-coco-eval.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: BackendOption = "auto",
+    device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 0,
     max_images: Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import console, handle_errors
+from fpncli.cli.common import NeckOption, console, handle_errors
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
 EPILOG = (
@@ -24,7 +24,7 @@ def info(
         str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
     ] = "default",
     backbone: Annotated[str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101.")] = None,
-    neck: Annotated[str | None, typer.Option(help="Neck architecture.")] = None,
+    neck: NeckOption = None,
     fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
@@ -76,6 +76,12 @@ def _print_summary(summary: dict) -> None:
             " + ".join(level["used_by"]),
         )
     console.print(table)
+    options = "".join(f", {k} {v}" for k, v in summary["neck_options"].items())
+    console.print(
+        f"neck: {summary['neck']}: {summary['neck_summary']}{options}; "
+        f"reads {', '.join(summary['input_levels'])}",
+        highlight=False,
+    )
     console.print(
         f"parameters: [bold]{summary['parameters']:,}[/] "
         f"({summary['trainable_parameters']:,} trainable)   norm: {summary['norm']}"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from fpncli.atomic import write_json
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
 from fpncli.errors import FpnError
 
 HELP = (
@@ -57,11 +57,9 @@ def inspect_levels(
     backbone_weights: Annotated[
         str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")
     ] = "none",
-    neck: Annotated[
-        str | None, typer.Option(help="Neck for --weights none (fpn, panet, bifpn, c4, c5).")
-    ] = None,
+    neck: NeckOption = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     min_size: Annotated[
         int | None, typer.Option(help="Resize the shorter image side to this (pixels).")
     ] = None,

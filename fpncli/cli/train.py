@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
 
 HELP = (
     "Train an FPN Faster R-CNN on COCO-format data: the paper's recipe by default, resumable, "
@@ -64,7 +64,7 @@ def train(
     backbone: Annotated[
         str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101 (default: the preset's).")
     ] = None,
-    neck: Annotated[str | None, typer.Option(help="Neck architecture (default: fpn).")] = None,
+    neck: NeckOption = None,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -106,7 +106,7 @@ def train(
     ] = False,
     drop_negatives: Annotated[bool, typer.Option(help="Leave out images without annotations.")] = False,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     amp: Annotated[
         bool, typer.Option(help="Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler).")
     ] = False,

@@ -24,12 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fpncli.atomic import atomic_write, write_json
 from fpncli.engine.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
 from fpncli.errors import FpnError
+from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 
 # The paper's rows first (single-scale baselines, then FPN), then the later necks.
-DEFAULT_NECKS = ("c4", "c5", "fpn", "panet", "bifpn")
-SINGLE_SCALE = ("c4", "c5")
+# The rows, in table order, come from the neck registry: the paper's single-scale
+# baselines, then FPN, then the later necks.
+DEFAULT_NECKS = tuple(e.name for e in NECK_REGISTRY.values() if e.ablation)
+SINGLE_SCALE = tuple(e.name for e in NECK_REGISTRY.values() if e.single_scale)
 # Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
 # necks with the tiny preset: ~0.6-0.9 s per iteration of 4 images at 256 px
 # (../shared/docs/MEASURED.md), plus evaluation. Everything scales linearly with --budget.
@@ -200,7 +204,7 @@ def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int, 
         pass
     emit({"event": "data", "root": str(root), **wanted})
     synthesize(root, train=wanted["train"], val=wanted["val"], seed=seed, overwrite=True)
-    marker.write_text(json.dumps(wanted), encoding="utf-8")
+    write_json(marker, wanted, indent=None)
     return root
 
 
@@ -210,8 +214,8 @@ def _train_key(settings: dict[str, Any], neck: str) -> dict[str, Any]:
     keys = ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")
     key = {k: settings[k] for k in keys}
     key["neck"] = neck
-    if neck == "bifpn":
-        key["bifpn_repeats"] = settings["bifpn_repeats"]
+    for option in get_neck(neck).options:
+        key[option] = settings[option]
     return key
 
 
@@ -247,7 +251,7 @@ def _neck_result(
     from fpncli.modeling.detector import count_parameters
     from fpncli.modeling.weights import load_detector
 
-    model_overrides = {"bifpn_repeats": settings["bifpn_repeats"]} if neck == "bifpn" else {}
+    model_overrides = {option: settings[option] for option in get_neck(neck).options}
     cfg = TrainConfig(
         out=str(run),
         data=str(data_root),
@@ -282,9 +286,7 @@ def _neck_result(
             shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
         summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
         model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
-        (run / "ablation_train.json").write_text(
-            json.dumps({**key, "seconds": train_seconds}), encoding="utf-8"
-        )
+        write_json(run / "ablation_train.json", {**key, "seconds": train_seconds}, indent=None)
     model.eval()
     dev = next(model.parameters()).device
     emit({"event": "measure", "neck": neck, "what": "proposal recall"})
@@ -334,7 +336,7 @@ def run_ablation(
     Args:
         out: output folder: ``data/`` (the synthetic set), ``runs/<neck>/`` (each training
             run, its ``last.pt`` and the neck's ``result.json``), ``ablation.json``, ``ablation.md``.
-        necks: which necks, in table order (names of :data:`fpncli.config.NECKS`).
+        necks: which necks, in table order (names in :mod:`fpncli.modeling.necks.registry`).
         budget: scales iterations and data (:func:`budget_plan`); 1.0 is the CPU default.
         seed: one seed for the data, the initialisation and the sampling of every neck.
         data: a COCO-layout root (``annotations/instances_{train,val}*.json``) instead of
@@ -354,15 +356,14 @@ def run_ablation(
     Returns:
         ``{"settings", "rows": [one dict per neck], "claim": {...}, "json", "markdown"}``.
     """
-    from fpncli.config import NECKS
 
     emit = progress or (lambda event: None)
     necks = list(necks)
     if not necks:
         raise FpnError("no necks to compare")
-    unknown = [n for n in necks if n not in NECKS]
+    unknown = [n for n in necks if n not in NECK_REGISTRY]
     if unknown:
-        raise FpnError(f"unknown neck {unknown[0]!r}; choose from {', '.join(NECKS)}")
+        raise FpnError(f"unknown neck {unknown[0]!r}; choose from {', '.join(NECK_REGISTRY)}")
     if len(set(necks)) != len(necks):
         raise FpnError("a neck is listed twice")
     if workers < 0:
@@ -403,7 +404,7 @@ def run_ablation(
                 continue
         emit({"event": "neck_start", "neck": neck, "index": index, "total": len(necks), **plan})
         row = _neck_result(neck, run, settings, data_root, device, workers, fresh, emit, backend)
-        cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
+        write_json(cached, row)
         rows.append(row)
         emit({"event": "neck_done", "neck": neck, "row": row})
     environment = {
@@ -421,8 +422,8 @@ def run_ablation(
     }
     json_path = out / "ablation.json"
     md_path = out / "ablation.md"
-    json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    md_path.write_text(to_markdown(result), encoding="utf-8")
+    write_json(json_path, result)
+    atomic_write(md_path, lambda f: f.write(to_markdown(result)))
     result["json"], result["markdown"] = str(json_path), str(md_path)
     return result
 

@@ -168,7 +168,6 @@ def detections_to_coco(
     labels: Sequence[int],
     image_id: int,
     category_ids: Sequence[int],
-    keep_ids: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     """One image's detections as COCO results.
 
@@ -178,8 +177,6 @@ def detections_to_coco(
         labels: ``[N]`` the model's contiguous labels 1..K (0 = background never appears).
         image_id: the annotation file's id of the image.
         category_ids: ``ModelConfig.category_ids``: label ``i`` is ``category_ids[i - 1]``.
-        keep_ids: when given, detections of other category ids are dropped (classes the
-            model knows but the dataset does not, e.g. COCO_V1's "N/A" slots).
 
     Returns:
         ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``; boxes rounded to
@@ -192,8 +189,6 @@ def detections_to_coco(
         if not 1 <= label <= len(category_ids):
             continue
         cid = int(category_ids[label - 1])
-        if keep_ids is not None and cid not in keep_ids:
-            continue
         out.append(
             {
                 "image_id": image_id,

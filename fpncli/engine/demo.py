@@ -15,7 +15,6 @@ levels of one of them. Every step writes into one folder::
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fpncli.atomic import write_json
 from fpncli.errors import FpnError
 
 MARKER = "demo.json"
@@ -53,7 +53,7 @@ def _prepare(out: Path) -> None:
         for step in STEPS:
             shutil.rmtree(out / step, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"status": "running"}), encoding="utf-8")
+    write_json(out / MARKER, {"status": "running"}, indent=None)
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -110,9 +110,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
     )
     timings["train"] = time.perf_counter() - t
     if result["interrupted"]:  # Ctrl-C: training saved last.pt; stop here
-        (out / MARKER).write_text(
-            json.dumps({"status": "interrupted", "run": str(out / "run")}), encoding="utf-8"
-        )
+        write_json(out / MARKER, {"status": "interrupted", "run": str(out / "run")}, indent=None)
         raise KeyboardInterrupt
     model = result["model"].eval()
 
@@ -160,16 +158,14 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
             "status": "done",
         }
     )
-    (out / MARKER).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(out / MARKER, summary)
     return summary
 
 
-def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str | None:
+def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str:
     """Annotated images + predictions.json through the `fpn detect` engine."""
-    try:
-        from fpncli.engine.detect import DetectOptions, run_detect
-    except ImportError:  # older checkouts without `fpn detect`
-        return None
+    from fpncli.engine.detect import DetectOptions, run_detect
+
     run_detect(
         [str(p) for p in images],
         DetectOptions(weights=str(checkpoint), out_dir=out, device=device, workers=0),
@@ -178,15 +174,13 @@ def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str
 
 
 def _inspect(model, image: Path, out: Path, device: str, emit) -> str | None:
-    """`fpn inspect-levels` on one held-out image, when that command exists."""
-    try:
-        from fpncli.engine.inspect_image import inspect_image
-        from fpncli.viz.levels import save_image_figures
-    except ImportError:
-        return None
+    """`fpn inspect-levels` on one held-out image."""
+    from fpncli.engine.inspect_image import inspect_image
+    from fpncli.viz.levels import save_image_figures
+
     emit({"event": "step", "step": "levels", "message": f"inspecting pyramid levels on {image.name}"})
     report = inspect_image(model, image, device=device, score_thr=0.5, weights="demo")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "levels.json").write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    write_json(out / "levels.json", report.to_json())
     save_image_figures(report, out)
     return str(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fpncli.modeling.detector import FPNFasterRCNN, count_parameters
+from fpncli.modeling.necks.registry import get_neck
 
 
 def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
@@ -33,6 +34,9 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
     return {
         "backbone": cfg.backbone,
         "neck": cfg.neck,
+        "neck_summary": get_neck(cfg.neck).summary,
+        "neck_options": {name: getattr(cfg, name) for name in get_neck(cfg.neck).options},
+        "input_levels": model.input_levels,
         "norm": model.norm,
         "levels": levels,
         "rpn_levels": model.rpn_levels,

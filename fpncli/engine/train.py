@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fpncli.atomic import atomic_write, write_json
 from fpncli.checkpoint import read_checkpoint, unwrap
 from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
@@ -327,7 +328,7 @@ def _train(
         run.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (run / "last.pt").exists():
             raise FpnError(f"{run}: already holds a run (last.pt); use --resume {run} or another --out")
-        (run / "config.json").write_text(json.dumps(config_record, indent=2), encoding="utf-8")
+        write_json(run / "config.json", config_record)
         _trim_metrics(metrics_path, start_iter)
     D.barrier(info)
 
@@ -467,4 +468,4 @@ def _trim_metrics(path: Path, start_iter: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in keep)))

@@ -1,5 +1,5 @@
-"""The FPN Faster R-CNN: bottom-up backbone, necks, level assignment, detector, weights."""
+"""The FPN Faster R-CNN: bottom-up backbone, necks, level assignment, detector, weights.
 
-from fpncli.modeling.levels import LevelSpec, assign_level
-
-__all__ = ["LevelSpec", "assign_level"]
+Nothing is imported here, so that torch-free parts (the neck registry) stay importable
+without torch.
+"""

@@ -22,7 +22,7 @@ from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
 from fpncli.modeling.backbone import ResNetBottomUp
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks import build_neck
+from fpncli.modeling.necks.registry import build_neck
 from fpncli.modeling.pooler import LevelRoIPooler
 
 
@@ -37,9 +37,7 @@ class BackboneWithNeck(nn.Module):
         super().__init__()
         # cfg arrives resolved (build_model): trainable_layers is set.
         self.bottom_up = ResNetBottomUp(cfg.backbone, norm=norm, trainable_layers=cfg.trainable_layers)
-        self.neck = build_neck(
-            cfg.neck, self.bottom_up.output_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats
-        )
+        self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
 
     @property
@@ -48,7 +46,7 @@ class BackboneWithNeck(nn.Module):
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         # A neck that reads only some bottom-up levels (c4) lets the ResNet stop early.
-        last = getattr(self.neck, "in_names", ["c5"])[-1]
+        last = self.neck.in_names[-1]
         return self.neck(self.bottom_up(images, last=last))
 
 
@@ -111,6 +109,11 @@ class FPNFasterRCNN(FasterRCNN):
     def bottom_up_levels(self) -> OrderedDict[str, LevelSpec]:
         """The bottom-up ResNet's maps (``c2``..``c5``) that the neck reads from."""
         return self.backbone.bottom_up.output_specs
+
+    @property
+    def input_levels(self) -> list[str]:
+        """The bottom-up levels the neck reads (declared by the neck)."""
+        return list(self.backbone.neck.in_names)
 
     @property
     def rpn_levels(self) -> list[str]:

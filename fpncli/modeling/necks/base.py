@@ -13,17 +13,28 @@ class Neck(nn.Module):
     """Base class of necks.
 
     Subclasses set, in ``__init__``:
+        in_names: the bottom-up levels ``forward`` reads (``c2``..``c5``), finest first; the
+            backbone stops after the last one (the c4 baseline never runs conv5).
         output_specs: ordered ``name -> LevelSpec`` of every map ``forward`` returns,
             finest first, log2-contiguous strides.
         rpn_levels: names the RPN slides over (one anchor size per name).
         roi_levels: names the RoI head pools from (Eqn. (1) chooses among them).
     """
 
+    in_names: list[str]
     output_specs: OrderedDict[str, LevelSpec]
     rpn_levels: list[str]
     roi_levels: list[str]
 
-    def check_contract(self) -> None:
+    def check_contract(self, in_specs: dict[str, LevelSpec] | None = None) -> None:
+        """Raise ``ValueError`` if the declarations are inconsistent (optionally also
+        against the bottom-up levels ``in_specs`` the neck was built on)."""
+        if not getattr(self, "in_names", None):
+            raise ValueError(f"{type(self).__name__} declares no input levels (in_names)")
+        if in_specs is not None:
+            for name in self.in_names:
+                if name not in in_specs:
+                    raise ValueError(f"input level {name!r} is not produced by the bottom-up backbone")
         specs = list(self.output_specs.values())
         check_strides(specs)
         channels = {s.channels for s in specs}

@@ -1,0 +1,118 @@
+"""The one list of necks: name -> builder and what the neck is.
+
+Everything that needs to know which necks exist reads this table: the config check
+(:meth:`fpncli.config.ModelConfig.validate`), the CLI's help and choices, ``fpn info`` and
+``fpn ablation``. Adding a neck is one entry here plus its module.
+
+The table imports no torch: builders import their module when called, so ``fpn --help``
+and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fpncli.errors import FpnError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fpncli.config import ModelConfig
+    from fpncli.modeling.levels import LevelSpec
+    from fpncli.modeling.necks.base import Neck
+
+Builder = Callable[["dict[str, LevelSpec]", "ModelConfig"], "Neck"]
+
+
+@dataclass(frozen=True)
+class NeckEntry:
+    """One registered neck.
+
+    Attributes:
+        name: the ``--neck`` value, stored in every config and checkpoint.
+        build: ``build(bottom-up specs c2..c5, model config) -> Neck``.
+        summary: one line for ``--help``, ``fpn info`` and the README.
+        single_scale: one output map (the paper's baselines; the RPN then gets every
+            anchor size on that map).
+        options: the :class:`~fpncli.config.ModelConfig` fields that only this neck reads.
+        ablation: part of ``fpn ablation``'s default rows.
+    """
+
+    name: str
+    build: Builder
+    summary: str
+    single_scale: bool = False
+    options: tuple[str, ...] = ()
+    ablation: bool = True
+
+
+def _fpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.necks.fpn import FPN
+
+    return FPN(in_specs, cfg.fpn_channels)  # type: ignore[arg-type]
+
+
+def _panet(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.necks.panet import PANet
+
+    return PANet(in_specs, cfg.fpn_channels)  # type: ignore[arg-type]
+
+
+def _bifpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.necks.bifpn import BiFPN
+
+    if cfg.bifpn_repeats < 1:
+        raise FpnError(f"bifpn_repeats must be at least 1, got {cfg.bifpn_repeats}")
+    return BiFPN(in_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats)  # type: ignore[arg-type]
+
+
+def _single(level: str) -> Builder:
+    def build(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+        from fpncli.modeling.necks.single import SingleScale
+
+        return SingleScale(in_specs, cfg.fpn_channels, level=level)  # type: ignore[arg-type]
+
+    return build
+
+
+# Table order is the ablation's row order: the paper's baselines, the paper's FPN, later necks.
+NECK_REGISTRY: dict[str, NeckEntry] = {
+    e.name: e
+    for e in (
+        NeckEntry(
+            "c4", _single("c4"), "single-scale baseline on C4 (stride 16), the paper's Table 1 (a)", True
+        ),
+        NeckEntry(
+            "c5", _single("c5"), "single-scale baseline on C5 (stride 32), the paper's Table 1 (b)", True
+        ),
+        NeckEntry("fpn", _fpn, "Feature Pyramid Network, P2-P6 (Lin et al. 2017), the default"),
+        NeckEntry("panet", _panet, "FPN + PANet's extra bottom-up path (Liu et al. 2018)"),
+        NeckEntry(
+            "bifpn",
+            _bifpn,
+            "BiFPN: repeated weighted top-down/bottom-up blocks (Tan et al. 2020)",
+            options=("bifpn_repeats",),
+        ),
+    )
+}
+
+
+def neck_names() -> list[str]:
+    """Every registered neck, in table order."""
+    return list(NECK_REGISTRY)
+
+
+def get_neck(name: str) -> NeckEntry:
+    """The entry called ``name``; one-line :class:`FpnError` naming the choices otherwise."""
+    try:
+        return NECK_REGISTRY[name]
+    except KeyError:
+        raise FpnError(f"unknown neck {name!r}; choose one of {', '.join(NECK_REGISTRY)}") from None
+
+
+def build_neck(name: str, in_specs: dict[str, LevelSpec], cfg: ModelConfig, **overrides: Any) -> Neck:
+    """Build the neck ``name`` over bottom-up levels ``in_specs`` (``c2``..``c5``) for ``cfg``."""
+    entry = get_neck(name)
+    neck = entry.build(in_specs, cfg.replace(**overrides) if overrides else cfg)
+    neck.check_contract(in_specs)
+    return neck
