@@ -50,8 +50,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, train_state: dict
     training state to ``path`` atomically."""
     model = unwrap(model)
     cfg: ModelConfig = model.config
-    # Store the resolved normalisation so the file rebuilds the same modules.
-    config = cfg.replace(norm=model.norm).to_dict()
+    config = cfg.to_dict()  # resolved when the model was built: rebuilds the same modules
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,

@@ -308,7 +308,7 @@ def _train(
 
     config_record = {
         "train": cfg.to_dict(),
-        "model": unwrap(model).config.replace(norm=model.norm).to_dict(),
+        "model": unwrap(model).config.to_dict(),
         "weights_source": source,
         "world_size": info.world_size,
         "effective_batch": cfg.batch_size * info.world_size,

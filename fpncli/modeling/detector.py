@@ -33,10 +33,10 @@ class BackboneWithNeck(nn.Module):
     ``{level name: Tensor[B, d, H/stride, W/stride]}`` for every level in :attr:`levels`.
     """
 
-    def __init__(self, cfg: ModelConfig, norm: str) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        # cfg arrives resolved (build_model): trainable_layers is set.
-        self.bottom_up = ResNetBottomUp(cfg.backbone, norm=norm, trainable_layers=cfg.trainable_layers)
+        # cfg arrives resolved (build_model): norm and trainable_layers are set.
+        self.bottom_up = ResNetBottomUp(cfg.backbone, norm=cfg.norm, trainable_layers=cfg.trainable_layers)
         self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
 
@@ -59,8 +59,10 @@ class FPNFasterRCNN(FasterRCNN):
     ``{"boxes": Tensor[M, 4] xyxy in that image's pixels, "scores": [M], "labels": [M]}``.
     """
 
-    def __init__(self, cfg: ModelConfig, norm: str) -> None:
-        backbone = BackboneWithNeck(cfg, norm)
+    def __init__(self, cfg: ModelConfig) -> None:
+        if cfg.norm == "auto" or cfg.trainable_layers is None:
+            raise ValueError("FPNFasterRCNN needs a resolved config: build it with build_model()")
+        backbone = BackboneWithNeck(cfg)
         levels = backbone.levels
         rpn_specs = [levels[n] for n in backbone.neck.rpn_levels]
         roi_specs = [levels[n] for n in backbone.neck.roi_levels]
@@ -98,7 +100,11 @@ class FPNFasterRCNN(FasterRCNN):
             box_positive_fraction=cfg.box_positive_fraction,
         )
         self.config = cfg
-        self.norm = norm
+
+    @property
+    def norm(self) -> str:
+        """The bottom-up ResNet's normalisation: ``frozen_bn``, ``bn`` or ``gn``."""
+        return self.config.norm
 
     @property
     def levels(self) -> OrderedDict[str, LevelSpec]:
@@ -354,8 +360,13 @@ def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int
 def build_model(cfg: ModelConfig, pretrained_backbone: bool = False) -> FPNFasterRCNN:
     """Build an untrained detector for ``cfg`` (weights are loaded by :mod:`fpncli.modeling.weights`)."""
     cfg.validate()
-    cfg = cfg.replace(trainable_layers=cfg.resolved_trainable_layers(pretrained_backbone))
-    return FPNFasterRCNN(cfg, cfg.resolved_norm(pretrained_backbone))
+    # Resolved once, here: the model's config (saved in every checkpoint and run folder)
+    # then says which normalisation and trainable stages the modules really have.
+    cfg = cfg.replace(
+        norm=cfg.resolved_norm(pretrained_backbone),
+        trainable_layers=cfg.resolved_trainable_layers(pretrained_backbone),
+    )
+    return FPNFasterRCNN(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
