@@ -39,8 +39,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]  # checked just above
         else:
             return model
 
@@ -49,7 +49,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, train_state: dict
     """Write ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) and optional
     training state to ``path`` atomically."""
     model = unwrap(model)
-    cfg: ModelConfig = model.config
+    cfg: ModelConfig = model.config  # type: ignore[assignment]  # an FPNFasterRCNN's config
     config = cfg.to_dict()  # resolved when the model was built: rebuilds the same modules
     payload: dict[str, Any] = {
         "format": FORMAT,

@@ -126,7 +126,8 @@ def render_image(
         x, y, w, h = round(x), round(y), round(w), round(h)
         placed.append((x, y, w, h))
         cls = CLASSES[int(rng.integers(len(CLASSES)))]
-        colour = tuple(int(v) for v in rng.uniform(0, 90, size=3))
+        r, g, b = (int(v) for v in rng.uniform(0, 90, size=3))
+        colour = (r, g, b)
         bbox = _shape(draw, cls, x, y, w, h, colour, rng)
         objects.append({"category": cls, "bbox": bbox})
     return img, objects
@@ -175,7 +176,8 @@ def synthesize(
     for split, count in (("train", train), ("val", val)):
         img_dir = root / split
         img_dir.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         per_class = {name: 0 for name in CLASSES}
         buckets = {"small": 0, "medium": 0, "large": 0}
         for index in range(count):

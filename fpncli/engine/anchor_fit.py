@@ -284,6 +284,7 @@ def inspect_dataset(
         known = (
             isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0
         )
+        size = (int(height), int(width)) if known else (0, 0)  # type: ignore[arg-type]  # numbers when known
         for ann in anns:
             reason = None
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -303,7 +304,7 @@ def inspect_dataset(
                 continue
             area = ann.get("area")
             area = float(area) if isinstance(area, (int, float)) and area > 0 else w * h
-            rows.append((x, y, x + w, y + h, area, int(height), int(width)))
+            rows.append((x, y, x + w, y + h, area, *size))
     total = sum(len(a) for a in coco.annotations.values()) + len(coco.problems)
     if not rows:
         detail = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v)

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from fpncli.modeling.levels import (
     level_range,
     resized_size,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fpncli.modeling.detector import FPNFasterRCNN
 
 Progress = Callable[[str], None] | None
 
@@ -153,7 +156,7 @@ def _strength(fmap: Tensor, stride: int, input_size: tuple[int, int]) -> np.ndar
     return fmap[0, :, :rows, :cols].abs().mean(dim=0).float().cpu().numpy()
 
 
-def check_image_size(path: Path, image_size: tuple[int, int], model: torch.nn.Module) -> tuple[int, int]:
+def check_image_size(path: Path, image_size: tuple[int, int], model: FPNFasterRCNN) -> tuple[int, int]:
     """The model's input size for an image of ``image_size`` (h, w); raises when the image is
     too small for the pyramid.
 
@@ -179,7 +182,7 @@ def check_image_size(path: Path, image_size: tuple[int, int], model: torch.nn.Mo
 
 
 def inspect_image(
-    model: torch.nn.Module,
+    model: FPNFasterRCNN,
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
     score_thr: float = 0.5,
@@ -216,7 +219,7 @@ def inspect_image(
         trace = model.trace(tensor.to(device).float().div_(255), bottom_up=bottom_up)
     output = trace.output
     image_list = trace.transformed[0]
-    input_size = tuple(int(v) for v in image_list.image_sizes[0])
+    input_size = (int(image_list.image_sizes[0][0]), int(image_list.image_sizes[0][1]))
     padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
     features: OrderedDict[str, Tensor] = trace.features
     levels: OrderedDict[str, LevelSpec] = model.levels

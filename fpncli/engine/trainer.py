@@ -184,7 +184,9 @@ class Trainer:
         with autocast:
             loss_dict = self.ddp_model(images, targets)
         names = [k for k in LOSS_KEYS if k in loss_dict] + [k for k in loss_dict if k not in LOSS_KEYS]
-        loss: Tensor = sum(loss_dict[k] for k in names)  # type: ignore[assignment]
+        loss: Tensor = loss_dict[names[0]]
+        for k in names[1:]:
+            loss = loss + loss_dict[k]
         logged = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in names])
         values = D.all_reduce_mean(logged, self.info).cpu().tolist()
         losses = dict(zip(("loss", *names), values))

@@ -36,7 +36,9 @@ class BackboneWithNeck(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         # cfg arrives resolved (build_model): norm and trainable_layers are set.
-        self.bottom_up = ResNetBottomUp(cfg.backbone, norm=cfg.norm, trainable_layers=cfg.trainable_layers)
+        self.bottom_up = ResNetBottomUp(
+            cfg.backbone, norm=cfg.norm, trainable_layers=cfg.resolved_trainable_layers(False)
+        )
         self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
 
@@ -259,7 +261,7 @@ class FPNFasterRCNN(FasterRCNN):
         rpn = self.rpn
         original = rpn.filter_proposals
 
-        def recording(proposals, objectness, image_shapes, num_anchors_per_level):  # type: ignore[no-untyped-def]
+        def recording(proposals, objectness, image_shapes, num_anchors_per_level):
             boxes, scores = original(proposals, objectness, image_shapes, num_anchors_per_level)
             trace.rpn_calls.append(
                 RPNCall(proposals, objectness, list(image_shapes), list(num_anchors_per_level), boxes)

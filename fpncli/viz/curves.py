@@ -9,7 +9,8 @@ from pathlib import Path
 
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """``(train records, val records)`` of a ``metrics.jsonl`` (bad lines skipped)."""
-    train, val = [], []
+    train: list[dict] = []
+    val: list[dict] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             rec = json.loads(line)

@@ -74,7 +74,7 @@ def draw_detections(
     line, font_size = style_for(*out.size)
     font = _font(font_size)
     pad = max(1, font_size // 6)
-    order = range(len(boxes))
+    order: list[int] = list(range(len(boxes)))
     if scores is not None:
         order = sorted(order, key=lambda i: scores[i])
     for i in order:

@@ -36,7 +36,10 @@ class WeightedFusion(nn.Module):
 
     def forward(self, inputs: list[Tensor]) -> Tensor:
         w = self.normalized_weights()
-        return sum(w[i] * x for i, x in enumerate(inputs))
+        out = w[0] * inputs[0]
+        for i in range(1, len(inputs)):
+            out = out + w[i] * inputs[i]
+        return out
 
 
 class SeparableConv(nn.Module):
@@ -52,7 +55,7 @@ class SeparableConv(nn.Module):
         self.pointwise = nn.Conv2d(channels, channels, 1)
         nn.init.kaiming_uniform_(self.depthwise.weight, a=1)
         nn.init.kaiming_uniform_(self.pointwise.weight, a=1)
-        nn.init.constant_(self.pointwise.bias, 0)
+        nn.init.zeros_(self.pointwise.bias)  # type: ignore[arg-type]  # bias=True above
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pointwise(self.depthwise(F.silu(x)))
@@ -87,8 +90,7 @@ class BiFPNLayer(nn.Module):
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         """``xs``: per level ``Tensor[B, d, H_l, W_l]`` -> the same shapes."""
         n = self.num_levels
-        td = [None] * n
-        td[-1] = xs[-1]
+        td: list[Tensor] = list(xs)  # every entry but the coarsest is replaced, top-down
         for i in range(n - 2, -1, -1):
             td[i] = self.td_conv[i](self.td_fuse[i]([xs[i], _resize_to(td[i + 1], xs[i])]))
         outs = [td[0]]
@@ -121,8 +123,9 @@ class BiFPN(Neck):
         self.in_names = list(in_specs)
         self.laterals = nn.ModuleList(nn.Conv2d(in_specs[n].channels, channels, 1) for n in self.in_names)
         for conv in self.laterals:
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             nn.init.kaiming_uniform_(conv.weight, a=1)
-            nn.init.constant_(conv.bias, 0)
+            nn.init.zeros_(conv.bias)
         self.output_specs = OrderedDict()
         for name in self.in_names:
             level = "p" + name[1:]

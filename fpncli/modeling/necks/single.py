@@ -40,7 +40,7 @@ class SingleScale(Neck):
         self.in_names = [level]
         self.project = nn.Conv2d(in_specs[level].channels, channels, 1)
         nn.init.kaiming_uniform_(self.project.weight, a=1)
-        nn.init.constant_(self.project.bias, 0)
+        nn.init.zeros_(self.project.bias)  # type: ignore[arg-type]  # Conv2d has a bias by default
         self.output_specs = OrderedDict([(level, LevelSpec(level, channels, in_specs[level].stride))])
         self.rpn_levels = [level]
         self.roi_levels = [level]
