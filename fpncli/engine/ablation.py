@@ -267,7 +267,7 @@ def _neck_result(
         log_every=max(1, settings["iters"] // 10),
     )
     resolved = cfg.resolved()
-    if not resolved.val_ann:
+    if not resolved.val_ann or not resolved.val_images:
         raise FpnError(
             f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)"
         )
@@ -414,7 +414,7 @@ def run_ablation(
         "device": str(rows[-1].get("device", device)),
         "seconds": time.perf_counter() - started,
     }
-    result = {
+    result: dict[str, Any] = {
         "settings": settings,
         "environment": environment,
         "rows": rows,
@@ -423,7 +423,8 @@ def run_ablation(
     json_path = out / "ablation.json"
     md_path = out / "ablation.md"
     write_json(json_path, result)
-    atomic_write(md_path, lambda f: f.write(to_markdown(result)))
+    markdown = to_markdown(result)
+    atomic_write(md_path, lambda f: f.write(markdown))
     result["json"], result["markdown"] = str(json_path), str(md_path)
     return result
 
@@ -451,7 +452,7 @@ def small_object_claim(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             if by["fpn"][key] < 0 or not values:
                 continue
             gains[key] = 100.0 * (by["fpn"][key] - max(values))
-        largest = max(gains, key=gains.get) if gains else None
+        largest = max(gains, key=lambda k: gains[k]) if gains else None
         out[family] = {"gains": gains, "largest": largest, "small_largest": largest in ("AR1k_s", "APs")}
     out["holds"] = all(out[f]["small_largest"] for f in ("AR1k", "AP"))
     return out

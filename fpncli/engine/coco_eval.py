@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +202,7 @@ def detections_to_coco(
 
 def proposal_recall(
     dataset: dict[str, Any],
-    proposals: dict[int, Sequence[Sequence[float]]],
+    proposals: Mapping[int, Sequence[Sequence[float]]],
     max_dets: tuple[int, int] = (100, 1000),
     backend: str = "auto",
 ) -> dict[str, float]:
