@@ -38,6 +38,10 @@ def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
     return values
 
 
+def _show_step(event: dict) -> None:
+    err_console.print(event["message"], style="dim", markup=False, highlight=False)
+
+
 @handle_errors
 def inspect_levels(
     image: Annotated[
@@ -156,7 +160,7 @@ def _image(
         score_thr=score_thr,
         bottom_up=compare_bottom_up,
         weights=loaded.source,
-        progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")),
+        progress=None if as_json else _show_step,
     )
     data = report.to_json()
     written = []
@@ -224,9 +228,7 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
         min_size=min_size, max_size=max_size, anchor_sizes=sizes, aspect_ratios=ratios
     )
     cfg.validate()
-    report = inspect_dataset(
-        coco, cfg, progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]"))
-    )
+    report = inspect_dataset(coco, cfg, progress=None if as_json else _show_step)
     data = report.to_json()
     written = []
     if out is not None:

@@ -20,12 +20,13 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import atomic_write, write_json
 from fpncli.engine.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
+from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 
@@ -45,8 +46,6 @@ TIMED_IMAGES = 20
 PROPOSALS = 1000
 PYRAMID_LEVELS = 5  # P2..P6: the RPN candidates every neck is given (see equal_pre_nms)
 AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def budget_plan(budget: float = 1.0) -> dict[str, int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from fpncli.config import ModelConfig
+from fpncli.engine.events import ProgressFn, step
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
     LevelSpec,
@@ -44,8 +44,6 @@ from fpncli.modeling.levels import (
     padded_size,
     resized_size,
 )
-
-Progress = Callable[[str], None] | None
 
 # The RPN's labelling thresholds (the paper's and torchvision's): IoU >= 0.7 makes an anchor
 # positive; below 0.3 it is background. A box whose best anchor reaches 0.3 can still be
@@ -58,11 +56,6 @@ SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large",
 # A verdict line is written when a cause leaves at least this share of boxes without a
 # usable anchor.
 VERDICT_SHARE = 0.05
-
-
-def _say(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
 
 
 # --------------------------------------------------------------------------------------
@@ -255,7 +248,7 @@ class AnchorFitReport:
 
 
 def inspect_dataset(
-    annotations: str | os.PathLike, cfg: ModelConfig, progress: Progress = None
+    annotations: str | os.PathLike, cfg: ModelConfig, progress: ProgressFn | None = None
 ) -> AnchorFitReport:
     """Check every ground-truth box of a COCO annotation file against the pyramid of ``cfg``.
 
@@ -271,7 +264,7 @@ def inspect_dataset(
     path = Path(annotations)
     if path.is_file() and path.stat().st_size == 0:
         raise FpnError(f"{path}: empty file (0 bytes), expected COCO annotations")
-    _say(progress, f"reading {path}")
+    step(progress, f"reading {path}")
     coco = load_coco(path)
     layout = anchor_layout(cfg)
     skipped = {"zero_area": 0, "crowd": 0, "unknown_image_size": 0, "invalid": len(coco.problems)}
@@ -313,7 +306,7 @@ def inspect_dataset(
             + (f": {detail}" if detail else "")
             + ")"
         )
-    _say(progress, f"matching {len(rows):,} boxes against the anchors")
+    step(progress, f"matching {len(rows):,} boxes against the anchors")
     data = np.asarray(rows, dtype=np.float64)
     boxes, area = data[:, :4], data[:, 4]
     img_hw = data[:, 5:7].astype(np.int64)

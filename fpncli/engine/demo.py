@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import write_json
+from fpncli.engine.events import ProgressFn, emitter
 from fpncli.errors import FpnError
 
 MARKER = "demo.json"
@@ -56,7 +56,7 @@ def _prepare(out: Path) -> None:
     write_json(out / MARKER, {"status": "running"}, indent=None)
 
 
-def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary written to ``OUT/demo.json``.
 
     ``progress`` receives ``{"event": "step", "step": name, "message": ...}`` between steps
@@ -67,7 +67,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
     from fpncli.engine.train import train
     from fpncli.engine.train_config import TrainConfig
 
-    emit = progress or (lambda event: None)
+    emit = emitter(progress)
     out = Path(cfg.out)
     _prepare(out)
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from fpncli.config import ModelConfig
+from fpncli.engine.events import ProgressFn, step
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
     LevelSpec,
@@ -37,13 +37,6 @@ from fpncli.modeling.levels import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
-
-Progress = Callable[[str], None] | None
-
-
-def _say(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
 
 
 # --------------------------------------------------------------------------------------
@@ -188,7 +181,7 @@ def inspect_image(
     score_thr: float = 0.5,
     bottom_up: bool = False,
     weights: str = "",
-    progress: Progress = None,
+    progress: ProgressFn | None = None,
 ) -> ImageInspection:
     """Run ``model`` (an :class:`~fpncli.modeling.detector.FPNFasterRCNN`) on one image and
     describe every pyramid level.
@@ -214,7 +207,7 @@ def inspect_image(
     check_image_size(path, image_size, model)
     device = torch.device(device)
     model.eval().to(device)
-    _say(progress, f"running the model on {path.name}")
+    step(progress, f"running the model on {path.name}")
     with torch.inference_mode():
         trace = model.trace(tensor.to(device).float().div_(255), bottom_up=bottom_up)
     output = trace.output
@@ -225,7 +218,7 @@ def inspect_image(
     levels: OrderedDict[str, LevelSpec] = model.levels
     rpn_levels, roi_levels = model.rpn_levels, model.roi_levels
 
-    _say(progress, "counting proposals per level")
+    step(progress, "counting proposals per level")
     call = trace.rpn_calls[-1]
     with torch.inference_mode():
         pre, post = model.proposals_per_level(call)

@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
 from fpncli.data.sampler import GroupedBatches
 from fpncli.engine import distributed as D
+from fpncli.engine.events import ProgressFn
 from fpncli.engine.train_config import TrainConfig, read_run_config
 from fpncli.engine.trainer import (
     BestCheckpointer,
@@ -45,9 +46,6 @@ from fpncli.engine.trainer import (
     json_safe,
 )
 from fpncli.errors import FpnError
-
-ProgressFn = Callable[[dict[str, Any]], None]
-
 
 # ----------------------------------------------------------------------------- helpers
 

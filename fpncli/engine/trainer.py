@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from fpncli.checkpoint import save_checkpoint
 from fpncli.engine import distributed as D
+from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 
-EmitFn = Callable[[dict[str, Any]], None]
 # torchvision's four Faster R-CNN losses, logged first and in this order; any other loss a
 # model returns (e.g. an auxiliary head's) is logged after them under its own name.
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -107,7 +107,7 @@ class Trainer:
         total: int,
         per_epoch: int,
         run: Path,
-        emit: EmitFn,
+        emit: ProgressFn,
         hooks: Sequence[HookBase] = (),
         amp_dtype: torch.dtype | None = None,
         clip_grad: float | None = None,
