@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import console, err_console, handle_errors
 
@@ -94,7 +95,7 @@ def eval_coco(
     if metrics.get("detections_file"):
         written.insert(0, Path(metrics["detections_file"]))
     written += [Path(p) for p in metrics.get("plots", [])]
-    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_model(
@@ -161,20 +162,20 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
     from fpncli.engine.evaluate import METRIC_DESCRIPTIONS, METRIC_KEYS
 
     for line in metrics.get("problems", [])[:8]:
-        err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     if len(metrics.get("problems", [])) > 8:
         err_console.print(f"warning: ... {len(metrics['problems']) - 8} more in metrics.json", style="yellow")
     missing = metrics.get("missing_images") or []
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
         err_console.print(
-            f"missing: {len(missing)} image files not found, left out: {shown}",
+            f"missing: {len(missing)} image files not found, left out: {esc(shown)}",
             style="yellow",
             highlight=False,
             soft_wrap=True,
         )
     for line in (metrics.get("skipped_images") or [])[:10]:
-        err_console.print(f"skipped: {line}", style="yellow", highlight=False, soft_wrap=True)
+        err_console.print(f"skipped: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
     title = (
         f"COCO box metrics — {metrics['num_images']} images, {metrics['num_detections']} detections "
@@ -208,7 +209,7 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
         per.add_column(col, justify="right", no_wrap=True, min_width=5 if col.startswith("AP") else None)
     for r in rows:
         per.add_row(
-            r["name"],
+            esc(str(r["name"])),
             str(r["category_id"]),
             str(r["instances"]),
             str(r["detections"]),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.atomic import write_json
 from fpncli.cli.common import console, err_console, handle_errors
@@ -158,7 +159,7 @@ def _image(
         score_thr=score_thr,
         bottom_up=compare_bottom_up,
         weights=loaded.source,
-        progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]")),
+        progress=None if as_json else (lambda m: err_console.print(f"[dim]{esc(m)}[/]")),
     )
     data = report.to_json()
     written = []
@@ -172,7 +173,7 @@ def _image(
         return
     _print_image_table(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
+        console.print(f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: " + esc(", ".join(p.name for p in written)))
     else:
         console.print(
             "[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]"
@@ -213,7 +214,7 @@ def _print_image_table(data: dict) -> None:
     )
     console.print(
         f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
-        f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}"
+        f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {esc(str(data['weights']))}"
     )
 
 
@@ -227,7 +228,7 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
     )
     cfg.validate()
     report = inspect_dataset(
-        coco, cfg, progress=None if as_json else (lambda m: err_console.print(f"[dim]{m}[/]"))
+        coco, cfg, progress=None if as_json else (lambda m: err_console.print(f"[dim]{esc(m)}[/]"))
     )
     data = report.to_json()
     written = []
@@ -241,7 +242,7 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
         return
     _print_dataset_tables(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
+        console.print(f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: " + esc(", ".join(p.name for p in written)))
 
 
 def _dataset_config(weights: str, preset: str, neck: str | None):
@@ -329,4 +330,4 @@ def _print_dataset_tables(data: dict) -> None:
         console.print("left out: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in skipped.items()))
     style = "green" if data["fits"] else "yellow"
     for line in data["verdict"]:
-        console.print(f"[{style}]{line}[/]", highlight=False)
+        console.print(f"[{style}]{esc(line)}[/]", highlight=False)
