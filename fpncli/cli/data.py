@@ -61,5 +61,6 @@ def synth(
             highlight=False,
         )
     console.print(
-        f"train on it: [bold]fpn train --data {esc(str(out))} --preset tiny --out runs/shapes[/]", highlight=False
+        f"train on it: [bold]fpn train --data {esc(str(out))} --preset tiny --out runs/shapes[/]",
+        highlight=False,
     )

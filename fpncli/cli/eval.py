@@ -95,7 +95,9 @@ def eval_coco(
     if metrics.get("detections_file"):
         written.insert(0, Path(metrics["detections_file"]))
     written += [Path(p) for p in metrics.get("plots", [])]
-    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
+    )
 
 
 def _run_model(

@@ -173,7 +173,10 @@ def _image(
         return
     _print_image_table(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: " + esc(", ".join(p.name for p in written)))
+        console.print(
+            f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
+            + esc(", ".join(p.name for p in written))
+        )
     else:
         console.print(
             "[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]"
@@ -242,7 +245,10 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
         return
     _print_dataset_tables(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: " + esc(", ".join(p.name for p in written)))
+        console.print(
+            f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
+            + esc(", ".join(p.name for p in written))
+        )
 
 
 def _dataset_config(weights: str, preset: str, neck: str | None):

@@ -178,7 +178,11 @@ def train(
     if summary["interrupted"]:
         err_console.print(
             f"interrupted at iteration {summary['iterations']}/{summary['total_iterations']}; "
-            f"saved {esc(str(summary['last']))}. Continue with: fpn train --resume {esc(str(run))}",
+            + (
+                f"saved {esc(str(summary['last']))}. Continue with: fpn train --resume {esc(str(run))}"
+                if summary["last"]
+                else "no checkpoint written yet"
+            ),
             style="yellow",
             highlight=False,
         )
@@ -195,8 +199,14 @@ def train(
             f"APl {m['APl']:.3f}   best AP {summary['best_ap']:.3f}",
             highlight=False,
         )
+    if summary.get("skipped_images"):
+        err_console.print(
+            f"[yellow]warning:[/] {summary['skipped_images']} training image(s) skipped; "
+            f"listed in {esc(str(Path(run) / 'skipped_images.txt'))}",
+            highlight=False,
+        )
     console.print(
-        f"run folder: [bold]{esc(str(run))}[/]  (last.pt, {'best.pt, ' if summary['best'] else ''}"
+        f"run folder: [bold]{esc(str(run))}[/]  ({'last.pt, ' if summary['last'] else ''}{'best.pt, ' if summary['best'] else ''}"
         f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
         highlight=False,
     )

@@ -6,7 +6,9 @@ colour mode (grayscale, palette, RGBA, CMYK, 16-bit) converted to 8-bit RGB.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,27 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if "truncated" in reason.lower():
             reason = "truncated image data"
         raise ImageReadError(f"{path}: corrupt image ({reason})") from None
+
+
+def resized_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(width, height) after torchvision's detection resize: the shorter side to ``min_size``,
+    the longer side capped at ``max_size`` (``GeneralizedRCNNTransform``, floor rounding)."""
+    scale = min(min_size / max(min(width, height), 1), max_size / max(width, height, 1))
+    return math.floor(width * scale), math.floor(height * scale)
+
+
+def model_size_problem(width: int, height: int, min_sizes: Sequence[int] | int, max_size: int) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels cannot pass through a model that resizes to
+    shorter side ``min_sizes`` (each one, for training) and longer side at most ``max_size``;
+    None when it can. A very elongated image (e.g. 3000x1) would shrink to 0 pixels."""
+    for min_size in [min_sizes] if isinstance(min_sizes, int) else min_sizes:
+        w, h = resized_size(width, height, int(min_size), int(max_size))
+        if w < 1 or h < 1:
+            return (
+                f"image too elongated for the model ({width}x{height} pixels would be resized "
+                f"to {w}x{h}: shorter side {min_size}, longer side at most {max_size})"
+            )
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection.image_list import ImageList
 from torchvision.transforms.functional import pil_to_tensor
 
-from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, model_size_problem, read_image
 from fpncli.errors import FpnError
 
 
@@ -88,11 +88,25 @@ class _ImageFiles(Dataset):
             return _Item(index, None, None, (0, 0), str(exc))
         except Exception as exc:  # a decoder bug must not stop the other images
             return _Item(index, None, None, (0, 0), f"{path}: cannot decode ({type(exc).__name__}: {exc})")
-        original = pil_to_tensor(img)  # uint8 [3, H, W]
-        prepared = original.float().div(255)  # what torchvision's to_tensor gives
-        if self.transform is not None:
-            # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
-            prepared = self.transform.resize(self.transform.normalize(prepared), None)[0]
+        try:
+            original = pil_to_tensor(img)  # uint8 [3, H, W]
+            prepared = original.float().div(255)  # what torchvision's to_tensor gives
+            if self.transform is not None:
+                t = self.transform
+                problem = model_size_problem(img.width, img.height, t.min_size[-1], t.max_size)
+                if problem is not None:
+                    return _Item(index, None, None, (0, 0), f"{path}: {problem}")
+                # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
+                prepared = t.resize(t.normalize(prepared), None)[0]
+        except Exception as exc:  # one image that cannot be prepared must not stop the others
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return _Item(
+                index,
+                None,
+                None,
+                (0, 0),
+                f"{path}: cannot prepare for the model ({type(exc).__name__}: {reason})",
+            )
         size = (original.shape[1], original.shape[2])
         return _Item(index, original if self.keep_images else None, prepared, size, None)
 
@@ -117,8 +131,15 @@ class _DetectInWorker(Dataset):
         item = self.files[index]
         if item.error is not None:
             return item, None
-        with torch.inference_mode():
-            out = _forward(self.model, [item], torch.device("cpu"), half=False)[0]
+        try:
+            with torch.inference_mode():
+                out = _forward(self.model, [item], torch.device("cpu"), half=False)[0]
+        except Exception as exc:  # this image alone: report it, keep the others going
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            path = self.files.paths[index]
+            return item._replace(
+                prepared=None, error=f"{path}: detection failed ({type(exc).__name__}: {reason})"
+            ), None
         return item._replace(prepared=None), out
 
 

@@ -5,7 +5,8 @@
     summary = train(TrainConfig(data="data/shapes", preset="tiny", out="runs/shapes", iters=300))
 
 The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
-config, versions, world size), ``metrics.jsonl`` (one JSON object per logged iteration and
+config, versions, world size), ``skipped_images.txt`` (every training image left out:
+missing, unreadable or unfit for the model's sizes, one per line), ``metrics.jsonl`` (one JSON object per logged iteration and
 per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
 with ``--weights``) and ``curves.png``. ``TrainConfig(out=RUN, resume=True)`` continues a run
 exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and data order.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fpncli.atomic import write_json, write_text
 from fpncli.checkpoint import read_checkpoint, save_checkpoint, unwrap
 from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
@@ -37,8 +39,10 @@ from fpncli.data.sampler import GroupedBatches
 from fpncli.engine import distributed as D
 from fpncli.engine.train_config import TrainConfig, read_run_config
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 ProgressFn = Callable[[dict[str, Any]], None]
+SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
 
@@ -215,10 +219,19 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         resume_state = read_checkpoint(run / "last.pt")
     cfg = cfg.resolved()
     device = info.device
+    if info.is_main:
+        weights = getattr(cfg, "weights", None)
+        check_outputs(
+            folders=[run],
+            files=[run / n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", SKIPPED_FILE)],
+            inputs=[cfg.train_ann, cfg.val_ann, weights if weights not in (None, "coco", "none") else None],
+        )
 
     train_set = DetectionDataset(cfg.train_ann, cfg.train_images, drop_negatives=cfg.drop_negatives)
     if len(train_set) == 0:
-        raise FpnError(f"{cfg.train_ann}: no usable training images in {cfg.train_images}")
+        skipped = train_set.report.skipped_images()
+        example = f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""
+        raise FpnError(f"{cfg.train_ann}: no usable training images in {cfg.train_images}{example}")
     for line in train_set.report.warnings():
         emit({"event": "warning", "message": f"{cfg.train_ann}: {line}"})
     if cfg.val_ann:
@@ -233,6 +246,22 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     else:
         model, source = _build_model(cfg, train_set.categories)
     model.to(device).train()
+    # Images the model cannot take at its training sizes (e.g. 3000x1 px) are left out, reported.
+    unfit = train_set.drop_unfit(
+        list(cfg.train_sizes) if cfg.train_sizes else list(model.transform.min_size), model.transform.max_size
+    )
+    if unfit:
+        emit(
+            {
+                "event": "warning",
+                "message": f"{cfg.train_ann}: {len(unfit)} image(s) skipped, e.g. {unfit[0]}",
+            }
+        )
+    if len(train_set) == 0:
+        raise FpnError(
+            f"{cfg.train_ann}: no usable training images in {cfg.train_images} "
+            f"({len(train_set.report.skipped_images())} skipped, e.g. {train_set.report.skipped_images()[0]})"
+        )
     if cfg.train_sizes:
         # torchvision's transform draws the shorter side from this tuple for each batch in
         # training mode (torch RNG, so it is seeded and resumable); the saved config keeps
@@ -326,8 +355,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         run.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and (run / "last.pt").exists():
             raise FpnError(f"{run}: already holds a run (last.pt); use --resume {run} or another --out")
-        (run / "config.json").write_text(json.dumps(config_record, indent=2), encoding="utf-8")
+        write_json(run / "config.json", config_record)
         _trim_metrics(metrics_path, start_iter)
+        # Every image left out, one per line, so nothing vanishes silently (appended below
+        # as unreadable ones turn up).
+        write_text(run / SKIPPED_FILE, "".join(line + "\n" for line in train_set.report.skipped_images()))
     D.barrier(info)
 
     loader = DataLoader(
@@ -356,6 +388,19 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
             "world_size": info.world_size,
             "train_config": json.dumps(cfg.to_dict()),
         }
+
+    unreadable: set[str] = set()
+
+    def note_unreadable(reasons: list[str]) -> None:
+        new = [r for r in reasons if r not in unreadable]
+        if not new:
+            return
+        unreadable.update(new)
+        if info.is_main:
+            with open(run / SKIPPED_FILE, "a", encoding="utf-8") as f:
+                f.writelines(r + "\n" for r in new)
+        for reason in new:
+            emit({"event": "warning", "message": f"unreadable training image skipped: {reason}"})
 
     def save_last(iteration: int) -> None:
         state = train_state(iteration)  # collective: every rank takes part
@@ -386,11 +431,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
     t_start = time.perf_counter()
     images_seen, window, interrupted = 0, [], False
     last_metrics: dict[str, Any] | None = None
+    images_trained, empty_streak = 0, 0
     with stop.installed():
         data_iter = iter(loader)
         t_data, cpu_data = time.perf_counter(), time.process_time()
         while iteration < total:
-            images, targets = next(data_iter)
+            images, targets, skipped = next(data_iter)
+            note_unreadable(skipped)
             data_time = time.perf_counter() - t_data
             if D.any_rank(not images, info):
                 emit(
@@ -400,9 +447,23 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                     }
                 )
                 iteration += 1
+                empty_streak += 1
                 scheduler.step()
+                nothing_trained = not D.any_rank(images_trained > 0, info)
+                if nothing_trained and empty_streak >= min(per_epoch, total - start_iter):
+                    # A whole epoch (or the whole run) without one readable image: nothing to
+                    # train, and no checkpoint is written.
+                    raise FpnError(
+                        f"{cfg.train_ann}: no training image could be read in {empty_streak} "
+                        f"batch(es) ({len(unreadable)} unreadable, e.g. {min(unreadable, default='?')}); "
+                        f"nothing trained, no checkpoint written (list in {run / SKIPPED_FILE})"
+                    )
+                if iteration == total or iteration % per_epoch == 0:
+                    save_last(iteration)
                 t_data, cpu_data = time.perf_counter(), time.process_time()
                 continue
+            empty_streak = 0
+            images_trained += len(images)
             t0 = time.perf_counter()
             images = [im.to(device, non_blocking=True).float().div_(255) for im in images]
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
@@ -515,7 +576,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         "interrupted": interrupted,
         "best_ap": best_ap,
         "final_metrics": _json_safe(last_metrics) if last_metrics else None,
-        "last": str(run / "last.pt"),
+        "last": str(run / "last.pt") if (run / "last.pt").is_file() else None,
+        "skipped_images": len(train_set.report.skipped_images()) + len(unreadable),
         "best": str(run / "best.pt") if best_ap is not None else None,
         "seconds": seconds,
         "images_per_s": images_seen / seconds if seconds > 0 else None,
@@ -542,15 +604,20 @@ def _validate(
 
         emit({"event": "eval_start", "iter": iteration})
         # Inference must not consume the training RNG, or a resumed run would diverge.
-        with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-            metrics = evaluate_model(
-                unwrap(model),
-                cfg.val_ann,
-                cfg.val_images,
-                device=info.device,
-                batch_size=cfg.eval_batch_size,
-                workers=min(cfg.workers, 2),
-            )
+        try:
+            with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                metrics = evaluate_model(
+                    unwrap(model),
+                    cfg.val_ann,
+                    cfg.val_images,
+                    device=info.device,
+                    batch_size=cfg.eval_batch_size,
+                    workers=min(cfg.workers, 2),
+                )
+        except FpnError as exc:  # e.g. no readable validation image: must not cost the epoch
+            emit({"event": "warning", "message": f"validation at iteration {iteration} failed: {exc}"})
+            D.barrier(info)
+            return None
         record = {
             "type": "val",
             "iter": iteration,
