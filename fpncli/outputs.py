@@ -64,7 +64,7 @@ def check_outputs(
     ins = [Path(p) for p in inputs if p is not None]
     for folder in (Path(p) for p in folders if p is not None):
         if folder.exists() and not folder.is_dir():
-            raise FpnError(f"{folder}: exists and is not a folder; --out must be a folder")
+            raise FpnError(f"{folder}: exists and is not a folder")
         _check_writable(folder, "the output folder")
     for file in (Path(p) for p in files if p is not None):
         if file.is_dir():

@@ -81,7 +81,14 @@ def detect(
             "(default: 1..N in input order)."
         ),
     ] = None,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 256_000_000,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Refuse images with more pixels than this (default 100,000,000, or $FPN_MAX_PIXELS; "
+            "~14 bytes of memory per pixel).",
+            show_default=False,
+        ),
+    ] = None,
     optimize: Annotated[
         bool,
         typer.Option(

@@ -68,6 +68,16 @@ def eval_coco(
         raise FpnError("give either --results (evaluate a results file) or --weights (run a model), not both")
     if results is None and weights is None:
         raise FpnError("give --results DETS.json, or --weights W --images DIR to run a model")
+    if results is None and images is None:
+        raise FpnError("--weights needs --images, the folder of the annotated images")
+    from fpncli.outputs import check_outputs
+
+    # Before any work: eval would otherwise notice a bad --out only after all inference.
+    check_outputs(
+        folders=[out],
+        files=[out / "metrics.json", out / "detections.json"],
+        inputs=[coco, results, weights if weights not in (None, "coco", "none") else None],
+    )
     if results is not None:
         # Results mode never imports torch: the evaluation is pure pycocotools / numpy.
         from fpncli.engine.evaluate import evaluate_results

@@ -3,6 +3,7 @@ boxes fit the pyramid's anchors and levels."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,7 @@ def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
         values = tuple(kind(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
         raise FpnError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise FpnError(f"{option}: expected positive numbers, got {text!r}")
     return values
 
@@ -84,6 +85,14 @@ def inspect_levels(
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")
     sizes = _numbers(anchor_sizes, int, "--anchor-sizes")
     ratios = _numbers(aspect_ratios, float, "--aspect-ratios")
+    from fpncli.outputs import check_outputs
+
+    if out is not None:
+        check_outputs(
+            folders=[out],
+            files=[out / ("dataset_levels.json" if coco is not None else "levels.json")],
+            inputs=[image, coco, weights if weights not in ("coco", "none") else None],
+        )
     if coco is not None:
         _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json)
     else:
@@ -261,11 +270,12 @@ def _dataset_config(weights: str, preset: str, neck: str | None):
 
     if weights == "coco":
         return coco_v1_config()
-    from fpncli.checkpoint import is_checkpoint, load_file
+    from fpncli.checkpoint import check_version, is_checkpoint, load_file
     from fpncli.modeling.weights import config_from_torchvision_state_dict
 
     obj = load_file(weights)
     if is_checkpoint(obj):
+        check_version(obj, weights)
         try:
             return ModelConfig.from_dict(obj["model_config"])
         except (TypeError, KeyError, FpnError) as exc:

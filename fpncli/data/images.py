@@ -17,8 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fpncli.errors import FpnError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# Larger images are refused instead of exhausting memory (~ a 16k x 16k photo).
-DEFAULT_MAX_PIXELS = 256_000_000
+# Larger images are refused instead of exhausting memory: 100 MP (10000 x 10000) peaks at
+# ~2.2 GB of RAM through decode + resize + forward (~14 bytes per pixel over the model,
+# measured, see README "Limits"), so even 4 parallel workers stay well within 24 GB.
+# FPN_MAX_PIXELS (environment) or `fpn detect --max-pixels` changes it.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "FPN_MAX_PIXELS"
 # We enforce our own limit above; Pillow's decompression-bomb check would fire earlier.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -31,14 +35,30 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def default_max_pixels() -> int:
+    """``$FPN_MAX_PIXELS`` when set (a positive integer), else :data:`DEFAULT_MAX_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").replace("_", "").replace(",", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise FpnError(
+            f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: expected a positive number of pixels"
+        )
+    return int(text)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Open ``path`` as an upright 8-bit RGB PIL image (fully decoded).
+
+    ``max_pixels``: larger images are refused (default :func:`default_max_pixels`).
 
     Raises:
         ImageReadError: missing, empty, unreadable, not an image, truncated or corrupt,
             or larger than ``max_pixels``.
     """
     path = Path(path)
+    if max_pixels is None:
+        max_pixels = default_max_pixels()
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: empty file (0 bytes)")
@@ -46,7 +66,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageReadError(
-                    f"{path}: image too large ({width}x{height} pixels; the limit is {max_pixels:,} pixels)"
+                    f"{path}: image too large ({width}x{height} = {width * height:,} pixels; the limit is "
+                    f"{max_pixels:,} pixels to bound memory, ~14 bytes per pixel; raise it with "
+                    f"--max-pixels N (fpn detect) or {MAX_PIXELS_ENV}=N)"
                 )
             img.load()
             img = ImageOps.exif_transpose(img)

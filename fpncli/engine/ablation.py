@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fpncli.atomic import write_json, write_text
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 # The paper's rows first (single-scale baselines, then FPN), then the later necks.
 DEFAULT_NECKS = ("c4", "c5", "fpn", "panet", "bifpn")
@@ -290,7 +292,7 @@ def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int, 
         pass
     emit({"event": "data", "root": str(root), **wanted})
     synthesize(root, train=wanted["train"], val=wanted["val"], seed=seed, overwrite=True)
-    marker.write_text(json.dumps(wanted), encoding="utf-8")
+    write_json(marker, wanted)
     return root
 
 
@@ -371,9 +373,7 @@ def _neck_result(
             shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
         summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
         model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
-        (run / "ablation_train.json").write_text(
-            json.dumps({**key, "seconds": train_seconds}), encoding="utf-8"
-        )
+        write_json(run / "ablation_train.json", {**key, "seconds": train_seconds})
     model.eval()
     dev = next(model.parameters()).device
     emit({"event": "measure", "neck": neck, "what": "proposal recall"})
@@ -453,8 +453,7 @@ def run_ablation(
         raise FpnError(f"--workers must be 0 or more, got {workers}")
     plan = budget_plan(budget)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FpnError(f"{out}: exists and is not a folder")
+    check_outputs(folders=[out], files=[out / "ablation.json", out / "ablation.md"], inputs=[data])
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -486,7 +485,7 @@ def run_ablation(
                 continue
         emit({"event": "neck_start", "neck": neck, "index": index, "total": len(necks), **plan})
         row = _neck_result(neck, run, settings, data_root, device, workers, fresh, emit)
-        cached.write_text(json.dumps(row, indent=2), encoding="utf-8")
+        write_json(cached, row)
         rows.append(row)
         emit({"event": "neck_done", "neck": neck, "row": row})
     environment = {
@@ -504,8 +503,8 @@ def run_ablation(
     }
     json_path = out / "ablation.json"
     md_path = out / "ablation.md"
-    json_path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    md_path.write_text(to_markdown(result), encoding="utf-8")
+    write_json(json_path, result)
+    write_text(md_path, to_markdown(result))
     result["json"], result["markdown"] = str(json_path), str(md_path)
     return result
 

@@ -15,7 +15,6 @@ levels of one of them. Every step writes into one folder::
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fpncli.atomic import write_json
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 MARKER = "demo.json"
 STEPS = ("data", "run", "eval", "detect", "levels")
@@ -45,15 +46,14 @@ class DemoConfig:
 
 def _prepare(out: Path) -> None:
     """Create ``out``; a previous demo there is replaced, anything else is refused."""
-    if out.exists() and not out.is_dir():
-        raise FpnError(f"{out}: exists and is not a folder")
+    check_outputs(folders=[out])
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise FpnError(f"{out}: folder is not empty and is not a previous demo; choose another --out")
         for step in STEPS:
             shutil.rmtree(out / step, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"status": "running"}), encoding="utf-8")
+    write_json(out / MARKER, {"status": "running"})
 
 
 def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -110,9 +110,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
     )
     timings["train"] = time.perf_counter() - t
     if result["interrupted"]:  # Ctrl-C: training saved last.pt; stop here
-        (out / MARKER).write_text(
-            json.dumps({"status": "interrupted", "run": str(out / "run")}), encoding="utf-8"
-        )
+        write_json(out / MARKER, {"status": "interrupted", "run": str(out / "run")})
         raise KeyboardInterrupt
     model = result["model"].eval()
 
@@ -160,7 +158,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[dict[str, Any]], None] | None 
             "status": "done",
         }
     )
-    (out / MARKER).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(out / MARKER, summary)
     return summary
 
 
@@ -187,6 +185,6 @@ def _inspect(model, image: Path, out: Path, device: str, emit) -> str | None:
     emit({"event": "step", "step": "levels", "message": f"inspecting pyramid levels on {image.name}"})
     report = inspect_image(model, image, device=device, score_thr=0.5, weights="demo")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "levels.json").write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    write_json(out / "levels.json", report.to_json())
     save_image_figures(report, out)
     return str(out)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import atomic_write, write_json
-from fpncli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
+from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
 
@@ -61,7 +61,7 @@ class DetectOptions:
     recursive: bool = False
     coco_results: Path | None = None
     coco_annotations: Path | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: default_max_pixels()
     optimize: bool = True
 
 
@@ -307,7 +307,7 @@ def validate_options(options: DetectOptions) -> None:
             raise FpnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if options.workers is not None and options.workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {options.workers}")
-    if options.max_pixels < 1:
+    if options.max_pixels is not None and options.max_pixels < 1:
         raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection.image_list import ImageList
 from torchvision.transforms.functional import pil_to_tensor
 
-from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, model_size_problem, read_image
+from fpncli.data.images import ImageReadError, default_max_pixels, model_size_problem, read_image
 from fpncli.errors import FpnError
 
 
@@ -68,7 +68,11 @@ class _ImageFiles(Dataset):
     """Reads and prepares one image per item; runs in DataLoader workers."""
 
     def __init__(
-        self, paths: Sequence[Path], transform: torch.nn.Module | None, max_pixels: int, keep_images: bool
+        self,
+        paths: Sequence[Path],
+        transform: torch.nn.Module | None,
+        max_pixels: int | None,
+        keep_images: bool,
     ) -> None:
         self.paths = list(paths)
         self.transform = transform
@@ -89,15 +93,21 @@ class _ImageFiles(Dataset):
         except Exception as exc:  # a decoder bug must not stop the other images
             return _Item(index, None, None, (0, 0), f"{path}: cannot decode ({type(exc).__name__}: {exc})")
         try:
+            width, height = img.size
             original = pil_to_tensor(img)  # uint8 [3, H, W]
-            prepared = original.float().div(255)  # what torchvision's to_tensor gives
-            if self.transform is not None:
-                t = self.transform
-                problem = model_size_problem(img.width, img.height, t.min_size[-1], t.max_size)
+            del img  # peak memory: a 100 MP image costs ~20 bytes per pixel, not ~40
+            t = self.transform
+            if t is not None:
+                problem = model_size_problem(width, height, t.min_size[-1], t.max_size)
                 if problem is not None:
                     return _Item(index, None, None, (0, 0), f"{path}: {problem}")
-                # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
-                prepared = t.resize(t.normalize(prepared), None)[0]
+            prepared = original.float().div_(255)  # what torchvision's to_tensor gives
+            if t is not None:
+                # The model's own normalise-then-resize, bit for bit (GeneralizedRCNNTransform:
+                # (x - mean) / std, here in place so the full-size image is held once).
+                mean = torch.as_tensor(t.image_mean, dtype=prepared.dtype)[:, None, None]
+                std = torch.as_tensor(t.image_std, dtype=prepared.dtype)[:, None, None]
+                prepared = t.resize(prepared.sub_(mean).div_(std), None)[0]
         except Exception as exc:  # one image that cannot be prepared must not stop the others
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return _Item(
@@ -176,7 +186,7 @@ def predict_images(
     *,
     half: bool = False,
     optimize: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     keep_images: bool = False,
     lookahead: int | None = None,
     cpu_processes: int = 0,
@@ -195,7 +205,8 @@ def predict_images(
         half: float16 autocast for the forward pass (CUDA only).
         optimize: run an inference-optimised copy of the model (BatchNorm folded into the
             convolutions, channels-last memory); ``model`` itself is left untouched.
-        max_pixels: larger images are refused with a "too large" error.
+        max_pixels: larger images are refused with a "too large" error (default
+            :func:`~fpncli.data.images.default_max_pixels`).
         keep_images: also return each decoded image (``ImageResult.image``), e.g. to draw on.
         lookahead: how many decoded images may wait for a batch partner of the same size
             (default ``4 * batch_size``); bounds memory and latency.
@@ -219,6 +230,8 @@ def predict_images(
     paths = [Path(p) for p in paths]
     divisor = model.transform.size_divisible
     lookahead = max(lookahead if lookahead is not None else 4 * batch_size, batch_size)
+    if max_pixels is None:
+        max_pixels = default_max_pixels()  # read here: a bad $FPN_MAX_PIXELS fails once, up front
     dataset = _ImageFiles(paths, model.transform, max_pixels, keep_images)
     if cpu_processes > 0 and device.type == "cpu":
         yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
