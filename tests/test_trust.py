@@ -217,15 +217,19 @@ def test_out_that_is_a_file_or_a_folder_where_a_file_goes(tmp_path, weights):
     _one_error_line(result, "is a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_unwritable_output_folder(tmp_path, weights):
+def test_unwritable_output_folder(tmp_path, weights, monkeypatch):
     img = _image(tmp_path / "a.png")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    if os.geteuid() == 0:  # root may write anywhere: make the permission check see a locked folder
+        import fpncli.outputs
+
+        real = os.access
+        monkeypatch.setattr(fpncli.outputs.os, "access", lambda p, m: Path(p) != locked and real(p, m))
     try:
         result = _detect([img, "--weights", weights, "--out", locked / "out"])
-        _one_error_line(result, "permission denied")
+        _one_error_line(result, str(locked / "out"), "permission denied")
     finally:
         locked.chmod(0o700)
 
@@ -429,3 +433,20 @@ def test_default_pixel_limit_names_the_limit_and_how_to_raise_it(tmp_path, monke
     monkeypatch.setenv("FPN_MAX_PIXELS", "lots")
     with pytest.raises(FpnError, match="FPN_MAX_PIXELS"):
         read_image(tmp_path / "small.png")
+
+
+def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_model, monkeypatch):
+    import fpncli.engine.predict as predict_mod
+
+    paths = [_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    real = predict_mod._forward
+
+    def fails_on_image_1(model, items, device, half):
+        if any(it.index == 1 for it in items):
+            raise RuntimeError("boom")
+        return real(model, items, device, half)
+
+    monkeypatch.setattr(predict_mod, "_forward", fails_on_image_1)
+    results = list(predict_mod.predict_images(tiny_model, paths, batch_size=3))
+    assert [r.error is None for r in results] == [True, False, True]
+    assert results[1].error == f"{paths[1]}: detection failed (RuntimeError: boom)"

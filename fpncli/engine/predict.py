@@ -176,6 +176,20 @@ def _forward(
     return transform.postprocess(detections, image_list.image_sizes, [it.size for it in items])
 
 
+def _forward_each_on_failure(
+    model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
+) -> list[dict[str, Tensor] | str]:
+    """:func:`_forward`; if the batch fails, each image alone, so one image that cannot pass
+    through the model becomes its own error (a string) and never stops the others."""
+    try:
+        return _forward(model, items, device, half)
+    except Exception as exc:
+        if len(items) == 1:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return [f"detection failed ({type(exc).__name__}: {reason})"]
+    return [_forward_each_on_failure(model, [item], device, half)[0] for item in items]
+
+
 def predict_images(
     model: torch.nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -258,7 +272,18 @@ def predict_images(
             buckets[key] = rest
         else:
             del buckets[key]
-        for item, out in zip(items, _forward(model, items, device, half)):
+        for item, out in zip(items, _forward_each_on_failure(model, items, device, half)):
+            if isinstance(out, str):
+                done[item.index] = ImageResult(
+                    paths[item.index],
+                    0,
+                    0,
+                    empty.reshape(0, 4),
+                    empty,
+                    empty.long(),
+                    error=f"{paths[item.index]}: {out}",
+                )
+                continue
             done[item.index] = ImageResult(
                 paths[item.index],
                 item.size[1],
