@@ -75,7 +75,7 @@ def eval_coco(
     # Before any work: eval would otherwise notice a bad --out only after all inference.
     check_outputs(
         folders=[out],
-        files=[out / "metrics.json", out / "detections.json"],
+        files=[out / n for n in ("metrics.json", "detections.json", "pr_overall.png", "pr_per_class.png")],
         inputs=[coco, results, weights if weights not in (None, "coco", "none") else None],
     )
     if results is not None:

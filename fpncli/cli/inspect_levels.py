@@ -88,9 +88,15 @@ def inspect_levels(
     from fpncli.outputs import check_outputs
 
     if out is not None:
+        # Every file the pictures may be written to (heat maps are named after the levels).
+        if coco is not None:
+            names = ["dataset_levels.json", "box_sizes.png", "coverage.png"]
+        else:
+            names = ["levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png"]
+            names += [image.name] if image.name.startswith("heatmap_") else []
         check_outputs(
             folders=[out],
-            files=[out / ("dataset_levels.json" if coco is not None else "levels.json")],
+            files=[out / name for name in names],
             inputs=[image, coco, weights if weights not in ("coco", "none") else None],
         )
     if coco is not None:

@@ -223,7 +223,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         weights = getattr(cfg, "weights", None)
         check_outputs(
             folders=[run],
-            files=[run / n for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", SKIPPED_FILE)],
+            files=[
+                run / n
+                for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png", SKIPPED_FILE)
+            ],
             inputs=[cfg.train_ann, cfg.val_ann, weights if weights not in (None, "coco", "none") else None],
         )
 
