@@ -46,32 +46,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete temporaries of ``path`` whose writer process is gone (killed mid-write)."""
+def remove_stale_temporaries(path: str | os.PathLike, any_name: bool = False) -> list[Path]:
+    """Delete temporaries of ``path`` whose writer process is gone (killed mid-write).
+
+    ``any_name``: ``path`` is a folder; clean the temporaries of every file in it (one listing
+    for a run that writes thousands of files, instead of one per file).
+    """
     path = Path(path)
+    folder, prefix = (path, ".") if any_name else (path.parent, f".{path.name}.")
     removed = []
     try:
-        candidates = list(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"))
+        candidates = [e for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(".tmp")]
     except OSError:
         return removed
-    for tmp in candidates:
-        middle = tmp.name[len(path.name) + 2 : -len(".tmp")]
+    for entry in candidates:
+        tmp = Path(entry.path)
+        if any_name:
+            # .<name>.<pid>-<random>.tmp: the pid is the last dot-separated part before "-".
+            middle = entry.name[: -len(".tmp")].rsplit(".", 1)[-1]
+        else:
+            middle = entry.name[len(prefix) : -len(".tmp")]
         pid_text = middle.split("-", 1)[0]
         try:
             if pid_text.isdigit() and "-" in middle:
                 stale = int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            elif any_name:
+                continue  # not one of ours
             else:
-                stale = time.time() - tmp.stat().st_mtime > _LEGACY_STALE_SECONDS
+                stale = time.time() - entry.stat().st_mtime > _LEGACY_STALE_SECONDS
             if stale:
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:
             continue
     return removed
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def write_error(path: str | os.PathLike, exc: BaseException) -> FpnError:
@@ -91,11 +99,15 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> FpnError:
     return FpnError(f"{path}: cannot write ({reason})")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False, clean_stale: bool = True
+) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 
     The temporary name is unique (it carries this process's id, so a later write can tell a
     dead writer's leftover from a live one's), so concurrent writers never collide.
+    ``clean_stale``: first remove such leftovers of ``path`` (a folder listing; a caller
+    writing many files in one folder cleans it once with :func:`remove_stale_temporaries`).
 
     Raises:
         FpnError: the file cannot be written (the previous file stays as it was).
@@ -105,7 +117,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             raise FpnError(f"{path}: is a folder, expected a file path")
-        remove_stale_temporaries(path)
+        if clean_stale:
+            remove_stale_temporaries(path)
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
         except OSError:
@@ -113,19 +126,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
+    recording: _Recording | None = None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
+            recording = _Recording(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "writ" in str(exc).lower()):
-            raise write_error(path, exc) from None
+        # torch.save turns a failed write (full disk) into an unspecific RuntimeError
+        # ("unexpected pos ..."): report the operating system's reason it swallowed.
+        cause = recording.error if recording is not None and recording.error is not None else exc
+        if isinstance(cause, OSError) or (isinstance(exc, RuntimeError) and "writ" in str(exc).lower()):
+            raise write_error(path, cause) from None
         raise
     return path
+
+
+class _Recording:
+    """A file object that remembers the OSError of a failed write (see :func:`atomic_write`)."""
+
+    def __init__(self, f: IO) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:

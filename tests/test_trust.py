@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from fpncli.atomic import atomic_write, write_json
+from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.cli.app import app
 from fpncli.errors import FpnError
 
@@ -241,16 +241,16 @@ def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, we
     src = [_image(tmp_path / "src" / f"{i}.png", seed=i) for i in range(3)]
     calls = []
 
-    def full_on_second(path, write, binary=False):
+    def full_on_second(path, write, binary=False, **kw):
         calls.append(path)
         if len(calls) < 2:
-            return atomic_write(path, write, binary)
+            return atomic_write(path, write, binary, **kw)
 
         def partial(f):
             f.write(b"\0" * 10)
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        return atomic_write(path, partial, binary)
+        return atomic_write(path, partial, binary, **kw)
 
     monkeypatch.setattr(detect_mod, "atomic_write", full_on_second)
     out = tmp_path / "out"
@@ -352,6 +352,11 @@ def test_dead_writers_temporaries_are_removed_live_ones_kept(tmp_path):
     atomic_write(target, lambda f: f.write(b"new"), binary=True)
     assert not stale.exists() and not legacy.exists()
     assert live.exists() and other.exists()  # a live writer's file, another target's file
+    # A run writing many files cleans their folder once: every dead writer's temporary goes.
+    mine = tmp_path / ".notes.txt"  # a hidden file that is not a temporary of ours stays
+    mine.write_text("x")
+    assert remove_stale_temporaries(tmp_path, any_name=True) == [other]
+    assert live.exists() and mine.exists()
 
 
 def test_written_files_follow_the_umask_or_the_replaced_files_mode(tmp_path, tiny_model):
@@ -450,3 +455,48 @@ def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_mo
     results = list(predict_mod.predict_images(tiny_model, paths, batch_size=3))
     assert [r.error is None for r in results] == [True, False, True]
     assert results[1].error == f"{paths[1]}: detection failed (RuntimeError: boom)"
+
+
+def test_model_config_refuses_non_finite_anchors():
+    from fpncli.config import preset_config
+
+    cfg = preset_config("tiny", class_names=["a"], category_ids=[1])
+    assert cfg.validate() is cfg
+    for bad in ({"aspect_ratios": (float("nan"), 1.0)}, {"anchor_sizes": (16, float("inf"), 64, 128, 256)}):
+        with pytest.raises(FpnError, match="positive finite numbers"):
+            cfg.replace(**bad).validate()
+
+
+def test_full_disk_during_a_checkpoint_save_is_one_line_naming_the_file(tmp_path, tiny_model, monkeypatch):
+    import fpncli.atomic
+    from fpncli.checkpoint import save_checkpoint
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous")
+    real_fdopen = os.fdopen
+
+    class Full:
+        """A disk with 1000 bytes free."""
+
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(fpncli.atomic.os, "fdopen", lambda fd, mode, **kw: Full(real_fdopen(fd, mode, **kw)))
+    with pytest.raises(FpnError, match=r"last\.pt: cannot write \(No space left on device\)"):
+        save_checkpoint(target, tiny_model)
+    assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["last.pt"]

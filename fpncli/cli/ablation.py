@@ -91,7 +91,7 @@ def ablation(
                 highlight=False,
             )
         elif kind == "measure":
-            err_console.print(f"  {neck}: measuring {event['what']}")
+            err_console.print(f"  {neck}: measuring {esc(str(event['what']))}")
         elif kind == "warning":
             err_console.print(f"  [yellow]warning:[/] {esc(str(event['message']))}")
 

@@ -237,7 +237,7 @@ class TrainDisplay:
                 f"run {esc(str(event['run']))}: {event['train_images']} training images, "
                 f"{event['total_iterations']} iterations ({event['iterations_per_epoch']}/epoch), "
                 f"batch {event['effective_batch']} on {event['world_size']}x {event['device']}, "
-                f"{event['optimizer']} lr {event['lr']:.3g}, weights: {event['weights']}"
+                f"{event['optimizer']} lr {event['lr']:.3g}, weights: {esc(str(event['weights']))}"
                 + (f", AMP {event['amp']}" if event.get("amp") else ""),
                 highlight=False,
             )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpncli.atomic import atomic_write, write_json
+from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
@@ -287,7 +287,7 @@ def _save_annotated(result, target: Path, names: list[str], keys: list[int]) -> 
     fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     params = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
     # Atomic: a full disk or a kill leaves no partial picture and no temporary behind.
-    atomic_write(target, lambda f: drawn.save(f, format=fmt, **params), binary=True)
+    atomic_write(target, lambda f: drawn.save(f, format=fmt, **params), binary=True, clean_stale=False)
 
 
 # --------------------------------------------------------------------------- the run
@@ -404,6 +404,9 @@ def run_detect(
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
 
+    # A killed earlier run may have left temporaries of annotated images: clean each folder once.
+    for folder in sorted({t.parent for t in targets}):
+        remove_stale_temporaries(folder, any_name=True)
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
