@@ -500,3 +500,17 @@ def test_full_disk_during_a_checkpoint_save_is_one_line_naming_the_file(tmp_path
     with pytest.raises(FpnError, match=r"last\.pt: cannot write \(No space left on device\)"):
         save_checkpoint(target, tiny_model)
     assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_eval_may_rescore_its_own_detections_in_place(tmp_path):
+    ann = tmp_path / "ann.json"
+    images = [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}]
+    ann.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    (tmp_path / "ev").mkdir()
+    dets = tmp_path / "ev" / "detections.json"
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "score": 0.5}]))
+    result = runner.invoke(
+        app, ["eval", "--coco", str(ann), "--results", str(dets), "--out", str(tmp_path / "ev")]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(dets.read_text())[0]["score"] == 0.5 and (tmp_path / "ev" / "metrics.json").is_file()

@@ -75,7 +75,13 @@ def eval_coco(
     # Before any work: eval would otherwise notice a bad --out only after all inference.
     check_outputs(
         folders=[out],
-        files=[out / n for n in ("metrics.json", "detections.json", "pr_overall.png", "pr_per_class.png")],
+        # Results mode writes no detections.json: `--results OUT/detections.json --out OUT`
+        # (re-scoring a model run's detections) is fine.
+        files=[
+            out / n
+            for n in ("metrics.json", "pr_overall.png", "pr_per_class.png")
+            + (("detections.json",) if results is None else ())
+        ],
         inputs=[coco, results, weights if weights not in (None, "coco", "none") else None],
     )
     if results is not None:

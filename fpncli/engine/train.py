@@ -227,7 +227,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
                 run / n
                 for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png", SKIPPED_FILE)
             ],
-            inputs=[cfg.train_ann, cfg.val_ann, weights if weights not in (None, "coco", "none") else None],
+            inputs=[
+                cfg.train_ann,
+                cfg.val_ann,
+                weights if weights not in (None, "coco", "none") and not cfg.resume else None,
+            ],
         )
 
     train_set = DetectionDataset(cfg.train_ann, cfg.train_images, drop_negatives=cfg.drop_negatives)
