@@ -5,7 +5,9 @@ Outputs in ``out_dir``:
                        [x1, y1, x2, y2], "score", "category_id", "label"}]}], "errors":
                        [{"file", "error"}]}``; boxes in original-image pixels (EXIF
                        orientation applied). Rewritten atomically every few seconds, so it
-                       is valid for the images done so far even after Ctrl-C or a crash.
+                       is valid for the images done so far even after Ctrl-C, a crash or
+                       a full disk; not touched before the first image (a run refused for
+                       a bad option or output path leaves the previous file as it was).
     --coco-results     ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
     annotated images   one per readable input, at the input's path relative to the common
                        folder of all inputs (so equal names in different folders never

@@ -6,8 +6,8 @@
 
 The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
 config, versions, world size), ``skipped_images.txt`` (every training image left out:
-missing, unreadable or unfit for the model's sizes, one per line), ``metrics.jsonl`` (one JSON object per logged iteration and
-per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
+missing, unreadable or unfit for the model's sizes, one per line), ``metrics.jsonl`` (one
+JSON object per logged iteration and per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
 with ``--weights``) and ``curves.png``. ``TrainConfig(out=RUN, resume=True)`` continues a run
 exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and data order.
 """
@@ -43,6 +43,7 @@ from fpncli.outputs import check_outputs
 
 ProgressFn = Callable[[dict[str, Any]], None]
 SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
+MAX_WARNED = 10  # unreadable training images named on the console; the file lists all
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
 
@@ -406,8 +407,16 @@ def _train(cfg: TrainConfig, info: D.DistInfo, progress: ProgressFn | None) -> d
         if info.is_main:
             with open(run / SKIPPED_FILE, "a", encoding="utf-8") as f:
                 f.writelines(r + "\n" for r in new)
-        for reason in new:
+        shown = len(unreadable) - len(new)  # warned about so far
+        for reason in new[: max(0, MAX_WARNED - shown)]:
             emit({"event": "warning", "message": f"unreadable training image skipped: {reason}"})
+        if shown <= MAX_WARNED < len(unreadable):
+            emit(
+                {
+                    "event": "warning",
+                    "message": f"more unreadable training images: all in {run / SKIPPED_FILE}",
+                }
+            )
 
     def save_last(iteration: int) -> None:
         state = train_state(iteration)  # collective: every rank takes part
