@@ -85,16 +85,24 @@ def is_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
+def check_version(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint written by a newer fpncli (its layout may mean something else)."""
+    version = obj.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FpnError(f"{path}: checkpoint version {version!r} is not a number")
+    if version > VERSION:
+        raise FpnError(
+            f"{path}: checkpoint version {version} is newer than this fpncli "
+            f"understands ({VERSION}); upgrade fpncli"
+        )
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check an fpncli checkpoint; a corrupt or foreign file is an :class:`FpnError`."""
     obj = load_file(path)
     if not is_checkpoint(obj):
         raise FpnError(f"{path}: not an fpncli checkpoint (no '{FORMAT}' header)")
-    if obj.get("version", 0) > VERSION:
-        raise FpnError(
-            f"{path}: checkpoint version {obj['version']} is newer than this fpncli "
-            f"understands ({VERSION}); upgrade fpncli"
-        )
+    check_version(obj, path)
     for key in ("model_config", "state_dict"):
         if key not in obj:
             raise FpnError(f"{path}: checkpoint has no {key!r}")

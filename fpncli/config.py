@@ -7,6 +7,7 @@ inference settings; `PRESETS` holds named overrides (``tiny`` trains on a CPU in
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,13 @@ class ModelConfig:
                 raise FpnError(f"{name} must be positive, got {value}")
         if self.min_size > self.max_size:
             raise FpnError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
+        for name, values in (("anchor_sizes", self.anchor_sizes), ("aspect_ratios", self.aspect_ratios)):
+            # nan/inf would be accepted by every comparison below and break the anchors silently.
+            if not values or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                for v in values
+            ):
+                raise FpnError(f"{name} must be positive finite numbers, got {list(values)}")
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise FpnError(f"trainable_layers must be in 0..5, got {self.trainable_layers}")
         return self

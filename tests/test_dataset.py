@@ -103,8 +103,9 @@ def test_missing_and_corrupt_images_do_not_stop_the_rest(tmp_path):
     ds = DetectionDataset(ann, img_dir)
     assert len(ds) == 1 and "not found" in ds.report.warnings()[0]
     (img_dir / "b.png").write_bytes(b"not a png")
-    assert ds[0] is None
-    assert collate([None, ds[0]]) == ([], [])
+    skipped = ds[0]
+    assert "b.png" in skipped.path and "not an image" in skipped.reason
+    assert collate([skipped]) == ([], [], [skipped.reason])
 
 
 def test_empty_annotation_file(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
 from fpncli.engine.ablation import DEFAULT_NECKS
@@ -74,7 +75,7 @@ def ablation(
         kind, neck = event.get("event"), event.get("neck")
         if kind == "data":
             err_console.print(
-                f"drawing {event['train']} + {event['val']} synthetic images into {event['root']}"
+                f"drawing {event['train']} + {event['val']} synthetic images into {esc(str(event['root']))}"
             )
         elif kind == "neck_start":
             err_console.print(f"[bold]{neck}[/] ({event['index'] + 1}/{event['total']})")
@@ -92,9 +93,9 @@ def ablation(
                 highlight=False,
             )
         elif kind == "measure":
-            err_console.print(f"  {neck}: measuring {event['what']}")
+            err_console.print(f"  {neck}: measuring {esc(str(event['what']))}")
         elif kind == "warning":
-            err_console.print(f"  [yellow]warning:[/] {event['message']}")
+            err_console.print(f"  [yellow]warning:[/] {esc(str(event['message']))}")
 
     result = run_ablation(
         out,
@@ -133,4 +134,4 @@ def ablation(
         "AR/AP in percent; AR: RPN top-1000 proposals, class-agnostic. " + claim_sentence(result["claim"]),
         highlight=False,
     )
-    console.print(f"saved {result['json']} and {result['markdown']}", highlight=False)
+    console.print(f"saved {esc(str(result['json']))} and {esc(str(result['markdown']))}", highlight=False)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fpncli.errors import FpnError
 from fpncli.modeling.necks.registry import neck_names
@@ -47,13 +48,21 @@ state = _State()
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr (one line) and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message quotes user input (file names like "shot[1].jpg"): never read it as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
+def os_error_message(exc: OSError) -> str:
+    """``path: reason`` for an operating-system error (full disk, permission, read-only)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where is not None else reason
+
+
 def handle_errors(fn: F) -> F:
-    """Command decorator: a user mistake (:class:`FpnError`) becomes one line on stderr and
-    exit code 1; Ctrl-C exits 130 without a traceback. ``fpn --debug`` re-raises instead."""
+    """Command decorator: a user mistake (:class:`FpnError`) or an operating-system error
+    (full disk, no permission: :class:`OSError`) becomes one line on stderr and exit code 1; Ctrl-C exits 130 without a traceback. ``fpn --debug`` re-raises instead."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,6 +72,11 @@ def handle_errors(fn: F) -> F:
             if state.debug:
                 raise
             raise fail(str(exc)) from None
+        except OSError as exc:
+            # The environment, not a bug: a full disk, a read-only or foreign folder.
+            if state.debug:
+                raise
+            raise fail(os_error_message(exc)) from None
         except KeyboardInterrupt:
             if state.debug:
                 raise

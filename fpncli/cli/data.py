@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import console, handle_errors
 
@@ -56,9 +57,10 @@ def synth(
         console.print(
             f"{split}: {info['images']} images, {info['objects']} objects "
             f"(small {info['small']}, medium {info['medium']}, large {info['large']}) "
-            f"-> {info['annotation_file']}",
+            f"-> {esc(str(info['annotation_file']))}",
             highlight=False,
         )
     console.print(
-        f"train on it: [bold]fpn train --data {out} --preset tiny --out runs/shapes[/]", highlight=False
+        f"train on it: [bold]fpn train --data {esc(str(out))} --preset tiny --out runs/shapes[/]",
+        highlight=False,
     )

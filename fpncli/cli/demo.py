@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import DeviceOption, console, handle_errors
 
@@ -40,7 +41,7 @@ def demo(
     def progress(event: dict) -> None:
         if event["event"] == "step":
             display.close()
-            console.print(f"[bold cyan]{event['step']}[/]: {event['message']}", highlight=False)
+            console.print(f"[bold cyan]{event['step']}[/]: {esc(str(event['message']))}", highlight=False)
         else:
             display(event)
 
@@ -77,9 +78,9 @@ def demo(
     if summary.get("levels"):
         rows.append(("pyramid levels", summary["levels"]))
     for name, path in rows:
-        console.print(f"  {name:16s} {path}", highlight=False)
+        console.print(f"  {name:16s} {esc(str(path))}", highlight=False)
     console.print(
-        f"next: fpn eval --weights {summary['checkpoint']} ... or "
-        f"fpn train --data {summary['data']} --preset tiny --out runs/shapes",
+        f"next: fpn eval --weights {esc(str(summary['checkpoint']))} ... or "
+        f"fpn train --data {esc(str(summary['data']))} --preset tiny --out runs/shapes",
         highlight=False,
     )

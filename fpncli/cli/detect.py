@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
 
@@ -78,7 +79,14 @@ def detect(
             "(default: 1..N in input order)."
         ),
     ] = None,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 256_000_000,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Refuse images with more pixels than this (default 100,000,000, or $FPN_MAX_PIXELS; "
+            "~14 bytes of memory per pixel).",
+            show_default=False,
+        ),
+    ] = None,
     optimize: Annotated[
         bool,
         typer.Option(
@@ -126,7 +134,7 @@ def detect(
         nonlocal task
         if progress is not None:
             err_console.print(
-                f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {source}", highlight=False
+                f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {esc(source)}", highlight=False
             )
             progress.start()
             task = progress.add_task("detect", total=total, failed=0)
@@ -146,7 +154,7 @@ def detect(
         _print_summary(summary)
     if summary.interrupted:
         err_console.print(
-            f"interrupted: {summary.predictions_path} holds the "
+            f"interrupted: {esc(str(summary.predictions_path))} holds the "
             f"{summary.images_read + summary.images_failed} image(s) done",
             style="yellow",
         )
@@ -208,18 +216,18 @@ def _print_summary(summary) -> None:
         per_class.add_column("class")
         per_class.add_column("detections", justify="right")
         for name, count in summary.per_class.most_common():
-            per_class.add_row(name, str(count))
+            per_class.add_row(esc(name), str(count))
         console.print(per_class)
     for err in summary.errors:
-        err_console.print(f"[red]failed:[/] {err['error']}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed:[/] {esc(err['error'])}", highlight=False, soft_wrap=True)
     if summary.coco_unmatched:
         err_console.print(
             f"[yellow]warning:[/] {len(summary.coco_unmatched)} image(s) are not in the "
             f"annotation file and are left out of the COCO results "
-            f"(e.g. {summary.coco_unmatched[0]})",
+            f"(e.g. {esc(summary.coco_unmatched[0])})",
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"predictions: {summary.predictions_path}", highlight=False)
+    console.print(f"predictions: {summary.predictions_path}", highlight=False, markup=False)
     if summary.coco_results_path is not None:
-        console.print(f"COCO results: {summary.coco_results_path}", highlight=False)
+        console.print(f"COCO results: {summary.coco_results_path}", highlight=False, markup=False)

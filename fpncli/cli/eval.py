@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
 
@@ -67,6 +68,22 @@ def eval_coco(
         raise FpnError("give either --results (evaluate a results file) or --weights (run a model), not both")
     if results is None and weights is None:
         raise FpnError("give --results DETS.json, or --weights W --images DIR to run a model")
+    if results is None and images is None:
+        raise FpnError("--weights needs --images, the folder of the annotated images")
+    from fpncli.outputs import check_outputs
+
+    # Before any work: eval would otherwise notice a bad --out only after all inference.
+    check_outputs(
+        folders=[out],
+        # Results mode writes no detections.json: `--results OUT/detections.json --out OUT`
+        # (re-scoring a model run's detections) is fine.
+        files=[
+            out / n
+            for n in ("metrics.json", "pr_overall.png", "pr_per_class.png")
+            + (("detections.json",) if results is None else ())
+        ],
+        inputs=[coco, results, weights if weights not in (None, "coco", "none") else None],
+    )
     if results is not None:
         # Results mode never imports torch: the evaluation is pure pycocotools / numpy.
         from fpncli.engine.evaluate import evaluate_results
@@ -94,7 +111,9 @@ def eval_coco(
     if metrics.get("detections_file"):
         written.insert(0, Path(metrics["detections_file"]))
     written += [Path(p) for p in metrics.get("plots", [])]
-    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    console.print(
+        "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
+    )
 
 
 def _run_model(
@@ -162,20 +181,20 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
     from fpncli.engine.coco_eval import METRIC_DESCRIPTIONS, METRIC_KEYS
 
     for line in metrics.get("problems", [])[:8]:
-        err_console.print(f"warning: {line}", style="yellow", highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     if len(metrics.get("problems", [])) > 8:
         err_console.print(f"warning: ... {len(metrics['problems']) - 8} more in metrics.json", style="yellow")
     missing = metrics.get("missing_images") or []
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
         err_console.print(
-            f"missing: {len(missing)} image files not found, left out: {shown}",
+            f"missing: {len(missing)} image files not found, left out: {esc(shown)}",
             style="yellow",
             highlight=False,
             soft_wrap=True,
         )
     for line in (metrics.get("skipped_images") or [])[:10]:
-        err_console.print(f"skipped: {line}", style="yellow", highlight=False, soft_wrap=True)
+        err_console.print(f"skipped: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
     title = (
         f"COCO box metrics — {metrics['num_images']} images, {metrics['num_detections']} detections "
@@ -209,7 +228,7 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
         per.add_column(col, justify="right", no_wrap=True, min_width=5 if col.startswith("AP") else None)
     for r in rows:
         per.add_row(
-            r["name"],
+            esc(str(r["name"])),
             str(r["category_id"]),
             str(r["instances"]),
             str(r["detections"]),

@@ -95,4 +95,4 @@ def _print_summary(summary: dict) -> None:
         f"from {', '.join(summary['roi_levels'])}, level k = floor(4 + log2(sqrt(wh)/224)) "
         f"clamped to [{summary['roi_levels'][0][1:]}, {summary['roi_levels'][-1][1:]}]"
     )
-    console.print(f"weights: {summary['weights']}")
+    console.print(f"weights: {summary['weights']}", markup=False, highlight=False)

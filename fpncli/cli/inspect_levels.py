@@ -3,10 +3,12 @@ boxes fit the pyramid's anchors and levels."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.atomic import write_json
 from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
@@ -33,7 +35,7 @@ def _numbers(text: str | None, kind: type, option: str) -> tuple | None:
         values = tuple(kind(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
         raise FpnError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise FpnError(f"{option}: expected positive numbers, got {text!r}")
     return values
 
@@ -85,6 +87,20 @@ def inspect_levels(
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")
     sizes = _numbers(anchor_sizes, int, "--anchor-sizes")
     ratios = _numbers(aspect_ratios, float, "--aspect-ratios")
+    from fpncli.outputs import check_outputs
+
+    if out is not None:
+        # Every file the pictures may be written to (heat maps are named after the levels).
+        if coco is not None:
+            names = ["dataset_levels.json", "box_sizes.png", "coverage.png"]
+        else:
+            names = ["levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png"]
+            names += [image.name] if image.name.startswith("heatmap_") else []
+        check_outputs(
+            folders=[out],
+            files=[out / name for name in names],
+            inputs=[image, coco, weights if weights not in ("coco", "none") else None],
+        )
     if coco is not None:
         _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json)
     else:
@@ -174,7 +190,10 @@ def _image(
         return
     _print_image_table(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
+        console.print(
+            f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
+            + esc(", ".join(p.name for p in written))
+        )
     else:
         console.print(
             "[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]"
@@ -215,7 +234,7 @@ def _print_image_table(data: dict) -> None:
     )
     console.print(
         f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
-        f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}"
+        f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {esc(str(data['weights']))}"
     )
 
 
@@ -241,7 +260,10 @@ def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out
         return
     _print_dataset_tables(data)
     if written:
-        console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
+        console.print(
+            f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
+            + esc(", ".join(p.name for p in written))
+        )
 
 
 def _dataset_config(weights: str, preset: str, neck: str | None):
@@ -254,11 +276,12 @@ def _dataset_config(weights: str, preset: str, neck: str | None):
 
     if weights == "coco":
         return coco_v1_config()
-    from fpncli.checkpoint import is_checkpoint, load_file
+    from fpncli.checkpoint import check_version, is_checkpoint, load_file
     from fpncli.modeling.weights import config_from_torchvision_state_dict
 
     obj = load_file(weights)
     if is_checkpoint(obj):
+        check_version(obj, weights)
         try:
             return ModelConfig.from_dict(obj["model_config"])
         except (TypeError, KeyError, FpnError) as exc:
@@ -329,4 +352,4 @@ def _print_dataset_tables(data: dict) -> None:
         console.print("left out: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in skipped.items()))
     style = "green" if data["fits"] else "yellow"
     for line in data["verdict"]:
-        console.print(f"[{style}]{line}[/]", highlight=False)
+        console.print(f"[{style}]{esc(line)}[/]", highlight=False)

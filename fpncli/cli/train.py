@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape as esc
 
 from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
 
@@ -177,7 +178,11 @@ def train(
     if summary["interrupted"]:
         err_console.print(
             f"interrupted at iteration {summary['iterations']}/{summary['total_iterations']}; "
-            f"saved {summary['last']}. Continue with: fpn train --resume {run}",
+            + (
+                f"saved {esc(str(summary['last']))}. Continue with: fpn train --resume {esc(str(run))}"
+                if summary["last"]
+                else "no checkpoint written yet"
+            ),
             style="yellow",
             highlight=False,
         )
@@ -194,8 +199,14 @@ def train(
             f"APl {m['APl']:.3f}   best AP {summary['best_ap']:.3f}",
             highlight=False,
         )
+    if summary.get("skipped_images"):
+        err_console.print(
+            f"[yellow]warning:[/] {summary['skipped_images']} training image(s) skipped; "
+            f"listed in {esc(str(Path(run) / 'skipped_images.txt'))}",
+            highlight=False,
+        )
     console.print(
-        f"run folder: [bold]{run}[/]  (last.pt, {'best.pt, ' if summary['best'] else ''}"
+        f"run folder: [bold]{esc(str(run))}[/]  ({'last.pt, ' if summary['last'] else ''}{'best.pt, ' if summary['best'] else ''}"
         f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
         highlight=False,
     )
@@ -223,10 +234,10 @@ class TrainDisplay:
         kind = event["event"]
         if kind == "start":
             console.print(
-                f"run {event['run']}: {event['train_images']} training images, "
+                f"run {esc(str(event['run']))}: {event['train_images']} training images, "
                 f"{event['total_iterations']} iterations ({event['iterations_per_epoch']}/epoch), "
                 f"batch {event['effective_batch']} on {event['world_size']}x {event['device']}, "
-                f"{event['optimizer']} lr {event['lr']:.3g}, weights: {event['weights']}"
+                f"{event['optimizer']} lr {event['lr']:.3g}, weights: {esc(str(event['weights']))}"
                 + (f", AMP {event['amp']}" if event.get("amp") else ""),
                 highlight=False,
             )
@@ -252,9 +263,9 @@ class TrainDisplay:
                 f"APs {event['APs']:.3f}  APm {event['APm']:.3f}  APl {event['APl']:.3f}"
             )
         elif kind == "warning":
-            self._print(f"[yellow]warning:[/] {event['message']}")
+            self._print(f"[yellow]warning:[/] {esc(str(event['message']))}")
         elif kind == "checkpoint" and "AP" in event:
-            self._print(f"new best AP {event['AP']:.3f} -> {event['path']}")
+            self._print(f"new best AP {event['AP']:.3f} -> {esc(str(event['path']))}")
 
     def _print(self, text: str) -> None:
         (self.progress.console if self.task is not None else err_console).print(text, highlight=False)

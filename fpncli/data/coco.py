@@ -101,7 +101,16 @@ def load_coco(path: str | os.PathLike) -> CocoAnnotations:
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise FpnError(f"{path}: images[{i}] needs an 'id' and a 'file_name'")
-        images[img["id"]] = img
+        image_id = img["id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+            raise FpnError(f"{path}: images[{i}] has id {image_id!r}; expected an integer")
+        if image_id in images and images[image_id].get("file_name") != img["file_name"]:
+            # Annotations name images by id: which picture would these boxes belong to?
+            raise FpnError(
+                f"{path}: image id {image_id!r} is used for two different files "
+                f"({images[image_id].get('file_name')!r} and {img['file_name']!r}); ids must be unique"
+            )
+        images[image_id] = img
     cats = []
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:

@@ -19,9 +19,10 @@ batches whatever the number of workers, which makes resuming exact.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from fpncli.data.coco import CategoryMap, CocoAnnotations, load_coco, safe_image_path
-from fpncli.data.images import ImageReadError, read_image
+from fpncli.data.images import ImageReadError, model_size_problem, read_image
 from fpncli.errors import FpnError
 
 
@@ -57,6 +58,7 @@ class DatasetReport:
     dropped_boxes: int = 0
     missing_images: list[str] = field(default_factory=list)
     annotation_problems: list[str] = field(default_factory=list)
+    unfit_images: list[str] = field(default_factory=list)  # "path: reason", cannot pass the model
 
     def warnings(self) -> list[str]:
         """At most one line per kind of problem, with counts and a first example."""
@@ -75,7 +77,15 @@ class DatasetReport:
                 f"{len(self.missing_images)} image(s) listed but not found, skipped, "
                 f"e.g. {self.missing_images[0]}"
             )
+        if self.unfit_images:
+            out.append(f"{len(self.unfit_images)} image(s) skipped, e.g. {self.unfit_images[0]}")
         return out
+
+    def skipped_images(self) -> list[str]:
+        """One line per image left out before training (missing, unreadable header, unfit)."""
+        return [
+            f"{m}: not found" if not m.endswith("(unreadable)") else m for m in self.missing_images
+        ] + list(self.unfit_images)
 
 
 def _image_size(img: dict[str, Any], path: Path) -> tuple[int, int] | None:
@@ -140,13 +150,21 @@ def build_records(
     return records, report
 
 
+class Skipped(NamedTuple):
+    """A training image that could not be read (the collate drops it and reports ``reason``)."""
+
+    path: str
+    reason: str
+
+
 class DetectionDataset(Dataset):
     """Training images and targets from a COCO annotation file.
 
     ``dataset[(index, flip)]`` -> ``(image, target)`` where image is ``uint8 Tensor[3, H, W]``
     (scaled to 0..1 on the device) and target is ``{"boxes": float32 Tensor[N, 4] xyxy
     pixels, "labels": int64 Tensor[N] in 1..K, "image_id": int}``; ``flip`` mirrors both
-    horizontally. An image that fails to decode gives ``None`` (the collate drops it).
+    horizontally. An image that fails to decode gives a :class:`Skipped` (the collate drops
+    it and passes its reason on, so the training loop reports it).
     An integer index means no flip.
     """
 
@@ -173,17 +191,34 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def drop_unfit(self, min_sizes: Sequence[int], max_size: int) -> list[str]:
+        """Remove images the model cannot take at these sizes (e.g. 3000x1 pixels would be
+        resized to 0 pixels high); they are listed in ``report.unfit_images`` and returned."""
+        keep, dropped = [], []
+        for rec in self.records:
+            problem = model_size_problem(rec.width, rec.height, min_sizes, max_size)
+            if problem is None:
+                keep.append(rec)
+            else:
+                dropped.append(f"{rec.path}: {problem}")
+        self.records = keep
+        self.report.unfit_images.extend(dropped)
+        self.report.images = len(keep)
+        return dropped
+
     def aspect_groups(self) -> list[int]:
         """0 for landscape (w >= h) images, 1 for portrait ones (batches never mix them)."""
         return [0 if r.width >= r.height else 1 for r in self.records]
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Any]] | None:
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Any]] | Skipped:
         index, flip = (item, False) if isinstance(item, int) else item
         rec = self.records[index]
         try:
             image = pil_to_tensor(read_image(rec.path))
-        except ImageReadError:
-            return None
+        except ImageReadError as exc:
+            return Skipped(str(rec.path), str(exc))
+        except Exception as exc:  # a decoder bug must not stop training
+            return Skipped(str(rec.path), f"{rec.path}: cannot decode ({type(exc).__name__}: {exc})")
         boxes = torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4)
         # The annotation's size may disagree with the decoded (EXIF-rotated) image; trust the pixels.
         height, width = image.shape[1:]
@@ -201,7 +236,9 @@ class DetectionDataset(Dataset):
         return image, {"boxes": boxes, "labels": labels, "image_id": rec.image_id}
 
 
-def collate(batch: list) -> tuple[list[Tensor], list[dict[str, Any]]]:
-    """Lists of images and targets (sizes differ; the model batches them itself); drops ``None``."""
-    batch = [b for b in batch if b is not None]
-    return [b[0] for b in batch], [b[1] for b in batch]
+def collate(batch: list) -> tuple[list[Tensor], list[dict[str, Any]], list[str]]:
+    """Lists of images and targets (sizes differ; the model batches them itself), and the
+    reasons of the images that could not be read (:class:`Skipped`, dropped from the batch)."""
+    skipped = [b.reason for b in batch if isinstance(b, Skipped)]
+    batch = [b for b in batch if b is not None and not isinstance(b, Skipped)]
+    return [b[0] for b in batch], [b[1] for b in batch], skipped

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from fpncli.atomic import write_json
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 CLASSES = ("circle", "square", "triangle", "cross")
 # Image sizes (width, height): mixed orientations, so aspect-ratio grouping has work to do.
@@ -163,9 +164,11 @@ def synthesize(
         raise FpnError(f"image sizes must be at least 32 px, got {sizes}")
     if train < 0 or val < 0:
         raise FpnError("--train and --val must be zero or more")
-    if root.exists() and not root.is_dir():
-        raise FpnError(f"{root}: exists and is not a folder")
     ann_dir = root / "annotations"
+    check_outputs(
+        folders=[root, ann_dir, root / "train", root / "val"],
+        files=[ann_dir / "instances_train.json", ann_dir / "instances_val.json"],
+    )
     existing = [p for p in (ann_dir / "instances_train.json", ann_dir / "instances_val.json") if p.exists()]
     if existing and not overwrite:
         raise FpnError(f"{existing[0]}: already exists; pass --overwrite to replace the dataset")

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fpncli.atomic import atomic_write, write_json
+from fpncli.atomic import write_json, write_text
 from fpncli.engine.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
 from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
+from fpncli.outputs import check_outputs
 
 # The paper's rows first (single-scale baselines, then FPN), then the later necks.
 # The rows, in table order, come from the neck registry: the paper's single-scale
@@ -370,8 +371,7 @@ def run_ablation(
     backend = resolve_backend(backend)  # a missing backend fails before any training
     plan = budget_plan(budget)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FpnError(f"{out}: exists and is not a folder")
+    check_outputs(folders=[out], files=[out / "ablation.json", out / "ablation.md"], inputs=[data])
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -422,8 +422,7 @@ def run_ablation(
     json_path = out / "ablation.json"
     md_path = out / "ablation.md"
     write_json(json_path, result)
-    markdown = to_markdown(result)
-    atomic_write(md_path, lambda f: f.write(markdown))
+    write_text(md_path, to_markdown(result))
     result["json"], result["markdown"] = str(json_path), str(md_path)
     return result
 

@@ -24,6 +24,7 @@ from typing import Any
 from fpncli.atomic import write_json
 from fpncli.engine.events import ProgressFn, emitter
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 MARKER = "demo.json"
 STEPS = ("data", "run", "eval", "detect", "levels")
@@ -45,8 +46,7 @@ class DemoConfig:
 
 def _prepare(out: Path) -> None:
     """Create ``out``; a previous demo there is replaced, anything else is refused."""
-    if out.exists() and not out.is_dir():
-        raise FpnError(f"{out}: exists and is not a folder")
+    check_outputs(folders=[out])
     if out.is_dir() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise FpnError(f"{out}: folder is not empty and is not a previous demo; choose another --out")

@@ -5,7 +5,9 @@ Outputs in ``out_dir``:
                        [x1, y1, x2, y2], "score", "category_id", "label"}]}], "errors":
                        [{"file", "error"}]}``; boxes in original-image pixels (EXIF
                        orientation applied). Rewritten atomically every few seconds, so it
-                       is valid for the images done so far even after Ctrl-C or a crash.
+                       is valid for the images done so far even after Ctrl-C, a crash or
+                       a full disk; not touched before the first image (a run refused for
+                       a bad option or output path leaves the previous file as it was).
     --coco-results     ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
     annotated images   one per readable input, at the input's path relative to the common
                        folder of all inputs (so equal names in different folders never
@@ -14,6 +16,7 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -24,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpncli.atomic import write_json
-from fpncli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_image_file
+from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
+from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
 
 PREDICTIONS_FILE = "predictions.json"
 _GLOB_CHARS = set("*?[")
@@ -59,7 +63,7 @@ class DetectOptions:
     recursive: bool = False
     coco_results: Path | None = None
     coco_annotations: Path | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: default_max_pixels()
     optimize: bool = True
 
 
@@ -106,7 +110,7 @@ def expand_sources(
     """
     if not sources:
         raise FpnError("no SOURCE given: pass image files, folders or glob patterns")
-    exclude_resolved = exclude.resolve() if exclude is not None else None
+    exclude_resolved = Path(os.path.abspath(exclude)).resolve() if exclude is not None else None
     seen: set[Path] = set()
     out: list[Path] = []
 
@@ -120,7 +124,7 @@ def expand_sources(
         text = os.fspath(source)
         path = Path(text).expanduser()
         if path.is_dir():
-            found = _folder_images(path, recursive, exclude_resolved)
+            found = _folder_images(path, recursive, exclude_resolved, base=path)
             if not found:
                 hint = "" if recursive else " (use --recursive to look in sub-folders)"
                 raise FpnError(f"{text}: folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
@@ -128,11 +132,12 @@ def expand_sources(
             found = [path]
         elif _GLOB_CHARS & set(text):
             found = []
+            base = _glob_base(os.path.expanduser(text))
             for match in sorted(glob.glob(os.path.expanduser(text), recursive=recursive)):
                 m = Path(match)
                 if m.is_dir():
-                    found.extend(_folder_images(m, recursive, exclude_resolved))
-                elif is_image_file(m):
+                    found.extend(_folder_images(m, recursive, exclude_resolved, base=base))
+                elif is_image_file(m) and not _own_output(m, exclude_resolved, base):
                     found.append(m)
             if not found:
                 raise FpnError(f"{text}: pattern matches no images")
@@ -143,13 +148,47 @@ def expand_sources(
     return out
 
 
-def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+def _glob_base(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its longest leading part without wildcards."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    if len(fixed) == len(parts):
+        fixed = fixed[:-1]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _own_output(path: Path, out_dir: Path | None, base: Path) -> bool:
+    """Whether ``path`` is an annotated image an earlier run wrote into ``out_dir``.
+
+    With ``out_dir`` inside the source folder (``base``), everything under it is ours. With
+    ``out_dir`` the source folder itself (or above it), inputs live there too: only a
+    ``<stem>_det<ext>`` beside its ``<stem><ext>`` is ours (see :func:`output_paths`).
+    """
+    if out_dir is None:
+        return False
+    resolved = Path(os.path.abspath(path)).resolve()
+    if out_dir not in resolved.parents:
+        return False
+    base_resolved = Path(os.path.abspath(base)).resolve()
+    if out_dir != base_resolved and base_resolved in out_dir.parents:
+        return True
+    stem = path.stem
+    return stem.endswith("_det") and path.with_name(stem[: -len("_det")] + path.suffix).exists()
+
+
+def _folder_images(
+    folder: Path, recursive: bool, exclude: Path | None, base: Path | None = None
+) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     found = []
     for p in sorted(folder.glob(pattern)):
         if not is_image_file(p) or p.is_dir():
             continue
-        if exclude is not None and exclude in p.resolve().parents:
+        if _own_output(p, exclude, base if base is not None else folder):
             continue  # our own annotated images from an earlier run
         found.append(p)
     return found
@@ -188,10 +227,12 @@ def resolve_classes(
     by_name = {name.lower(): i + 1 for i, name in enumerate(class_names) if name != UNUSED_CLASS}
     by_id = {cid: i + 1 for i, cid in enumerate(category_ids) if i + 1 in usable}
     labels: set[int] = set()
+    named = False
     for item in wanted:
         for token in (t.strip() for t in str(item).split(",")):
             if not token:
                 continue
+            named = True
             if token.lower() in by_name:
                 labels.add(by_name[token.lower()])
             elif token.lstrip("-").isdigit() and int(token) in by_id:
@@ -202,6 +243,9 @@ def resolve_classes(
                     f"--classes: {token!r} is neither a class name nor a category id of "
                     f"this model (classes include: {examples}...)"
                 )
+    if not named:
+        # An empty --classes would silently drop every detection.
+        raise FpnError(f"--classes: no class given (got {', '.join(repr(str(w)) for w in wanted)})")
     return labels
 
 
@@ -242,18 +286,31 @@ def _save_annotated(result, target: Path, names: list[str], keys: list[int]) -> 
 
     image = Image.fromarray(result.image.permute(1, 2, 0).numpy())
     drawn = draw_detections(image, result.boxes.tolist(), names, result.scores.tolist(), keys)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
     fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     params = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
-    try:
-        drawn.save(tmp, format=fmt, **params)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise FpnError(f"{target}: cannot write the annotated image ({exc.strerror or exc})") from None
+    # Atomic: a full disk or a kill leaves no partial picture and no temporary behind.
+    atomic_write(target, lambda f: drawn.save(f, format=fmt, **params), binary=True, clean_stale=False)
 
 
 # --------------------------------------------------------------------------- the run
+
+
+def validate_options(options: DetectOptions) -> None:
+    """Every numeric option in range, before anything is read or written."""
+    if not 0.0 <= options.score_thr <= 1.0:
+        raise FpnError(f"--score-thr must be in 0..1, got {options.score_thr}")
+    if options.nms_iou is not None and not 0.0 < options.nms_iou <= 1.0:
+        raise FpnError(f"--nms-iou must be in (0, 1], got {options.nms_iou}")
+    if options.max_dets is not None and options.max_dets < 1:
+        raise FpnError(f"--max-dets must be at least 1, got {options.max_dets}")
+    for name in ("min_size", "max_size", "batch_size"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise FpnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.workers is not None and options.workers < 0:
+        raise FpnError(f"--workers must be 0 or more, got {options.workers}")
+    if options.max_pixels is not None and options.max_pixels < 1:
+        raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
 
 
 def run_detect(
@@ -276,9 +333,17 @@ def run_detect(
         Ctrl-C ends the run early with ``summary.interrupted`` set and all outputs valid.
     """
     out_dir = Path(options.out_dir)
+    validate_options(options)
     if out_dir.exists() and not out_dir.is_dir():
         raise FpnError(f"{out_dir}: exists and is not a folder")
     paths = expand_sources(sources, options.recursive, exclude=out_dir)  # fail fast, before torch
+    weights_file = options.weights if options.weights not in ("coco", "none") else None
+    # Nothing is written before every option and output path has been checked.
+    check_outputs(
+        folders=[out_dir],
+        files=[out_dir / PREDICTIONS_FILE, options.coco_results],
+        inputs=[*paths, options.coco_annotations, weights_file],
+    )
 
     import torch
 
@@ -287,12 +352,6 @@ def run_detect(
     from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
-    if not 0.0 <= options.score_thr <= 1.0:
-        raise FpnError(f"--score-thr must be in 0..1, got {options.score_thr}")
-    if options.nms_iou is not None and not 0.0 < options.nms_iou <= 1.0:
-        raise FpnError(f"--nms-iou must be in (0, 1], got {options.nms_iou}")
-    if options.max_dets is not None and options.max_dets < 1:
-        raise FpnError(f"--max-dets must be at least 1, got {options.max_dets}")
     device = resolve_device(options.device)
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
@@ -327,7 +386,6 @@ def run_detect(
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     targets = output_paths(paths, out_dir) if options.draw else []
     image_ids, unmatched = ({}, [])
     if options.coco_results is not None:
@@ -344,20 +402,21 @@ def run_detect(
     coco: list[dict[str, Any]] = []
     summary.predictions = {"images": images, "errors": errors}
 
-    if options.coco_results is not None:
-        Path(options.coco_results).parent.mkdir(parents=True, exist_ok=True)
-
     def flush() -> None:
         write_json(summary.predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
 
+    # A killed earlier run may have left temporaries of annotated images: clean each folder once.
+    for folder in sorted({t.parent for t in targets}):
+        remove_stale_temporaries(folder, any_name=True)
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
     start = time.perf_counter()
     last_flush, flush_every = start, _FLUSH_SECONDS
-    flush()  # a valid (empty) file from the first moment
+    # No early empty flush: a run that fails before its first image leaves the previous
+    # predictions.json as it was; from the first flush on the file holds this run's results.
     if on_start is not None:
         on_start(len(paths), str(device), loaded.source)
     try:
@@ -431,13 +490,23 @@ def run_detect(
                 flush_every = max(_FLUSH_SECONDS, 10 * (last_flush - t0))
     except KeyboardInterrupt:
         summary.interrupted = True
-    finally:
-        if drawer is not None:
-            drawer.shutdown(wait=True)
-        summary.seconds = time.perf_counter() - start
-        flush()
+    except BaseException:
+        # Keep what is done (e.g. the disk filled while drawing): record the finished images,
+        # then report the original error (a second write failure must not hide it).
+        _finish(drawer, summary, start)
+        with contextlib.suppress(FpnError):
+            flush()
+        raise
+    _finish(drawer, summary, start)
+    flush()
     for f in pending:
         f.result()
     if options.coco_results is not None:
         summary.coco_results_path = Path(options.coco_results)
     return summary
+
+
+def _finish(drawer: ThreadPoolExecutor | None, summary: DetectSummary, start: float) -> None:
+    if drawer is not None:
+        drawer.shutdown(wait=True)
+    summary.seconds = time.perf_counter() - start

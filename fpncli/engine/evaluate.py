@@ -438,7 +438,7 @@ def evaluate_model(
         start=1,
     ):
         if result.error:
-            skipped.append(f"{result.path}: {result.error}")
+            skipped.append(result.error)  # already "path: reason"
         else:
             evaluated.append(img_id)
             dets = detections_to_coco(

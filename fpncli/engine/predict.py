@@ -17,15 +17,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from fpncli.data.images import ImageReadError, default_max_pixels, read_image
 from fpncli.errors import FpnError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fpncli.modeling.detector import FPNFasterRCNN
 
 
 @dataclass
@@ -67,12 +70,12 @@ class _ImageFiles(Dataset):
     def __init__(
         self,
         paths: Sequence[Path],
-        prepare: Callable[[Tensor], Tensor] | None,
+        model: FPNFasterRCNN | None,
         max_pixels: int,
         keep_images: bool,
     ) -> None:
         self.paths = list(paths)
-        self.prepare = prepare
+        self.model = model  # forked into DataLoader workers, never pickled
         self.max_pixels = max_pixels
         self.keep_images = keep_images
 
@@ -89,11 +92,29 @@ class _ImageFiles(Dataset):
             return _Item(index, None, None, (0, 0), str(exc))
         except Exception as exc:  # a decoder bug must not stop the other images
             return _Item(index, None, None, (0, 0), f"{path}: cannot decode ({type(exc).__name__}: {exc})")
-        original = pil_to_tensor(img)  # uint8 [3, H, W]
-        prepared = original.float().div(255)  # what torchvision's to_tensor gives
-        if self.prepare is not None:
-            # The model's own normalise-then-resize, bit for bit (see GeneralizedRCNNTransform.forward).
-            prepared = self.prepare(prepared)
+        try:
+            width, height = img.size
+            original = pil_to_tensor(img)  # uint8 [3, H, W]
+            del img  # peak memory: a 100 MP image costs ~20 bytes per pixel, not ~40
+            model = self.model
+            if model is not None:
+                problem = model.size_problem(width, height)
+                if problem is not None:
+                    return _Item(index, None, None, (0, 0), f"{path}: {problem}")
+            prepared = original.float().div_(255)  # what torchvision's to_tensor gives
+            if model is not None:
+                # The model's own normalise-then-resize, bit for bit, in place so that the
+                # full-size image is held once.
+                prepared = model.prepare_image(prepared, inplace=True)
+        except Exception as exc:  # one image that cannot be prepared must not stop the others
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return _Item(
+                index,
+                None,
+                None,
+                (0, 0),
+                f"{path}: cannot prepare for the model ({type(exc).__name__}: {reason})",
+            )
         size = (original.shape[1], original.shape[2])
         return _Item(index, original if self.keep_images else None, prepared, size, None)
 
@@ -118,8 +139,15 @@ class _DetectInWorker(Dataset):
         item = self.files[index]
         if item.error is not None:
             return item, None
-        with torch.inference_mode():
-            out = _forward(self.model, [item], torch.device("cpu"), half=False)[0]
+        try:
+            with torch.inference_mode():
+                out = _forward(self.model, [item], torch.device("cpu"), half=False)[0]
+        except Exception as exc:  # this image alone: report it, keep the others going
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            path = self.files.paths[index]
+            return item._replace(
+                prepared=None, error=f"{path}: detection failed ({type(exc).__name__}: {reason})"
+            ), None
         return item._replace(prepared=None), out
 
 
@@ -129,6 +157,20 @@ def _forward(
     """The model's detections for prepared images (see ``FPNFasterRCNN.detect_prepared``)."""
     images = [it.prepared.to(device, non_blocking=True) for it in items]
     return model.detect_prepared(images, [it.size for it in items], half=half)
+
+
+def _forward_each_on_failure(
+    model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
+) -> list[dict[str, Tensor] | str]:
+    """:func:`_forward`; if the batch fails, each image alone, so one image that cannot pass
+    through the model becomes its own error (a string) and never stops the others."""
+    try:
+        return _forward(model, items, device, half)
+    except Exception as exc:
+        if len(items) == 1:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return [f"detection failed ({type(exc).__name__}: {reason})"]
+    return [_forward_each_on_failure(model, [item], device, half)[0] for item in items]
 
 
 def predict_images(
@@ -141,7 +183,7 @@ def predict_images(
     *,
     half: bool = False,
     optimize: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     keep_images: bool = False,
     lookahead: int | None = None,
     cpu_processes: int = 0,
@@ -160,7 +202,8 @@ def predict_images(
         half: float16 autocast for the forward pass (CUDA only).
         optimize: run an inference-optimised copy of the model (BatchNorm folded into the
             convolutions, channels-last memory); ``model`` itself is left untouched.
-        max_pixels: larger images are refused with a "too large" error.
+        max_pixels: larger images are refused with a "too large" error (default
+            :func:`~fpncli.data.images.default_max_pixels`).
         keep_images: also return each decoded image (``ImageResult.image``), e.g. to draw on.
         lookahead: how many decoded images may wait for a batch partner of the same size
             (default ``4 * batch_size``); bounds memory and latency.
@@ -183,7 +226,9 @@ def predict_images(
     model.eval().to(device)
     paths = [Path(p) for p in paths]
     lookahead = max(lookahead if lookahead is not None else 4 * batch_size, batch_size)
-    dataset = _ImageFiles(paths, model.prepare_image, max_pixels, keep_images)
+    if max_pixels is None:
+        max_pixels = default_max_pixels()  # read here: a bad $FPN_MAX_PIXELS fails once, up front
+    dataset = _ImageFiles(paths, model, max_pixels, keep_images)
     if cpu_processes > 0 and device.type == "cpu":
         yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
         return
@@ -209,7 +254,18 @@ def predict_images(
             buckets[key] = rest
         else:
             del buckets[key]
-        for item, out in zip(items, _forward(model, items, device, half)):
+        for item, out in zip(items, _forward_each_on_failure(model, items, device, half)):
+            if isinstance(out, str):
+                done[item.index] = ImageResult(
+                    paths[item.index],
+                    0,
+                    0,
+                    empty.reshape(0, 4),
+                    empty,
+                    empty.long(),
+                    error=f"{paths[item.index]}: {out}",
+                )
+                continue
             done[item.index] = ImageResult(
                 paths[item.index],
                 item.size[1],

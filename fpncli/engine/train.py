@@ -5,8 +5,9 @@
     summary = train(TrainConfig(data="data/shapes", preset="tiny", out="runs/shapes", iters=300))
 
 The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
-config, versions, world size), ``metrics.jsonl`` (one JSON object per logged iteration and
-per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
+config, versions, world size), ``skipped_images.txt`` (every training image left out:
+missing, unreadable or unfit for the model's sizes, one per line), ``metrics.jsonl`` (one
+JSON object per logged iteration and per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
 with ``--weights``) and ``curves.png``. ``TrainConfig(out=RUN, resume=True)`` continues a run
 exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and data order.
 """
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fpncli.atomic import atomic_write, write_json
+from fpncli.atomic import atomic_write, write_json, write_text
 from fpncli.checkpoint import read_checkpoint, unwrap
 from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
@@ -46,6 +47,11 @@ from fpncli.engine.trainer import (
     json_safe,
 )
 from fpncli.errors import FpnError
+from fpncli.outputs import check_outputs
+
+SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
+MAX_WARNED = 10  # unreadable training images named on the console; the file lists all
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -215,10 +221,26 @@ def _train(
         resume_state = read_checkpoint(run / "last.pt")
     cfg = cfg.resolved()
     device = info.device
+    if info.is_main:
+        weights = getattr(cfg, "weights", None)
+        check_outputs(
+            folders=[run],
+            files=[
+                run / n
+                for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png", SKIPPED_FILE)
+            ],
+            inputs=[
+                cfg.train_ann,
+                cfg.val_ann,
+                weights if weights not in (None, "coco", "none") and not cfg.resume else None,
+            ],
+        )
 
     train_set = DetectionDataset(cfg.train_ann, cfg.train_images, drop_negatives=cfg.drop_negatives)
     if len(train_set) == 0:
-        raise FpnError(f"{cfg.train_ann}: no usable training images in {cfg.train_images}")
+        skipped = train_set.report.skipped_images()
+        example = f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""
+        raise FpnError(f"{cfg.train_ann}: no usable training images in {cfg.train_images}{example}")
     for line in train_set.report.warnings():
         emit({"event": "warning", "message": f"{cfg.train_ann}: {line}"})
     if cfg.val_ann:
@@ -233,6 +255,22 @@ def _train(
     else:
         model, source = _build_model(cfg, train_set.categories)
     model.to(device).train()
+    # Images the model cannot take at its training sizes (e.g. 3000x1 px) are left out, reported.
+    unfit = train_set.drop_unfit(
+        list(cfg.train_sizes) if cfg.train_sizes else [model.min_size], model.max_size
+    )
+    if unfit:
+        emit(
+            {
+                "event": "warning",
+                "message": f"{cfg.train_ann}: {len(unfit)} image(s) skipped, e.g. {unfit[0]}",
+            }
+        )
+    if len(train_set) == 0:
+        raise FpnError(
+            f"{cfg.train_ann}: no usable training images in {cfg.train_images} "
+            f"({len(train_set.report.skipped_images())} skipped, e.g. {train_set.report.skipped_images()[0]})"
+        )
     if cfg.train_sizes:
         # torchvision's transform draws the shorter side from this tuple for each batch in
         # training mode (torch RNG, so it is seeded and resumable); the saved config keeps
@@ -328,6 +366,9 @@ def _train(
             raise FpnError(f"{run}: already holds a run (last.pt); use --resume {run} or another --out")
         write_json(run / "config.json", config_record)
         _trim_metrics(metrics_path, start_iter)
+        # Every image left out, one per line, so nothing vanishes silently (appended below
+        # as unreadable ones turn up).
+        write_text(run / SKIPPED_FILE, "".join(line + "\n" for line in train_set.report.skipped_images()))
     D.barrier(info)
 
     loader = DataLoader(
@@ -357,6 +398,27 @@ def _train(
             "train_config": json.dumps(cfg.to_dict()),
         }
 
+    unreadable: set[str] = set()
+
+    def note_unreadable(reasons: list[str]) -> None:
+        new = [r for r in reasons if r not in unreadable]
+        if not new:
+            return
+        unreadable.update(new)
+        if info.is_main:
+            with open(run / SKIPPED_FILE, "a", encoding="utf-8") as f:
+                f.writelines(r + "\n" for r in new)
+        shown = len(unreadable) - len(new)  # warned about so far
+        for reason in new[: max(0, MAX_WARNED - shown)]:
+            emit({"event": "warning", "message": f"unreadable training image skipped: {reason}"})
+        if shown <= MAX_WARNED < len(unreadable):
+            emit(
+                {
+                    "event": "warning",
+                    "message": f"more unreadable training images: all in {run / SKIPPED_FILE}",
+                }
+            )
+
     emit(
         {
             "event": "start",
@@ -382,7 +444,7 @@ def _train(
     ]
     if cfg.val_ann:
         default_hooks += [
-            PeriodicEvaluation(lambda m: _validate(m, cfg, info), metrics_path, cfg.eval_every),
+            PeriodicEvaluation(lambda m: _validate(m, cfg, info, emit), metrics_path, cfg.eval_every),
             BestCheckpointer(run / "best.pt"),
         ]
     default_hooks.append(LastCheckpointer(run / "last.pt", cfg.save_every, train_state))
@@ -405,6 +467,14 @@ def _train(
         clip_grad=cfg.clip_grad,
         stop_requested=lambda: stop.requested,
         best_ap=best_ap,
+        on_unreadable=note_unreadable,
+        # A whole epoch (or the whole run) without one readable image: nothing to train,
+        # and no checkpoint is written.
+        nothing_read=lambda batches: FpnError(
+            f"{cfg.train_ann}: no training image could be read in {batches} "
+            f"batch(es) ({len(unreadable)} unreadable, e.g. {min(unreadable, default='?')}); "
+            f"nothing trained, no checkpoint written (list in {run / SKIPPED_FILE})"
+        ),
     )
     t_start = time.perf_counter()
     with stop.installed():
@@ -420,7 +490,8 @@ def _train(
         "interrupted": trainer.interrupted,
         "best_ap": best_ap,
         "final_metrics": json_safe(last_metrics) if last_metrics else None,
-        "last": str(run / "last.pt"),
+        "last": str(run / "last.pt") if (run / "last.pt").is_file() else None,
+        "skipped_images": len(train_set.report.skipped_images()) + len(unreadable),
         "best": str(run / "best.pt") if best_ap is not None else None,
         "seconds": seconds,
         "images_per_s": trainer.images_seen / seconds if seconds > 0 else None,
@@ -437,20 +508,27 @@ def _train(
     return summary
 
 
-def _validate(model: torch.nn.Module, cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any] | None:
-    """COCO evaluation on rank 0 (the others wait); returns the metrics there, None elsewhere."""
+def _validate(
+    model: torch.nn.Module, cfg: TrainConfig, info: D.DistInfo, emit: ProgressFn
+) -> dict[str, Any] | None:
+    """COCO evaluation on rank 0 (the others wait); returns the metrics there, None elsewhere
+    (and None when it fails: a warning, never the end of the run)."""
     metrics = None
     if info.is_main:
         from fpncli.engine.evaluate import evaluate_model
 
-        metrics = evaluate_model(
-            unwrap(model),
-            cfg.val_ann,
-            cfg.val_images,
-            device=info.device,
-            batch_size=cfg.eval_batch_size,
-            workers=min(cfg.workers, 2),
-        )
+        try:
+            metrics = evaluate_model(
+                unwrap(model),
+                cfg.val_ann,
+                cfg.val_images,
+                device=info.device,
+                batch_size=cfg.eval_batch_size,
+                workers=min(cfg.workers, 2),
+            )
+        except FpnError as exc:  # e.g. no readable validation image: must not cost the epoch
+            emit({"event": "warning", "message": f"validation failed: {exc}"})
+            metrics = None
     D.barrier(info)
     return metrics
 

@@ -88,9 +88,12 @@ class Trainer:
     Args:
         model: the detector (unwrapped); ``ddp_model`` is what the step calls (the same
             module, or its ``DistributedDataParallel`` wrapper).
-        data: yields ``(images, targets)`` batches: ``[Tensor[3, H, W] uint8]`` and
-            ``[{"boxes": Tensor[N, 4] xyxy pixels, "labels": Int64Tensor[N]}]``.
+        data: yields ``(images, targets, unreadable)`` batches: ``[Tensor[3, H, W] uint8]``,
+            ``[{"boxes": Tensor[N, 4] xyxy pixels, "labels": Int64Tensor[N]}]`` and the
+            reasons of the batch's images that could not be read (given to ``on_unreadable``).
         stop_requested: read after each step (on every rank); True ends the run cleanly.
+        nothing_read: when a whole epoch (or the whole run) passes before any rank has read
+            one image, ``raise nothing_read(batches)``: nothing can be trained.
     """
 
     def __init__(
@@ -113,6 +116,8 @@ class Trainer:
         clip_grad: float | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
         best_ap: float | None = None,
+        on_unreadable: Callable[[list[str]], None] = lambda reasons: None,
+        nothing_read: Callable[[int], FpnError] | None = None,
     ) -> None:
         self.model, self.ddp_model = model, ddp_model
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
@@ -122,6 +127,10 @@ class Trainer:
         self.amp_dtype, self.clip_grad = amp_dtype, clip_grad
         self.stop_requested = stop_requested
         self.best_ap = best_ap
+        self.on_unreadable = on_unreadable
+        self.nothing_read = nothing_read
+        self.images_trained = 0  # on this rank
+        self.empty_streak = 0  # batches in a row without a readable image (on every rank)
         self.last_metrics: dict[str, Any] | None = None  # the latest evaluation's metrics
         self.metrics_iter: int | None = None  # the iteration they were computed at
         self.should_stop = False
@@ -147,15 +156,15 @@ class Trainer:
             t_data, cpu_data = time.perf_counter(), time.process_time()
             while self.iteration < self.total:
                 step = self.run_step(data_iter, t_data, cpu_data)
-                if step is not None:
+                if step is not None:  # a batch without a readable image is logged by nobody
                     for hook in self.hooks:
                         hook.after_step(step)
-                    self.should_stop = D.any_rank(self.stop_requested(), self.info)
-                    for hook in self.hooks:
-                        hook.after_iteration()
-                    if self.should_stop:
-                        self.interrupted = True
-                        break
+                self.should_stop = D.any_rank(self.stop_requested(), self.info)
+                for hook in self.hooks:
+                    hook.after_iteration()
+                if self.should_stop:
+                    self.interrupted = True
+                    break
                 t_data, cpu_data = time.perf_counter(), time.process_time()
         finally:
             del data_iter
@@ -164,7 +173,8 @@ class Trainer:
 
     def run_step(self, data_iter: Any, t_data: float, cpu_data: float) -> StepResult | None:
         """One optimisation step on the next batch; None when no rank had a readable image."""
-        images, targets = next(data_iter)
+        images, targets, unreadable = next(data_iter)
+        self.on_unreadable(unreadable)
         data_time = time.perf_counter() - t_data
         if D.any_rank(not images, self.info):
             self.emit(
@@ -174,8 +184,15 @@ class Trainer:
                 }
             )
             self.iteration += 1
+            self.empty_streak += 1
             self.scheduler.step()
+            nothing_trained = not D.any_rank(self.images_trained > 0, self.info)
+            limit = min(self.per_epoch, self.total - self.start_iter)
+            if nothing_trained and self.empty_streak >= limit and self.nothing_read is not None:
+                raise self.nothing_read(self.empty_streak)
             return None
+        self.empty_streak = 0
+        self.images_trained += len(images)
         t0 = time.perf_counter()
         device = self.device
         images = [im.to(device, non_blocking=True).float().div_(255) for im in images]

@@ -153,10 +153,28 @@ class FPNFasterRCNN(FasterRCNN):
     def max_size(self) -> int:
         return int(self.transform.max_size)
 
-    def prepare_image(self, image: Tensor) -> Tensor:
+    def prepare_image(self, image: Tensor, inplace: bool = False) -> Tensor:
         """``Tensor[3, H, W]`` float in 0..1 -> ``Tensor[3, h, w]`` normalised and resized
-        exactly as ``model([image])`` would (torchvision's normalise-then-resize)."""
-        return self.transform.resize(self.transform.normalize(image), None)[0]
+        exactly as ``model([image])`` would (torchvision's normalise-then-resize).
+
+        ``inplace`` normalises in ``image`` itself (the same ``(x - mean) / std``, bit for bit),
+        so a large image is held once instead of twice.
+        """
+        t = self.transform
+        if inplace:
+            mean = torch.as_tensor(t.image_mean, dtype=image.dtype, device=image.device)[:, None, None]
+            std = torch.as_tensor(t.image_std, dtype=image.dtype, device=image.device)[:, None, None]
+            normalized = image.sub_(mean).div_(std)
+        else:
+            normalized = t.normalize(image)
+        return t.resize(normalized, None)[0]
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why an image of ``width`` x ``height`` px cannot pass through the model at its
+        input sizes (e.g. 3000x1 px), or None when it can."""
+        from fpncli.data.images import model_size_problem
+
+        return model_size_problem(width, height, self.min_size, self.max_size)
 
     def padded_size(self, prepared: Tensor) -> tuple[int, int]:
         """(h, w) that a prepared image is padded to in a batch of its own."""

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
-from fpncli.checkpoint import is_checkpoint, load_file
+from fpncli.checkpoint import check_version, is_checkpoint, load_file
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.backbone import imagenet_state_dict_to_bottom_up
@@ -331,6 +331,7 @@ def load_detector(
 def _load_path(path: str, **overrides: Any) -> LoadedModel:
     obj = load_file(path)
     if is_checkpoint(obj):
+        check_version(obj, path)
         try:
             cfg = ModelConfig.from_dict(obj["model_config"]).replace(**overrides)
         except (TypeError, FpnError) as exc:
