@@ -100,7 +100,7 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> FpnError:
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False, clean_stale: bool = True
+    path: str | os.PathLike, write: Callable[[IO], object], binary: bool = False, clean_stale: bool = True
 ) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 

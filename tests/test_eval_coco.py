@@ -127,7 +127,7 @@ def _fake_predict(ann_file, label_of, extra_label=None):
         if not a["iscrowd"]:
             per_image.setdefault(a["image_id"], []).append(a)
 
-    def predict_images(model, paths, device="cpu", batch_size=2, workers=0, on_result=None):
+    def predict_images(model, paths, device="cpu", batch_size=2, workers=0, on_result=None, **options):
         for path in paths:
             anns = per_image.get(by_name[path.name], [])
             boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]

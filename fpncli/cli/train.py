@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import TaskID
 
 HELP = (
     "Train an FPN Faster R-CNN on COCO-format data: the paper's recipe by default, resumable, "
@@ -228,7 +231,7 @@ class TrainDisplay:
             console=console,
             transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]

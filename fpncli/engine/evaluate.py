@@ -432,7 +432,7 @@ def evaluate_model(
                 device=device,
                 batch_size=batch_size,
                 workers=workers,
-                **({"half": True} if half else {}),
+                half=half,
             ),
         ),
         start=1,

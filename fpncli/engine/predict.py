@@ -57,7 +57,7 @@ class ImageResult:
 
 
 class _Item(NamedTuple):
-    index: int
+    position: int  # in the input list
     original: Tensor | None  # uint8 [3, H, W] when images are kept
     prepared: Tensor | None  # float32 [3, h, w]: normalised and resized by the model's transform
     size: tuple[int, int]  # (H, W) of the upright image
@@ -127,7 +127,7 @@ class _DetectInWorker(Dataset):
     """Reads, prepares and detects one image per item: each DataLoader worker is a whole
     single-threaded model replica (CPU image-level parallelism, see :func:`predict_images`)."""
 
-    def __init__(self, files: _ImageFiles, model: torch.nn.Module, threads: int) -> None:
+    def __init__(self, files: _ImageFiles, model: FPNFasterRCNN, threads: int) -> None:
         self.files, self.model, self.threads = files, model, threads
 
     def __len__(self) -> int:
@@ -152,16 +152,16 @@ class _DetectInWorker(Dataset):
 
 
 def _forward(
-    model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
+    model: FPNFasterRCNN, items: list[_Item], device: torch.device, half: bool
 ) -> list[dict[str, Tensor]]:
     """The model's detections for prepared images (see ``FPNFasterRCNN.detect_prepared``)."""
-    images = [it.prepared.to(device, non_blocking=True) for it in items]
+    images = [it.prepared.to(device, non_blocking=True) for it in items if it.prepared is not None]
     return model.detect_prepared(images, [it.size for it in items], half=half)
 
 
 def _forward_each_on_failure(
-    model: torch.nn.Module, items: list[_Item], device: torch.device, half: bool
-) -> list[dict[str, Tensor] | str]:
+    model: FPNFasterRCNN, items: list[_Item], device: torch.device, half: bool
+) -> Sequence[dict[str, Tensor] | str]:
     """:func:`_forward`; if the batch fails, each image alone, so one image that cannot pass
     through the model becomes its own error (a string) and never stops the others."""
     try:
@@ -174,7 +174,7 @@ def _forward_each_on_failure(
 
 
 def predict_images(
-    model: torch.nn.Module,
+    model: FPNFasterRCNN,
     paths: Sequence[str | os.PathLike],
     device: torch.device | str = "cpu",
     batch_size: int = 2,
@@ -224,11 +224,11 @@ def predict_images(
 
         model = optimize_for_inference(model)
     model.eval().to(device)
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     lookahead = max(lookahead if lookahead is not None else 4 * batch_size, batch_size)
     if max_pixels is None:
         max_pixels = default_max_pixels()  # read here: a bad $FPN_MAX_PIXELS fails once, up front
-    dataset = _ImageFiles(paths, model, max_pixels, keep_images)
+    dataset = _ImageFiles(files, model, max_pixels, keep_images)
     if cpu_processes > 0 and device.type == "cpu":
         yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
         return
@@ -256,18 +256,18 @@ def predict_images(
             del buckets[key]
         for item, out in zip(items, _forward_each_on_failure(model, items, device, half)):
             if isinstance(out, str):
-                done[item.index] = ImageResult(
-                    paths[item.index],
+                done[item.position] = ImageResult(
+                    files[item.position],
                     0,
                     0,
                     empty.reshape(0, 4),
                     empty,
                     empty.long(),
-                    error=f"{paths[item.index]}: {out}",
+                    error=f"{files[item.position]}: {out}",
                 )
                 continue
-            done[item.index] = ImageResult(
-                paths[item.index],
+            done[item.position] = ImageResult(
+                files[item.position],
                 item.size[1],
                 item.size[0],
                 out["boxes"].float().cpu(),
@@ -277,7 +277,7 @@ def predict_images(
             )
 
     def oldest_bucket() -> tuple[int, int]:
-        return min(buckets, key=lambda k: buckets[k][0].index)
+        return min(buckets, key=lambda k: buckets[k][0].position)
 
     def ready() -> Iterator[ImageResult]:
         nonlocal next_index
@@ -291,8 +291,8 @@ def predict_images(
     with torch.inference_mode():
         for item in loader:
             if item.error is not None:
-                done[item.index] = ImageResult(
-                    paths[item.index], 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error
+                done[item.position] = ImageResult(
+                    files[item.position], 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error
                 )
             else:
                 key = model.padded_size(item.prepared)
@@ -314,7 +314,7 @@ def predict_images(
 
 
 def _predict_in_processes(
-    model: torch.nn.Module,
+    model: FPNFasterRCNN,
     files: _ImageFiles,
     processes: int,
     on_result: Callable[[ImageResult], None] | None,
@@ -331,7 +331,7 @@ def _predict_in_processes(
     )
     empty = torch.zeros((0,))
     for item, out in loader:
-        path = files.paths[item.index]
+        path = files.paths[item.position]
         if out is None:
             result = ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
         else:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -47,11 +47,14 @@ from fpncli.engine.trainer import (
     json_safe,
 )
 from fpncli.errors import FpnError
+from fpncli.modeling.detector import FPNFasterRCNN
 from fpncli.outputs import check_outputs
 
 SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
 MAX_WARNED = 10  # unreadable training images named on the console; the file lists all
 
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -71,9 +74,16 @@ def lr_factor(
     return factor
 
 
+def _set(value: T | None) -> T:
+    """A :class:`TrainConfig` field that :meth:`TrainConfig.resolved` has filled in."""
+    if value is None:
+        raise RuntimeError("the training configuration was used before TrainConfig.resolved()")
+    return value
+
+
 def _rng_state() -> dict[str, Any]:
     """This process's RNG states in a ``torch.load(weights_only=True)``-safe form."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -133,7 +143,7 @@ class _Batches:
 # ----------------------------------------------------------------------------- model
 
 
-def _build_model(cfg: TrainConfig, categories) -> tuple[torch.nn.Module, str]:
+def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]:
     """A detector for the dataset's classes, from the configured weights."""
     from fpncli.modeling.detector import build_model
     from fpncli.modeling.weights import load_detector, load_model_state
@@ -142,7 +152,7 @@ def _build_model(cfg: TrainConfig, categories) -> tuple[torch.nn.Module, str]:
     overrides = cfg.model_overrides()
     if cfg.weights == "none":
         config = preset_config(cfg.preset, class_names=names, category_ids=ids, **overrides)
-        loaded = load_detector("none", config=config, backbone_weights=cfg.backbone_weights)
+        loaded = load_detector("none", config=config, backbone_weights=_set(cfg.backbone_weights))
         return loaded.model, loaded.source
     loaded = load_detector(cfg.weights)
     model = loaded.model
@@ -164,8 +174,8 @@ def _build_model(cfg: TrainConfig, categories) -> tuple[torch.nn.Module, str]:
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=_set(cfg.weight_decay))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=_set(cfg.weight_decay))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -236,7 +246,9 @@ def _train(
             ],
         )
 
-    train_set = DetectionDataset(cfg.train_ann, cfg.train_images, drop_negatives=cfg.drop_negatives)
+    train_set = DetectionDataset(
+        _set(cfg.train_ann), _set(cfg.train_images), drop_negatives=cfg.drop_negatives
+    )
     if len(train_set) == 0:
         skipped = train_set.report.skipped_images()
         example = f" ({len(skipped)} skipped, e.g. {skipped[0]})" if skipped else ""
@@ -244,7 +256,7 @@ def _train(
     for line in train_set.report.warnings():
         emit({"event": "warning", "message": f"{cfg.train_ann}: {line}"})
     if cfg.val_ann:
-        DetectionDataset(cfg.val_ann, cfg.val_images, categories=train_set.categories)  # fail early
+        DetectionDataset(cfg.val_ann, _set(cfg.val_images), categories=train_set.categories)  # fail early
 
     # Identical initial weights on every rank (DDP also broadcasts them).
     torch.manual_seed(cfg.seed)
@@ -281,21 +293,23 @@ def _train(
     # Each rank draws different RPN/RoI samples.
     torch.manual_seed(cfg.seed + info.rank)
 
+    batch_size = _set(cfg.batch_size)
     plan = GroupedBatches(
         train_set.aspect_groups(),
-        cfg.batch_size,
+        batch_size,
         seed=cfg.seed,
         flip=cfg.flip,
         rank=info.rank,
         world_size=info.world_size,
     )
     per_epoch = len(plan)
-    total = cfg.iters if cfg.iters is not None else cfg.epochs * per_epoch
-    lr = cfg.lr * info.world_size  # linear scaling with the effective batch
+    total = cfg.iters if cfg.iters is not None else _set(cfg.epochs) * per_epoch
+    lr = _set(cfg.lr) * info.world_size  # linear scaling with the effective batch
     optimizer = _make_optimizer(cfg, model, lr)
-    warmup = min(cfg.warmup_iters, max(total // 5, 1))
+    warmup = min(_set(cfg.warmup_iters), max(total // 5, 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, warmup, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma)
+        optimizer,
+        lambda it: lr_factor(it, total, warmup, cfg.warmup_factor, _set(cfg.lr_steps), cfg.lr_gamma),
     )
     amp_dtype = None
     if cfg.amp and device.type == "cuda":
@@ -332,7 +346,7 @@ def _train(
                 f"pass a larger --iters/--epochs to continue"
             )
 
-    ddp_model = model
+    ddp_model: torch.nn.Module = model
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -344,10 +358,10 @@ def _train(
 
     config_record = {
         "train": cfg.to_dict(),
-        "model": unwrap(model).config.to_dict(),
+        "model": model.config.to_dict(),
         "weights_source": source,
         "world_size": info.world_size,
-        "effective_batch": cfg.batch_size * info.world_size,
+        "effective_batch": batch_size * info.world_size,
         "effective_lr": lr,
         "iterations": total,
         "iterations_per_epoch": per_epoch,
@@ -429,7 +443,7 @@ def _train(
             "train_images": len(train_set),
             "device": str(device),
             "world_size": info.world_size,
-            "effective_batch": cfg.batch_size * info.world_size,
+            "effective_batch": batch_size * info.world_size,
             "lr": lr,
             "optimizer": cfg.optimizer,
             "weights": source,
@@ -440,7 +454,7 @@ def _train(
     # Order matters: evaluation runs before best.pt is compared and before last.pt records
     # best_ap; extra hooks (new evaluations, new logs) run after the built-in ones.
     default_hooks: list[HookBase] = [
-        IterationLogger(metrics_path, cfg.log_every, cfg.batch_size, progress is not None)
+        IterationLogger(metrics_path, cfg.log_every, batch_size, progress is not None)
     ]
     if cfg.val_ann:
         default_hooks += [
@@ -520,8 +534,8 @@ def _validate(
         try:
             metrics = evaluate_model(
                 unwrap(model),
-                cfg.val_ann,
-                cfg.val_images,
+                _set(cfg.val_ann),
+                _set(cfg.val_images),
                 device=info.device,
                 batch_size=cfg.eval_batch_size,
                 workers=min(cfg.workers, 2),

@@ -20,10 +20,13 @@ unless told otherwise.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
+
+M = TypeVar("M", bound=nn.Module)
 
 _FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -176,13 +179,13 @@ def use_winograd(model: nn.Module) -> int:
 
 
 def optimize_for_inference(
-    model: nn.Module,
+    model: M,
     *,
     fold_bn: bool = True,
     channels_last: bool = False,
     winograd: bool = True,
     inplace: bool = False,
-) -> nn.Module:
+) -> M:
     """Return ``model`` (a copy unless ``inplace``) in eval mode with the rewrites applied.
 
     ``winograd`` (CPU) and ``channels_last`` do not mix: NNPACK wants NCHW tensors, and
