@@ -34,6 +34,8 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "backbone": cfg.backbone,
         "neck": cfg.neck,
         "norm": model.norm,
+        "frozen_bn_eps": cfg.frozen_bn_eps if model.norm == "frozen_bn" else None,
+        "anchor_grid": cfg.anchor_grid,
         "levels": levels,
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,

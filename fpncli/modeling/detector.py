@@ -29,7 +29,9 @@ class BackboneWithNeck(nn.Module):
     def __init__(self, cfg: ModelConfig, norm: str) -> None:
         super().__init__()
         # cfg arrives resolved (build_model): trainable_layers is set.
-        self.bottom_up = ResNetBottomUp(cfg.backbone, norm=norm, trainable_layers=cfg.trainable_layers)
+        self.bottom_up = ResNetBottomUp(
+            cfg.backbone, norm=norm, trainable_layers=cfg.trainable_layers, frozen_bn_eps=cfg.frozen_bn_eps
+        )
         self.neck = build_neck(
             cfg.neck, self.bottom_up.output_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats
         )
@@ -60,7 +62,7 @@ class FPNFasterRCNN(FasterRCNN):
         rpn_specs = [levels[n] for n in backbone.neck.rpn_levels]
         roi_specs = [levels[n] for n in backbone.neck.roi_levels]
         anchor_sizes = _anchor_sizes_per_level(cfg, len(rpn_specs))
-        anchors = LevelAnchorGenerator(rpn_specs, anchor_sizes, cfg.aspect_ratios)
+        anchors = LevelAnchorGenerator(rpn_specs, anchor_sizes, cfg.aspect_ratios, grid=cfg.anchor_grid)
         channels = backbone.out_channels
         pooled = cfg.roi_output_size
         super().__init__(
