@@ -59,7 +59,7 @@ class ModelConfig:
     # Where anchors sit on each level. "stride": every multiple of the level's true stride
     # (the paper's; P6 is 64 px, whatever the image size). "torchvision": every multiple of
     # padded_batch_size // feature_size, as torchvision's AnchorGenerator does; equal to the
-    # stride except where a map has an odd size (P6 of most photos: 61-63 px instead of 64),
+    # stride except where a map has an odd size (P6 of most photos at 800 px: 61-62 px, not 64),
     # so weights trained by torchvision need it to give torchvision's detections. Files
     # without the field were made when fpncli always used "stride".
     anchor_grid: str = "stride"

@@ -5,9 +5,9 @@ the rest of what torchvision's builder does: its anchor grid (``padded_size // f
 not 64 px, on odd-sized P6 maps), FrozenBatchNorm eps 0.0 for COCO_V1, and the whole
 `fpn detect` / `fpn eval` pipeline against torchvision's stock ``model([image])`` loop.
 
-Sizes: at min_size 352 a 640x480 photo is resized to 352x469 and padded to 352x480, so P5 is
-11x15 and P6 6x8: torchvision's P6 anchors are 58 and 60 px apart, not 64 (what happens to
-most photos at 800 px: 800x1088 -> P6 13x17).
+Sizes: at min_size 224 a 640x480 photo is resized to 224x298 and padded to 224x320, so P5 is
+7x10 and P6 4x5: torchvision's P6 anchors are 56 and 64 px apart, not 64 and 64 (what
+happens to most photos at 800 px: 800x1088 -> P6 13x17, 61 and 64 px).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from fpncli.modeling.weights import (
     torchvision_to_fpncli,
 )
 
-SIZE, MAX_SIZE = 352, 800  # shorter side; odd P5/P6 maps for 4:3 photos (see above)
+SIZE, MAX_SIZE = 224, 800  # shorter side; odd P5/P6 maps for 4:3 photos (see above)
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4  # the issue's tolerances for float-rounding differences
 
 
@@ -81,7 +81,7 @@ def _trained_like(state: dict) -> dict:
 
     Box regression outputs of the seeded heads are ~10x a trained model's (median |delta|
     ~3 against ~0.3), and a box moves by ``delta_error / 10 * box_width``: with them,
-    torchvision's own boxes move by up to 0.01 px between 1 and 2 threads. A trained
+    torchvision's own boxes move by up to 0.007 px between 1 and 2 threads. A trained
     detector's deltas are small, so they are scaled to that range here. The classifier gets
     a strong background logit (a handful of confident detections per image, like trained
     weights) and never picks COCO_V1's "N/A" placeholders.
@@ -92,7 +92,7 @@ def _trained_like(state: dict) -> dict:
         state[f"{key}.bias"] = state[f"{key}.bias"] * 0.1
     weight = state["roi_heads.box_predictor.cls_score.weight"].clone()
     bias = state["roi_heads.box_predictor.cls_score.bias"].clone()
-    bias[0] += 2.0
+    bias[0] += 8.0
     bias[1] += 2.5  # "person", the most common COCO class: some detections hit ground truth
     for i, name in enumerate(COCO_V1_CATEGORIES):
         if name == UNUSED_CLASS:
@@ -133,10 +133,10 @@ def _tensor(path, portrait: bool = False) -> torch.Tensor:
     return x.transpose(1, 2).contiguous() if portrait else x
 
 
-def _assert_same(expected: list[dict], actual: list[dict], exact_count: int | None = None) -> None:
+def _assert_same(expected: list[dict], actual: list[dict]) -> None:
+    """Same detections: labels equal, scores within 1e-6, boxes within 1e-3 px."""
     for exp, act in zip(expected, actual, strict=True):
-        if exact_count is not None:
-            assert len(exp["boxes"]) == exact_count
+        assert len(exp["boxes"]) > 0  # something to compare
         assert torch.equal(exp["labels"], act["labels"])
         assert (exp["scores"] - act["scores"]).abs().max() <= 1e-6
         assert (exp["boxes"] - act["boxes"]).abs().max() <= BOX_TOL
@@ -187,13 +187,10 @@ def test_unknown_anchor_grid_is_a_clear_error(tiny_config):
 
 @pytest.mark.slow
 def test_same_detections_as_torchvision_on_odd_sizes_portrait_landscape_and_batches(coco_tiny):
-    reference = fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=SIZE, max_size=MAX_SIZE, box_score_thresh=0.0
-    ).eval()
-    state = _seeded_state_dict(reference)
-    reference.load_state_dict(state)
+    state = _trained_like(_seeded_state_dict(_reference_shell()))
+    reference = _reference(state, min_size=SIZE, max_size=MAX_SIZE)
 
-    cfg = config_from_torchvision_state_dict(state, min_size=SIZE, max_size=MAX_SIZE, box_score_thresh=0.0)
+    cfg = config_from_torchvision_state_dict(state, min_size=SIZE, max_size=MAX_SIZE)
     assert (cfg.backbone, cfg.fpn_channels, cfg.box_head_dim, len(cfg.class_names)) == (
         "resnet50",
         256,
@@ -209,44 +206,66 @@ def test_same_detections_as_torchvision_on_odd_sizes_portrait_landscape_and_batc
     (landscape,), (portrait,) = _photos(coco_tiny)
     images = [_tensor(landscape), _tensor(portrait, portrait=True)]
     with torch.no_grad():
-        # One at a time (352x480 and 480x352 padded: P6 6x8 and 8x6), then both in one
-        # batch of unequal sizes (padded to 480x480: P5 15x15, P6 8x8).
-        for image in images:
-            _assert_same(reference([image]), ours([image]), exact_count=100)
-        _assert_same(reference(images), ours(images), exact_count=100)
+        # Landscape alone (224x298, padded 224x320: P5 7x10, P6 4x5, anchors 56 and 64 px
+        # apart), then with a portrait one in a batch of unequal sizes (padded 320x320:
+        # P5 10x10, P6 5x5, 64 px). The proposals show the grid at work directly (P6's
+        # 512 px anchors rarely survive to the final detections of a 224 px image).
+        (ref_proposals, expected), (our_proposals, actual) = (_run(m, images[:1]) for m in (reference, ours))
+        assert torch.equal(ref_proposals, our_proposals)
+        _assert_same(expected, actual)
+        _assert_same(reference(images), ours(images))
+        # With the declared strides (what fpncli did before) the proposals differ.
+        ours.rpn.anchor_generator.grid = "stride"
+        before = _run(ours, images[:1], proposals_only=True)
+        assert before.shape != ref_proposals.shape or not torch.allclose(before, ref_proposals, atol=BOX_TOL)
+        ours.rpn.anchor_generator.grid = "torchvision"
         # Small images: 96 px shorter side, P5 3x4 and P6 2x2 (48 and 64 px apart).
         for model in (reference, ours):
             model.transform.min_size, model.transform.max_size = (96,), 160
         small = [images[0][:, :60, :90], images[1][:, :90, :50]]
         _assert_same(reference(small), ours(small))
-        _assert_same([reference([small[1]])[0]], [ours([small[1]])[0]])
+
+
+def _run(model: torch.nn.Module, images: list[torch.Tensor], proposals_only: bool = False):
+    """``GeneralizedRCNN.forward`` in eval mode, also returning image 0's RPN proposals
+    (``Tensor[N, 4]`` xyxy, resized-image pixels)."""
+    batch, _ = model.transform(images)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    if proposals_only:
+        return proposals[0]
+    detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    originals = [tuple(img.shape[-2:]) for img in images]
+    return proposals[0], model.transform.postprocess(detections, batch.image_sizes, originals)
 
 
 @pytest.mark.slow
 def test_coco_v1_weights_run_with_eps_zero_from_the_hub_cache(coco_tiny, tmp_path, monkeypatch):
     """``--weights coco``: FrozenBatchNorm eps 0.0 and torchvision's grid, like the builder."""
-    reference = _coco_v1_reference(min_size=SIZE, max_size=MAX_SIZE, box_score_thresh=0.0)
-    state = _seeded_state_dict(reference, small_var=True)
+    reference = _coco_v1_reference(min_size=SIZE, max_size=MAX_SIZE)
+    state = _trained_like(_seeded_state_dict(reference, small_var=True))
     reference.load_state_dict(state)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     path = hub_cache_path(COCO_WEIGHTS_URL)
     path.parent.mkdir(parents=True)
     torch.save(state, path)
 
-    loaded = load_detector("coco", min_size=SIZE, max_size=MAX_SIZE, box_score_thresh=0.0)
+    loaded = load_detector("coco", min_size=SIZE, max_size=MAX_SIZE)
     cfg = loaded.model.config
     assert (cfg.norm, cfg.frozen_bn_eps, cfg.anchor_grid) == ("frozen_bn", 0.0, "torchvision")
     (landscape,), _ = _photos(coco_tiny, n_portrait=0)
-    image = _tensor(landscape)[:, :300, :]  # 352x469 -> padded 352x480: odd P5 and P6
+    image = _tensor(landscape)[:, :300, :]  # 224x477 -> padded 224x480: P5 7x15, P6 4x8
     with torch.no_grad():
         expected = reference([image])
-        _assert_same(expected, loaded.model([image]), exact_count=100)
+        _assert_same(expected, loaded.model([image]))
         # The small variances make eps matter: the same file read as a plain torchvision
         # state dict (the builder's eps 1e-5) gives other detections.
-        other = load_detector(str(path), min_size=SIZE, max_size=MAX_SIZE, box_score_thresh=0.0).model
+        other = load_detector(str(path), min_size=SIZE, max_size=MAX_SIZE).model
         assert other.config.frozen_bn_eps == 1e-5
         changed = other([image])[0]
-    assert not torch.allclose(changed["scores"], expected[0]["scores"], atol=SCORE_TOL)
+    assert len(changed["scores"]) != len(expected[0]["scores"]) or not torch.allclose(
+        changed["scores"], expected[0]["scores"], atol=SCORE_TOL
+    )
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -275,7 +294,7 @@ def _match(
     ``score_tol``); returns (matched, near ties). The only unmatched detections allowed are
     the documented near-tie case: float rounding decides which of two candidates scoring
     within ``score_tol`` of the cut (the score threshold or the last of the top 100) is kept.
-    Anything else fails."""
+    Anything else fails. Near ties count the unmatched detections of both sides."""
     got = list(zip(labels.tolist(), scores.tolist(), boxes.tolist()))
     free = list(range(len(got)))
     matched = ties = 0
@@ -309,7 +328,10 @@ def _match(
 
 @pytest.mark.slow
 def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
-    """Decoding in workers, BN folding, Winograd, model replicas: torchvision's detections."""
+    """Decoding in workers, BN folding, Winograd, model replicas: torchvision's detections.
+
+    (Batching equal padded sizes, the CUDA path, changes float rounding the same way; its
+    detections are checked against unbatched ones in ``tests/test_predict.py``.)"""
     from fpncli.engine.predict import predict_images
 
     reference = _reference(
@@ -317,7 +339,7 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
     )
     weights = tmp_path / "torchvision.pth"
     torch.save(reference.state_dict(), weights)
-    landscape, portrait = _photos(coco_tiny, n_landscape=2, n_portrait=1)
+    landscape, portrait = _photos(coco_tiny, n_landscape=1, n_portrait=1)
     # A real portrait photo: the landscape one turned upright, saved as a file.
     upright = tmp_path / "portrait.png"
     Image.open(portrait[0]).transpose(Image.Transpose.ROTATE_90).save(upright)
@@ -325,21 +347,18 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
     expected = _stock_loop(reference, paths)
     assert sum(len(e["boxes"]) for e in expected) >= 3  # something to compare
 
-    total_matched = total_ties = 0
-    for options in (
-        {"optimize": True, "cpu_processes": 2},  # `fpn detect`'s CPU default
-        {"optimize": False, "workers": 2, "batch_size": 2},  # decoding workers, batching
-    ):
-        model = load_detector(str(weights), min_size=SIZE, max_size=MAX_SIZE).model
-        assert model.config.anchor_grid == "torchvision"
-        results = list(predict_images(model, paths, **options))
-        for exp, res in zip(expected, results, strict=True):
-            assert res.error is None
-            matched, ties = _match(exp, res.boxes, res.scores, res.labels, BOX_TOL, SCORE_TOL)
-            total_matched += matched
-            total_ties += ties
-    assert total_matched >= 2 * sum(len(e["boxes"]) for e in expected) - total_ties
-    assert total_ties <= 1, f"{total_ties} near ties"
+    model = load_detector(str(weights), min_size=SIZE, max_size=MAX_SIZE).model
+    assert model.config.anchor_grid == "torchvision"
+    # `fpn detect`'s CPU default: BN folded, Winograd, single-threaded replicas that decode.
+    results = list(predict_images(model, paths, optimize=True, cpu_processes=2))
+    total_ties = 0
+    for exp, res in zip(expected, results, strict=True):
+        assert res.error is None
+        matched, ties = _match(exp, res.boxes, res.scores, res.labels, BOX_TOL, SCORE_TOL)
+        assert matched >= len(exp["boxes"]) - ties
+        total_ties += ties
+    # A near tie swaps one detection for another: two unmatched, one on each side.
+    assert total_ties <= 2, f"{total_ties} detections unmatched at near ties"
 
     # `fpn detect` end to end: predictions.json rounds boxes to 0.01 px and scores to 1e-4.
     from typer.testing import CliRunner
@@ -348,7 +367,17 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
 
     out = tmp_path / "out"
     args = ["detect", *map(str, paths), "--weights", str(weights), "--out", str(out), "--no-draw"]
-    args += ["--min-size", str(SIZE), "--max-size", str(MAX_SIZE), "--quiet", "--workers", "2"]
+    args += [
+        "--min-size",
+        str(SIZE),
+        "--max-size",
+        str(MAX_SIZE),
+        "--score-thr",
+        "0.05",
+        "--quiet",
+        "--workers",
+        "2",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     records = json.loads((out / "predictions.json").read_text())["images"]
@@ -358,7 +387,7 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
         scores = torch.tensor([d["score"] for d in dets])
         labels = torch.tensor([d["category_id"] for d in dets], dtype=torch.int64)
         matched, ties = _match(exp, boxes, scores, labels, 0.005 + BOX_TOL, 5e-5 + SCORE_TOL)
-        assert matched == len(exp["boxes"]) - ties and ties <= 1
+        assert matched >= len(exp["boxes"]) - ties and ties <= 2
 
 
 def _reference_shell() -> torch.nn.Module:
@@ -375,8 +404,15 @@ def test_eval_matches_pycocotools_on_torchvisions_own_detections(coco_tiny, tmp_
 
     from fpncli.engine.evaluate import METRIC_KEYS, evaluate_model
 
-    size, n = 256, 4
-    reference = _reference(_trained_like(_seeded_state_dict(_reference_shell())), min_size=size, max_size=448)
+    size, n = 256, 3
+    state = _trained_like(_seeded_state_dict(_reference_shell()))
+    # Weaker background, and "car" (the largest objects in these images) favoured: 100
+    # detections per image, some of which overlap ground truth, so the metrics are not zero.
+    bias = state["roi_heads.box_predictor.cls_score.bias"].clone()
+    bias[0] -= 4.0
+    bias[3] += 4.0
+    state["roi_heads.box_predictor.cls_score.bias"] = bias
+    reference = _reference(state, min_size=size, max_size=448)
     weights = tmp_path / "torchvision.pth"
     torch.save(reference.state_dict(), weights)
     annotations = coco_tiny / "annotations" / "instances_val2017.json"
@@ -451,3 +487,14 @@ def test_info_shows_grid_and_eps(tmp_path):
     )
     result = CliRunner().invoke(app, ["info", "--preset", "tiny"], terminal_width=160)
     assert result.exit_code == 0 and "anchor grid: stride" in result.output
+
+
+def test_v2_weights_are_refused_with_a_clear_error(tmp_path):
+    from fpncli.errors import FpnError
+
+    path = tmp_path / "v2.pth"
+    torch.save(
+        {"backbone.body.conv1.weight": torch.zeros(1), "rpn.head.conv.1.0.weight": torch.zeros(1)}, path
+    )
+    with pytest.raises(FpnError, match=r"v2\.pth: .*fasterrcnn_resnet50_fpn_v2 weights are not supported"):
+        load_detector(str(path))

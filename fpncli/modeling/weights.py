@@ -230,6 +230,11 @@ def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **override
     ``fasterrcnn_resnet50_fpn`` builds for anything but ``weights=COCO_V1`` (a model
     fine-tuned from COCO_V1 in torchvision ran with eps 0.0: pass ``frozen_bn_eps=0.0``).
     """
+    if "rpn.head.conv.1.0.weight" in state_dict or "roi_heads.box_head.0.0.weight" in state_dict:
+        # fasterrcnn_resnet50_fpn_v2: BatchNorm in the FPN, two RPN convs, a conv box head.
+        raise ValueError(
+            "fasterrcnn_resnet50_fpn_v2 weights are not supported (only fasterrcnn_resnet50_fpn's)"
+        )
     try:
         num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0]
         head_dim = state_dict["roi_heads.box_head.fc6.weight"].shape[0]
