@@ -19,6 +19,7 @@ NECKS = tuple(neck_names())
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("auto", "frozen_bn", "bn", "gn")
+ANCHOR_GRIDS = ("stride", "torchvision")  # see ModelConfig.anchor_grid
 
 # torchvision's ImageNet statistics, which its pretrained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +45,9 @@ class ModelConfig:
     # with a pretrained backbone (torchvision's choice) and 5 from scratch (random lower
     # stages must learn too).
     trainable_layers: int | None = None
+    # FrozenBatchNorm2d's eps: torchvision's default 1e-5, but its builder sets 0.0 for the
+    # COCO_V1 detector weights (`overwrite_eps`: they were trained when FrozenBN had none).
+    frozen_bn_eps: float = 1e-5
     fpn_channels: int = 256  # the paper's d
     bifpn_repeats: int = 2
     class_names: list[str] = field(default_factory=list)
@@ -56,6 +60,13 @@ class ModelConfig:
     # RPN: one anchor size per pyramid level (P2..P6), the paper's three aspect ratios (h/w).
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # Where anchors sit on each level. "stride": every multiple of the level's true stride
+    # (the paper's; P6 is 64 px, whatever the image size). "torchvision": every multiple of
+    # padded_batch_size // feature_size, as torchvision's AnchorGenerator does; equal to the
+    # stride except where a map has an odd size (P6 of most photos at 800 px: 61-62 px, not 64),
+    # so weights trained by torchvision need it to give torchvision's detections. Files
+    # without the field were made when fpncli always used "stride".
+    anchor_grid: str = "stride"
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -101,6 +112,12 @@ class ModelConfig:
         get_neck(self.neck)  # one-line error naming the registered necks
         if self.norm not in NORMS:
             raise FpnError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.anchor_grid not in ANCHOR_GRIDS:
+            raise FpnError(
+                f"unknown anchor grid {self.anchor_grid!r}; choose one of {', '.join(ANCHOR_GRIDS)}"
+            )
+        if not self.frozen_bn_eps >= 0:
+            raise FpnError(f"frozen_bn_eps must be >= 0, got {self.frozen_bn_eps}")
         if not self.class_names:
             raise FpnError("the model needs at least one class")
         if len(self.category_ids) != len(self.class_names):

@@ -82,10 +82,16 @@ def _print_summary(summary: dict) -> None:
         f"reads {', '.join(summary['input_levels'])}",
         highlight=False,
     )
+    eps = f" (eps {summary['frozen_bn_eps']:g})" if summary["frozen_bn_eps"] is not None else ""
     console.print(
         f"parameters: [bold]{summary['parameters']:,}[/] "
-        f"({summary['trainable_parameters']:,} trainable)   norm: {summary['norm']}"
+        f"({summary['trainable_parameters']:,} trainable)   norm: {summary['norm']}{eps}"
     )
+    grid = {
+        "stride": "every multiple of the level's stride",
+        "torchvision": "torchvision's (padded image size // feature map size per level)",
+    }[summary["anchor_grid"]]
+    console.print(f"anchor grid: {summary['anchor_grid']}, {grid}")
     console.print(
         f"classes: {summary['num_classes']}   input: shorter side {summary['min_size']} px, "
         f"longer side at most {summary['max_size']} px"

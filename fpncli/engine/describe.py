@@ -38,6 +38,8 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "neck_options": {name: getattr(cfg, name) for name in get_neck(cfg.neck).options},
         "input_levels": model.input_levels,
         "norm": model.norm,
+        "frozen_bn_eps": cfg.frozen_bn_eps if model.norm == "frozen_bn" else None,
+        "anchor_grid": cfg.anchor_grid,
         "levels": levels,
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,

@@ -24,10 +24,11 @@ _CHANNELS = {
 }
 
 
-def norm_layer(kind: str) -> type[nn.Module] | partial:
-    """The normalisation module for ``kind`` (``frozen_bn``, ``bn`` or ``gn``)."""
+def norm_layer(kind: str, frozen_bn_eps: float = 1e-5) -> type[nn.Module] | partial:
+    """The normalisation module for ``kind`` (``frozen_bn``, ``bn`` or ``gn``); ``frozen_bn_eps``
+    is FrozenBatchNorm2d's eps (0.0 for torchvision's COCO_V1 detector weights)."""
     if kind == "frozen_bn":
-        return FrozenBatchNorm2d
+        return partial(FrozenBatchNorm2d, eps=frozen_bn_eps)
     if kind == "bn":
         return nn.BatchNorm2d
     if kind == "gn":
@@ -50,11 +51,14 @@ class ResNetBottomUp(nn.Module):
         norm: ``frozen_bn|bn|gn``.
         trainable_layers: how many stages, counted from the top (layer4, layer3, ...,
             and the stem as the fifth), keep ``requires_grad``.
+        frozen_bn_eps: FrozenBatchNorm2d's eps (``norm="frozen_bn"`` only).
     """
 
-    def __init__(self, name: str, norm: str = "bn", trainable_layers: int = 5) -> None:
+    def __init__(
+        self, name: str, norm: str = "bn", trainable_layers: int = 5, frozen_bn_eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        net = getattr(tv_resnet, name)(weights=None, norm_layer=norm_layer(norm))
+        net = getattr(tv_resnet, name)(weights=None, norm_layer=norm_layer(norm, frozen_bn_eps))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.output_specs = OrderedDict(

@@ -37,7 +37,10 @@ class BackboneWithNeck(nn.Module):
         super().__init__()
         # cfg arrives resolved (build_model): norm and trainable_layers are set.
         self.bottom_up = ResNetBottomUp(
-            cfg.backbone, norm=cfg.norm, trainable_layers=cfg.resolved_trainable_layers(False)
+            cfg.backbone,
+            norm=cfg.norm,
+            trainable_layers=cfg.resolved_trainable_layers(False),
+            frozen_bn_eps=cfg.frozen_bn_eps,
         )
         self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
@@ -69,7 +72,7 @@ class FPNFasterRCNN(FasterRCNN):
         rpn_specs = [levels[n] for n in backbone.neck.rpn_levels]
         roi_specs = [levels[n] for n in backbone.neck.roi_levels]
         anchor_sizes = _anchor_sizes_per_level(cfg, len(rpn_specs))
-        anchors = LevelAnchorGenerator(rpn_specs, anchor_sizes, cfg.aspect_ratios)
+        anchors = LevelAnchorGenerator(rpn_specs, anchor_sizes, cfg.aspect_ratios, grid=cfg.anchor_grid)
         channels = backbone.out_channels
         pooled = cfg.roi_output_size
         super().__init__(

@@ -11,6 +11,7 @@ IMAGENET1K_V1 ResNets, also through the hub cache), a path to a ResNet state dic
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import urllib.error
@@ -141,11 +142,30 @@ class LoadedModel:
 
 
 def coco_v1_config(**overrides: Any) -> ModelConfig:
-    """The configuration of torchvision's ``fasterrcnn_resnet50_fpn`` with COCO_V1 classes."""
+    """The configuration of torchvision's ``fasterrcnn_resnet50_fpn(weights=COCO_V1)``: its
+    classes, its anchor grid, and FrozenBatchNorm eps 0.0 (the builder's ``overwrite_eps``)."""
     names = COCO_V1_CATEGORIES[1:]
     return ModelConfig(
-        backbone="resnet50", norm="frozen_bn", class_names=names, category_ids=list(range(1, len(names) + 1))
+        backbone="resnet50",
+        norm="frozen_bn",
+        frozen_bn_eps=0.0,
+        anchor_grid="torchvision",
+        class_names=names,
+        category_ids=list(range(1, len(names) + 1)),
     ).replace(**overrides)
+
+
+def is_coco_v1_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is torchvision's COCO_V1 file itself (its SHA-256 starts with the
+    digits in its published name), e.g. passed as a path instead of ``--weights coco``."""
+    match = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(urlparse(COCO_WEIGHTS_URL).path))
+    assert match is not None  # the URL above carries the hash prefix
+    expected = match.group(1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest().startswith(expected)
 
 
 def hub_cache_path(url: str) -> Path:
@@ -206,7 +226,17 @@ def fpncli_to_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig:
-    """Infer backbone, widths and classes from a torchvision Faster R-CNN FPN state dict."""
+    """Infer backbone, widths and classes from a torchvision Faster R-CNN FPN state dict.
+
+    The model gets torchvision's anchor grid and FrozenBatchNorm eps 1e-5, what
+    ``fasterrcnn_resnet50_fpn`` builds for anything but ``weights=COCO_V1`` (a model
+    fine-tuned from COCO_V1 in torchvision ran with eps 0.0: pass ``frozen_bn_eps=0.0``).
+    """
+    if "rpn.head.conv.1.0.weight" in state_dict or "roi_heads.box_head.0.0.weight" in state_dict:
+        # fasterrcnn_resnet50_fpn_v2: BatchNorm in the FPN, two RPN convs, a conv box head.
+        raise ValueError(
+            "fasterrcnn_resnet50_fpn_v2 weights are not supported (only fasterrcnn_resnet50_fpn's)"
+        )
     try:
         num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0]
         head_dim = state_dict["roi_heads.box_head.fc6.weight"].shape[0]
@@ -235,6 +265,7 @@ def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **override
         box_head_dim=head_dim,
         class_names=names,
         category_ids=ids,
+        anchor_grid="torchvision",
     ).replace(**overrides)
 
 
@@ -344,9 +375,13 @@ def _load_path(path: str, **overrides: Any) -> LoadedModel:
             cfg = config_from_torchvision_state_dict(obj, **overrides)
         except ValueError as exc:
             raise FpnError(f"{path}: torchvision state dict not understood ({exc})") from None
+        source = f"torchvision state dict {path}"
+        if cfg.backbone == "resnet50" and len(cfg.class_names) == 90 and is_coco_v1_file(path):
+            cfg = coco_v1_config().replace(**overrides)
+            source = f"torchvision COCO_V1 {path}"
         model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
         load_model_state(model, torchvision_to_fpncli(obj), path)
-        return LoadedModel(model.eval(), f"torchvision state dict {path}")
+        return LoadedModel(model.eval(), source)
     if isinstance(obj, dict) and "layer1.0.conv1.weight" in obj:
         raise FpnError(f"{path}: this is a backbone (ResNet) state dict; pass it as --backbone-weights")
     raise FpnError(f"{path}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
