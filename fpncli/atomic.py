@@ -54,7 +54,7 @@ def remove_stale_temporaries(path: str | os.PathLike, any_name: bool = False) ->
     """
     path = Path(path)
     folder, prefix = (path, ".") if any_name else (path.parent, f".{path.name}.")
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [e for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(".tmp")]
     except OSError:
@@ -129,9 +129,10 @@ def atomic_write(
     recording: _Recording | None = None
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             recording = _Recording(f)
-            write(recording)
+            # _Recording passes every call through to the real file; it only notes write errors.
+            write(recording)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -447,7 +447,7 @@ def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_mo
     real = predict_mod._forward
 
     def fails_on_image_1(model, items, device, half):
-        if any(it.index == 1 for it in items):
+        if any(it.position == 1 for it in items):
             raise RuntimeError("boom")
         return real(model, items, device, half)
 

@@ -99,7 +99,7 @@ def eval_coco(
                 "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
             )
         metrics = _run_model(
-            coco, images, weights, out, plots, backend, device, batch_size, workers, max_images, half
+            coco, images, str(weights), out, plots, backend, device, batch_size, workers, max_images, half
         )
     if as_json:
         import json

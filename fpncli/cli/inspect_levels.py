@@ -95,7 +95,7 @@ def inspect_levels(
             names = ["dataset_levels.json", "box_sizes.png", "coverage.png"]
         else:
             names = ["levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png"]
-            names += [image.name] if image.name.startswith("heatmap_") else []
+            names += [image.name] if image is not None and image.name.startswith("heatmap_") else []
         check_outputs(
             folders=[out],
             files=[out / name for name in names],

@@ -249,7 +249,7 @@ class TrainDisplay:
                 "train", total=event["total_iterations"], completed=event["start_iteration"], status=""
             )
         elif kind in ("iter", "tick") and self.task is not None:
-            fields = {}
+            fields: dict[str, Any] = {}
             if kind == "iter":
                 fields["status"] = (
                     f"loss {event['loss']:.3f} (cls {event['loss_classifier']:.3f} "

@@ -110,7 +110,7 @@ def load_coco(path: str | os.PathLike) -> CocoAnnotations:
                 f"{path}: image id {image_id!r} is used for two different files "
                 f"({images[image_id].get('file_name')!r} and {img['file_name']!r}); ids must be unique"
             )
-        images[image_id] = img
+        images[image_id] = img  # type: ignore[index]  # str ids are COCO-legal; pycocotools takes either
     cats = []
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:

@@ -71,8 +71,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
                     f"--max-pixels N (fpn detect) or {MAX_PIXELS_ENV}=N)"
                 )
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
     except ImageReadError:
         raise
     except FileNotFoundError:

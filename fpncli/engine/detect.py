@@ -387,14 +387,16 @@ def run_detect(
     cpu_processes = workers if not cuda else 0
 
     targets = output_paths(paths, out_dir) if options.draw else []
-    image_ids, unmatched = ({}, [])
+    image_ids: dict[int, int] = {}
+    unmatched: list[str] = []
     if options.coco_results is not None:
         image_ids, unmatched = _coco_image_ids(paths, options.coco_annotations)
+    predictions_path = out_dir / PREDICTIONS_FILE
     summary = DetectSummary(
         images_total=len(paths),
         device=str(device),
         weights=loaded.source,
-        predictions_path=out_dir / PREDICTIONS_FILE,
+        predictions_path=predictions_path,
         coco_unmatched=unmatched,
     )
     images: list[dict[str, Any]] = []
@@ -403,7 +405,7 @@ def run_detect(
     summary.predictions = {"images": images, "errors": errors}
 
     def flush() -> None:
-        write_json(summary.predictions_path, summary.predictions, indent=None)
+        write_json(predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
 

@@ -114,7 +114,7 @@ def _load_ground_truth(annotation_file: str | os.PathLike) -> _GroundTruth:
     anns = [(i, a) for i, a in enumerate(coco.raw["annotations"]) if id(a) in kept]  # (index in file, ann)
     next_id = max((a["id"] for _, a in anns if type(a.get("id")) is int), default=0) + 1
     filled: dict[str, list[Any]] = {}  # what was filled in -> [count, first annotation]
-    degenerate = [0, None]
+    degenerate: list[Any] = [0, None]  # [count, first annotation id]
     seen_ids: set[Any] = set()
     out = []
     for index, a in anns:
@@ -201,7 +201,7 @@ def _check_results(
         elif not _finite_number(score):
             problems.add("score is missing or not a number", f"[{i}] score {score!r}")
         else:
-            dets.append({"image_id": img, "category_id": cat, "bbox": list(box), "score": score})
+            dets.append({"image_id": img, "category_id": cat, "bbox": list(box or ()), "score": score})
     if data and not dets:
         kinds = problems.kinds
         hint = ""
@@ -247,7 +247,7 @@ def _per_class(
     rows = []
     for k, cid in enumerate(ev.cat_ids):
         p = ev.precision[:, :, k, :, -1]  # [T, R, A] at maxDets=100
-        row = {
+        row: dict[str, Any] = {
             "category_id": cid,
             "name": gt.categories.names[gt.categories.id_to_label[cid] - 1],
             "instances": instances.get(cid, 0),
@@ -402,7 +402,10 @@ def evaluate_model(
     coco = gt.coco
     category_ids = list(model.config.category_ids)
     mapping_notes = check_category_mapping(category_ids, list(model.config.class_names), coco)
-    missing, skipped, paths, path_ids = [], [], [], []
+    missing: list[str] = []
+    skipped: list[str] = []
+    paths: list[Path] = []
+    path_ids: list[int] = []
     for index, (img_id, rec) in enumerate(coco.images.items()):
         if max_images is not None and len(paths) + len(missing) + len(skipped) >= max_images:
             break

@@ -31,8 +31,15 @@ M = TypeVar("M", bound=nn.Module)
 _FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
-def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    """A new convolution computing ``norm(conv(x))`` for eval-mode ``norm``."""
+def _fold_into(conv: nn.Module, norm: nn.Module) -> nn.Conv2d:
+    """A new convolution computing ``norm(conv(x))`` for eval-mode ``norm`` (a pair that
+    :func:`_foldable` accepted: an ``nn.Conv2d`` and a BatchNorm with running statistics)."""
+    assert isinstance(conv, nn.Conv2d)
+    running_mean, running_var = norm.running_mean, norm.running_var
+    norm_weight, norm_bias = norm.weight, norm.bias
+    assert isinstance(running_mean, Tensor) and isinstance(running_var, Tensor)
+    assert norm_weight is None or isinstance(norm_weight, Tensor)
+    assert norm_bias is None or isinstance(norm_bias, Tensor)
     # float64 so the folded weights round once, not twice.
     weight = conv.weight.detach().double()
     bias = (
@@ -40,28 +47,30 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
         if conv.bias is not None
         else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     )
-    mean, var = norm.running_mean.double(), norm.running_var.double()
-    gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(mean)
-    beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(mean)
-    scale = gamma * torch.rsqrt(var + norm.eps)
+    mean, var = running_mean.double(), running_var.double()
+    gamma = norm_weight.detach().double() if norm_weight is not None else torch.ones_like(mean)
+    beta = norm_bias.detach().double() if norm_bias is not None else torch.zeros_like(mean)
+    scale = gamma * torch.rsqrt(var + float(norm.eps))  # type: ignore[arg-type]  # a float attribute
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        conv.kernel_size,  # type: ignore[arg-type]  # Conv2d keeps 2-tuples; typed tuple[int, ...]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
         conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
         device=conv.weight.device,
         dtype=conv.weight.dtype,
     )
+    fused_bias = fused.bias
+    assert fused_bias is not None  # bias=True
     with torch.no_grad():
         fused.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_((bias - mean) * scale + beta)
+        fused_bias.copy_((bias - mean) * scale + beta)
     fused.weight.requires_grad_(False)
-    fused.bias.requires_grad_(False)
+    fused_bias.requires_grad_(False)
     return fused
 
 
@@ -70,7 +79,8 @@ def _foldable(conv: nn.Module | None, norm: nn.Module | None) -> bool:
         return False
     if isinstance(norm, nn.BatchNorm2d) and (norm.training or norm.running_mean is None):
         return False  # batch statistics are not a fixed affine map
-    return norm.running_mean.shape[0] == conv.out_channels
+    running_mean = norm.running_mean
+    return isinstance(running_mean, Tensor) and running_mean.shape[0] == conv.out_channels
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -102,7 +112,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         if isinstance(module, pairs_by_name):
             for k in (1, 2, 3):
                 conv, norm = getattr(module, f"conv{k}", None), getattr(module, f"bn{k}", None)
-                if _foldable(conv, norm):
+                if conv is not None and norm is not None and _foldable(conv, norm):
                     setattr(module, f"conv{k}", _fold_into(conv, norm))
                     setattr(module, f"bn{k}", nn.Identity())
                     folded += 1
@@ -139,7 +149,11 @@ class WinogradConv2d(nn.Conv2d):
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
         ):
             return torch._nnpack_spatial_convolution(
-                x.contiguous(), self.weight, self.bias, list(self.padding), [1, 1]
+                x.contiguous(),
+                self.weight,
+                self.bias,
+                list(self.padding),  # type: ignore[arg-type]  # int padding: use_winograd checks it
+                [1, 1],
             )
         return super().forward(x)
 
