@@ -31,20 +31,16 @@ def info(
 ) -> None:
     import json
 
-    from fpncli.config import preset_config
-    from fpncli.engine.describe import describe_model
-    from fpncli.modeling.weights import load_detector
+    from fpncli.engine.describe import describe_weights
 
-    cfg = preset_config(
-        preset,
+    summary = describe_weights(
+        weights,
+        preset=preset,
         backbone=backbone,
         neck=neck,
         fpn_channels=fpn_channels,
-        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-        category_ids=list(range(1, num_classes + 1)),
+        num_classes=num_classes,
     )
-    loaded = load_detector(weights, config=cfg)
-    summary = describe_model(loaded.model, loaded.source)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -3,6 +3,7 @@ boxes fit the pyramid's anchors and levels."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.atomic import write_json
 from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
 from fpncli.errors import FpnError
 
@@ -87,114 +87,44 @@ def inspect_levels(
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")
     sizes = _numbers(anchor_sizes, int, "--anchor-sizes")
     ratios = _numbers(aspect_ratios, float, "--aspect-ratios")
-    from fpncli.outputs import check_outputs
+    from fpncli.engine.inspect_levels import InspectOptions, run_anchor_fit, run_inspect_image
 
-    if out is not None:
-        # Every file the pictures may be written to (heat maps are named after the levels).
-        if coco is not None:
-            names = ["dataset_levels.json", "box_sizes.png", "coverage.png"]
-        else:
-            names = ["levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png"]
-            names += [image.name] if image is not None and image.name.startswith("heatmap_") else []
-        check_outputs(
-            folders=[out],
-            files=[out / name for name in names],
-            inputs=[image, coco, weights if weights not in ("coco", "none") else None],
-        )
-    if coco is not None:
-        _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json)
-    else:
-        _image(
-            image,
-            weights,
-            preset,
-            backbone_weights,
-            neck,
-            num_classes,
-            device,
-            min_size,
-            max_size,
-            score_thr,
-            sizes,
-            ratios,
-            compare_bottom_up,
-            out,
-            as_json,
-        )
-
-
-def _image(
-    image,
-    weights,
-    preset,
-    backbone_weights,
-    neck,
-    num_classes,
-    device,
-    min_size,
-    max_size,
-    score_thr,
-    sizes,
-    ratios,
-    compare_bottom_up,
-    out,
-    as_json,
-) -> None:
-    import json
-
-    from fpncli.config import preset_config
-    from fpncli.device import resolve_device
-    from fpncli.engine.inspect_image import inspect_image
-    from fpncli.modeling.weights import load_detector
-
-    dev = resolve_device(device)
-    cfg = preset_config(
-        preset,
+    options = InspectOptions(
+        weights=weights,
+        preset=preset,
         neck=neck,
-        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-        category_ids=list(range(1, num_classes + 1)),
-    )
-    overrides = {
-        "min_size": min_size,
-        "max_size": max_size,
-        "anchor_sizes": sizes,
-        "aspect_ratios": ratios,
-        "box_score_thresh": min(score_thr, cfg.box_score_thresh),
-    }
-    if weights == "none":
-        import torch
-
-        torch.manual_seed(0)  # a random model gives the same pictures on every run
-    try:
-        loaded = load_detector(weights, config=cfg, backbone_weights=backbone_weights, **overrides)
-    except ValueError as exc:  # e.g. --anchor-sizes that do not match the number of RPN levels
-        raise FpnError(f"bad model configuration: {exc}") from None
-    report = inspect_image(
-        loaded.model,
-        image,
-        device=dev,
+        num_classes=num_classes,
+        backbone_weights=backbone_weights,
+        device=device,
+        min_size=min_size,
+        max_size=max_size,
+        anchor_sizes=sizes,
+        aspect_ratios=ratios,
         score_thr=score_thr,
         bottom_up=compare_bottom_up,
-        weights=loaded.source,
-        progress=None if as_json else _show_step,
+        out=out,
     )
-    data = report.to_json()
-    written = []
-    if out is not None:
-        from fpncli.viz.levels import save_image_figures
-
-        write_json(out / "levels.json", data)
-        written = [out / "levels.json", *save_image_figures(report, out)]
+    progress = None if as_json else _show_step
+    if coco is not None:
+        fit, written = run_anchor_fit(coco, options, progress)
+        data = fit.to_json()
+    else:
+        assert image is not None  # exactly one of the two, checked above
+        inspection, written = run_inspect_image(image, options, progress)
+        data = inspection.to_json()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    _print_image_table(data)
+    if coco is not None:
+        _print_dataset_tables(data)
+    else:
+        _print_image_table(data)
     if written:
         console.print(
             f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
             + esc(", ".join(p.name for p in written))
         )
-    else:
+    elif coco is None:
         console.print(
             "[dim]add --out DIR for heat maps, the pyramid montage, detections by level and levels.json[/]"
         )
@@ -236,62 +166,6 @@ def _print_image_table(data: dict) -> None:
         f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
         f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {esc(str(data['weights']))}"
     )
-
-
-def _dataset(coco, weights, preset, neck, min_size, max_size, sizes, ratios, out, as_json) -> None:
-    import json
-
-    from fpncli.engine.anchor_fit import inspect_dataset
-
-    cfg = _dataset_config(weights, preset, neck).replace(
-        min_size=min_size, max_size=max_size, anchor_sizes=sizes, aspect_ratios=ratios
-    )
-    cfg.validate()
-    report = inspect_dataset(coco, cfg, progress=None if as_json else _show_step)
-    data = report.to_json()
-    written = []
-    if out is not None:
-        from fpncli.viz.levels import save_dataset_figures
-
-        write_json(out / "dataset_levels.json", data)
-        written = [out / "dataset_levels.json", *save_dataset_figures(report, out)]
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    _print_dataset_tables(data)
-    if written:
-        console.print(
-            f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
-            + esc(", ".join(p.name for p in written))
-        )
-
-
-def _dataset_config(weights: str, preset: str, neck: str | None):
-    """The configuration whose anchors and levels a dataset is checked against (no weights loaded)."""
-    from fpncli.config import ModelConfig, preset_config
-
-    if weights == "none":
-        return preset_config(preset, neck=neck, class_names=["object"], category_ids=[1])
-    from fpncli.modeling.weights import coco_v1_config
-
-    if weights == "coco":
-        return coco_v1_config()
-    from fpncli.checkpoint import check_version, is_checkpoint, load_file
-    from fpncli.modeling.weights import config_from_torchvision_state_dict
-
-    obj = load_file(weights)
-    if is_checkpoint(obj):
-        check_version(obj, weights)
-        try:
-            return ModelConfig.from_dict(obj["model_config"])
-        except (TypeError, KeyError, FpnError) as exc:
-            raise FpnError(f"{weights}: bad model configuration ({exc})") from None
-    if isinstance(obj, dict) and any(k.startswith("backbone.body.") for k in obj):
-        try:
-            return config_from_torchvision_state_dict(obj)
-        except ValueError as exc:
-            raise FpnError(f"{weights}: torchvision state dict not understood ({exc})") from None
-    raise FpnError(f"{weights}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
 
 
 def _print_dataset_tables(data: dict) -> None:

@@ -51,3 +51,29 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "roi_output_size": cfg.roi_output_size,
         "weights": weights,
     }
+
+
+def describe_weights(
+    weights: str = "none",
+    *,
+    preset: str = "default",
+    backbone: str | None = None,
+    neck: str | None = None,
+    fpn_channels: int | None = None,
+    num_classes: int = 80,
+) -> dict[str, Any]:
+    """:func:`describe_model` of the detector ``weights`` defines (``coco``, a path, or
+    ``none``: the ``preset`` with the given overrides and ``num_classes`` classes)."""
+    from fpncli.config import preset_config
+    from fpncli.modeling.weights import load_detector
+
+    cfg = preset_config(
+        preset,
+        backbone=backbone,
+        neck=neck,
+        fpn_channels=fpn_channels,
+        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
+        category_ids=list(range(1, num_classes + 1)),
+    )
+    loaded = load_detector(weights, config=cfg)
+    return describe_model(loaded.model, loaded.source)

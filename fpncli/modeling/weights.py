@@ -359,7 +359,21 @@ def load_detector(
     return _load_path(weights, **overrides)
 
 
-def _load_path(path: str, **overrides: Any) -> LoadedModel:
+def weights_config(weights: str, config: ModelConfig | None = None, **overrides: Any) -> ModelConfig:
+    """The architecture a weights source defines, without building the model (e.g. to check
+    a dataset's boxes against its anchors): ``coco``, a path, or ``none`` (then ``config``)."""
+    if weights == "coco":
+        return coco_v1_config(**overrides)
+    if weights == "none":
+        if config is None:
+            raise FpnError("no weights and no model configuration given")
+        return config.replace(**overrides)
+    return _read_path(weights, **overrides)[0]
+
+
+def _read_path(path: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Tensor], str]:
+    """``(config, state dict in fpncli's names, description)`` of a weights file; the one
+    place that tells an fpncli checkpoint from a torchvision state dict."""
     obj = load_file(path)
     if is_checkpoint(obj):
         check_version(obj, path)
@@ -367,9 +381,7 @@ def _load_path(path: str, **overrides: Any) -> LoadedModel:
             cfg = ModelConfig.from_dict(obj["model_config"]).replace(**overrides)
         except (TypeError, FpnError) as exc:
             raise FpnError(f"{path}: bad model configuration ({exc})") from None
-        model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
-        load_model_state(model, obj["state_dict"], path)
-        return LoadedModel(model.eval(), f"fpncli checkpoint {path}")
+        return cfg, obj["state_dict"], f"fpncli checkpoint {path}"
     if isinstance(obj, dict) and any(k.startswith("backbone.body.") for k in obj):
         try:
             cfg = config_from_torchvision_state_dict(obj, **overrides)
@@ -379,9 +391,14 @@ def _load_path(path: str, **overrides: Any) -> LoadedModel:
         if cfg.backbone == "resnet50" and len(cfg.class_names) == 90 and is_coco_v1_file(path):
             cfg = coco_v1_config().replace(**overrides)
             source = f"torchvision COCO_V1 {path}"
-        model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
-        load_model_state(model, torchvision_to_fpncli(obj), path)
-        return LoadedModel(model.eval(), source)
+        return cfg, torchvision_to_fpncli(obj), source
     if isinstance(obj, dict) and "layer1.0.conv1.weight" in obj:
         raise FpnError(f"{path}: this is a backbone (ResNet) state dict; pass it as --backbone-weights")
     raise FpnError(f"{path}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
+
+
+def _load_path(path: str, **overrides: Any) -> LoadedModel:
+    cfg, state, source = _read_path(path, **overrides)
+    model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
+    load_model_state(model, state, path)
+    return LoadedModel(model.eval(), source)
