@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -119,7 +120,8 @@ def detect(
         max_pixels=max_pixels,
         optimize=optimize,
     )
-    progress = None if quiet else _progress()
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 shows progress and the summary
+    progress = None if quiet or not main else _progress()
     task = None
 
     def on_start(total: int, dev: str, source: str) -> None:
@@ -140,6 +142,8 @@ def detect(
     finally:
         if progress is not None:
             progress.stop()
+    if not main:
+        return
     if as_json:
         typer.echo(json.dumps(summary.predictions, indent=2))
     if not quiet:

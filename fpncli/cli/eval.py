@@ -84,6 +84,8 @@ def eval_coco(
         metrics = _run_model(
             coco, images, weights, out, plots, backend, device, batch_size, workers, max_images, half
         )
+        if metrics is None:
+            return  # under torchrun, a rank other than 0: rank 0 reports
     if as_json:
         import json
 
@@ -109,17 +111,17 @@ def _run_model(
     workers: int,
     max_images: int | None,
     half: bool,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from fpncli.device import resolve_device
     from fpncli.engine.coco_eval import resolve_backend
+    from fpncli.engine.distributed_inference import inference_device, is_main
     from fpncli.engine.evaluate import evaluate_model
     from fpncli.errors import FpnError
     from fpncli.modeling.weights import load_detector
 
     resolve_backend(backend)  # fail before loading a model
-    dev = resolve_device(device)
+    dev = inference_device(device)  # under torchrun: this process's GPU
     if half and dev.type != "cuda":
         raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     loaded = load_detector(weights)
@@ -130,6 +132,7 @@ def _run_model(
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not is_main(),  # one progress display under torchrun
     ) as bar:
         task = bar.add_task("detect", total=None)
         metrics = evaluate_model(
@@ -145,6 +148,7 @@ def _run_model(
             weights=loaded.source,
             max_images=max_images,
             half=half,
+            sharded=True,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     return metrics

@@ -14,6 +14,7 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import time
@@ -282,9 +283,8 @@ def run_detect(
 
     import torch
 
-    from fpncli.device import resolve_device
+    from fpncli.engine import distributed_inference as DI
     from fpncli.engine.coco_eval import detections_to_coco
-    from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
     if not 0.0 <= options.score_thr <= 1.0:
@@ -293,7 +293,8 @@ def run_detect(
         raise FpnError(f"--nms-iou must be in (0, 1], got {options.nms_iou}")
     if options.max_dets is not None and options.max_dets < 1:
         raise FpnError(f"--max-dets must be at least 1, got {options.max_dets}")
-    device = resolve_device(options.device)
+    device = DI.inference_device(options.device)  # under torchrun: this process's GPU
+    main, world = DI.is_main(), DI.world()[1]  # under torchrun only rank 0 writes the JSON files
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
 
@@ -323,7 +324,9 @@ def run_detect(
         )
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
-    workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
+    # The cores of a machine are shared by its torchrun processes.
+    cores = max(1, (os.cpu_count() or 1) // DI.local_world_size())
+    workers = options.workers if options.workers is not None else min(4, cores)
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
 
@@ -334,7 +337,7 @@ def run_detect(
         image_ids, unmatched = _coco_image_ids(paths, options.coco_annotations)
     summary = DetectSummary(
         images_total=len(paths),
-        device=str(device),
+        device=str(device) if world == 1 else f"{device.type} x {world} processes",
         weights=loaded.source,
         predictions_path=out_dir / PREDICTIONS_FILE,
         coco_unmatched=unmatched,
@@ -348,6 +351,8 @@ def run_detect(
         Path(options.coco_results).parent.mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
+        if not main:
+            return
         write_json(summary.predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
@@ -355,13 +360,33 @@ def run_detect(
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
+
+    def select(result):
+        """The result's boxes, scores and labels of the wanted classes (best max_dets)."""
+        if not filtered:
+            return result.boxes, result.scores, result.labels
+        mask = torch.tensor([int(label) in keep for label in result.labels.tolist()], dtype=torch.bool)
+        return result.boxes[mask][:max_dets], result.scores[mask][:max_dets], result.labels[mask][:max_dets]
+
+    def draw(result) -> None:
+        """Queue the annotated picture; under torchrun on the process that holds the pixels."""
+        if drawer is None or result.error is not None:
+            return
+        boxes, scores, labels = select(result)
+        names = [cfg.class_names[label - 1] for label in labels.tolist()]
+        cat_ids = [cfg.category_ids[label - 1] for label in labels.tolist()]
+        drawn = dataclasses.replace(result, boxes=boxes, scores=scores)
+        pending.append(drawer.submit(_save_annotated, drawn, targets[index[result.path]], names, cat_ids))
+        while pending and (pending[0].done() or len(pending) > _MAX_PENDING_DRAWS):
+            pending.pop(0).result()  # re-raises a failed write
+
     start = time.perf_counter()
     last_flush, flush_every = start, _FLUSH_SECONDS
     flush()  # a valid (empty) file from the first moment
     if on_start is not None:
-        on_start(len(paths), str(device), loaded.source)
+        on_start(len(paths), summary.device, loaded.source)
     try:
-        for result in predict_images(
+        for result in DI.predict_sharded(
             model,
             paths,
             device=device,
@@ -371,6 +396,7 @@ def run_detect(
             max_pixels=options.max_pixels,
             keep_images=options.draw,
             cpu_processes=cpu_processes,
+            on_local=draw,
         ):
             i = index[result.path]
             if result.error is not None:
@@ -378,14 +404,7 @@ def run_detect(
                 errors.append(record)
                 summary.images_failed += 1
             else:
-                boxes, scores, labels = result.boxes, result.scores, result.labels
-                if filtered:
-                    mask = torch.tensor([int(label) in keep for label in labels.tolist()], dtype=torch.bool)
-                    boxes, scores, labels = (
-                        boxes[mask][:max_dets],
-                        scores[mask][:max_dets],
-                        labels[mask][:max_dets],
-                    )
+                boxes, scores, labels = select(result)
                 label_list = labels.tolist()
                 cat_ids = [cfg.category_ids[label - 1] for label in label_list]
                 names = [cfg.class_names[label - 1] for label in label_list]
@@ -415,11 +434,6 @@ def run_detect(
                 summary.images_read += 1
                 summary.detections += len(detections)
                 summary.per_class.update(names)
-                if drawer is not None:
-                    result.boxes, result.scores = boxes, scores
-                    pending.append(drawer.submit(_save_annotated, result, targets[i], names, cat_ids))
-                    while pending and (pending[0].done() or len(pending) > _MAX_PENDING_DRAWS):
-                        pending.pop(0).result()  # re-raises a failed write
             summary.seconds = time.perf_counter() - start
             if on_image is not None:
                 on_image(record, summary)

@@ -374,7 +374,8 @@ def evaluate_model(
     weights: str | None = None,
     max_images: int | None = None,
     half: bool = False,
-) -> dict[str, Any]:
+    sharded: bool = False,
+) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
     Args:
@@ -390,12 +391,16 @@ def evaluate_model(
         weights: recorded in the metrics.
         max_images: evaluate only the first N images of the file (quick checks).
         half: float16 autocast for the forward pass (CUDA only; see ``predict_images``).
+        sharded: under torchrun, split the images over the processes (every rank calls this;
+            see :func:`~fpncli.engine.distributed_inference.predict_sharded`); rank 0
+            evaluates and writes, the others return None.
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
         found on disk), ``skipped_images`` (``"file: reason"`` for unreadable images or bad
         paths); those images are left out of the evaluation, the rest are evaluated.
     """
+    from fpncli.engine.distributed_inference import is_main, predict_sharded
     from fpncli.engine.predict import predict_images
 
     gt = _load_ground_truth(annotation_file)
@@ -426,7 +431,7 @@ def evaluate_model(
     for done, (img_id, result) in enumerate(
         zip(
             path_ids,
-            predict_images(
+            (predict_sharded if sharded else predict_images)(
                 model,
                 paths,
                 device=device,
@@ -449,6 +454,8 @@ def evaluate_model(
             detections.extend(kept)
         if progress is not None:
             progress(done, len(paths))
+    if sharded and not is_main():
+        return None  # this rank's results went to rank 0
     if dropped:
         mapping_notes.append(
             f"{_count(dropped, 'detection')} of classes that {coco.path.name} does not have "
