@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +71,9 @@ def eval_coco(
     if results is not None:
         # Results mode never imports torch: the evaluation is pure pycocotools / numpy.
         from fpncli.engine.evaluate import evaluate_results
+
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # under torchrun there is nothing to share: rank 0 evaluates the file
 
         if images is not None or max_images is not None:
             err_console.print("note: --images/--max-images are ignored with --results", style="yellow")
