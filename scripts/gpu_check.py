@@ -15,8 +15,10 @@ present, else a synthetic set from ``fpn data synth``) and compares it with a re
   train AMP bf16 / fp16       `fpn train --amp` (fp16 with the grad scaler): the loss over the
                               last 5 of N iterations is below the first 5; last.pt loads and
                               detects on the CPU; fp16 saves the scaler state
-  train, torchrun NCCL        `torchrun --nproc_per_node=<GPUs> -m fpncli train --amp`: NCCL,
-                              DDP (and SyncBatchNorm with 2+ GPUs); last.pt loads on the CPU
+  NCCL + DDP step             a 1-process torchrun: NCCL all-reduce and one DDP step of the
+                              model with SyncBatchNorm converted; finite gradients
+  train, torchrun NCCL        `torchrun --nproc_per_node=<GPUs> -m fpncli train --amp`: NCCL
+                              DDP and SyncBatchNorm with 2+ GPUs; last.pt loads on the CPU
   bench detect / bench train  scripts/bench_detect.py and scripts/bench_train.py on the GPU:
                               goals >= 3x the stock torchvision loop with equal detections
                               (fp32), >= 1.5x the reference training loop (AMP)
@@ -200,6 +202,7 @@ def _train(data: Path, out: Path, dev: str, amp_dtype: str, iters: int, size: in
         out=str(out),
         iters=iters,
         batch_size=4,
+        warmup_iters=3,  # the recipe's 50 would leave a short check mostly in warm-up
         model={"min_size": size, "max_size": round(size * 1333 / 800)},
         device=dev,
         amp=dev == "cuda",
@@ -253,7 +256,18 @@ def _loads_on_cpu(checkpoint: Path, data: Path) -> tuple[bool, str]:
 def _torchrun_train(data: Path, out: Path, dev: str, gpus: int, iters: int, size: int) -> tuple[bool, str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     cmd += ["-m", "fpncli", "train", "--data", str(data), "--preset", "tiny", "--out", str(out)]
-    cmd += ["--iters", str(iters), "--batch-size", "2", "--device", dev, "--eval-every", "-1"]
+    cmd += [
+        "--iters",
+        str(iters),
+        "--batch-size",
+        "2",
+        "--device",
+        dev,
+        "--eval-every",
+        "-1",
+        "--warmup-iters",
+        "2",
+    ]
     cmd += ["--min-size", str(size), "--max-size", str(round(size * 1333 / 800))]
     if dev == "cuda":
         cmd.append("--amp")
@@ -262,10 +276,50 @@ def _torchrun_train(data: Path, out: Path, dev: str, gpus: int, iters: int, size
     loads, why = _loads_on_cpu(out / "last.pt", data)
     world = config.get("world_size")
     backend = "NCCL" if dev == "cuda" else "gloo"
-    sync = (
-        " with SyncBatchNorm" if gpus > 1 and dev == "cuda" else " (one process: no DDP; 2+ GPUs test NCCL)"
+    if gpus > 1:
+        how = f"{backend} DDP" + (" with SyncBatchNorm" if dev == "cuda" else "")
+    else:
+        how = "one process: no DDP (2+ GPUs run NCCL DDP and SyncBatchNorm here)"
+    return loads and world == gpus, f"world size {world}, {how}; {why}"
+
+
+# One process: NCCL init, an all-reduce and one DDP training step of fpncli's model (with
+# SyncBatchNorm converted, as fpn train does on GPUs). torch skips the SyncBatchNorm kernel
+# with one process; two or more GPUs run it in the torchrun train check.
+NCCL_PROBE = """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from fpncli.config import preset_config
+from fpncli.modeling.detector import build_model
+dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+t = torch.ones(4, device="cuda") * 3
+dist.all_reduce(t)
+torch.manual_seed(0)
+cfg = preset_config("tiny", min_size=128, max_size=160, class_names=["a", "b"], category_ids=[1, 2])
+model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model(cfg).cuda())
+ddp = DDP(model.train(), device_ids=[0])
+images = [torch.rand(3, 128, 160, device="cuda")]
+boxes = torch.tensor([[10.0, 10.0, 80.0, 90.0]], device="cuda")
+targets = [{"boxes": boxes, "labels": torch.tensor([1], device="cuda")}]
+loss = sum(ddp(images, targets).values())
+loss.backward()
+grads = [p.grad for p in model.parameters() if p.grad is not None]
+assert grads and all(torch.isfinite(g).all() for g in grads), "non-finite gradients"
+print("NCCL_OK", float(t[0]), float(loss), len(grads))
+dist.destroy_process_group()
+"""
+
+
+def _nccl_probe(tmp: Path) -> tuple[bool, str]:
+    script = tmp / "nccl_probe.py"
+    script.write_text(NCCL_PROBE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(script)]
+    line = next(x for x in _subprocess(cmd, 600).stdout.splitlines() if x.startswith("NCCL_OK"))
+    _, value, loss, grads = line.split()
+    detail = (
+        f"all_reduce ok; one DDP step (SyncBatchNorm converted): loss {float(loss):.3f}, {grads} grads finite"
     )
-    return loads and world == gpus, f"world size {world}, {backend}{sync}; {why}"
+    return float(value) == 3.0, detail
 
 
 # ----------------------------------------------------------------------------- benches
@@ -411,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 checks,
             )
+        if cuda:
+            _run("NCCL + DDP step, torchrun 1 process", lambda: _nccl_probe(tmp), checks)
+        else:
+            checks.append(Check("NCCL + DDP step, torchrun 1 process", None, "needs CUDA", 0.0))
         _run(
             f"train, torchrun {gpus} process(es) {'NCCL' if cuda else 'gloo'}",
             lambda: _torchrun_train(data, tmp / "ddp", dev, gpus, max(4, iters // 4), 320),
