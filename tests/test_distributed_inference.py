@@ -97,8 +97,12 @@ def _commands(root: Path, weights: Path, tag: str) -> list[list[str]]:
 def runs(data):
     """The commands in one process (CliRunner), then under torchrun with 2 processes."""
     root, weights = data
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): same float results
-    single = [runner_exit(args) for args in _commands(root, weights, "single")[:2]]
+    try:
+        single = [runner_exit(args) for args in _commands(root, weights, "single")[:2]]
+    finally:
+        torch.set_num_threads(threads)  # later tests expect conftest's setting
     script = root / "run_commands.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
