@@ -158,21 +158,27 @@ def make_weights(path: Path, seed: int) -> None:
 
 
 def stock_loop(
-    weights: Path, paths: list[Path], size: int, max_size: int, score_thr: float, grad_mode=torch.no_grad
+    weights: Path,
+    paths: list[Path],
+    size: int,
+    max_size: int,
+    score_thr: float,
+    grad_mode=torch.no_grad,
+    device: str = "cpu",
 ) -> list[list[tuple[int, float, list[float]]]]:
-    """What a typical user writes: torchvision's model, one image at a time."""
+    """What a typical user writes: torchvision's model, one image at a time (on ``device``)."""
     from PIL import Image
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
     from torchvision.transforms.functional import to_tensor
 
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=max_size)
     model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model.eval().to(device)
     out = []
     for p in paths:
-        x = to_tensor(Image.open(p).convert("RGB"))
+        x = to_tensor(Image.open(p).convert("RGB")).to(device)
         with grad_mode():
-            det = model([x])[0]
+            det = {k: v.cpu() for k, v in model([x])[0].items()}
         keep = det["scores"] >= score_thr
         out.append(
             list(zip(det["labels"][keep].tolist(), det["scores"][keep].tolist(), det["boxes"][keep].tolist()))
@@ -348,14 +354,19 @@ def ablation(weights: Path, paths: list[Path], size: int, max_size: int, rounds:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO folder with val2017/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="COCO folder with val2017/ (or a synthetic set with val/)",
+    )
     parser.add_argument("--images", type=int, default=8, help="how many val images")
     parser.add_argument("--size", type=int, default=800, help="shorter side (max side = size * 1333 / 800)")
     parser.add_argument("--score-thr", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per arm (best is kept)")
     parser.add_argument("--ablation-images", type=int, default=2, help="images per ablation arm (0: skip)")
     parser.add_argument("--no-draw", action="store_true", help="fpn detect without annotated images")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the stock arm runs on the CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both arms)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads",
@@ -369,22 +380,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = sorted((args.data / "val2017").glob("*.jpg"))[: args.images]
+    folder = args.data / "val2017" if (args.data / "val2017").is_dir() else args.data / "val"  # coco / synth
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".png"))[: args.images]
     if not paths:
-        raise SystemExit(f"no images in {args.data / 'val2017'}")
+        raise SystemExit(f"no images in {folder}")
     max_size = round(args.size * 1333 / 800)
     command = "python scripts/bench_detect.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"{len(paths)} coco-tiny val images at {args.size} px (max {max_size}); score >= {args.score_thr}"
+        f"{len(paths)} val images from {folder} at {args.size} px (max {max_size}); score >= {args.score_thr}"
     )
     results: dict = {"command": command, "images": len(paths), "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "fasterrcnn_r50_fpn_random.pt"
         make_weights(weights, args.seed)
         arms = {
-            "stock torchvision loop": lambda: stock_loop(weights, paths, args.size, max_size, args.score_thr),
+            "stock torchvision loop": lambda: stock_loop(
+                weights, paths, args.size, max_size, args.score_thr, device=args.device
+            ),
             "fpn detect": lambda: fpn_detect(
                 weights,
                 paths,

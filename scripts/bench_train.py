@@ -173,6 +173,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, help="torch CPU threads per side (default: torch's)")
+    p.add_argument("--json-out", help="also write the figures here (JSON)")
     p.add_argument("--only", choices=("ours", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.only:
@@ -191,7 +192,7 @@ def main() -> None:
         synthesize(args.data, train=n, val=0, seed=0)
     results = {}
     for side in ("reference", "ours"):
-        cmd = [sys.executable, __file__, "--only", side] + [a for a in sys.argv[1:]] + ["--data", args.data]
+        cmd = [sys.executable, __file__, "--only", side, *sys.argv[1:], "--data", args.data]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
@@ -212,6 +213,9 @@ def main() -> None:
         f"speed ratio (fpn train / reference): {ours['images_per_s'] / ref['images_per_s']:.2f}x wall-clock, "
         f"{ref['cpu_s_per_image'] / ours['cpu_s_per_image']:.2f}x by CPU time"
     )
+    if args.json_out:
+        ratio = ours["images_per_s"] / ref["images_per_s"]
+        Path(args.json_out).write_text(json.dumps({"reference": ref, "ours": ours, "speedup_wall": ratio}))
 
 
 if __name__ == "__main__":

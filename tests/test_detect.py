@@ -352,12 +352,12 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
 def test_ctrl_c_leaves_valid_predictions(tmp_path, weights):
     sources = [_image(tmp_path / "in" / f"{i}.png", seed=20 + i) for i in range(3)]
 
-    def interrupt(record, summary):
-        if summary.images_read == 1:
+    def interrupt(event):
+        if event["event"] == "image" and event["summary"].images_read == 1:
             raise KeyboardInterrupt
 
     options = DetectOptions(weights=weights, out_dir=tmp_path / "out", score_thr=0.0, workers=0)
-    summary = run_detect([str(s) for s in sources], options, on_image=interrupt)
+    summary = run_detect([str(s) for s in sources], options, progress=interrupt)
     assert summary.interrupted
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [r["file"] for r in data["images"]] == [str(sources[0])]

@@ -224,7 +224,7 @@ def test_real_model_end_to_end_with_a_missing_image(coco_tiny, tiny_model, tmp_p
         ann,
         coco_tiny / "val2017",
         out_dir=tmp_path / "out",
-        progress=lambda done, total: seen.append((done, total)),
+        progress=lambda event: seen.append((event["done"], event["total"])),
     )
     assert metrics["missing_images"] == ["not_there.jpg"]
     assert metrics["num_images"] == 3  # the missing image is left out, not counted as missed

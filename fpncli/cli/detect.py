@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -127,27 +128,32 @@ def detect(
         max_pixels=max_pixels,
         optimize=optimize,
     )
-    progress = None if quiet else _progress()
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 shows progress and the summary
+    progress = None if quiet or not main else _progress()
     task = None
 
-    def on_start(total: int, dev: str, source: str) -> None:
+    def show(event: dict) -> None:
         nonlocal task
-        if progress is not None:
+        if progress is None:
+            return
+        if event["event"] == "start":
             err_console.print(
-                f"[bold]{total}[/] image(s) on [bold]{dev}[/]; weights: {esc(source)}", highlight=False
+                f"[bold]{event['images']}[/] image(s) on [bold]{event['device']}[/]; "
+                f"weights: {esc(event['weights'])}",
+                highlight=False,
             )
             progress.start()
-            task = progress.add_task("detect", total=total, failed=0)
-
-    def on_image(record: dict, summary) -> None:
-        if progress is not None:
-            progress.update(task, advance=1, failed=summary.images_failed)
+            task = progress.add_task("detect", total=event["images"], failed=0)
+        elif event["event"] == "image" and task is not None:
+            progress.update(task, advance=1, failed=event["summary"].images_failed)
 
     try:
-        summary = run_detect(sources, options, on_start=on_start, on_image=on_image)
+        summary = run_detect(sources, options, progress=show)
     finally:
         if progress is not None:
             progress.stop()
+    if not main:
+        return
     if as_json:
         typer.echo(json.dumps(summary.predictions, indent=2))
     if not quiet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,45 +63,43 @@ def eval_coco(
         bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")
     ] = False,
 ) -> None:
-    from fpncli.errors import FpnError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    if results is not None and weights is not None:
-        raise FpnError("give either --results (evaluate a results file) or --weights (run a model), not both")
-    if results is None and weights is None:
-        raise FpnError("give --results DETS.json, or --weights W --images DIR to run a model")
-    if results is None and images is None:
-        raise FpnError("--weights needs --images, the folder of the annotated images")
-    from fpncli.outputs import check_outputs
+    from fpncli.engine.evaluate import EvalOptions, run_eval
 
-    # Before any work: eval would otherwise notice a bad --out only after all inference.
-    check_outputs(
-        folders=[out],
-        # Results mode writes no detections.json: `--results OUT/detections.json --out OUT`
-        # (re-scoring a model run's detections) is fine.
-        files=[
-            out / n
-            for n in ("metrics.json", "pr_overall.png", "pr_per_class.png")
-            + (("detections.json",) if results is None else ())
-        ],
-        inputs=[coco, results, weights if weights not in (None, "coco", "none") else None],
+    options = EvalOptions(
+        annotations=coco,
+        results=results,
+        images=images,
+        weights=weights,
+        out=out,
+        plots=plots,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        max_images=max_images,
+        half=half,
     )
-    if results is not None:
-        # Results mode never imports torch: the evaluation is pure pycocotools / numpy.
-        from fpncli.engine.evaluate import evaluate_results
-
-        if images is not None or max_images is not None:
-            err_console.print("note: --images/--max-images are ignored with --results", style="yellow")
-        metrics = evaluate_results(coco, results, out_dir=out, plots=plots, backend=backend)
-    else:
-        if images is None:
-            raise FpnError("--weights needs --images, the folder of the annotated images")
-        if weights == "none":
-            raise FpnError(
-                "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
-            )
-        metrics = _run_model(
-            coco, images, str(weights), out, plots, backend, device, batch_size, workers, max_images, half
+    for note in options.check():
+        err_console.print(f"note: {note}", style="yellow", markup=False)
+    with Progress(
+        TextColumn("detecting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        # One progress display under torchrun (read from the environment: results mode
+        # must not import torch).
+        disable=results is not None or int(os.environ.get("RANK", "0")) != 0,
+    ) as bar:
+        task = bar.add_task("detect", total=None)
+        metrics = run_eval(
+            options, progress=lambda e: bar.update(task, completed=e["done"], total=e["total"])
         )
+    if metrics is None:
+        return  # under torchrun, a rank other than 0: rank 0 reports
     if as_json:
         import json
 
@@ -114,59 +113,6 @@ def eval_coco(
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
-
-
-def _run_model(
-    coco: Path,
-    images: Path,
-    weights: str,
-    out: Path,
-    plots: bool,
-    backend: str,
-    device: str,
-    batch_size: int,
-    workers: int,
-    max_images: int | None,
-    half: bool,
-) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from fpncli.device import resolve_device
-    from fpncli.engine.coco_eval import resolve_backend
-    from fpncli.engine.evaluate import evaluate_model
-    from fpncli.errors import FpnError
-    from fpncli.modeling.weights import load_detector
-
-    resolve_backend(backend)  # fail before loading a model
-    dev = resolve_device(device)
-    if half and dev.type != "cuda":
-        raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
-    loaded = load_detector(weights)
-    with Progress(
-        TextColumn("detecting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("detect", total=None)
-        metrics = evaluate_model(
-            loaded.model,
-            coco,
-            images,
-            out_dir=out,
-            device=dev,
-            batch_size=batch_size,
-            workers=workers,
-            plots=plots,
-            backend=backend,
-            weights=loaded.source,
-            max_images=max_images,
-            half=half,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    return metrics
 
 
 def _fmt(v: float) -> str:

@@ -298,6 +298,7 @@ def _neck_result(
         metrics = evaluate_model(
             model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2, backend=backend
         )
+        assert metrics is not None  # not sharded: every process gets the metrics
     emit({"event": "measure", "neck": neck, "what": "inference time"})
     timed = [_load_tensor(p).to(dev) for _, p in paths[: settings["timed_images"]]]
     seconds = time_inference(model, timed)

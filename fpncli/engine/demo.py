@@ -126,6 +126,7 @@ def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> dict[str, A
         workers=cfg.workers,
         weights=str(out / "run" / "last.pt"),
     )
+    assert metrics is not None  # not sharded: every process gets the metrics
     timings["eval"] = time.perf_counter() - t
 
     images = sorted(Path(val["images_dir"]).glob("*.png"))[: cfg.detect_images]

@@ -17,11 +17,12 @@ Outputs in ``out_dir``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
+from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
 
@@ -316,17 +318,16 @@ def validate_options(options: DetectOptions) -> None:
 def run_detect(
     sources: Sequence[str | os.PathLike],
     options: DetectOptions,
-    on_start: Callable[[int, str, str], None] | None = None,
-    on_image: Callable[[dict[str, Any], DetectSummary], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> DetectSummary:
     """Detect objects in every image of ``sources``; see the module docstring for outputs.
 
     Args:
         sources: files, folders and glob patterns (see :func:`expand_sources`).
         options: model, thresholds, speed and output settings.
-        on_start: called once with (number of images, device, weights description).
-        on_image: called after each image with its record (``predictions.json`` entry, or
-            ``{"file", "error"}``) and the running summary.
+        progress: receives ``{"event": "start", "images", "device", "weights"}`` once, then
+            ``{"event": "image", "record", "summary"}`` after each image (``record``: its
+            ``predictions.json`` entry, or ``{"file", "error"}``; ``summary``: the running one).
 
     Returns:
         The summary; ``summary.predictions`` holds what ``predictions.json`` holds.
@@ -347,12 +348,12 @@ def run_detect(
 
     import torch
 
-    from fpncli.device import resolve_device
+    from fpncli.engine import distributed_inference as DI
     from fpncli.engine.coco_eval import detections_to_coco
-    from fpncli.engine.predict import predict_images
     from fpncli.modeling.weights import load_detector
 
-    device = resolve_device(options.device)
+    device = DI.inference_device(options.device)  # under torchrun: this process's GPU
+    main, world = DI.is_main(), DI.world()[1]  # under torchrun only rank 0 writes the JSON files
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
 
@@ -382,7 +383,9 @@ def run_detect(
         )
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
-    workers = options.workers if options.workers is not None else min(4, os.cpu_count() or 1)
+    # The cores of a machine are shared by its torchrun processes.
+    cores = max(1, (os.cpu_count() or 1) // DI.local_world_size())
+    workers = options.workers if options.workers is not None else min(4, cores)
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
 
@@ -394,7 +397,7 @@ def run_detect(
     predictions_path = out_dir / PREDICTIONS_FILE
     summary = DetectSummary(
         images_total=len(paths),
-        device=str(device),
+        device=str(device) if world == 1 else f"{device.type} x {world} processes",
         weights=loaded.source,
         predictions_path=predictions_path,
         coco_unmatched=unmatched,
@@ -405,6 +408,8 @@ def run_detect(
     summary.predictions = {"images": images, "errors": errors}
 
     def flush() -> None:
+        if not main:
+            return
         write_json(predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
@@ -415,14 +420,34 @@ def run_detect(
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
+
+    def select(result):
+        """The result's boxes, scores and labels of the wanted classes (best max_dets)."""
+        if not filtered:
+            return result.boxes, result.scores, result.labels
+        mask = torch.tensor([int(label) in keep for label in result.labels.tolist()], dtype=torch.bool)
+        return result.boxes[mask][:max_dets], result.scores[mask][:max_dets], result.labels[mask][:max_dets]
+
+    def draw(result) -> None:
+        """Queue the annotated picture; under torchrun on the process that holds the pixels."""
+        if drawer is None or result.error is not None:
+            return
+        boxes, scores, labels = select(result)
+        names = [cfg.class_names[label - 1] for label in labels.tolist()]
+        cat_ids = [cfg.category_ids[label - 1] for label in labels.tolist()]
+        drawn = dataclasses.replace(result, boxes=boxes, scores=scores)
+        pending.append(drawer.submit(_save_annotated, drawn, targets[index[result.path]], names, cat_ids))
+        while pending and (pending[0].done() or len(pending) > _MAX_PENDING_DRAWS):
+            pending.pop(0).result()  # re-raises a failed write
+
     start = time.perf_counter()
     last_flush, flush_every = start, _FLUSH_SECONDS
     # No early empty flush: a run that fails before its first image leaves the previous
     # predictions.json as it was; from the first flush on the file holds this run's results.
-    if on_start is not None:
-        on_start(len(paths), str(device), loaded.source)
+    if progress is not None:
+        progress({"event": "start", "images": len(paths), "device": summary.device, "weights": loaded.source})
     try:
-        for result in predict_images(
+        for result in DI.predict_sharded(
             model,
             paths,
             device=device,
@@ -432,6 +457,7 @@ def run_detect(
             max_pixels=options.max_pixels,
             keep_images=options.draw,
             cpu_processes=cpu_processes,
+            on_local=draw,
         ):
             i = index[result.path]
             if result.error is not None:
@@ -439,14 +465,7 @@ def run_detect(
                 errors.append(record)
                 summary.images_failed += 1
             else:
-                boxes, scores, labels = result.boxes, result.scores, result.labels
-                if filtered:
-                    mask = torch.tensor([int(label) in keep for label in labels.tolist()], dtype=torch.bool)
-                    boxes, scores, labels = (
-                        boxes[mask][:max_dets],
-                        scores[mask][:max_dets],
-                        labels[mask][:max_dets],
-                    )
+                boxes, scores, labels = select(result)
                 label_list = labels.tolist()
                 cat_ids = [cfg.category_ids[label - 1] for label in label_list]
                 names = [cfg.class_names[label - 1] for label in label_list]
@@ -476,14 +495,9 @@ def run_detect(
                 summary.images_read += 1
                 summary.detections += len(detections)
                 summary.per_class.update(names)
-                if drawer is not None:
-                    result.boxes, result.scores = boxes, scores
-                    pending.append(drawer.submit(_save_annotated, result, targets[i], names, cat_ids))
-                    while pending and (pending[0].done() or len(pending) > _MAX_PENDING_DRAWS):
-                        pending.pop(0).result()  # re-raises a failed write
             summary.seconds = time.perf_counter() - start
-            if on_image is not None:
-                on_image(record, summary)
+            if progress is not None:
+                progress({"event": "image", "record": record, "summary": summary})
             if time.perf_counter() - last_flush >= flush_every:
                 t0 = time.perf_counter()
                 flush()

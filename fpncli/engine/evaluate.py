@@ -17,7 +17,7 @@ needs neither, and plots import matplotlib only when asked for.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from fpncli.engine.coco_eval import (
     resolve_backend,
     run_cocoeval,
 )
+from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PER_CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 MAX_LISTED = 50  # per-entry lines kept in metrics.json; the count is always exact
-
-ProgressFn = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------- input checking
@@ -374,7 +373,8 @@ def evaluate_model(
     weights: str | None = None,
     max_images: int | None = None,
     half: bool = False,
-) -> dict[str, Any]:
+    sharded: bool = False,
+) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
     Args:
@@ -385,17 +385,21 @@ def evaluate_model(
         out_dir: when given, ``detections.json`` (COCO results) and ``metrics.json`` go there.
         device, batch_size, workers: inference settings (see ``predict_images``).
         plots: save precision-recall curves into ``out_dir``.
-        progress: called as ``progress(done, total)`` after each image.
+        progress: receives ``{"event": "image", "done", "total"}`` after each image.
         backend: evaluation backend (see :func:`evaluate_results`).
         weights: recorded in the metrics.
         max_images: evaluate only the first N images of the file (quick checks).
         half: float16 autocast for the forward pass (CUDA only; see ``predict_images``).
+        sharded: under torchrun, split the images over the processes (every rank calls this;
+            see :func:`~fpncli.engine.distributed_inference.predict_sharded`); rank 0
+            evaluates and writes, the others return None.
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
         found on disk), ``skipped_images`` (``"file: reason"`` for unreadable images or bad
         paths); those images are left out of the evaluation, the rest are evaluated.
     """
+    from fpncli.engine.distributed_inference import is_main, predict_sharded
     from fpncli.engine.predict import predict_images
 
     gt = _load_ground_truth(annotation_file)
@@ -429,7 +433,7 @@ def evaluate_model(
     for done, (img_id, result) in enumerate(
         zip(
             path_ids,
-            predict_images(
+            (predict_sharded if sharded else predict_images)(
                 model,
                 paths,
                 device=device,
@@ -451,7 +455,9 @@ def evaluate_model(
             dropped += len(dets) - len(kept)
             detections.extend(kept)
         if progress is not None:
-            progress(done, len(paths))
+            progress({"event": "image", "done": done, "total": len(paths)})
+    if sharded and not is_main():
+        return None  # this rank's results went to rank 0
     if dropped:
         mapping_notes.append(
             f"{_count(dropped, 'detection')} of classes that {coco.path.name} does not have "
@@ -520,3 +526,104 @@ def check_category_mapping(
 def _ids(mapping: dict[int, Any]) -> str:
     ids = sorted(mapping)
     return ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class EvalOptions:
+    """What ``fpn eval`` evaluates: a results file (``results``) or a model (``weights`` run
+    over ``images``), against ``annotations``; outputs go to ``out``."""
+
+    annotations: Path
+    results: Path | None = None
+    images: Path | None = None
+    weights: str | None = None
+    out: Path = Path("runs/eval")
+    plots: bool = False
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 2
+    workers: int = 0
+    max_images: int | None = None
+    half: bool = False
+
+    def check(self) -> list[str]:
+        """Raise on contradictory options; returns notes (ignored options)."""
+        if self.results is not None and self.weights is not None:
+            raise FpnError(
+                "give either --results (evaluate a results file) or --weights (run a model), not both"
+            )
+        if self.results is None and self.weights is None:
+            raise FpnError("give --results DETS.json, or --weights W --images DIR to run a model")
+        if self.results is None and self.images is None:
+            raise FpnError("--weights needs --images, the folder of the annotated images")
+        if self.weights == "none":
+            raise FpnError(
+                "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
+            )
+        if self.results is not None and (self.images is not None or self.max_images is not None):
+            return ["--images/--max-images are ignored with --results"]
+        return []
+
+
+def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[str, Any] | None:
+    """``fpn eval``: check the options and outputs before any work, then evaluate the results
+    file, or load the model and evaluate it (sharded over the processes under torchrun).
+
+    ``progress`` gets ``{"event": "image", "done", "total"}`` after each image of a model run. Returns the metrics (see
+    :func:`evaluate_results`), or None on torchrun ranks other than 0 (rank 0 reports).
+    """
+    import os as _os
+
+    from fpncli.outputs import check_outputs
+
+    options.check()
+    out = options.out
+    weights = options.weights
+    # Results mode writes no detections.json: `--results OUT/detections.json --out OUT`
+    # (re-scoring a model run's detections) is fine.
+    names: tuple[str, ...] = ("metrics.json", "pr_overall.png", "pr_per_class.png")
+    names += ("detections.json",) if options.results is None else ()
+    check_outputs(
+        folders=[out],
+        files=[out / n for n in names],
+        inputs=[
+            options.annotations,
+            options.results,
+            weights if weights not in (None, "coco", "none") else None,
+        ],
+    )
+    if options.results is not None:
+        # Results mode never imports torch: the evaluation is pure pycocotools / numpy.
+        if int(_os.environ.get("RANK", "0")) != 0:
+            return None  # under torchrun there is nothing to share: rank 0 evaluates the file
+        return evaluate_results(
+            options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
+        )
+    from fpncli.engine.distributed_inference import inference_device
+    from fpncli.modeling.weights import load_detector
+
+    resolve_backend(options.backend)  # fail before loading a model
+    device = inference_device(options.device)  # under torchrun: this process's GPU
+    if options.half and device.type != "cuda":
+        raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
+    assert weights is not None and options.images is not None  # check() made sure
+    loaded = load_detector(weights)
+    return evaluate_model(
+        loaded.model,
+        options.annotations,
+        options.images,
+        out_dir=out,
+        device=device,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        plots=options.plots,
+        backend=options.backend,
+        weights=loaded.source,
+        max_images=options.max_images,
+        half=options.half,
+        sharded=True,
+        progress=progress,
+    )

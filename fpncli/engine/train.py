@@ -540,6 +540,7 @@ def _validate(
                 batch_size=cfg.eval_batch_size,
                 workers=min(cfg.workers, 2),
             )
+            assert metrics is not None  # not sharded: every process gets the metrics
         except FpnError as exc:  # e.g. no readable validation image: must not cost the epoch
             emit({"event": "warning", "message": f"validation failed: {exc}"})
             metrics = None

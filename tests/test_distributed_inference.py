@@ -1,0 +1,183 @@
+"""`torchrun --nproc_per_node=2 -m fpncli detect|eval` on the CPU (gloo): rank 0 writes
+exactly what one process writes; an unreadable image on rank 1 is reported as in a single
+run; a rank that dies is named and what was finished is kept.
+
+One torchrun launch runs the three commands in turn (each process runs ``python -m fpncli``
+three times, as torchrun would), to keep the test short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fpncli.cli.app import app
+from fpncli.engine.coco_eval import METRIC_KEYS
+from fpncli.engine.distributed_inference import predict_sharded
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Each process runs `python -m fpncli ARGS` for each command line in turn (exit codes saved);
+# in the third run rank 1 crashes after sending its first two results.
+SCRIPT = textwrap.dedent("""
+    import json, os, runpy, sys, time
+    commands, codes_file = json.loads(sys.argv[1]), sys.argv[2]
+    rank = int(os.environ["RANK"])
+    codes = []
+    for n, args in enumerate(commands):
+        if n == 2 and rank == 1:
+            import fpncli.engine.predict as P
+            real = P.predict_images
+            def dying(*a, **k):
+                for i, result in enumerate(real(*a, **k)):
+                    if i == 1:
+                        time.sleep(1.2)  # past the send interval: the two results go together
+                    yield result
+                    if i == 1:
+                        time.sleep(1.0)  # let them arrive, then crash
+                        os._exit(3)
+            P.predict_images = dying
+        sys.argv = ["fpncli", *args]
+        try:
+            runpy.run_module("fpncli", run_name="__main__", alter_sys=True)
+            codes.append(0)
+        except SystemExit as exc:
+            codes.append(exc.code if isinstance(exc.code, int) else 1)
+        with open(codes_file % rank, "w") as f:
+            json.dump(codes, f)
+""")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 synthetic val images (000001.png, owned by rank 1, made unreadable) and a tiny
+    checkpoint over the synthetic classes that reports every detection."""
+    from fpncli.checkpoint import save_checkpoint
+    from fpncli.config import preset_config
+    from fpncli.data.synth import CLASSES, synthesize
+    from fpncli.modeling.detector import build_model
+
+    root = tmp_path_factory.mktemp("dist")
+    synthesize(root / "data", train=0, val=8, seed=0)
+    (root / "data" / "val" / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    cfg = preset_config(
+        "tiny",
+        min_size=96,
+        max_size=128,
+        class_names=list(CLASSES),
+        category_ids=[1, 2, 3, 4],
+        box_score_thresh=0.0,
+    )
+    torch.manual_seed(0)
+    weights = save_checkpoint(root / "tiny.pt", build_model(cfg).eval())
+    return root, weights
+
+
+def _commands(root: Path, weights: Path, tag: str) -> list[list[str]]:
+    val, ann = root / "data" / "val", root / "data" / "annotations" / "instances_val.json"
+    detect = ["detect", str(val), "--weights", str(weights), "--workers", "0", "--score-thr", "0"]
+    coco = ["--coco-results", str(root / f"coco-{tag}.json"), "--coco-annotations", str(ann)]
+    evaluate = ["eval", "--coco", str(ann), "--images", str(val), "--weights", str(weights)]
+    return [
+        [*detect, "--out", str(root / f"det-{tag}"), *coco],
+        [*evaluate, "--device", "cpu", "--batch-size", "1", "--out", str(root / f"eval-{tag}")],
+        [*detect, "--out", str(root / f"die-{tag}"), "--no-draw", "--quiet"],
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    """The commands in one process (CliRunner), then under torchrun with 2 processes."""
+    root, weights = data
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): same float results
+    try:
+        single = [runner_exit(args) for args in _commands(root, weights, "single")[:2]]
+    finally:
+        torch.set_num_threads(threads)  # later tests expect conftest's setting
+    script = root / "run_commands.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    cmd += [json.dumps(_commands(root, weights, "dist")), str(root / "codes-%s.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    codes = [json.loads((root / f"codes-{r}.json").read_text()) for r in (0, 1)]
+    return root, single, proc, codes
+
+
+def runner_exit(args: list[str]) -> int:
+    result = CliRunner().invoke(app, args)
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_detect_under_torchrun_writes_what_one_process_writes(runs):
+    root, single, proc, codes = runs
+    # The unreadable image makes both runs exit 1, as documented; rank 1 prints nothing.
+    assert single[0] == 1 and codes[0][0] == 1 and codes[1][0] == 0, proc.stderr[-3000:]
+    one, two = _json(root / "det-single" / "predictions.json"), _json(root / "det-dist" / "predictions.json")
+    assert len(one["images"]) == 7 and sum(len(r["detections"]) for r in one["images"]) > 0
+    assert [e["file"] for e in one["errors"]] == [str(root / "data" / "val" / "000001.png")]
+    assert two == one  # same records, same order, same numbers; the error reported the same way
+    assert _json(root / "coco-dist.json") == _json(root / "coco-single.json")
+    # Annotated images, drawn by the rank that read each image: the same files, bit for bit.
+    pictures = {p.name: p.read_bytes() for p in (root / "det-single").glob("*.png")}
+    assert len(pictures) == 7
+    assert {p.name: p.read_bytes() for p in (root / "det-dist").glob("*.png")} == pictures
+    assert proc.stdout.count("images read") == 1  # one summary: rank 0's
+
+
+def test_eval_under_torchrun_gives_the_single_process_numbers(runs):
+    root, single, proc, codes = runs
+    assert single[1] == 0 and codes[0][1] == 0 and codes[1][1] == 0, proc.stderr[-3000:]
+    one, two = _json(root / "eval-single" / "metrics.json"), _json(root / "eval-dist" / "metrics.json")
+    for key in [*METRIC_KEYS, "per_class", "num_images", "num_detections", "skipped_images", "problems"]:
+        assert two[key] == one[key], key
+    assert (
+        one["num_images"] == 7
+        and len(one["skipped_images"]) == 1
+        and "000001.png" in one["skipped_images"][0]
+    )
+    dets = _json(root / "eval-dist" / "detections.json")
+    assert dets == _json(root / "eval-single" / "detections.json") and len(dets) > 0
+    assert proc.stdout.count("COCO box metrics") == 1
+
+
+def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
+    root, _, proc, codes = runs
+    assert proc.returncode != 0 and codes[0][2:] == [1], proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert any("rank 1 of 2 stopped" in line for line in errors), proc.stderr[-3000:]
+    kept = _json(root / "die-dist" / "predictions.json")
+    one = _json(root / "det-single" / "predictions.json")
+    # Rank 1 sent images 1 and 3 before it died: images 0-4 are kept, in order; 5 never came.
+    files = sorted([r["file"] for r in kept["images"]] + [e["file"] for e in kept["errors"]])
+    assert files == [str(root / "data" / "val" / f"00000{i}.png") for i in range(5)]
+    without_ids = [{k: v for k, v in r.items() if k != "image_id"} for r in one["images"]]
+    assert kept["images"] == [r for r in without_ids if r["file"] in files]
+
+
+def test_single_process_is_predict_images_with_the_local_hook(tiny_model, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (i * 100, 50, 50)).save(paths[-1])
+    seen = []
+    results = list(predict_sharded(tiny_model, paths, on_local=seen.append, keep_images=True))
+    assert [r.path for r in results] == paths and seen == results
+    assert results[0].image is not None and results[0].image.shape == (3, 30, 40)
+    assert list(predict_sharded(tiny_model, [])) == []
