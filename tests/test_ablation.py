@@ -128,8 +128,16 @@ def test_small_object_claim_from_the_numbers():
 def test_bad_arguments_are_user_errors(tmp_path):
     from fpncli.engine.ablation import run_ablation
 
-    with pytest.raises(FpnError, match="unknown neck 'nasfpn'"):
-        run_ablation(tmp_path / "a", ["fpn", "nasfpn"])
+    with pytest.raises(FpnError, match="unknown neck 'fpx'"):
+        run_ablation(tmp_path / "a", ["fpn", "fpx"])
+    with pytest.raises(FpnError, match="unknown RoI pooling 'soft'"):
+        run_ablation(tmp_path / "a", ["fpn+soft"])
+    with pytest.raises(FpnError, match="the c4 neck has one"):
+        run_ablation(tmp_path / "a", ["c4+afp"])
+    with pytest.raises(FpnError, match="listed twice"):
+        run_ablation(tmp_path / "a", ["fpn+afp", "fpn+afp"])
+    with pytest.raises(FpnError, match="nasfpn-norm"):
+        run_ablation(tmp_path / "a", ["nasfpn"], nasfpn_norm="ln")
     with pytest.raises(FpnError, match="no necks"):
         run_ablation(tmp_path / "a", [])
     (tmp_path / "empty").mkdir()
@@ -142,9 +150,9 @@ def test_cli_reports_a_bad_neck_in_one_line():
 
     from fpncli.cli.app import app
 
-    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,nasfpn", "--quick"])
+    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,fpx", "--quick"])
     assert result.exit_code == 1
-    assert "unknown neck 'nasfpn'" in result.output and "Traceback" not in result.output
+    assert "unknown neck 'fpx'" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from fpncli.atomic import write_json
-from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    NeckOption,
+    RoIPoolingOption,
+    console,
+    err_console,
+    handle_errors,
+)
 from fpncli.errors import FpnError
 
 HELP = (
@@ -21,6 +28,7 @@ EPILOG = (
     "  fpn inspect-levels photo.jpg --weights coco --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/exp/best.pt --compare-bottom-up --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights none --preset tiny --json\n\n"
+    "  fpn inspect-levels photo.jpg --weights runs/pan/best.pt --out levels/   # an afp model: afp_levels.png\n\n"
     "  fpn inspect-levels --coco data/annotations.json --preset tiny --out fit/\n\n"
     "  fpn inspect-levels --coco data/annotations.json --anchor-sizes 16,32,64,128,256 --min-size 1024"
 )
@@ -58,6 +66,7 @@ def inspect_levels(
         str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")
     ] = "none",
     neck: NeckOption = None,
+    roi_pooling: RoIPoolingOption = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
     min_size: Annotated[
@@ -90,6 +99,7 @@ def inspect_levels(
             preset,
             backbone_weights,
             neck,
+            roi_pooling,
             num_classes,
             device,
             min_size,
@@ -109,6 +119,7 @@ def _image(
     preset,
     backbone_weights,
     neck,
+    roi_pooling,
     num_classes,
     device,
     min_size,
@@ -131,6 +142,7 @@ def _image(
     cfg = preset_config(
         preset,
         neck=neck,
+        roi_pooling=roi_pooling,
         class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
         category_ids=list(range(1, num_classes + 1)),
     )
@@ -169,6 +181,8 @@ def _image(
         typer.echo(json.dumps(data, indent=2))
         return
     _print_image_table(data)
+    if "afp" in data:
+        _print_afp_table(data["afp"])
     if written:
         console.print(f"wrote {len(written)} files to [bold]{out}[/]: " + ", ".join(p.name for p in written))
     else:
@@ -212,6 +226,30 @@ def _print_image_table(data: dict) -> None:
     console.print(
         f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
         f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {data['weights']}"
+    )
+
+
+def _print_afp_table(afp: dict) -> None:
+    """Per RoI level and object size: detections whose max fusion that level won, next to
+    the detections Eqn. (1) would put there."""
+    from rich.table import Table
+
+    table = Table(title="Adaptive feature pooling: the level that won the max fusion vs Eqn. (1)")
+    table.add_column("level")
+    for size in afp["sizes"]:
+        table.add_column(f"{size}\nAFP | Eq.1", justify="right")
+    table.add_column("all\nAFP | Eq.1", justify="right")
+    for level in afp["levels"]:
+        won, eq = afp["won"][level], afp["equation"][level]
+        cells = [f"{won[s]} | {eq[s]}" for s in afp["sizes"]]
+        table.add_row(level, *cells, f"{sum(won.values())} | {sum(eq.values())}")
+    console.print(table)
+    console.print(
+        f"AFP: the level whose per-level fc6 gave the maximum for most of the fused units (each "
+        f"detection's box re-pooled from every level); Eq.1: floor(4 + log2(sqrt(wh)/224)). "
+        f"Sizes: COCO area buckets in image pixels. {afp['agree']} of {afp['detections']} "
+        f"detections agree.",
+        highlight=False,
     )
 
 

@@ -31,6 +31,13 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
                 "used_by": used_by,
             }
         )
+    parts = {
+        "bottom-up": model.backbone.bottom_up,
+        "neck": model.backbone.neck,
+        "RPN head": model.rpn,
+        "box head": model.roi_heads.box_head,
+        "box predictor": model.roi_heads.box_predictor,
+    }
     return {
         "backbone": cfg.backbone,
         "neck": cfg.neck,
@@ -42,6 +49,8 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,
         "parameters": count_parameters(model),
+        "parameters_by_part": {name: count_parameters(module) for name, module in parts.items()},
+        "roi_pooling": cfg.roi_pooling,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_classes": len(cfg.class_names),
         "min_size": cfg.min_size,

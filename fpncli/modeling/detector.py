@@ -21,9 +21,10 @@ from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
 from fpncli.modeling.backbone import ResNetBottomUp
+from fpncli.modeling.box_head import AFPBoxHead
 from fpncli.modeling.levels import LevelSpec
 from fpncli.modeling.necks.registry import build_neck
-from fpncli.modeling.pooler import LevelRoIPooler
+from fpncli.modeling.pooler import AllLevelRoIPooler, LevelRoIPooler
 
 
 class BackboneWithNeck(nn.Module):
@@ -90,8 +91,8 @@ class FPNFasterRCNN(FasterRCNN):
             rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh,
             rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
             rpn_positive_fraction=cfg.rpn_positive_fraction,
-            box_roi_pool=LevelRoIPooler(roi_specs, pooled, cfg.roi_sampling_ratio, cfg.roi_aligned),
-            box_head=TwoMLPHead(channels * pooled * pooled, cfg.box_head_dim),
+            box_roi_pool=_roi_pooler(cfg, roi_specs),
+            box_head=_box_head(cfg, len(roi_specs), channels * pooled * pooled),
             box_predictor=FastRCNNPredictor(cfg.box_head_dim, cfg.num_classes),
             box_score_thresh=cfg.box_score_thresh,
             box_nms_thresh=cfg.box_nms_thresh,
@@ -344,6 +345,19 @@ class InferenceTrace:
     bottom_up: Any = None
     rpn_calls: list[RPNCall] = field(default_factory=list)
     output: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _roi_pooler(cfg: ModelConfig, roi_specs: list[LevelSpec]) -> LevelRoIPooler:
+    """Eqn. (1)'s one level per RoI (``level``) or every level per RoI (``afp``)."""
+    kind = AllLevelRoIPooler if cfg.roi_pooling == "afp" else LevelRoIPooler
+    return kind(roi_specs, cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned)
+
+
+def _box_head(cfg: ModelConfig, num_levels: int, in_features: int) -> nn.Module:
+    """torchvision's 2-FC head, or PANet's with a per-level fc6 and max fusion (``afp``)."""
+    if cfg.roi_pooling == "afp":
+        return AFPBoxHead(num_levels, in_features, cfg.box_head_dim)
+    return TwoMLPHead(in_features, cfg.box_head_dim)
 
 
 def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int, ...]]:
