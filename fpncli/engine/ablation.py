@@ -390,8 +390,8 @@ def run_ablation(
     necks = list(necks)
     if not necks:
         raise FpnError("no necks to compare")
-    for row in necks:
-        parse_row(row)
+    for name in necks:
+        parse_row(name)
     if len(set(necks)) != len(necks):
         raise FpnError("a row is listed twice")
     if nasfpn_stacks < 1:

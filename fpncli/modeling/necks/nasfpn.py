@@ -142,7 +142,7 @@ class NASFPNStage(nn.Module):
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         """``xs``: five ``Tensor[B, d, H_l, W_l]``, finest first -> the same shapes."""
-        sizes = [tuple(x.shape[-2:]) for x in xs]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         nodes = list(xs)
         for cell, (level, _, (i, j), _), extra in zip(self.cells, BLOCKS, self.extras):
 
