@@ -192,3 +192,28 @@ def test_ablation_end_to_end(tmp_path):
     assert not any(e["event"] in ("start", "iter") for e in third)
     assert "not retrained" in third[1]["what"]
     assert remeasured["rows"][0]["AR1k"] == c4["AR1k"] and remeasured["rows"][0]["AP"] == c4["AP"]
+
+
+def test_rows_name_a_neck_and_its_roi_pooling():
+    from fpncli.engine.ablation import DEFAULT_ROWS, _train_key, parse_row
+
+    assert parse_row("panet+afp") == ("panet", "afp") and parse_row("nasfpn") == ("nasfpn", "level")
+    assert {"nasfpn", "fpn+afp", "panet+afp"} <= set(DEFAULT_ROWS)
+    settings = {
+        "seed": 0,
+        "preset": "tiny",
+        "data": "d",
+        "iters": 2,
+        "batch_size": 4,
+        "train_images": 8,
+        "val_images": 4,
+        "bifpn_repeats": 2,
+        "nasfpn_stacks": 3,
+        "nasfpn_norm": "gn",
+    }
+    # Eqn. (1) rows keep the key they had before RoI pooling was an option (old runs still match).
+    assert _train_key(settings, "fpn") == {k: v for k, v in settings.items() if "fpn_" not in k} | {
+        "neck": "fpn"
+    }
+    afp = _train_key(settings, "nasfpn+afp")
+    assert afp["roi_pooling"] == "afp" and afp["nasfpn_stacks"] == 3 and afp["neck"] == "nasfpn"
