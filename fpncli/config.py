@@ -20,6 +20,12 @@ NECKS = tuple(neck_names())
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 ANCHOR_GRIDS = ("stride", "torchvision")  # see ModelConfig.anchor_grid
+# NAS-FPN's merging-cell normalisation: the paper's BatchNorm, GroupNorm (fpncli's default:
+# batches of 2-4 images), BatchNorm with frozen statistics (fine-tuning a bn-trained neck), none.
+NASFPN_NORMS = ("gn", "bn", "frozen_bn", "none")
+# How a RoI is pooled: "level" (FPN's Eqn. (1): one level per RoI) or "afp" (PANet's adaptive
+# feature pooling: every RoI level, fused by element-wise max after a per-level fc6).
+ROI_POOLINGS = ("level", "afp")
 
 # torchvision's ImageNet statistics, which its pretrained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,6 +56,8 @@ class ModelConfig:
     frozen_bn_eps: float = 1e-5
     fpn_channels: int = 256  # the paper's d
     bifpn_repeats: int = 2
+    nasfpn_stacks: int = 7  # the paper's (and MMDetection's) stack count
+    nasfpn_norm: str = "gn"
     class_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
     # Input resizing (shorter side to min_size, longer capped at max_size) and normalisation.
@@ -77,6 +85,7 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
     # Box head: RoIAlign 7x7, two FC layers of box_head_dim, classifier + regressor.
+    roi_pooling: str = "level"
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
     # torchvision's (and the COCO_V1 weights') RoIAlign has aligned=False; Detectron2 uses
@@ -118,6 +127,18 @@ class ModelConfig:
             )
         if not self.frozen_bn_eps >= 0:
             raise FpnError(f"frozen_bn_eps must be >= 0, got {self.frozen_bn_eps}")
+        if self.nasfpn_norm not in NASFPN_NORMS:
+            raise FpnError(
+                f"unknown nasfpn_norm {self.nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}"
+            )
+        if self.nasfpn_stacks < 1:
+            raise FpnError(f"nasfpn_stacks must be at least 1, got {self.nasfpn_stacks}")
+        if self.roi_pooling not in ROI_POOLINGS:
+            raise FpnError(
+                f"unknown roi_pooling {self.roi_pooling!r}; choose one of {', '.join(ROI_POOLINGS)}"
+            )
+        if self.roi_pooling == "afp" and get_neck(self.neck).single_scale:
+            raise FpnError(f"--roi-pooling afp pools from several levels; the {self.neck} neck has one")
         if not self.class_names:
             raise FpnError("the model needs at least one class")
         if len(self.category_ids) != len(self.class_names):

@@ -128,8 +128,16 @@ def test_small_object_claim_from_the_numbers():
 def test_bad_arguments_are_user_errors(tmp_path):
     from fpncli.engine.ablation import run_ablation
 
-    with pytest.raises(FpnError, match="unknown neck 'nasfpn'"):
-        run_ablation(tmp_path / "a", ["fpn", "nasfpn"])
+    with pytest.raises(FpnError, match="unknown neck 'fpx'"):
+        run_ablation(tmp_path / "a", ["fpn", "fpx"])
+    with pytest.raises(FpnError, match="unknown RoI pooling 'soft'"):
+        run_ablation(tmp_path / "a", ["fpn+soft"])
+    with pytest.raises(FpnError, match="the c4 neck has one"):
+        run_ablation(tmp_path / "a", ["c4+afp"])
+    with pytest.raises(FpnError, match="listed twice"):
+        run_ablation(tmp_path / "a", ["fpn+afp", "fpn+afp"])
+    with pytest.raises(FpnError, match="nasfpn-norm"):
+        run_ablation(tmp_path / "a", ["nasfpn"], nasfpn_norm="ln")
     with pytest.raises(FpnError, match="no necks"):
         run_ablation(tmp_path / "a", [])
     (tmp_path / "empty").mkdir()
@@ -142,9 +150,9 @@ def test_cli_reports_a_bad_neck_in_one_line():
 
     from fpncli.cli.app import app
 
-    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,nasfpn", "--quick"])
+    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,fpx", "--quick"])
     assert result.exit_code == 1
-    assert "unknown neck 'nasfpn'" in result.output and "Traceback" not in result.output
+    assert "unknown neck 'fpx'" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow
@@ -184,3 +192,29 @@ def test_ablation_end_to_end(tmp_path):
     assert not any(e["event"] in ("start", "iter") for e in third)
     assert "not retrained" in third[1]["what"]
     assert remeasured["rows"][0]["AR1k"] == c4["AR1k"] and remeasured["rows"][0]["AP"] == c4["AP"]
+
+
+def test_rows_name_a_neck_and_its_roi_pooling():
+    from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS, _train_key, parse_row
+
+    assert parse_row("panet+afp") == ("panet", "afp") and parse_row("nasfpn") == ("nasfpn", "level")
+    assert {"nasfpn", "fpn+afp", "panet+afp"} <= set(SURVEY_ROWS)
+    assert set(DEFAULT_ROWS) == {"c4", "c5", "fpn", "panet", "bifpn"}  # the budgeted default run
+    settings = {
+        "seed": 0,
+        "preset": "tiny",
+        "data": "d",
+        "iters": 2,
+        "batch_size": 4,
+        "train_images": 8,
+        "val_images": 4,
+        "bifpn_repeats": 2,
+        "nasfpn_stacks": 3,
+        "nasfpn_norm": "gn",
+    }
+    # Eqn. (1) rows keep the key they had before RoI pooling was an option (old runs still match).
+    assert _train_key(settings, "fpn") == {k: v for k, v in settings.items() if "fpn_" not in k} | {
+        "neck": "fpn"
+    }
+    afp = _train_key(settings, "nasfpn+afp")
+    assert afp["roi_pooling"] == "afp" and afp["nasfpn_stacks"] == 3 and afp["neck"] == "nasfpn"

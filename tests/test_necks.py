@@ -1,4 +1,4 @@
-"""Necks beyond FPN (PANet, BiFPN) and the single-scale baselines (c4, c5): contract, shapes,
+"""Necks beyond FPN (PANet, BiFPN, NAS-FPN) and the single-scale baselines (c4, c5): contract, shapes,
 training, checkpoint round trip and the inference pipeline."""
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import torch
 from fpncli.config import NECKS, ModelConfig
 from fpncli.errors import FpnError
 
-ALL_NECKS = ["fpn", "panet", "bifpn", "c4", "c5"]
+ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "c4", "c5"]
 
 
 def _build(tiny_config, neck: str, **overrides):
     from fpncli.modeling.detector import build_model
 
     torch.manual_seed(0)
+    if neck == "nasfpn":
+        # Two of the paper's seven stages: the same cells, a third of the test time.
+        overrides.setdefault("nasfpn_stacks", 2)
     return build_model(tiny_config.replace(neck=neck, **overrides)).eval()
 
 
@@ -93,7 +96,7 @@ def test_declared_strides_match_real_shapes(tiny_config, neck):
 def test_levels_and_anchors_per_neck(tiny_config):
     from fpncli.engine.describe import describe_model
 
-    for neck in ("fpn", "panet", "bifpn"):
+    for neck in ("fpn", "panet", "bifpn", "nasfpn"):
         model = _build(tiny_config, neck)
         assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"]
         assert model.roi_levels == ["p2", "p3", "p4", "p5"]
@@ -152,15 +155,16 @@ def test_bifpn_repeats_are_configurable(tiny_config):
 
 
 def test_unknown_neck_is_a_user_error(tiny_config):
-    with pytest.raises(FpnError, match="unknown neck 'nasfpn'"):
-        _build(tiny_config, "nasfpn")
+    with pytest.raises(FpnError, match="unknown neck 'augfpn'"):
+        _build(tiny_config, "augfpn")
 
 
-@pytest.mark.parametrize("neck", ALL_NECKS)
+@pytest.mark.parametrize("neck", [*ALL_NECKS, "panet+afp"])
 def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     """Two training steps (finite losses, weights move), then a checkpoint that reloads with
     identical outputs, then the batched inference pipeline with a broken file among images,
-    then what inspect-levels and eval run."""
+    then what inspect-levels and eval run. ``panet+afp``: the full PANet (adaptive feature
+    pooling), through the same commands."""
     from PIL import Image
 
     from fpncli.checkpoint import save_checkpoint
@@ -170,7 +174,8 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     from fpncli.modeling.weights import load_detector
 
     # Inputs resized to 64..96 px: the smallest size at which every level still has cells.
-    model = _build(tiny_config, neck, min_size=64, max_size=96).train()
+    neck, _, pooling = neck.partition("+")
+    model = _build(tiny_config, neck, min_size=64, max_size=96, roi_pooling=pooling or "level").train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     torch.manual_seed(1)
     images = [torch.rand(3, 64, 64), torch.rand(3, 60, 80)]
@@ -188,6 +193,7 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     path = save_checkpoint(tmp_path / f"{neck}.pt", model)
     loaded = load_detector(str(path)).model
     assert loaded.config.neck == neck and type(loaded.backbone.neck) is type(model.backbone.neck)
+    assert loaded.config.roi_pooling == (pooling or "level")
     with torch.no_grad():
         x = torch.rand(1, 3, 64, 96)
         for name, fmap in model.backbone(x).items():
@@ -215,6 +221,7 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     # What `fpn inspect-levels` and `fpn eval` run, on the reloaded model.
     report = inspect_image(loaded, good[0], score_thr=0.0)
     assert [row.name for row in report.levels] == list(model.levels)
+    assert (report.afp is not None) == (pooling == "afp")
     annotations = tmp_path / "val.json"
     annotations.write_text(
         json.dumps(

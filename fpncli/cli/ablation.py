@@ -9,10 +9,11 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
-from fpncli.engine.ablation import DEFAULT_NECKS
+from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS
 
 HELP = (
-    f"Train every neck ({', '.join(DEFAULT_NECKS)}) on the same synthetic multi-scale data with the "
+    f"Train every row (default {', '.join(DEFAULT_ROWS)}; also {', '.join(r for r in SURVEY_ROWS if r not in DEFAULT_ROWS)}: "
+    "NECK+afp is that neck with PANet's adaptive feature pooling) on the same synthetic multi-scale data with the "
     "same budget and seed, then print one table in the paper's form: RPN proposal recall "
     "(AR100, AR1k, AR1k small/medium/large), detector AP (AP50, AP, APs, APm, APl), "
     "parameters and inference time per image."
@@ -21,6 +22,7 @@ EPILOG = (
     "Examples:\n\n"
     "  fpn ablation                                  # CPU default, about 20-30 min on 2 cores\n\n"
     "  fpn ablation --quick --necks fpn,c4           # a smoke run of a minute or two\n\n"
+    "  fpn ablation --necks fpn,nasfpn,fpn+afp,panet+afp   # the neck survey's rows (NAS-FPN, AFP)\n\n"
     "  fpn ablation --budget 10 --device cuda        # 10x longer training and more data, on a GPU\n\n"
     "  fpn ablation --out runs/ablation              # rerun: finished necks are reused\n\n"
     "Writes OUT/ablation.json and OUT/ablation.md; OUT/runs/<neck>/last.pt works with "
@@ -34,9 +36,13 @@ def ablation(
     out: Annotated[
         Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")
     ] = Path("runs/ablation"),
-    necks: Annotated[str, typer.Option(help="Comma-separated necks, in table order.")] = ",".join(
-        DEFAULT_NECKS
-    ),
+    necks: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated rows, in table order: a neck, or NECK+afp for that neck with "
+            "adaptive feature pooling (--roi-pooling afp)."
+        ),
+    ] = ",".join(DEFAULT_ROWS),
     budget: Annotated[
         float,
         typer.Option(
@@ -56,6 +62,12 @@ def ablation(
         int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
     ] = None,
     bifpn_repeats: Annotated[int, typer.Option(min=1, help="BiFPN blocks.")] = 2,
+    nasfpn_stacks: Annotated[
+        int, typer.Option(min=1, help="NAS-FPN merging-cell stages (the paper's 7).")
+    ] = 7,
+    nasfpn_norm: Annotated[
+        str, typer.Option(help="NAS-FPN norm after each cell conv: gn, bn, frozen_bn or none.")
+    ] = "gn",
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
@@ -106,6 +118,8 @@ def ablation(
         device=device,
         workers=workers,
         bifpn_repeats=bifpn_repeats,
+        nasfpn_stacks=nasfpn_stacks,
+        nasfpn_norm=nasfpn_norm,
         fresh=fresh,
         progress=report,
         backend=backend,

@@ -31,6 +31,20 @@ BackendOption = Annotated[
 NeckOption = Annotated[
     str | None, typer.Option(help=f"Neck: {', '.join(neck_names())} (default: the preset's, fpn).")
 ]
+RoIPoolingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="RoI pooling: level (FPN's Eqn. (1), the default) or afp (PANet's adaptive feature "
+        "pooling: every RoI from every level, per-level fc6, element-wise max)."
+    ),
+]
+NASFPNStacksOption = Annotated[
+    int | None, typer.Option(help="NAS-FPN: stacked merging-cell stages (default 7, the paper's).")
+]
+NASFPNNormOption = Annotated[
+    str | None,
+    typer.Option(help="NAS-FPN: norm after each cell conv: gn (default), bn (the paper's), frozen_bn, none."),
+]
 ModelWeightsOption = Annotated[
     str,
     typer.Option(

@@ -6,13 +6,22 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import NeckOption, console, handle_errors
+from fpncli.cli.common import (
+    NASFPNNormOption,
+    NASFPNStacksOption,
+    NeckOption,
+    RoIPoolingOption,
+    console,
+    handle_errors,
+)
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
 EPILOG = (
     "Examples:\n\n"
     "  fpn info                      # the paper's R50-FPN\n\n"
     "  fpn info --preset tiny        # the small CPU configuration\n\n"
+    "  fpn info --preset tiny --neck nasfpn --nasfpn-stacks 3\n\n"
+    "  fpn info --neck panet --roi-pooling afp   # the full PANet\n\n"
     "  fpn info --weights runs/exp/best.pt"
 )
 
@@ -25,6 +34,9 @@ def info(
     ] = "default",
     backbone: Annotated[str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101.")] = None,
     neck: NeckOption = None,
+    roi_pooling: RoIPoolingOption = None,
+    nasfpn_stacks: NASFPNStacksOption = None,
+    nasfpn_norm: NASFPNNormOption = None,
     fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
@@ -38,6 +50,9 @@ def info(
         preset=preset,
         backbone=backbone,
         neck=neck,
+        roi_pooling=roi_pooling,
+        nasfpn_stacks=nasfpn_stacks,
+        nasfpn_norm=nasfpn_norm,
         fpn_channels=fpn_channels,
         num_classes=num_classes,
     )
@@ -93,8 +108,22 @@ def _print_summary(summary: dict) -> None:
         f"longer side at most {summary['max_size']} px"
     )
     console.print(
-        f"RoI pooling: RoIAlign {summary['roi_output_size']}x{summary['roi_output_size']} "
-        f"from {', '.join(summary['roi_levels'])}, level k = floor(4 + log2(sqrt(wh)/224)) "
-        f"clamped to [{summary['roi_levels'][0][1:]}, {summary['roi_levels'][-1][1:]}]"
+        "parameters by part: "
+        + ", ".join(f"{name} {count:,}" for name, count in summary["parameters_by_part"].items()),
+        highlight=False,
     )
+    size = f"RoIAlign {summary['roi_output_size']}x{summary['roi_output_size']}"
+    roi_levels = summary["roi_levels"]
+    if summary["roi_pooling"] == "afp":
+        console.print(
+            f"RoI pooling: afp (PANet's adaptive feature pooling): {size} of every RoI from each of "
+            f"{', '.join(roi_levels)}, one fc6 per level, element-wise max, then the shared fc7",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"RoI pooling: {size} from {', '.join(roi_levels)}, level k = floor(4 + log2(sqrt(wh)/224)) "
+            f"clamped to [{roi_levels[0][1:]}, {roi_levels[-1][1:]}]",
+            highlight=False,
+        )
     console.print(f"weights: {summary['weights']}", markup=False, highlight=False)

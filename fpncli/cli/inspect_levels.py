@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    NeckOption,
+    RoIPoolingOption,
+    console,
+    err_console,
+    handle_errors,
+)
 from fpncli.errors import FpnError
 
 HELP = (
@@ -23,6 +30,7 @@ EPILOG = (
     "  fpn inspect-levels photo.jpg --weights coco --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/exp/best.pt --compare-bottom-up --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights none --preset tiny --json\n\n"
+    "  fpn inspect-levels photo.jpg --weights runs/pan/best.pt --out levels/   # an afp model: afp_levels.png\n\n"
     "  fpn inspect-levels --coco data/annotations.json --preset tiny --out fit/\n\n"
     "  fpn inspect-levels --coco data/annotations.json --anchor-sizes 16,32,64,128,256 --min-size 1024"
 )
@@ -64,6 +72,7 @@ def inspect_levels(
         str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")
     ] = "none",
     neck: NeckOption = None,
+    roi_pooling: RoIPoolingOption = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
     min_size: Annotated[
@@ -93,6 +102,7 @@ def inspect_levels(
         weights=weights,
         preset=preset,
         neck=neck,
+        roi_pooling=roi_pooling,
         num_classes=num_classes,
         backbone_weights=backbone_weights,
         device=device,
@@ -117,6 +127,9 @@ def inspect_levels(
         return
     if coco is not None:
         _print_dataset_tables(data)
+    elif "afp" in data:
+        _print_image_table(data)
+        _print_afp_table(data["afp"])
     else:
         _print_image_table(data)
     if written:
@@ -165,6 +178,30 @@ def _print_image_table(data: dict) -> None:
     console.print(
         f"{len(data['detections'])} detections with score >= {data['score_thr']:g}; level by "
         f"k = floor(4 + log2(sqrt(wh)/224)) on the box in model-input pixels. weights: {esc(str(data['weights']))}"
+    )
+
+
+def _print_afp_table(afp: dict) -> None:
+    """Per RoI level and object size: detections whose max fusion that level won, next to
+    the detections Eqn. (1) would put there."""
+    from rich.table import Table
+
+    table = Table(title="Adaptive feature pooling: the level that won the max fusion vs Eqn. (1)")
+    table.add_column("level")
+    for size in afp["sizes"]:
+        table.add_column(f"{size}\nAFP | Eq.1", justify="right")
+    table.add_column("all\nAFP | Eq.1", justify="right")
+    for level in afp["levels"]:
+        won, eq = afp["won"][level], afp["equation"][level]
+        cells = [f"{won[s]} | {eq[s]}" for s in afp["sizes"]]
+        table.add_row(level, *cells, f"{sum(won.values())} | {sum(eq.values())}")
+    console.print(table)
+    console.print(
+        f"AFP: the level whose per-level fc6 gave the maximum for most of the fused units (each "
+        f"detection's box re-pooled from every level); Eq.1: floor(4 + log2(sqrt(wh)/224)). "
+        f"Sizes: COCO area buckets in image pixels. {afp['agree']} of {afp['detections']} "
+        f"detections agree.",
+        highlight=False,
     )
 
 

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, NeckOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    NASFPNNormOption,
+    NASFPNStacksOption,
+    NeckOption,
+    RoIPoolingOption,
+    console,
+    err_console,
+    handle_errors,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import TaskID
@@ -21,6 +30,7 @@ EPILOG = (
     "Examples:\n\n"
     "  fpn data synth data/shapes && fpn train --data data/shapes --preset tiny --out runs/shapes\n\n"
     "  fpn train --data /data/coco --out runs/r50 --epochs 12        # the paper's recipe, ImageNet backbone\n\n"
+    "  fpn train --data /data/coco --out runs/pan --neck panet --roi-pooling afp   # the full PANet\n\n"
     "  fpn train --resume runs/r50                                    # continue exactly where it stopped\n\n"
     "  torchrun --nproc_per_node=8 -m fpncli train --data /data/coco --out runs/r50 --amp\n\n"
     "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by val AP) and curves.png."
@@ -69,6 +79,9 @@ def train(
         str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101 (default: the preset's).")
     ] = None,
     neck: NeckOption = None,
+    roi_pooling: RoIPoolingOption = None,
+    nasfpn_stacks: NASFPNStacksOption = None,
+    nasfpn_norm: NASFPNNormOption = None,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -130,7 +143,14 @@ def train(
 
     model: dict[str, Any] = {
         k: v
-        for k, v in (("min_size", min_size), ("max_size", max_size), ("fpn_channels", fpn_channels))
+        for k, v in (
+            ("min_size", min_size),
+            ("max_size", max_size),
+            ("fpn_channels", fpn_channels),
+            ("roi_pooling", roi_pooling),
+            ("nasfpn_stacks", nasfpn_stacks),
+            ("nasfpn_norm", nasfpn_norm),
+        )
         if v is not None
     }
     if resume is not None:

@@ -31,10 +31,19 @@ from fpncli.errors import FpnError
 from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 from fpncli.outputs import check_outputs
 
-# The paper's rows first (single-scale baselines, then FPN), then the later necks.
 # The rows, in table order, come from the neck registry: the paper's single-scale
-# baselines, then FPN, then the later necks.
+# baselines, then FPN, then the later necks; then the RoI-pooling rows ("neck+afp": that
+# neck with PANet's adaptive feature pooling; "panet+afp" is the full PANet).
 DEFAULT_NECKS = tuple(e.name for e in NECK_REGISTRY.values() if e.ablation)
+AFP_ROWS = ("fpn+afp", "panet+afp")
+# The default run stays within its CPU budget (the paper's rows and the two later necks,
+# ~23 min on 2 cores); the neck survey's rows are added with --necks (SURVEY_ROWS).
+DEFAULT_ROWS = DEFAULT_NECKS
+SURVEY_ROWS = (
+    *DEFAULT_NECKS,
+    *(e.name for e in NECK_REGISTRY.values() if not e.ablation),
+    *AFP_ROWS,
+)
 SINGLE_SCALE = tuple(e.name for e in NECK_REGISTRY.values() if e.single_scale)
 # Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
 # necks with the tiny preset: ~0.6-0.9 s per iteration of 4 images at 256 px
@@ -47,6 +56,22 @@ TIMED_IMAGES = 20
 PROPOSALS = 1000
 PYRAMID_LEVELS = 5  # P2..P6: the RPN candidates every neck is given (see equal_pre_nms)
 AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
+
+
+def parse_row(row: str) -> tuple[str, str]:
+    """``"panet+afp"`` -> ``("panet", "afp")``; ``"fpn"`` -> ``("fpn", "level")``. A bad
+    neck or pooling, or afp on a single-scale neck, is a one-line :class:`FpnError`."""
+    from fpncli.config import ROI_POOLINGS
+
+    neck, _, pooling = row.partition("+")
+    pooling = pooling or "level"
+    if neck not in NECK_REGISTRY:
+        raise FpnError(f"unknown neck {neck!r} in row {row!r}; choose from {', '.join(NECK_REGISTRY)}")
+    if pooling not in ROI_POOLINGS:
+        raise FpnError(f"unknown RoI pooling {pooling!r} in row {row!r}; write NECK or NECK+afp")
+    if pooling == "afp" and get_neck(neck).single_scale:
+        raise FpnError(f"row {row!r}: afp pools from several levels; the {neck} neck has one")
+    return neck, pooling
 
 
 def budget_plan(budget: float = 1.0) -> dict[str, int]:
@@ -208,12 +233,15 @@ def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int, 
     return root
 
 
-def _train_key(settings: dict[str, Any], neck: str) -> dict[str, Any]:
-    """What decides a neck's trained weights (measurement settings are left out, so changing
+def _train_key(settings: dict[str, Any], row: str) -> dict[str, Any]:
+    """What decides a row's trained weights (measurement settings are left out, so changing
     how necks are measured re-measures the saved checkpoints instead of retraining)."""
+    neck, pooling = parse_row(row)
     keys = ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")
     key = {k: settings[k] for k in keys}
     key["neck"] = neck
+    if pooling != "level":  # absent for Eqn. (1), so runs made before this option still match
+        key["roi_pooling"] = pooling
     for option in get_neck(neck).options:
         key[option] = settings[option]
     return key
@@ -234,7 +262,7 @@ def _finished_training(run: Path, key: dict[str, Any]) -> bool:
 
 
 def _neck_result(
-    neck: str,
+    row: str,
     run: Path,
     settings: dict[str, Any],
     data_root: Path,
@@ -251,7 +279,9 @@ def _neck_result(
     from fpncli.modeling.detector import count_parameters
     from fpncli.modeling.weights import load_detector
 
+    neck, pooling = parse_row(row)
     model_overrides = {option: settings[option] for option in get_neck(neck).options}
+    model_overrides["roi_pooling"] = pooling
     cfg = TrainConfig(
         out=str(run),
         data=str(data_root),
@@ -271,9 +301,9 @@ def _neck_result(
         raise FpnError(
             f"{data_root}: the ablation needs a validation split (annotations/instances_val*.json)"
         )
-    key = _train_key(settings, neck)
+    key = _train_key(settings, row)
     if not fresh and _finished_training(run, key):
-        emit({"event": "measure", "neck": neck, "what": f"the trained {run / 'last.pt'} (not retrained)"})
+        emit({"event": "measure", "neck": row, "what": f"the trained {run / 'last.pt'} (not retrained)"})
         model = load_detector(str(run / "last.pt")).model.to(resolve_device(device))
         train_seconds = json.loads((run / "ablation_train.json").read_text(encoding="utf-8")).get("seconds")
         checkpoint = str(run / "last.pt")
@@ -284,28 +314,29 @@ def _neck_result(
                     f"{run}: exists and is not a training run of this ablation; choose another --out"
                 )
             shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
-        summary = train(cfg, progress=lambda e: emit({**e, "neck": neck}))
+        summary = train(cfg, progress=lambda e: emit({**e, "neck": row}))
         model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
         write_json(run / "ablation_train.json", {**key, "seconds": train_seconds}, indent=None)
     model.eval()
     dev = next(model.parameters()).device
-    emit({"event": "measure", "neck": neck, "what": "proposal recall"})
+    emit({"event": "measure", "neck": row, "what": "proposal recall"})
     dataset, paths = _val_images(resolved.val_ann, resolved.val_images)
     recall = measure_recall(model, dataset, paths, dev, backend=backend)
-    emit({"event": "measure", "neck": neck, "what": "detector AP"})
+    emit({"event": "measure", "neck": row, "what": "detector AP"})
     # The preset's inference settings, with the RPN candidates equalised across necks.
     with model.inference_limits(rpn_pre_nms_top_n=equal_pre_nms(model, model.config.rpn_pre_nms_top_n_test)):
         metrics = evaluate_model(
             model, resolved.val_ann, resolved.val_images, device=dev, batch_size=2, backend=backend
         )
         assert metrics is not None  # not sharded: every process gets the metrics
-    emit({"event": "measure", "neck": neck, "what": "inference time"})
+    emit({"event": "measure", "neck": row, "what": "inference time"})
     timed = [_load_tensor(p).to(dev) for _, p in paths[: settings["timed_images"]]]
     seconds = time_inference(model, timed)
     return {
-        "neck": neck,
+        "neck": row,
         **{k: recall[k] for k, _, _ in RECALL_KEYS},
         **{k: float(metrics[k]) for k in AP_KEYS},
+        "roi_pooling": pooling,
         "parameters": count_parameters(model),
         "parameters_used": used_parameters(model, timed[0]),
         "seconds_per_image": seconds,
@@ -321,13 +352,15 @@ def _neck_result(
 
 def run_ablation(
     out: str | os.PathLike,
-    necks: Sequence[str] = DEFAULT_NECKS,
+    necks: Sequence[str] = DEFAULT_ROWS,
     budget: float = 1.0,
     seed: int = 0,
     data: str | None = None,
     device: str = "auto",
     workers: int = 0,
     bifpn_repeats: int = 2,
+    nasfpn_stacks: int = 7,
+    nasfpn_norm: str = "gn",
     fresh: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
@@ -337,7 +370,9 @@ def run_ablation(
     Args:
         out: output folder: ``data/`` (the synthetic set), ``runs/<neck>/`` (each training
             run, its ``last.pt`` and the neck's ``result.json``), ``ablation.json``, ``ablation.md``.
-        necks: which necks, in table order (names in :mod:`fpncli.modeling.necks.registry`).
+        necks: the rows, in table order: a neck (names in
+            :mod:`fpncli.modeling.necks.registry`), or ``neck+afp`` for that neck with
+            PANet's adaptive feature pooling (:func:`parse_row`).
         budget: scales iterations and data (:func:`budget_plan`); 1.0 is the CPU default.
         seed: one seed for the data, the initialisation and the sampling of every neck.
         data: a COCO-layout root (``annotations/instances_{train,val}*.json``) instead of
@@ -345,6 +380,7 @@ def run_ablation(
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         workers: data-loading processes during training.
         bifpn_repeats: BiFPN blocks.
+        nasfpn_stacks, nasfpn_norm: NAS-FPN stages and the norm after their convs.
         backend: COCO evaluation backend for recall and AP (see
             :func:`fpncli.engine.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
@@ -362,11 +398,16 @@ def run_ablation(
     necks = list(necks)
     if not necks:
         raise FpnError("no necks to compare")
-    unknown = [n for n in necks if n not in NECK_REGISTRY]
-    if unknown:
-        raise FpnError(f"unknown neck {unknown[0]!r}; choose from {', '.join(NECK_REGISTRY)}")
+    for name in necks:
+        parse_row(name)
     if len(set(necks)) != len(necks):
-        raise FpnError("a neck is listed twice")
+        raise FpnError("a row is listed twice")
+    if nasfpn_stacks < 1:
+        raise FpnError(f"--nasfpn-stacks must be at least 1, got {nasfpn_stacks}")
+    from fpncli.config import NASFPN_NORMS
+
+    if nasfpn_norm not in NASFPN_NORMS:
+        raise FpnError(f"unknown --nasfpn-norm {nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}")
     if workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {workers}")
     backend = resolve_backend(backend)  # a missing backend fails before any training
@@ -383,6 +424,8 @@ def run_ablation(
         "preset": "tiny",
         "data": str(data_root),
         "bifpn_repeats": bifpn_repeats,
+        "nasfpn_stacks": nasfpn_stacks,
+        "nasfpn_norm": nasfpn_norm,
         "timed_images": TIMED_IMAGES,
         "proposals": PROPOSALS,
         "pre_nms": "equal total over 5 levels",

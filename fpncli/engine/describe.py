@@ -31,6 +31,7 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
                 "used_by": used_by,
             }
         )
+    parts = model.parts()
     return {
         "backbone": cfg.backbone,
         "neck": cfg.neck,
@@ -44,6 +45,8 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,
         "parameters": count_parameters(model),
+        "parameters_by_part": {name: count_parameters(module) for name, module in parts.items()},
+        "roi_pooling": cfg.roi_pooling,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "num_classes": len(cfg.class_names),
         "min_size": cfg.min_size,
@@ -61,9 +64,11 @@ def describe_weights(
     neck: str | None = None,
     fpn_channels: int | None = None,
     num_classes: int = 80,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """:func:`describe_model` of the detector ``weights`` defines (``coco``, a path, or
-    ``none``: the ``preset`` with the given overrides and ``num_classes`` classes)."""
+    ``none``: the ``preset`` with the given overrides and ``num_classes`` classes; other
+    :class:`~fpncli.config.ModelConfig` fields in ``overrides``, ``None`` = the preset's)."""
     from fpncli.config import preset_config
     from fpncli.modeling.weights import load_detector
 
@@ -72,6 +77,7 @@ def describe_weights(
         backbone=backbone,
         neck=neck,
         fpn_channels=fpn_channels,
+        **overrides,
         class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
         category_ids=list(range(1, num_classes + 1)),
     )

@@ -91,14 +91,58 @@ class Detection:
     label: int
     name: str
     level: str
+    # Adaptive feature pooling models only: the level that won most fc6 units of the max
+    # fusion, and each RoI level's share of the units (finest first).
+    afp_level: str | None = None
+    afp_shares: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "box": [round(v, 2) for v in self.box],
             "score": round(self.score, 4),
             "label": self.label,
             "class": self.name,
             "level": self.level,
+        }
+        if self.afp_level is not None:
+            out["afp_level"] = self.afp_level
+            out["afp_shares"] = [round(v, 4) for v in self.afp_shares or []]
+        return out
+
+
+# COCO's size buckets (area in original-image pixels): small < 32^2 <= medium < 96^2 <= large.
+SIZE_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
+
+
+def size_bucket(box: list[float]) -> str:
+    """COCO size bucket of an xyxy box in original-image pixels."""
+    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+    return next(name for name, limit in SIZE_BUCKETS if area < limit)
+
+
+@dataclass
+class AFPLevels:
+    """For an adaptive-feature-pooling model: which RoI level won the max fusion for the
+    image's detections, next to the level Eqn. (1) would have chosen, per object size.
+
+    ``won[level][size]`` and ``equation[level][size]`` count detections; ``agree`` is how
+    many detections the two put on the same level.
+    """
+
+    levels: list[str]
+    won: dict[str, dict[str, int]]
+    equation: dict[str, dict[str, int]]
+    agree: int
+    total: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "levels": list(self.levels),
+            "sizes": [name for name, _ in SIZE_BUCKETS],
+            "won": self.won,
+            "equation": self.equation,
+            "agree": self.agree,
+            "detections": self.total,
         }
 
 
@@ -128,8 +172,15 @@ class ImageInspection:
     bottom_up_strides: dict[str, int] = field(default_factory=dict)
     score_thr: float = 0.0
     weights: str = ""
+    afp: AFPLevels | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out = self._to_json()
+        if self.afp is not None:
+            out["afp"] = self.afp.to_json()
+        return out
+
+    def _to_json(self) -> dict[str, Any]:
         return {
             "image": str(self.image_path),
             "image_size": list(self.image_size),
@@ -247,6 +298,10 @@ def inspect_image(
         )
         for box, score, label, k in zip(boxes.tolist(), scores.tolist(), labels.tolist(), det_levels)
     ]
+    afp = None
+    if model.config.roi_pooling == "afp":
+        step(progress, "re-pooling the detections from every level (adaptive feature pooling)")
+        afp = afp_level_selection(model, features, boxes * ratio, detections, image_list.image_sizes)
     det_counts = {name: 0 for name in roi_levels}
     for det in detections:
         det_counts[det.level] = det_counts.get(det.level, 0) + 1
@@ -299,4 +354,40 @@ def inspect_image(
         bottom_up_strides=bottom_strides,
         score_thr=score_thr,
         weights=weights,
+        afp=afp,
     )
+
+
+def afp_level_selection(
+    model: FPNFasterRCNN,
+    features: OrderedDict[str, Tensor],
+    input_boxes: Tensor,
+    detections: list[Detection],
+    image_sizes: list[tuple[int, int]],
+) -> AFPLevels:
+    """Fill ``afp_level`` / ``afp_shares`` of ``detections`` and count them per level and size.
+
+    Each detection's box (``input_boxes``: ``Tensor[N, 4]`` xyxy in model-input pixels) is
+    pooled from every RoI level and run through the AFP head's per-level fc6; a level "wins"
+    an fc6 unit when its response is the maximum the fusion keeps. The detection's level is
+    the one that wins most units. The head saw the detection's *proposal*, not its regressed
+    box (torchvision does not keep which proposal a detection came from); the box is what a
+    second pass would pool, and the two overlap by construction.
+    """
+    roi_levels = model.roi_levels
+    sizes = [name for name, _ in SIZE_BUCKETS]
+    won = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    equation = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    agree = 0
+    if detections:
+        device = next(iter(features.values())).device
+        with torch.inference_mode():
+            shares = model.afp_level_wins(features, input_boxes.to(device), image_sizes).float().cpu()
+        for det, row in zip(detections, shares.tolist()):
+            det.afp_shares = row
+            det.afp_level = roi_levels[max(range(len(row)), key=lambda i: row[i])]
+            bucket = size_bucket(det.box)
+            won[det.afp_level][bucket] += 1
+            equation[det.level][bucket] += 1
+            agree += det.afp_level == det.level
+    return AFPLevels(roi_levels, won, equation, agree, len(detections))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fpncli.engine.anchor_fit import AnchorFitReport
     from fpncli.engine.inspect_image import ImageInspection
 
-IMAGE_FILES = ("levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png")
+IMAGE_FILES = ("levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png", "afp_levels.png")
 DATASET_FILES = ("dataset_levels.json", "box_sizes.png", "coverage.png")
 
 
@@ -39,6 +39,7 @@ class InspectOptions:
     weights: str = "none"
     preset: str = "default"
     neck: str | None = None
+    roi_pooling: str | None = None
     num_classes: int = 80
     backbone_weights: str = "none"
     device: str = "auto"
@@ -56,6 +57,7 @@ class InspectOptions:
         return preset_config(
             self.preset,
             neck=self.neck,
+            roi_pooling=self.roi_pooling,
             class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
             category_ids=list(range(1, num_classes + 1)),
         )

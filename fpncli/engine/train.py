@@ -162,13 +162,28 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
         and not any(v is not None for v in overrides.values())
     ):
         return model, loaded.source
-    # Fine-tuning on other classes: same architecture, new box predictor.
     config = model.config.replace(class_names=names, category_ids=ids, **overrides)
     new = build_model(config, pretrained_backbone=model.norm == "frozen_bn")
+    if _other_architecture(model.config, config):
+        # Another neck or RoI pooling (an FPN run into nasfpn / afp): take what fits, say what is new.
+        from fpncli.modeling.weights import describe_transfer, transfer_state
+
+        report = transfer_state(new, model.state_dict())
+        return new, f"{loaded.source}: {describe_transfer(report, new)}"
+    # Fine-tuning on other classes: same architecture, new box predictor.
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("roi_heads.box_predictor.")}
     state.update({k: v for k, v in new.state_dict().items() if k.startswith("roi_heads.box_predictor.")})
     load_model_state(new, state, cfg.weights)
     return new, f"{loaded.source}, new box predictor for {len(names)} classes"
+
+
+def _other_architecture(old, new) -> bool:
+    """Whether ``new`` (a ModelConfig) changes the neck or the RoI pooling of ``old``."""
+    from fpncli.modeling.necks.registry import get_neck
+
+    options = set(get_neck(old.neck).options) | set(get_neck(new.neck).options)
+    fields = ("neck", "roi_pooling", *sorted(options))
+    return any(getattr(old, f) != getattr(new, f) for f in fields)
 
 
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -21,9 +21,10 @@ from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
 from fpncli.modeling.backbone import ResNetBottomUp
+from fpncli.modeling.box_head import AFPBoxHead
 from fpncli.modeling.levels import LevelSpec
 from fpncli.modeling.necks.registry import build_neck
-from fpncli.modeling.pooler import LevelRoIPooler
+from fpncli.modeling.pooler import AllLevelRoIPooler, LevelRoIPooler
 
 
 class BackboneWithNeck(nn.Module):
@@ -93,8 +94,8 @@ class FPNFasterRCNN(FasterRCNN):
             rpn_bg_iou_thresh=cfg.rpn_bg_iou_thresh,
             rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
             rpn_positive_fraction=cfg.rpn_positive_fraction,
-            box_roi_pool=LevelRoIPooler(roi_specs, pooled, cfg.roi_sampling_ratio, cfg.roi_aligned),
-            box_head=TwoMLPHead(channels * pooled * pooled, cfg.box_head_dim),
+            box_roi_pool=_roi_pooler(cfg, roi_specs),
+            box_head=_box_head(cfg, len(roi_specs), channels * pooled * pooled),
             box_predictor=FastRCNNPredictor(cfg.box_head_dim, cfg.num_classes),
             box_score_thresh=cfg.box_score_thresh,
             box_nms_thresh=cfg.box_nms_thresh,
@@ -333,6 +334,27 @@ class FPNFasterRCNN(FasterRCNN):
         post = torch.bincount(level_of[order], minlength=len(scores)).tolist()
         return pre, post
 
+    def parts(self) -> dict[str, nn.Module]:
+        """The model's parts by role, for ``fpn info``'s parameter counts."""
+        return {
+            "bottom-up": self.backbone.bottom_up,
+            "neck": self.backbone.neck,
+            "RPN head": self.rpn,
+            "box head": self.roi_heads.box_head,
+            "box predictor": self.roi_heads.box_predictor,
+        }
+
+    def afp_level_wins(
+        self, features: dict[str, Tensor], boxes: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """For an ``afp`` model: ``boxes`` (``Tensor[N, 4]`` xyxy, model-input pixels of image
+        0) pooled from every RoI level through the per-level fc6; returns ``Tensor[N, L]``,
+        the share of fused units each level won (see ``AFPBoxHead.level_wins``)."""
+        if self.config.roi_pooling != "afp":
+            raise ValueError("afp_level_wins needs a model with --roi-pooling afp")
+        pooled = self.roi_heads.box_roi_pool(features, [boxes], image_sizes)
+        return self.roi_heads.box_head.level_wins(pooled)
+
     def base_anchors(self, level: str) -> Tensor:
         """``Tensor[A, 4]`` xyxy anchors centred on 0 for an RPN level, ratio-major (all
         sizes of the first aspect ratio, then the next ...), as the anchor generator tiles them."""
@@ -365,6 +387,19 @@ class InferenceTrace:
     bottom_up: Any = None
     rpn_calls: list[RPNCall] = field(default_factory=list)
     output: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _roi_pooler(cfg: ModelConfig, roi_specs: list[LevelSpec]) -> LevelRoIPooler:
+    """Eqn. (1)'s one level per RoI (``level``) or every level per RoI (``afp``)."""
+    kind = AllLevelRoIPooler if cfg.roi_pooling == "afp" else LevelRoIPooler
+    return kind(roi_specs, cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned)
+
+
+def _box_head(cfg: ModelConfig, num_levels: int, in_features: int) -> nn.Module:
+    """torchvision's 2-FC head, or PANet's with a per-level fc6 and max fusion (``afp``)."""
+    if cfg.roi_pooling == "afp":
+        return AFPBoxHead(num_levels, in_features, cfg.box_head_dim)
+    return TwoMLPHead(in_features, cfg.box_head_dim)
 
 
 def _anchor_sizes_per_level(cfg: ModelConfig, num_levels: int) -> list[tuple[int, ...]]:

@@ -1,6 +1,10 @@
-"""RoIAlign over several pyramid levels, each RoI pooled from the level Eqn. (1) gives it."""
+"""RoIAlign over several pyramid levels: each RoI from the level Eqn. (1) gives it
+(:class:`LevelRoIPooler`, FPN), or each RoI from every level (:class:`AllLevelRoIPooler`,
+PANet's adaptive feature pooling; AugFPN's soft RoI selection pools the same way)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -71,6 +75,46 @@ class LevelRoIPooler(MultiScaleRoIAlign):
             sampling_ratio=self.sampling_ratio,
             aligned=self.aligned,
         )
+
+
+class AllLevelRoIPooler(LevelRoIPooler):
+    """Pools every RoI from every level (no level assignment).
+
+    The building block of PANet's adaptive feature pooling (and of AugFPN's soft RoI
+    selection): the box head that follows decides how the levels are combined.
+
+    Returns ``Tensor[N, L, C, S, S]`` (RoIs in the order of ``boxes``, levels finest first).
+    """
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]] | None = None,
+    ) -> Tensor:
+        """Pool RoIs from all levels.
+
+        Args:
+            features: ``name -> Tensor[B, C, H_l, W_l]`` (must contain every pooled level).
+            boxes: per image ``Tensor[N_i, 4]``, xyxy in input pixels.
+            image_shapes: unused; kept for torchvision's ``RoIHeads`` call signature.
+
+        Returns:
+            ``Tensor[sum N_i, L, C, S, S]``.
+        """
+        return pool_all_levels(features, boxes, self.levels, self._align)
+
+
+def pool_all_levels(
+    features: dict[str, Tensor],
+    boxes: list[Tensor],
+    levels: list[LevelSpec],
+    align: Callable[[Tensor, Tensor, LevelSpec], Tensor],
+) -> Tensor:
+    """``align(map, rois, spec)`` of all RoIs on each of ``levels``, stacked on dim 1:
+    ``Tensor[sum N_i, L, C, S, S]`` (an empty first dim when there are no boxes)."""
+    rois = _to_roi_format(boxes)
+    return torch.stack([align(features[spec.name], rois, spec) for spec in levels], dim=1)
 
 
 def _to_roi_format(boxes: list[Tensor]) -> Tensor:

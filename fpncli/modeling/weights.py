@@ -402,3 +402,67 @@ def _load_path(path: str, **overrides: Any) -> LoadedModel:
     model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
     load_model_state(model, state, path)
     return LoadedModel(model.eval(), source)
+
+
+def transfer_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor]) -> dict[str, Any]:
+    """Load into ``model`` every tensor of ``state_dict`` whose name and shape match, for
+    starting one architecture from another's checkpoint (``--weights`` of an FPN run into a
+    ``nasfpn`` neck or an ``afp`` box head).
+
+    A box head with per-level ``fc6.<l>`` (adaptive feature pooling) takes a plain ``fc6``
+    into every level: each level starts as the FPN head it replaces, so the max fusion
+    starts from a trained layer rather than noise.
+
+    Returns:
+        ``{"loaded": [names], "copied_fc6": int (levels given the plain fc6), "fresh": [names
+        left at their initialisation], "unused": [checkpoint names with no place]}``
+        (BatchNorm's ``num_batches_tracked`` counters left out everywhere).
+    """
+    own = model.state_dict()
+    take: dict[str, Tensor] = {}
+    unused = []
+    copied = 0
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key in own and own[key].shape == value.shape:
+            take[key] = value
+            continue
+        # roi_heads.box_head.fc6.weight -> roi_heads.box_head.fc6.<l>.weight for every level.
+        head, _, leaf = key.rpartition(".")
+        levels = [k for k in own if k.startswith(head + ".") and k.endswith("." + leaf)]
+        levels = [k for k in levels if k[len(head) + 1 : -len(leaf) - 1].isdigit()]
+        if head.endswith("box_head.fc6") and levels and all(own[k].shape == value.shape for k in levels):
+            take.update({k: value for k in levels})
+            copied = len(levels)
+            continue
+        unused.append(key)
+    model.load_state_dict(take, strict=False)
+    fresh = [k for k in own if k not in take and not k.endswith("num_batches_tracked")]
+    return {"loaded": sorted(take), "copied_fc6": copied, "fresh": fresh, "unused": unused}
+
+
+def describe_transfer(report: dict[str, Any], model: FPNFasterRCNN) -> str:
+    """One line for the run log: how many tensors came from the checkpoint, which modules
+    start fresh (with their parameter counts) and what of the checkpoint was not used."""
+    own = model.state_dict()
+
+    def group(key: str) -> str:
+        parts = key.split(".")
+        # backbone.neck.<part>, roi_heads.box_head.<layer>, roi_heads.box_predictor, ...
+        depth = 3 if parts[0] in ("backbone", "roi_heads") and parts[1] in ("neck", "box_head") else 2
+        return ".".join(parts[:depth])
+
+    fresh: dict[str, int] = {}
+    for key in report["fresh"]:
+        fresh[group(key)] = fresh.get(group(key), 0) + own[key].numel()
+    parts = [f"{len(report['loaded'])} tensors loaded"]
+    if report["copied_fc6"]:
+        parts.append(f"its fc6 copied into each of the {report['copied_fc6']} per-level fc6")
+    if fresh:
+        listed = ", ".join(f"{name} ({count:,})" for name, count in fresh.items())
+        parts.append(f"initialised fresh: {listed}")
+    if report["unused"]:
+        unused = sorted({group(k) for k in report["unused"]})
+        parts.append(f"not used from the file: {', '.join(unused)}")
+    return "; ".join(parts)

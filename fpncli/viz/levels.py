@@ -1,5 +1,5 @@
 """Pictures of pyramid levels: per-level heat maps, a pyramid montage, detections coloured by
-level, bottom-up vs top-down maps (one image), and box sizes vs anchors, coverage per level
+level, bottom-up vs top-down maps, adaptive feature pooling's level selection (one image), and box sizes vs anchors, coverage per level
 (a dataset). All saved as PNG with matplotlib's Agg backend (no display needed).
 
 Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fpncli.engine.inspect_image import ImageInspection
 
 DPI = 100
+AFP_MAX_BARS = 40
 
 
 def _plt():
@@ -186,6 +187,86 @@ def save_bottom_up_comparison(ins: ImageInspection, path: str | Path) -> Path | 
     return _save(plt, fig, path)
 
 
+def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
+    """Adaptive feature pooling's level selection (AFP models only, else None).
+
+    Left: the detections, each box coloured by the level that won most fc6 units of the
+    max fusion, labelled ``AFP pK | Eq.1 pJ``. Right: per detection (smallest at the top), the
+    share of fc6 units each RoI level won, with a black diamond on the level Eqn. (1) would pick
+    (the ``AFP_MAX_BARS`` best-scoring detections when there are more).
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    if ins.afp is None:
+        return None
+    plt = _plt()
+    levels = ins.afp.levels
+    colours = level_colours([row.name for row in ins.levels])
+    # The best-scoring ones when there are many (one bar each), smallest at the top.
+    best = sorted(ins.detections, key=lambda d: -d.score)[:AFP_MAX_BARS]
+    dets = sorted(best, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+    rows = max(len(dets), 1)
+    fig, (left, right) = plt.subplots(
+        1,
+        2,
+        figsize=(13, max(4.5, min(0.3 * rows + 1.5, 14))),
+        dpi=DPI,
+        width_ratios=[1.3, 1],
+        layout="constrained",
+    )
+    left.imshow(ins.image)
+    for det in dets:
+        x1, y1, x2, y2 = det.box
+        colour = colours.get(det.afp_level or "", "white")
+        left.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
+        left.text(
+            x1,
+            y1,
+            f"AFP {det.afp_level} | Eq.1 {det.level}",
+            fontsize=7,
+            color="white",
+            va="bottom",
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
+        )
+    left.set_axis_off()
+    left.set_title(
+        f"{ins.afp.total} detections (score >= {ins.score_thr:g}), coloured by\nthe level that won "
+        f"the max fusion; {ins.afp.agree} agree with Eqn. (1)",
+        fontsize=9,
+    )
+    y = np.arange(len(dets))[::-1]
+    left_edge = np.zeros(len(dets))
+    for i, name in enumerate(levels):
+        share = np.asarray([(d.afp_shares or [0.0] * len(levels))[i] for d in dets])
+        right.barh(y, share, left=left_edge, color=colours[name], label=name)
+        left_edge += share
+    for yi, det in zip(y, dets):
+        if det.level in levels and det.afp_shares:
+            k = levels.index(det.level)
+            middle = sum(det.afp_shares[:k]) + det.afp_shares[k] / 2
+            right.plot([middle], [yi], marker="D", color="black", markersize=4)
+    right.set_yticks(
+        y, [f"{d.name} {np.sqrt(max((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), 0)):.0f}px" for d in dets]
+    )
+    right.tick_params(axis="y", labelsize=7)
+    right.set_xlim(0, 1)
+    shown = f" ({len(dets)} best-scoring shown)" if len(dets) < len(ins.detections) else ""
+    right.set_xlabel(f"share of fc6 units won by each level{shown}\nblack diamond: the level Eqn. (1) picks")
+    right.legend(
+        handles=[Patch(facecolor=colours[n], label=n) for n in levels],
+        fontsize=8,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(levels),
+        frameon=False,
+    )
+    if not dets:
+        right.set_ylim(-1, 1)
+        right.text(0.5, 0.5, "no detections", ha="center", va="center", transform=right.transAxes)
+    fig.suptitle("Adaptive feature pooling: which level each detection's features came from", fontsize=10)
+    return _save(plt, fig, path)
+
+
 def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     """Every picture of one inspected image: heat maps, pyramid montage, detections, and the
     bottom-up comparison when the inspection kept bottom-up maps."""
@@ -197,6 +278,9 @@ def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
         compared = save_bottom_up_comparison(ins, out / "bottom_up_vs_top_down.png")
         if compared is not None:
             written.append(compared)
+    afp = save_afp_levels(ins, out / "afp_levels.png")
+    if afp is not None:
+        written.append(afp)
     return written
 
 

@@ -66,6 +66,14 @@ def _bifpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     return BiFPN(in_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats)  # type: ignore[arg-type]
 
 
+def _nasfpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.necks.nasfpn import NASFPN
+
+    if cfg.nasfpn_stacks < 1:
+        raise FpnError(f"nasfpn_stacks must be at least 1, got {cfg.nasfpn_stacks}")
+    return NASFPN(in_specs, cfg.fpn_channels, stacks=cfg.nasfpn_stacks, norm=cfg.nasfpn_norm)  # type: ignore[arg-type]
+
+
 def _single(level: str) -> Builder:
     def build(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
         from fpncli.modeling.necks.single import SingleScale
@@ -92,6 +100,14 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             _bifpn,
             "BiFPN: repeated weighted top-down/bottom-up blocks (Tan et al. 2020)",
             options=("bifpn_repeats",),
+        ),
+        NeckEntry(
+            "nasfpn",
+            _nasfpn,
+            "NAS-FPN: the searched merging-cell graph (Ghiasi et al. 2019), stacked, run on P2-P6",
+            options=("nasfpn_stacks", "nasfpn_norm"),
+            # Opt-in (`--necks ...,nasfpn`): 7 stacks double the default ablation's time.
+            ablation=False,
         ),
     )
 }
