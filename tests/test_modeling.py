@@ -137,3 +137,25 @@ def test_bad_configuration_is_a_clear_error(overrides, message):
         setattr(cfg, key, value)
     with pytest.raises(FpnError, match=message):
         build_model(cfg)
+
+
+def test_fine_tuning_on_other_classes_keeps_everything_but_the_box_predictor(tiny_config):
+    from fpncli.modeling.detector import build_model
+
+    torch.manual_seed(0)
+    trained = build_model(tiny_config)
+    torch.manual_seed(1)
+    new = build_model(tiny_config.replace(class_names=["x", "y"], category_ids=[7, 9]))
+    predictor = {k: v.clone() for k, v in new.roi_heads.box_predictor.state_dict().items()}
+    new.load_all_but_box_predictor(trained)
+    ours, theirs = new.state_dict(), trained.state_dict()
+    for key, value in ours.items():
+        if key.startswith("roi_heads.box_predictor."):
+            assert torch.equal(value, predictor[key[len("roi_heads.box_predictor.") :]])
+        else:
+            assert torch.equal(value, theirs[key]), key
+    assert new.roi_heads.box_predictor.cls_score.out_features == 3  # 2 classes + background
+    # Another architecture is not "the same model with other classes": refused loudly.
+    other = build_model(tiny_config.replace(fpn_channels=tiny_config.fpn_channels * 2))
+    with pytest.raises(RuntimeError):
+        other.load_all_but_box_predictor(trained)

@@ -146,7 +146,7 @@ class _Batches:
 def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]:
     """A detector for the dataset's classes, from the configured weights."""
     from fpncli.modeling.detector import build_model
-    from fpncli.modeling.weights import load_detector, load_model_state
+    from fpncli.modeling.weights import load_detector
 
     names, ids = list(categories.names), list(categories.category_ids)
     overrides = cfg.model_overrides()
@@ -171,9 +171,7 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
         report = transfer_state(new, model.state_dict())
         return new, f"{loaded.source}: {describe_transfer(report, new)}"
     # Fine-tuning on other classes: same architecture, new box predictor.
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("roi_heads.box_predictor.")}
-    state.update({k: v for k, v in new.state_dict().items() if k.startswith("roi_heads.box_predictor.")})
-    load_model_state(new, state, cfg.weights)
+    new.load_all_but_box_predictor(model)
     return new, f"{loaded.source}, new box predictor for {len(names)} classes"
 
 

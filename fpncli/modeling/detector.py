@@ -334,6 +334,14 @@ class FPNFasterRCNN(FasterRCNN):
         post = torch.bincount(level_of[order], minlength=len(scores)).tolist()
         return pre, post
 
+    def load_all_but_box_predictor(self, other: FPNFasterRCNN) -> None:
+        """Copy every weight of ``other`` (same architecture) except the box predictor, whose
+        shape depends on the classes: fine-tuning on another label set."""
+        own = self.roi_heads.box_predictor.state_dict()
+        state = {k: v for k, v in other.state_dict().items() if not k.startswith("roi_heads.box_predictor.")}
+        state.update({f"roi_heads.box_predictor.{k}": v for k, v in own.items()})
+        self.load_state_dict(state)
+
     def parts(self) -> dict[str, nn.Module]:
         """The model's parts by role, for ``fpn info``'s parameter counts."""
         return {
