@@ -8,8 +8,9 @@ Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DPI = 100
 AFP_MAX_BARS = 40
+
+
+def _labelled_box(ax: Any, box: Sequence[float], label: str, colour: str | tuple[Any, ...]) -> None:
+    """An xyxy box outline with its label on a filled tag at the top-left corner."""
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = box
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
+    ax.text(
+        x1,
+        y1,
+        label,
+        fontsize=7,
+        color="white",
+        va="bottom",
+        bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
+    )
 
 
 def _plt():
@@ -123,7 +141,7 @@ def save_pyramid_montage(ins: ImageInspection, path: str | Path) -> Path:
 def save_detections(ins: ImageInspection, path: str | Path) -> Path:
     """The image with its detections, each box coloured by the level Eqn. (1) assigns it,
     and a legend with the count per level."""
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
     plt = _plt()
     names = [row.name for row in ins.levels if row.detections is not None]
@@ -133,18 +151,7 @@ def save_detections(ins: ImageInspection, path: str | Path) -> Path:
     counts = {name: 0 for name in names}
     for det in ins.detections:
         counts[det.level] = counts.get(det.level, 0) + 1
-        x1, y1, x2, y2 = det.box
-        colour = colours.get(det.level, "white")
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
-        ax.text(
-            x1,
-            y1,
-            f"{det.name} {det.score:.2f}",
-            fontsize=7,
-            color="white",
-            va="bottom",
-            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
-        )
+        _labelled_box(ax, det.box, f"{det.name} {det.score:.2f}", colours.get(det.level, "white"))
     handles = [
         Patch(facecolor=colours[n], label=f"{n} (stride {ins.strides[n]}): {counts[n]}") for n in names
     ]
@@ -195,7 +202,7 @@ def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     share of fc6 units each RoI level won, with a black diamond on the level Eqn. (1) would pick
     (the ``AFP_MAX_BARS`` best-scoring detections when there are more).
     """
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
     if ins.afp is None:
         return None
@@ -216,18 +223,8 @@ def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     )
     left.imshow(ins.image)
     for det in dets:
-        x1, y1, x2, y2 = det.box
-        colour = colours.get(det.afp_level or "", "white")
-        left.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
-        left.text(
-            x1,
-            y1,
-            f"AFP {det.afp_level} | Eq.1 {det.level}",
-            fontsize=7,
-            color="white",
-            va="bottom",
-            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
-        )
+        label = f"AFP {det.afp_level} | Eq.1 {det.level}"
+        _labelled_box(left, det.box, label, colours.get(det.afp_level or "", "white"))
     left.set_axis_off()
     left.set_title(
         f"{ins.afp.total} detections (score >= {ins.score_thr:g}), coloured by\nthe level that won "

@@ -9,6 +9,21 @@ from torch import Tensor, nn
 from fpncli.modeling.levels import LevelSpec, check_strides
 
 
+def pyramid_specs(
+    in_specs: dict[str, LevelSpec], names: list[str], channels: int
+) -> OrderedDict[str, LevelSpec]:
+    """The pyramid over bottom-up levels ``names`` (``c2``..``c5``): one ``p<k>`` per input at
+    its stride, plus one coarser level at twice the last stride (the paper's P6), all
+    ``channels`` wide, finest first."""
+    specs: OrderedDict[str, LevelSpec] = OrderedDict()
+    for name in names:
+        level = "p" + name[1:]
+        specs[level] = LevelSpec(level, channels, in_specs[name].stride)
+    top = f"p{int(names[-1][1:]) + 1}"
+    specs[top] = LevelSpec(top, channels, in_specs[names[-1]].stride * 2)
+    return specs
+
+
 class Neck(nn.Module):
     """Base class of necks.
 

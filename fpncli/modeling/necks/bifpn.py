@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks.base import Neck
+from fpncli.modeling.necks.base import Neck, pyramid_specs
 
 
 class WeightedFusion(nn.Module):
@@ -126,12 +126,7 @@ class BiFPN(Neck):
             assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
-        self.output_specs = OrderedDict()
-        for name in self.in_names:
-            level = "p" + name[1:]
-            self.output_specs[level] = LevelSpec(level, channels, in_specs[name].stride)
-        top = f"p{int(self.in_names[-1][1:]) + 1}"
-        self.output_specs[top] = LevelSpec(top, channels, in_specs[self.in_names[-1]].stride * 2)
+        self.output_specs = pyramid_specs(in_specs, self.in_names, channels)
         self.layers = nn.ModuleList(BiFPNLayer(len(self.output_specs), channels) for _ in range(repeats))
         self.rpn_levels = list(self.output_specs)
         self.roi_levels = self.rpn_levels[:-1]

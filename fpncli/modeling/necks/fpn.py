@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks.base import Neck
+from fpncli.modeling.necks.base import Neck, pyramid_specs
 
 
 class FPN(Neck):
@@ -36,13 +36,7 @@ class FPN(Neck):
             # torchvision's FPN initialisation, so from-scratch runs match its behaviour.
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.constant_(conv.bias, 0)
-        self.output_specs = OrderedDict()
-        for name in names:
-            level = "p" + name[1:]
-            self.output_specs[level] = LevelSpec(level, channels, in_specs[name].stride)
-        top = in_specs[names[-1]].stride
-        top_name = f"p{int(names[-1][1:]) + 1}"
-        self.output_specs[top_name] = LevelSpec(top_name, channels, top * 2)
+        self.output_specs = pyramid_specs(in_specs, names, channels)
         self.rpn_levels = list(self.output_specs)
         self.roi_levels = self.rpn_levels[:-1]  # P6 is for the RPN only
         self.check_contract()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks.base import Neck
+from fpncli.modeling.necks.base import Neck, pyramid_specs
 
 # The searched stage as TF Model Garden writes it (NASFPN_BLOCK_SPECS), with node indices
 # 0..4 = the five input levels (finest first) and each block appending one node:
@@ -185,12 +185,7 @@ class NASFPN(Neck):
             for n in self.in_names
         )
         self.stages = nn.ModuleList(NASFPNStage(channels, norm) for _ in range(stacks))
-        self.output_specs = OrderedDict()
-        for name in self.in_names:
-            level = "p" + name[1:]
-            self.output_specs[level] = LevelSpec(level, channels, in_specs[name].stride)
-        top = f"p{int(self.in_names[-1][1:]) + 1}"
-        self.output_specs[top] = LevelSpec(top, channels, in_specs[self.in_names[-1]].stride * 2)
+        self.output_specs = pyramid_specs(in_specs, self.in_names, channels)
         self.rpn_levels = list(self.output_specs)
         self.roi_levels = self.rpn_levels[:-1]
         self.check_contract()
