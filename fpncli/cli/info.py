@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from fpncli.cli.common import (
+    ModelWeightsOption,
     NASFPNNormOption,
     NASFPNStacksOption,
     NeckOption,
@@ -28,7 +29,7 @@ EPILOG = (
 
 @handle_errors
 def info(
-    weights: Annotated[str, typer.Option(help="coco, none, or a checkpoint / state-dict path.")] = "none",
+    weights: ModelWeightsOption = "none",
     preset: Annotated[
         str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
     ] = "default",

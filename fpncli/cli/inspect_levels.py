@@ -13,6 +13,7 @@ from rich.markup import escape as esc
 
 from fpncli.cli.common import (
     DeviceOption,
+    ModelWeightsOption,
     NeckOption,
     RoIPoolingOption,
     console,
@@ -64,7 +65,7 @@ def inspect_levels(
             help="COCO annotation file: check every box against the anchors and levels (no model needed).",
         ),
     ] = None,
-    weights: Annotated[str, typer.Option(help="coco, none, or a checkpoint / state-dict path.")] = "none",
+    weights: ModelWeightsOption = "none",
     preset: Annotated[
         str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
     ] = "default",

@@ -155,7 +155,10 @@ def _forward(
     model: FPNFasterRCNN, items: list[_Item], device: torch.device, half: bool
 ) -> list[dict[str, Tensor]]:
     """The model's detections for prepared images (see ``FPNFasterRCNN.detect_prepared``)."""
-    images = [it.prepared.to(device, non_blocking=True) for it in items if it.prepared is not None]
+    images = []
+    for it in items:
+        assert it.prepared is not None  # only prepared images are batched (errors never are)
+        images.append(it.prepared.to(device, non_blocking=True))
     return model.detect_prepared(images, [it.size for it in items], half=half)
 
 
