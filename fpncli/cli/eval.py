@@ -81,8 +81,6 @@ def eval_coco(
         max_images=max_images,
         half=half,
     )
-    for note in options.check():
-        err_console.print(f"note: {note}", style="yellow", markup=False)
     with Progress(
         TextColumn("detecting"),
         BarColumn(),
@@ -95,9 +93,7 @@ def eval_coco(
         disable=results is not None or int(os.environ.get("RANK", "0")) != 0,
     ) as bar:
         task = bar.add_task("detect", total=None)
-        metrics = run_eval(
-            options, progress=lambda e: bar.update(task, completed=e["done"], total=e["total"])
-        )
+        metrics = run_eval(options, progress=lambda event: _show(event, bar, task))
     if metrics is None:
         return  # under torchrun, a rank other than 0: rank 0 reports
     if as_json:
@@ -113,6 +109,13 @@ def eval_coco(
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
+
+
+def _show(event: dict[str, Any], bar: Any, task: Any) -> None:
+    if event["event"] == "warning":
+        err_console.print(f"note: {event['message']}", style="yellow", markup=False)
+    elif event["event"] == "image":
+        bar.update(task, completed=event["done"], total=event["total"])
 
 
 def _fmt(v: float) -> str:

@@ -572,14 +572,17 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     """``fpn eval``: check the options and outputs before any work, then evaluate the results
     file, or load the model and evaluate it (sharded over the processes under torchrun).
 
-    ``progress`` gets ``{"event": "image", "done", "total"}`` after each image of a model run. Returns the metrics (see
+    ``progress`` gets ``{"event": "warning", "message"}`` for ignored options and
+    ``{"event": "image", "done", "total"}`` after each image of a model run. Returns the metrics (see
     :func:`evaluate_results`), or None on torchrun ranks other than 0 (rank 0 reports).
     """
     import os as _os
 
     from fpncli.outputs import check_outputs
 
-    options.check()
+    for note in options.check():
+        if progress is not None:
+            progress({"event": "warning", "message": note})
     out = options.out
     weights = options.weights
     # Results mode writes no detections.json: `--results OUT/detections.json --out OUT`
