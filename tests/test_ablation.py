@@ -130,8 +130,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
 
     with pytest.raises(FpnError, match="unknown neck 'fpx'"):
         run_ablation(tmp_path / "a", ["fpn", "fpx"])
-    with pytest.raises(FpnError, match="unknown RoI pooling 'soft'"):
-        run_ablation(tmp_path / "a", ["fpn+soft"])
+    with pytest.raises(FpnError, match="unknown modifier 'xyz'"):
+        run_ablation(tmp_path / "a", ["fpn+xyz"])
     with pytest.raises(FpnError, match="the c4 neck has one"):
         run_ablation(tmp_path / "a", ["c4+afp"])
     with pytest.raises(FpnError, match="listed twice"):
@@ -197,7 +197,10 @@ def test_ablation_end_to_end(tmp_path):
 def test_rows_name_a_neck_and_its_roi_pooling():
     from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS, _train_key, parse_row
 
-    assert parse_row("panet+afp") == ("panet", "afp") and parse_row("nasfpn") == ("nasfpn", "level")
+    assert parse_row("panet+afp") == ("panet", {"roi_pooling": "afp"}) and parse_row("nasfpn") == (
+        "nasfpn",
+        {},
+    )
     assert {"nasfpn", "fpn+afp", "panet+afp"} <= set(SURVEY_ROWS)
     assert set(DEFAULT_ROWS) == {"c4", "c5", "fpn", "panet", "bifpn"}  # the budgeted default run
     settings = {

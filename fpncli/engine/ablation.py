@@ -58,20 +58,41 @@ PYRAMID_LEVELS = 5  # P2..P6: the RPN candidates every neck is given (see equal_
 AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
 
 
-def parse_row(row: str) -> tuple[str, str]:
-    """``"panet+afp"`` -> ``("panet", "afp")``; ``"fpn"`` -> ``("fpn", "level")``. A bad
-    neck or pooling, or afp on a single-scale neck, is a one-line :class:`FpnError`."""
-    from fpncli.config import ROI_POOLINGS
+# What a "+name" suffix of a row changes in the model config, on top of the neck. Each
+# survey option that is not a neck (an RoI pooling, a backbone change) adds an entry here;
+# a row is "neck" or "neck+mod[+mod...]".
+ROW_MODIFIERS: dict[str, dict[str, Any]] = {
+    "afp": {"roi_pooling": "afp"},
+}
+# Rows that name a modifier alone, and the row they stand for.
+ROW_ALIASES: dict[str, str] = {}
 
-    neck, _, pooling = row.partition("+")
-    pooling = pooling or "level"
+
+def parse_row(row: str) -> tuple[str, dict[str, Any]]:
+    """A row name -> (neck, model-config overrides of its modifiers).
+
+    ``"panet+afp"`` -> ``("panet", {"roi_pooling": "afp"})``; ``"fpn"`` -> ``("fpn", {})``.
+    A bad neck or modifier, or afp on a single-scale neck, is a one-line :class:`FpnError`.
+    """
+    neck, *mods = ROW_ALIASES.get(row, row).split("+")
     if neck not in NECK_REGISTRY:
         raise FpnError(f"unknown neck {neck!r} in row {row!r}; choose from {', '.join(NECK_REGISTRY)}")
-    if pooling not in ROI_POOLINGS:
-        raise FpnError(f"unknown RoI pooling {pooling!r} in row {row!r}; write NECK or NECK+afp")
-    if pooling == "afp" and get_neck(neck).single_scale:
+    overrides: dict[str, Any] = {}
+    for mod in mods:
+        if mod not in ROW_MODIFIERS:
+            raise FpnError(
+                f"unknown modifier {mod!r} in row {row!r}; write NECK or NECK+MOD with MOD one of "
+                + ", ".join(ROW_MODIFIERS)
+            )
+        overrides.update(ROW_MODIFIERS[mod])
+    if overrides.get("roi_pooling") == "afp" and get_neck(neck).single_scale:
         raise FpnError(f"row {row!r}: afp pools from several levels; the {neck} neck has one")
-    return neck, pooling
+    return neck, overrides
+
+
+def row_pooling(row: str) -> str:
+    """The RoI pooling of a row (``level`` unless a modifier changes it)."""
+    return str(parse_row(row)[1].get("roi_pooling", "level"))
 
 
 def budget_plan(budget: float = 1.0) -> dict[str, int]:
@@ -236,12 +257,13 @@ def _prepare_data(out: Path, data: str | None, plan: dict[str, int], seed: int, 
 def _train_key(settings: dict[str, Any], row: str) -> dict[str, Any]:
     """What decides a row's trained weights (measurement settings are left out, so changing
     how necks are measured re-measures the saved checkpoints instead of retraining)."""
-    neck, pooling = parse_row(row)
+    neck, overrides = parse_row(row)
     keys = ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")
     key = {k: settings[k] for k in keys}
     key["neck"] = neck
-    if pooling != "level":  # absent for Eqn. (1), so runs made before this option still match
-        key["roi_pooling"] = pooling
+    # Only the modifiers' overrides (none for a plain neck), so runs made before an option
+    # existed still match.
+    key.update(overrides)
     for option in get_neck(neck).options:
         key[option] = settings[option]
     return key
@@ -279,9 +301,10 @@ def _neck_result(
     from fpncli.modeling.detector import count_parameters
     from fpncli.modeling.weights import load_detector
 
-    neck, pooling = parse_row(row)
+    neck, overrides = parse_row(row)
+    pooling = row_pooling(row)
     model_overrides = {option: settings[option] for option in get_neck(neck).options}
-    model_overrides["roi_pooling"] = pooling
+    model_overrides.update(overrides)
     cfg = TrainConfig(
         out=str(run),
         data=str(data_root),
