@@ -150,16 +150,17 @@ def test_resized_size_matches_the_models_transform():
         assert resized_size(int(h), int(w), 256, 384) == tuple(out.shape[-2:])
 
 
-@pytest.mark.parametrize("neck", ["fpn", "c4"])
-def test_best_anchor_iou_equals_brute_force(neck):
+@pytest.mark.parametrize("neck,grid", [("fpn", "stride"), ("c4", "stride"), ("fpn", "torchvision")])
+def test_best_anchor_iou_equals_brute_force(neck, grid):
     """The nearest-grid-point shortcut against the full IoU matrix with every anchor that
-    the model's own anchor generator makes."""
+    the model's own anchor generator makes (torchvision's grid: P6 of a 96-px side has 2 cells
+    48 px apart, not 64)."""
     from torchvision.models.detection.image_list import ImageList
     from torchvision.ops import box_iou
 
     if neck not in NECKS:
         pytest.skip(f"neck {neck} not available")
-    cfg = _cfg(neck=neck, min_size=128, max_size=192)
+    cfg = _cfg(neck=neck, min_size=128, max_size=192, anchor_grid=grid)
     layout = anchor_layout(cfg)
     torch.manual_seed(0)
     generator = build_model(cfg).rpn.anchor_generator

@@ -130,7 +130,9 @@ def best_anchor_iou(
         boxes: ``float[N, 4]`` xyxy in the model's input pixels (after resizing), positive area.
         padded: ``int[N, 2]`` the padded input ``(h, w)`` of each box's image: level ``l``
             has ``ceil(h / stride) x ceil(w / stride)`` cells and anchors centred at
-            ``(col * stride, row * stride)``, as torchvision places them. (The image padded
+            ``(col * step, row * step)``: ``step`` is the stride, or with the config's
+            ``anchor_grid="torchvision"`` ``padded // cells`` per axis, as the model's anchor
+            generator places them. (The image padded
             alone, as at inference; a training batch pads to its largest image, which only
             adds anchors beyond this image's right and bottom edges.)
         layout: from :func:`anchor_layout`.
@@ -145,16 +147,21 @@ def best_anchor_iou(
     best = np.zeros(n)
     which = np.zeros(n, dtype=np.int64)
     box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    torchvision_grid = layout.config.anchor_grid == "torchvision"
     for index, shape in enumerate(layout.shapes):
         ax1, ay1, ax2, ay2 = shape.offsets
         s = shape.stride
         overlap = []
         for axis, (a1, a2) in enumerate(((ax1, ax2), (ay1, ay2))):
             b1, b2 = boxes[:, axis], boxes[:, axis + 2]
-            cells = np.ceil(padded[:, 1 - axis] / s)  # padded is (h, w): x uses w
+            side = padded[:, 1 - axis]  # padded is (h, w): x uses w
+            cells = np.ceil(side / s)
+            # torchvision's grid spaces anchors by padded size // cells, which is not the
+            # level's stride where the map was rounded up (P6 of a 96-px side: 2 cells, 48 px).
+            step = np.floor(side / cells) if torchvision_grid else np.full(n, float(s))
             aligned = (b1 + b2) / 2 - (a1 + a2) / 2  # centre where the anchor lines up with the box
-            lower = np.clip(np.floor(aligned / s), 0, cells - 1) * s
-            upper = np.clip(np.floor(aligned / s) + 1, 0, cells - 1) * s
+            lower = np.clip(np.floor(aligned / step), 0, cells - 1) * step
+            upper = np.clip(np.floor(aligned / step) + 1, 0, cells - 1) * step
             o_lower = np.clip(np.minimum(b2, lower + a2) - np.maximum(b1, lower + a1), 0, None)
             o_upper = np.clip(np.minimum(b2, upper + a2) - np.maximum(b1, upper + a1), 0, None)
             overlap.append(np.maximum(o_lower, o_upper))
