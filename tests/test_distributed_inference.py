@@ -26,7 +26,8 @@ from fpncli.engine.distributed_inference import predict_sharded
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Each process runs `python -m fpncli ARGS` for each command line in turn (exit codes saved);
-# in the third run rank 1 crashes after sending its first two results.
+# in the third run rank 1 is given other images; in the fourth it crashes after sending its
+# first two results.
 SCRIPT = textwrap.dedent("""
     import json, os, runpy, sys, time
     commands, codes_file = json.loads(sys.argv[1]), sys.argv[2]
@@ -34,6 +35,8 @@ SCRIPT = textwrap.dedent("""
     codes = []
     for n, args in enumerate(commands):
         if n == 2 and rank == 1:
+            args = [a.replace("/val", "/val_few") for a in args]
+        if n == 3 and rank == 1:
             import fpncli.engine.predict as P
             real = P.predict_images
             def dying(*a, **k):
@@ -68,6 +71,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     synthesize(root / "data", train=0, val=8, seed=0)
     (root / "data" / "val" / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "data" / "val_few").mkdir()
+    for name in ("000000.png", "000002.png"):
+        (root / "data" / "val_few" / name).write_bytes((root / "data" / "val" / name).read_bytes())
     cfg = preset_config(
         "tiny",
         min_size=96,
@@ -89,6 +95,7 @@ def _commands(root: Path, weights: Path, tag: str) -> list[list[str]]:
     return [
         [*detect, "--out", str(root / f"det-{tag}"), *coco],
         [*evaluate, "--device", "cpu", "--batch-size", "1", "--out", str(root / f"eval-{tag}")],
+        [*detect, "--out", str(root / f"other-{tag}"), "--no-draw", "--quiet"],
         [*detect, "--out", str(root / f"die-{tag}"), "--no-draw", "--quiet"],
     ]
 
@@ -157,7 +164,7 @@ def test_eval_under_torchrun_gives_the_single_process_numbers(runs):
 
 def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     root, _, proc, codes = runs
-    assert proc.returncode != 0 and codes[0][2:] == [1], proc.stderr[-3000:]
+    assert proc.returncode != 0 and codes[0][3:] == [1], proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert any("rank 1 of 2 stopped" in line for line in errors), proc.stderr[-3000:]
     kept = _json(root / "die-dist" / "predictions.json")
@@ -167,6 +174,14 @@ def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     assert files == [str(root / "data" / "val" / f"00000{i}.png") for i in range(5)]
     without_ids = [{k: v for k, v in r.items() if k != "image_id"} for r in one["images"]]
     assert kept["images"] == [r for r in without_ids if r["file"] in files]
+
+
+def test_ranks_given_different_inputs_refuse_before_any_work(runs):
+    root, _, proc, codes = runs
+    assert codes[0][2] == 1 and codes[1][2] == 1, proc.stderr[-3000:]  # both ranks refuse
+    errors = [line for line in proc.stderr.splitlines() if "were given different inputs" in line]
+    assert errors and "rank 0: 8, rank 1: 2" in errors[0], proc.stderr[-3000:]
+    assert _json(root / "other-dist" / "predictions.json") == {"images": [], "errors": []}  # no image ran
 
 
 def test_single_process_is_predict_images_with_the_local_hook(tiny_model, tmp_path):
