@@ -199,8 +199,8 @@ class ModelConfig:
         ]
         if switched_off and self.neck != "augfpn":
             raise FpnError(
-                f"{' and '.join(switched_off)} switch off parts of AugFPN; the {self.neck} neck has none "
-                "(use --neck augfpn)"
+                f"{' and '.join(switched_off)}: only for --neck augfpn (the {self.neck} neck has no "
+                "AugFPN parts to switch off)"
             )
 
     @property

@@ -368,6 +368,15 @@ class FPNFasterRCNN(FasterRCNN):
         aux = getattr(self.roi_heads, "aux_head", None)
         return {"auxiliary box head": aux} if aux is not None else {}
 
+    def training_only_parameters(self) -> dict[str, int]:
+        """Parameters of each training-only module the configuration trains, counted on a
+        freshly built copy when this (inference-only) model has dropped them."""
+        parts = self.training_only_parts()
+        if not parts and self.config.consistent_supervision:
+            specs = [self.levels[n] for n in self.roi_levels]
+            parts = {"auxiliary box head": _auxiliary_head(self.config, specs, self.backbone.out_channels)}
+        return {name: count_parameters(module) for name, module in parts.items()}
+
     def drop_training_only(self) -> FPNFasterRCNN:
         """Remove the training-only modules (their weights leave ``state_dict()`` too): what
         inference and exported models carry. Training such a model runs without them."""
@@ -453,17 +462,6 @@ def _consistent_supervision_heads(
     cfg: ModelConfig, heads: nn.Module, roi_specs: list[LevelSpec], channels: int
 ) -> ConsistentSupervisionRoIHeads:
     """torchvision's RoI heads as ``FasterRCNN`` built them, plus AugFPN's auxiliary head."""
-    pooled = cfg.roi_output_size
-    aux = AuxiliaryBoxHead(
-        roi_specs,
-        channels * pooled * pooled,
-        cfg.box_head_dim,
-        cfg.num_classes,
-        alpha=cfg.augfpn_cs_alpha,
-        output_size=pooled,
-        sampling_ratio=cfg.roi_sampling_ratio,
-        aligned=cfg.roi_aligned,
-    )
     return ConsistentSupervisionRoIHeads(
         heads.box_roi_pool,
         heads.box_head,
@@ -476,7 +474,21 @@ def _consistent_supervision_heads(
         cfg.box_score_thresh,
         cfg.box_nms_thresh,
         cfg.box_detections_per_img,
-        aux_head=aux,
+        aux_head=_auxiliary_head(cfg, roi_specs, channels),
+    )
+
+
+def _auxiliary_head(cfg: ModelConfig, roi_specs: list[LevelSpec], channels: int) -> AuxiliaryBoxHead:
+    pooled = cfg.roi_output_size
+    return AuxiliaryBoxHead(
+        roi_specs,
+        channels * pooled * pooled,
+        cfg.box_head_dim,
+        cfg.num_classes,
+        alpha=cfg.augfpn_cs_alpha,
+        output_size=pooled,
+        sampling_ratio=cfg.roi_sampling_ratio,
+        aligned=cfg.roi_aligned,
     )
 
 
