@@ -242,6 +242,15 @@ def train(
     )
 
 
+def _other_losses(event: dict[str, Any]) -> str:
+    """`` aux 0.123``: the sum of the losses beyond torchvision's four (AugFPN's auxiliary
+    head), or nothing."""
+    from fpncli.engine.trainer import LOSS_KEYS
+
+    other = [v for k, v in event.items() if k.startswith("loss_") and k not in LOSS_KEYS]
+    return f" aux {sum(other):.3f}" if other else ""
+
+
 class TrainDisplay:
     """Rich live display: progress bar with ETA, losses, lr and images/s; warnings and evals
     printed above it."""
@@ -281,7 +290,7 @@ class TrainDisplay:
                 fields["status"] = (
                     f"loss {event['loss']:.3f} (cls {event['loss_classifier']:.3f} "
                     f"box {event['loss_box_reg']:.3f} obj {event['loss_objectness']:.3f} "
-                    f"rpn {event['loss_rpn_box_reg']:.3f})  lr {event['lr']:.2e}  "
+                    f"rpn {event['loss_rpn_box_reg']:.3f}{_other_losses(event)})  lr {event['lr']:.2e}  "
                     f"{event['images_per_s']:.1f} img/s"
                 )
             self.progress.update(self.task, completed=event["iter"], **fields)
