@@ -102,14 +102,16 @@ class ConsistentSupervisionRoIHeads(RoIHeads):
         self.aux_head: AuxiliaryBoxHead | None = aux_head
         self._sampled: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
 
-    def select_training_samples(self, proposals, targets):  # type: ignore[no-untyped-def]  # torchvision's signature
+    def select_training_samples(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
         proposals, matched_idxs, labels, regression_targets = super().select_training_samples(
             proposals, targets
         )
         self._sampled = (proposals, labels, regression_targets)
         return proposals, matched_idxs, labels, regression_targets
 
-    def forward(  # type: ignore[override]  # torchvision's signature, plus the auxiliary losses
+    def forward(  # torchvision's signature; the auxiliary losses join the loss dict
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],

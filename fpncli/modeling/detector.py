@@ -108,7 +108,9 @@ class FPNFasterRCNN(FasterRCNN):
             box_positive_fraction=cfg.box_positive_fraction,
         )
         if cfg.consistent_supervision:
-            self.roi_heads = _consistent_supervision_heads(cfg, self.roi_heads, roi_specs, channels)
+            # FasterRCNN.__init__ (untyped) set roi_heads just above.
+            heads: nn.Module = self.roi_heads  # type: ignore[has-type]
+            self.roi_heads = _consistent_supervision_heads(cfg, heads, roi_specs, channels)
         self.config = cfg
 
     @property

@@ -58,7 +58,7 @@ class SoftRoISelection(AllLevelRoIPooler):
         weights = self.level_weights(pooled)
         return (weights.unsqueeze(2) * pooled).sum(dim=1)
 
-    def forward(  # type: ignore[override]  # same call, fused result instead of per-level stack
+    def forward(  # same call as the parent, the fused result instead of the per-level stack
         self,
         features: dict[str, Tensor],
         boxes: list[Tensor],
