@@ -25,7 +25,10 @@ ANCHOR_GRIDS = ("stride", "torchvision")  # see ModelConfig.anchor_grid
 NASFPN_NORMS = ("gn", "bn", "frozen_bn", "none")
 # How a RoI is pooled: "level" (FPN's Eqn. (1): one level per RoI) or "afp" (PANet's adaptive
 # feature pooling: every RoI level, fused by element-wise max after a per-level fc6).
-ROI_POOLINGS = ("level", "afp")
+# "soft": AugFPN's soft RoI selection (every RoI level, weighted by learned per-level spatial
+# attention, summed). ModelConfig.roi_pooling may also be "auto": the neck's own choice
+# (NeckEntry.roi_pooling: soft for augfpn, level for the others), resolved by build_model.
+ROI_POOLINGS = ("level", "afp", "soft")
 
 # torchvision's ImageNet statistics, which its pretrained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +61,12 @@ class ModelConfig:
     bifpn_repeats: int = 2
     nasfpn_stacks: int = 7  # the paper's (and MMDetection's) stack count
     nasfpn_norm: str = "gn"
+    # AugFPN's parts (neck augfpn only): residual feature augmentation on C5, and consistent
+    # supervision (a training-only auxiliary box head on the raw laterals, each level's
+    # losses times alpha). Soft RoI selection is roi_pooling "soft".
+    augfpn_rfa: bool = True
+    augfpn_consistent_supervision: bool = True
+    augfpn_cs_alpha: float = 0.25
     class_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
     # Input resizing (shorter side to min_size, longer capped at max_size) and normalisation.
@@ -85,7 +94,7 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
     # Box head: RoIAlign 7x7, two FC layers of box_head_dim, classifier + regressor.
-    roi_pooling: str = "level"
+    roi_pooling: str = "auto"
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
     # torchvision's (and the COCO_V1 weights') RoIAlign has aligned=False; Detectron2 uses
@@ -115,6 +124,12 @@ class ModelConfig:
             return self.trainable_layers
         return 3 if pretrained_backbone else 5
 
+    def resolved_roi_pooling(self) -> str:
+        """``roi_pooling`` with ``auto`` replaced by the neck's own RoI pooling."""
+        if self.roi_pooling != "auto":
+            return self.roi_pooling
+        return get_neck(self.neck).roi_pooling
+
     def validate(self) -> ModelConfig:
         if self.backbone not in BACKBONES:
             raise FpnError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -133,12 +148,14 @@ class ModelConfig:
             )
         if self.nasfpn_stacks < 1:
             raise FpnError(f"nasfpn_stacks must be at least 1, got {self.nasfpn_stacks}")
-        if self.roi_pooling not in ROI_POOLINGS:
+        if self.roi_pooling not in ("auto", *ROI_POOLINGS):
             raise FpnError(
                 f"unknown roi_pooling {self.roi_pooling!r}; choose one of {', '.join(ROI_POOLINGS)}"
             )
-        if self.roi_pooling == "afp" and get_neck(self.neck).single_scale:
-            raise FpnError(f"--roi-pooling afp pools from several levels; the {self.neck} neck has one")
+        pooling = self.resolved_roi_pooling()
+        if pooling in ("afp", "soft") and get_neck(self.neck).single_scale:
+            raise FpnError(f"--roi-pooling {pooling} pools from several levels; the {self.neck} neck has one")
+        self._validate_augfpn()
         if not self.class_names:
             raise FpnError("the model needs at least one class")
         if len(self.category_ids) != len(self.class_names):
@@ -164,6 +181,33 @@ class ModelConfig:
             raise FpnError(f"trainable_layers must be in 0..5, got {self.trainable_layers}")
         return self
 
+    def _validate_augfpn(self) -> None:
+        if not (isinstance(self.augfpn_cs_alpha, (int, float)) and math.isfinite(self.augfpn_cs_alpha)) or (
+            self.augfpn_cs_alpha <= 0
+        ):
+            raise FpnError(
+                f"augfpn_cs_alpha must be a positive number, got {self.augfpn_cs_alpha!r} "
+                "(turn the auxiliary losses off with --no-consistent-supervision)"
+            )
+        switched_off = [
+            flag
+            for flag, on in (
+                ("--no-rfa", self.augfpn_rfa),
+                ("--no-consistent-supervision", self.augfpn_consistent_supervision),
+            )
+            if not on
+        ]
+        if switched_off and self.neck != "augfpn":
+            raise FpnError(
+                f"{' and '.join(switched_off)}: only for --neck augfpn (the {self.neck} neck has no "
+                "AugFPN parts to switch off)"
+            )
+
+    @property
+    def consistent_supervision(self) -> bool:
+        """Whether the model trains an auxiliary box head on the raw laterals (AugFPN)."""
+        return self.neck == "augfpn" and bool(self.augfpn_consistent_supervision)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); also safe for ``torch.load(weights_only=True)``."""
         out = dataclasses.asdict(self)
@@ -177,6 +221,8 @@ class ModelConfig:
         if unknown:
             raise FpnError(f"unknown model configuration keys: {', '.join(unknown)}")
         values = {}
+        # Files without the field were written when every neck pooled RoIs by Eqn. (1).
+        data = {"roi_pooling": "level", **data}
         for key, value in data.items():
             if isinstance(value, list) and known[key].type.startswith("tuple"):
                 value = tuple(value)

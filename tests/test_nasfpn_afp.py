@@ -255,8 +255,8 @@ def test_afp_trains_with_every_pyramid_neck(tiny_config, neck, one_thread):
 def test_afp_needs_a_pyramid(tiny_config):
     with pytest.raises(FpnError, match="the c4 neck has one"):
         _build(tiny_config, neck="c4", roi_pooling="afp")
-    with pytest.raises(FpnError, match="unknown roi_pooling 'soft'"):
-        _build(tiny_config, roi_pooling="soft")
+    with pytest.raises(FpnError, match="unknown roi_pooling 'mean'"):
+        _build(tiny_config, roi_pooling="mean")
 
 
 # ----------------------------------------------------------------------------- everywhere
@@ -328,8 +328,8 @@ def test_info_shows_pooling_levels_and_parameters():
     assert sum(info["parameters_by_part"].values()) == info["parameters"]
     table = CliRunner().invoke(app, args, terminal_width=200)
     assert "one fc6 per level, element-wise max" in table.output and "neck " in table.output
-    bad = CliRunner().invoke(app, ["info", "--preset", "tiny", "--roi-pooling", "soft"])
-    assert bad.exit_code == 1 and "unknown roi_pooling 'soft'" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, ["info", "--preset", "tiny", "--roi-pooling", "mean"])
+    assert bad.exit_code == 1 and "unknown roi_pooling 'mean'" in bad.output and "Traceback" not in bad.output
     help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
     assert "--roi-pooling" in help_text and "--nasfpn-stacks" in help_text and "--nasfpn-norm" in help_text
 

@@ -11,7 +11,7 @@ import torch
 from fpncli.config import NECKS, ModelConfig
 from fpncli.errors import FpnError
 
-ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "c4", "c5"]
+ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "augfpn", "c4", "c5"]
 
 
 def _build(tiny_config, neck: str, **overrides):
@@ -96,7 +96,7 @@ def test_declared_strides_match_real_shapes(tiny_config, neck):
 def test_levels_and_anchors_per_neck(tiny_config):
     from fpncli.engine.describe import describe_model
 
-    for neck in ("fpn", "panet", "bifpn", "nasfpn"):
+    for neck in ("fpn", "panet", "bifpn", "nasfpn", "augfpn"):
         model = _build(tiny_config, neck)
         assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"]
         assert model.roi_levels == ["p2", "p3", "p4", "p5"]
@@ -155,8 +155,8 @@ def test_bifpn_repeats_are_configurable(tiny_config):
 
 
 def test_unknown_neck_is_a_user_error(tiny_config):
-    with pytest.raises(FpnError, match="unknown neck 'augfpn'"):
-        _build(tiny_config, "augfpn")
+    with pytest.raises(FpnError, match="unknown neck 'fpn2'"):
+        _build(tiny_config, "fpn2")
 
 
 @pytest.mark.parametrize("neck", [*ALL_NECKS, "panet+afp"])
@@ -171,11 +171,13 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     from fpncli.engine.evaluate import evaluate_model
     from fpncli.engine.inspect_image import inspect_image
     from fpncli.engine.predict import predict_images
+    from fpncli.modeling.necks.registry import get_neck
     from fpncli.modeling.weights import load_detector
 
     # Inputs resized to 64..96 px: the smallest size at which every level still has cells.
     neck, _, pooling = neck.partition("+")
-    model = _build(tiny_config, neck, min_size=64, max_size=96, roi_pooling=pooling or "level").train()
+    # No pooling given: the neck's own (augfpn: soft RoI selection, with its auxiliary head).
+    model = _build(tiny_config, neck, min_size=64, max_size=96, roi_pooling=pooling or None).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     torch.manual_seed(1)
     images = [torch.rand(3, 64, 64), torch.rand(3, 60, 80)]
@@ -193,7 +195,7 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     path = save_checkpoint(tmp_path / f"{neck}.pt", model)
     loaded = load_detector(str(path)).model
     assert loaded.config.neck == neck and type(loaded.backbone.neck) is type(model.backbone.neck)
-    assert loaded.config.roi_pooling == (pooling or "level")
+    assert loaded.config.roi_pooling == (pooling or get_neck(neck).roi_pooling)
     with torch.no_grad():
         x = torch.rand(1, 3, 64, 96)
         for name, fmap in model.backbone(x).items():

@@ -13,7 +13,9 @@ from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS
 
 HELP = (
     f"Train every row (default {', '.join(DEFAULT_ROWS)}; also {', '.join(r for r in SURVEY_ROWS if r not in DEFAULT_ROWS)}: "
-    "NECK+afp is that neck with PANet's adaptive feature pooling) on the same synthetic multi-scale data with the "
+    "NECK+afp is that neck with PANet's adaptive feature pooling, NECK+soft with AugFPN's soft RoI selection; "
+    "fpn+cs and fpn+rfa are FPN with one AugFPN part, augfpn+norfa / +nocs / +level AugFPN without one) "
+    "on the same synthetic multi-scale data with the "
     "same budget and seed, then print one table in the paper's form: RPN proposal recall "
     "(AR100, AR1k, AR1k small/medium/large), detector AP (AP50, AP, APs, APm, APl), "
     "parameters and inference time per image."
@@ -23,6 +25,7 @@ EPILOG = (
     "  fpn ablation                                  # CPU default, about 20-30 min on 2 cores\n\n"
     "  fpn ablation --quick --necks fpn,c4           # a smoke run of a minute or two\n\n"
     "  fpn ablation --necks fpn,nasfpn,fpn+afp,panet+afp   # the neck survey's rows (NAS-FPN, AFP)\n\n"
+    "  fpn ablation --necks fpn,fpn+cs,fpn+rfa,fpn+soft,augfpn   # AugFPN part by part\n\n"
     "  fpn ablation --budget 10 --device cuda        # 10x longer training and more data, on a GPU\n\n"
     "  fpn ablation --out runs/ablation              # rerun: finished necks are reused\n\n"
     "Writes OUT/ablation.json and OUT/ablation.md; OUT/runs/<neck>/last.pt works with "
@@ -39,8 +42,8 @@ def ablation(
     necks: Annotated[
         str,
         typer.Option(
-            help="Comma-separated rows, in table order: a neck, or NECK+afp for that neck with "
-            "adaptive feature pooling (--roi-pooling afp)."
+            help="Comma-separated rows, in table order: a neck, or NECK+MOD[+MOD] with MOD afp or soft "
+            "(--roi-pooling), level, norfa or nocs (AugFPN's parts off); fpn+cs, fpn+rfa: FPN with one AugFPN part."
         ),
     ] = ",".join(DEFAULT_ROWS),
     budget: Annotated[

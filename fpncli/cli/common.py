@@ -34,8 +34,23 @@ NeckOption = Annotated[
 RoIPoolingOption = Annotated[
     str | None,
     typer.Option(
-        help="RoI pooling: level (FPN's Eqn. (1), the default) or afp (PANet's adaptive feature "
-        "pooling: every RoI from every level, per-level fc6, element-wise max)."
+        help="RoI pooling: level (FPN's Eqn. (1), the default), afp (PANet's adaptive feature "
+        "pooling: every RoI from every level, per-level fc6, element-wise max) or soft (AugFPN's "
+        "soft RoI selection: every level weighted by learned spatial attention, the default with "
+        "--neck augfpn)."
+    ),
+]
+NoRFAOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-rfa", help="AugFPN: switch off residual feature augmentation (the C5 context branch)."
+    ),
+]
+NoConsistentSupervisionOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-consistent-supervision",
+        help="AugFPN: switch off consistent supervision (the training-only auxiliary head on the raw laterals).",
     ),
 ]
 NASFPNStacksOption = Annotated[

@@ -11,6 +11,8 @@ from fpncli.cli.common import (
     NASFPNNormOption,
     NASFPNStacksOption,
     NeckOption,
+    NoConsistentSupervisionOption,
+    NoRFAOption,
     RoIPoolingOption,
     console,
     handle_errors,
@@ -23,6 +25,7 @@ EPILOG = (
     "  fpn info --preset tiny        # the small CPU configuration\n\n"
     "  fpn info --preset tiny --neck nasfpn --nasfpn-stacks 3\n\n"
     "  fpn info --neck panet --roi-pooling afp   # the full PANet\n\n"
+    "  fpn info --preset tiny --neck augfpn --no-rfa   # AugFPN's parts, each on or off\n\n"
     "  fpn info --weights runs/exp/best.pt"
 )
 
@@ -38,6 +41,8 @@ def info(
     roi_pooling: RoIPoolingOption = None,
     nasfpn_stacks: NASFPNStacksOption = None,
     nasfpn_norm: NASFPNNormOption = None,
+    no_rfa: NoRFAOption = False,
+    no_consistent_supervision: NoConsistentSupervisionOption = False,
     fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
@@ -54,6 +59,8 @@ def info(
         roi_pooling=roi_pooling,
         nasfpn_stacks=nasfpn_stacks,
         nasfpn_norm=nasfpn_norm,
+        augfpn_rfa=False if no_rfa else None,
+        augfpn_consistent_supervision=False if no_consistent_supervision else None,
         fpn_channels=fpn_channels,
         num_classes=num_classes,
     )
@@ -115,7 +122,13 @@ def _print_summary(summary: dict) -> None:
     )
     size = f"RoIAlign {summary['roi_output_size']}x{summary['roi_output_size']}"
     roi_levels = summary["roi_levels"]
-    if summary["roi_pooling"] == "afp":
+    if summary["roi_pooling"] == "soft":
+        console.print(
+            f"RoI pooling: soft (AugFPN's soft RoI selection): {size} of every RoI from each of "
+            f"{', '.join(roi_levels)}, weighted by learned per-level spatial attention and summed",
+            highlight=False,
+        )
+    elif summary["roi_pooling"] == "afp":
         console.print(
             f"RoI pooling: afp (PANet's adaptive feature pooling): {size} of every RoI from each of "
             f"{', '.join(roi_levels)}, one fc6 per level, element-wise max, then the shared fc7",
@@ -125,6 +138,21 @@ def _print_summary(summary: dict) -> None:
         console.print(
             f"RoI pooling: {size} from {', '.join(roi_levels)}, level k = floor(4 + log2(sqrt(wh)/224)) "
             f"clamped to [{roi_levels[0][1:]}, {roi_levels[-1][1:]}]",
+            highlight=False,
+        )
+    aug = summary.get("augfpn")
+    if aug is not None:
+        aux = summary["training_only_parameters"].get("auxiliary box head")
+
+        def on(flag: bool) -> str:
+            return "on" if flag else "off"
+
+        cs = on(aug["consistent_supervision"])
+        if aug["consistent_supervision"]:
+            cs += f" (training only: alpha {aug['cs_alpha']:g}, auxiliary box head {aux:,} parameters)"
+        console.print(
+            f"AugFPN parts: residual feature augmentation {on(aug['residual_feature_augmentation'])}, "
+            f"soft RoI selection {on(aug['soft_roi_selection'])}, consistent supervision {cs}",
             highlight=False,
         )
     console.print(f"weights: {summary['weights']}", markup=False, highlight=False)

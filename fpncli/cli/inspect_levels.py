@@ -32,6 +32,7 @@ EPILOG = (
     "  fpn inspect-levels photo.jpg --weights runs/exp/best.pt --compare-bottom-up --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights none --preset tiny --json\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/pan/best.pt --out levels/   # an afp model: afp_levels.png\n\n"
+    "  fpn inspect-levels photo.jpg --weights runs/aug/best.pt --out levels/   # augfpn: soft_levels.png\n\n"
     "  fpn inspect-levels --coco data/annotations.json --preset tiny --out fit/\n\n"
     "  fpn inspect-levels --coco data/annotations.json --anchor-sizes 16,32,64,128,256 --min-size 1024"
 )
@@ -131,6 +132,9 @@ def inspect_levels(
     elif "afp" in data:
         _print_image_table(data)
         _print_afp_table(data["afp"])
+    elif "soft" in data:
+        _print_image_table(data)
+        _print_soft_table(data["soft"])
     else:
         _print_image_table(data)
     if written:
@@ -202,6 +206,34 @@ def _print_afp_table(afp: dict) -> None:
         f"detection's box re-pooled from every level); Eq.1: floor(4 + log2(sqrt(wh)/224)). "
         f"Sizes: COCO area buckets in image pixels. {afp['agree']} of {afp['detections']} "
         f"detections agree.",
+        highlight=False,
+    )
+
+
+def _print_soft_table(soft: dict) -> None:
+    """Per RoI level and object size: detections whose soft RoI selection weighted that level
+    most, next to the detections Eqn. (1) would put there, and the level's mean weight."""
+    from rich.table import Table
+
+    table = Table(title="Soft RoI selection: the level weighted most vs Eqn. (1)")
+    table.add_column("level")
+    for size in soft["sizes"]:
+        table.add_column(f"{size}\nsoft | Eq.1", justify="right")
+    table.add_column("all\nsoft | Eq.1", justify="right")
+    table.add_column("mean\nweight", justify="right")
+    for level in soft["levels"]:
+        won, eq = soft["won"][level], soft["equation"][level]
+        mean = soft["mean_weight"].get(level)
+        cells = [f"{won[s]} | {eq[s]}" for s in soft["sizes"]]
+        table.add_row(
+            level, *cells, f"{sum(won.values())} | {sum(eq.values())}", "-" if mean is None else f"{mean:.3f}"
+        )
+    console.print(table)
+    console.print(
+        f"soft: the level whose attention weight (sigmoid, averaged over the 7x7 grid; levels are "
+        f"weighted independently, not shares) is largest for the detection's box re-pooled from "
+        f"every level; Eq.1: floor(4 + log2(sqrt(wh)/224)). Sizes: COCO area buckets in image "
+        f"pixels. {soft['agree']} of {soft['detections']} detections agree.",
         highlight=False,
     )
 

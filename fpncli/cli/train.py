@@ -13,6 +13,8 @@ from fpncli.cli.common import (
     NASFPNNormOption,
     NASFPNStacksOption,
     NeckOption,
+    NoConsistentSupervisionOption,
+    NoRFAOption,
     RoIPoolingOption,
     console,
     err_console,
@@ -31,6 +33,7 @@ EPILOG = (
     "  fpn data synth data/shapes && fpn train --data data/shapes --preset tiny --out runs/shapes\n\n"
     "  fpn train --data /data/coco --out runs/r50 --epochs 12        # the paper's recipe, ImageNet backbone\n\n"
     "  fpn train --data /data/coco --out runs/pan --neck panet --roi-pooling afp   # the full PANet\n\n"
+    "  fpn train --data /data/coco --out runs/aug --neck augfpn      # AugFPN: RFA, soft RoI selection, consistent supervision\n\n"
     "  fpn train --resume runs/r50                                    # continue exactly where it stopped\n\n"
     "  torchrun --nproc_per_node=8 -m fpncli train --data /data/coco --out runs/r50 --amp\n\n"
     "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by val AP) and curves.png."
@@ -82,6 +85,8 @@ def train(
     roi_pooling: RoIPoolingOption = None,
     nasfpn_stacks: NASFPNStacksOption = None,
     nasfpn_norm: NASFPNNormOption = None,
+    no_rfa: NoRFAOption = False,
+    no_consistent_supervision: NoConsistentSupervisionOption = False,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -150,6 +155,8 @@ def train(
             ("roi_pooling", roi_pooling),
             ("nasfpn_stacks", nasfpn_stacks),
             ("nasfpn_norm", nasfpn_norm),
+            ("augfpn_rfa", False if no_rfa else None),
+            ("augfpn_consistent_supervision", False if no_consistent_supervision else None),
         )
         if v is not None
     }
@@ -235,6 +242,15 @@ def train(
     )
 
 
+def _other_losses(event: dict[str, Any]) -> str:
+    """`` aux 0.123``: the sum of the losses beyond torchvision's four (AugFPN's auxiliary
+    head), or nothing."""
+    from fpncli.engine.trainer import LOSS_KEYS
+
+    other = [v for k, v in event.items() if k.startswith("loss_") and k not in LOSS_KEYS]
+    return f" aux {sum(other):.3f}" if other else ""
+
+
 class TrainDisplay:
     """Rich live display: progress bar with ETA, losses, lr and images/s; warnings and evals
     printed above it."""
@@ -274,7 +290,7 @@ class TrainDisplay:
                 fields["status"] = (
                     f"loss {event['loss']:.3f} (cls {event['loss_classifier']:.3f} "
                     f"box {event['loss_box_reg']:.3f} obj {event['loss_objectness']:.3f} "
-                    f"rpn {event['loss_rpn_box_reg']:.3f})  lr {event['lr']:.2e}  "
+                    f"rpn {event['loss_rpn_box_reg']:.3f}{_other_losses(event)})  lr {event['lr']:.2e}  "
                     f"{event['images_per_s']:.1f} img/s"
                 )
             self.progress.update(self.task, completed=event["iter"], **fields)

@@ -36,6 +36,10 @@ from fpncli.outputs import check_outputs
 # neck with PANet's adaptive feature pooling; "panet+afp" is the full PANet).
 DEFAULT_NECKS = tuple(e.name for e in NECK_REGISTRY.values() if e.ablation)
 AFP_ROWS = ("fpn+afp", "panet+afp")
+# AugFPN part by part, as the paper's ablation adds each part to its FPN baseline: consistent
+# supervision alone, residual feature augmentation alone, soft RoI selection alone, all three
+# (the "augfpn" neck row). Leave-one-out rows are written augfpn+nocs, augfpn+norfa, augfpn+level.
+AUGFPN_ROWS = ("fpn+cs", "fpn+rfa", "fpn+soft")
 # The default run stays within its CPU budget (the paper's rows and the two later necks,
 # ~23 min on 2 cores); the neck survey's rows are added with --necks (SURVEY_ROWS).
 DEFAULT_ROWS = DEFAULT_NECKS
@@ -43,6 +47,7 @@ SURVEY_ROWS = (
     *DEFAULT_NECKS,
     *(e.name for e in NECK_REGISTRY.values() if not e.ablation),
     *AFP_ROWS,
+    *AUGFPN_ROWS,
 )
 SINGLE_SCALE = tuple(e.name for e in NECK_REGISTRY.values() if e.single_scale)
 # Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
@@ -63,9 +68,17 @@ AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
 # a row is "neck" or "neck+mod[+mod...]".
 ROW_MODIFIERS: dict[str, dict[str, Any]] = {
     "afp": {"roi_pooling": "afp"},
+    "soft": {"roi_pooling": "soft"},
+    "level": {"roi_pooling": "level"},  # e.g. augfpn+level: AugFPN without soft RoI selection
+    "norfa": {"augfpn_rfa": False},
+    "nocs": {"augfpn_consistent_supervision": False},
 }
 # Rows that name a modifier alone, and the row they stand for.
-ROW_ALIASES: dict[str, str] = {}
+ROW_ALIASES: dict[str, str] = {
+    # AugFPN's parts on their own: FPN plus one part is the augfpn neck with the others off.
+    "fpn+cs": "augfpn+level+norfa",
+    "fpn+rfa": "augfpn+level+nocs",
+}
 
 
 def parse_row(row: str) -> tuple[str, dict[str, Any]]:
@@ -85,14 +98,19 @@ def parse_row(row: str) -> tuple[str, dict[str, Any]]:
                 + ", ".join(ROW_MODIFIERS)
             )
         overrides.update(ROW_MODIFIERS[mod])
-    if overrides.get("roi_pooling") == "afp" and get_neck(neck).single_scale:
-        raise FpnError(f"row {row!r}: afp pools from several levels; the {neck} neck has one")
+    pooling = overrides.get("roi_pooling", get_neck(neck).roi_pooling)
+    if pooling in ("afp", "soft") and get_neck(neck).single_scale:
+        raise FpnError(f"row {row!r}: {pooling} pools from several levels; the {neck} neck has one")
+    off = [m for m in mods if m in ("norfa", "nocs")]
+    if off and neck != "augfpn":
+        raise FpnError(f"row {row!r}: {', '.join(off)} switch off AugFPN parts; write augfpn+{off[0]}")
     return neck, overrides
 
 
 def row_pooling(row: str) -> str:
-    """The RoI pooling of a row (``level`` unless a modifier changes it)."""
-    return str(parse_row(row)[1].get("roi_pooling", "level"))
+    """The RoI pooling of a row: its modifier's, else the neck's own (``soft`` for augfpn)."""
+    neck, overrides = parse_row(row)
+    return str(overrides.get("roi_pooling", get_neck(neck).roi_pooling))
 
 
 def budget_plan(budget: float = 1.0) -> dict[str, int]:
@@ -265,7 +283,8 @@ def _train_key(settings: dict[str, Any], row: str) -> dict[str, Any]:
     # existed still match.
     key.update(overrides)
     for option in get_neck(neck).options:
-        key[option] = settings[option]
+        if option in settings:  # run-wide options (nasfpn_stacks); AugFPN's parts are modifiers
+            key[option] = settings[option]
     return key
 
 
@@ -303,7 +322,7 @@ def _neck_result(
 
     neck, overrides = parse_row(row)
     pooling = row_pooling(row)
-    model_overrides = {option: settings[option] for option in get_neck(neck).options}
+    model_overrides = {option: settings[option] for option in get_neck(neck).options if option in settings}
     model_overrides.update(overrides)
     cfg = TrainConfig(
         out=str(run),
@@ -339,6 +358,7 @@ def _neck_result(
             shutil.rmtree(run)  # an unfinished or outdated run of this ablation: start it again
         summary = train(cfg, progress=lambda e: emit({**e, "neck": row}))
         model, train_seconds, checkpoint = summary["model"], summary["seconds"], summary["last"]
+        model.drop_training_only()  # measured as inference loads it (no auxiliary head)
         write_json(run / "ablation_train.json", {**key, "seconds": train_seconds}, indent=None)
     model.eval()
     dev = next(model.parameters()).device

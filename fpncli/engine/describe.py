@@ -32,6 +32,8 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
             }
         )
     parts = model.parts()
+    training_only = {id(p) for m in model.training_only_parts().values() for p in m.parameters()}
+    inference_params = [p for p in model.parameters() if id(p) not in training_only]
     return {
         "backbone": cfg.backbone,
         "neck": cfg.neck,
@@ -44,15 +46,30 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "levels": levels,
         "rpn_levels": model.rpn_levels,
         "roi_levels": model.roi_levels,
-        "parameters": count_parameters(model),
+        # What inference runs; training-only modules (AugFPN's auxiliary head) are listed apart.
+        "parameters": sum(p.numel() for p in inference_params),
+        "training_only_parameters": model.training_only_parameters(),
+        "augfpn": _augfpn_parts(cfg),
         "parameters_by_part": {name: count_parameters(module) for name, module in parts.items()},
         "roi_pooling": cfg.roi_pooling,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": sum(p.numel() for p in inference_params if p.requires_grad),
         "num_classes": len(cfg.class_names),
         "min_size": cfg.min_size,
         "max_size": cfg.max_size,
         "roi_output_size": cfg.roi_output_size,
         "weights": weights,
+    }
+
+
+def _augfpn_parts(cfg: Any) -> dict[str, Any] | None:
+    """Which of AugFPN's three parts an augfpn model has (None for other necks)."""
+    if cfg.neck != "augfpn":
+        return None
+    return {
+        "residual_feature_augmentation": bool(cfg.augfpn_rfa),
+        "soft_roi_selection": cfg.roi_pooling == "soft",
+        "consistent_supervision": bool(cfg.augfpn_consistent_supervision),
+        "cs_alpha": cfg.augfpn_cs_alpha,
     }
 
 

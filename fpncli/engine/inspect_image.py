@@ -95,6 +95,10 @@ class Detection:
     # fusion, and each RoI level's share of the units (finest first).
     afp_level: str | None = None
     afp_shares: list[float] | None = None
+    # Soft RoI selection models only: each RoI level's attention weight (sigmoid, averaged
+    # over the pooled grid; independent per level, not shares) and the level weighted most.
+    soft_level: str | None = None
+    soft_weights: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -107,6 +111,9 @@ class Detection:
         if self.afp_level is not None:
             out["afp_level"] = self.afp_level
             out["afp_shares"] = [round(v, 4) for v in self.afp_shares or []]
+        if self.soft_level is not None:
+            out["soft_level"] = self.soft_level
+            out["soft_weights"] = [round(v, 4) for v in self.soft_weights or []]
         return out
 
 
@@ -147,6 +154,20 @@ class AFPLevels:
 
 
 @dataclass
+class SoftLevels(AFPLevels):
+    """For a soft-RoI-selection model (AugFPN): the level each detection's attention weighted
+    most (``won``), next to Eqn. (1)'s level, per object size; ``mean_weight[level]`` is the
+    level's weight averaged over the detections (None without detections)."""
+
+    mean_weight: dict[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["mean_weight"] = {k: None if v is None else round(v, 4) for k, v in self.mean_weight.items()}
+        return out
+
+
+@dataclass
 class ImageInspection:
     """What :func:`inspect_image` found.
 
@@ -173,11 +194,14 @@ class ImageInspection:
     score_thr: float = 0.0
     weights: str = ""
     afp: AFPLevels | None = None
+    soft: SoftLevels | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = self._to_json()
         if self.afp is not None:
             out["afp"] = self.afp.to_json()
+        if self.soft is not None:
+            out["soft"] = self.soft.to_json()
         return out
 
     def _to_json(self) -> dict[str, Any]:
@@ -302,6 +326,10 @@ def inspect_image(
     if model.config.roi_pooling == "afp":
         step(progress, "re-pooling the detections from every level (adaptive feature pooling)")
         afp = afp_level_selection(model, features, boxes * ratio, detections, image_list.image_sizes)
+    soft = None
+    if model.config.roi_pooling == "soft":
+        step(progress, "re-pooling the detections from every level (soft RoI selection)")
+        soft = soft_level_selection(model, features, boxes * ratio, detections, image_list.image_sizes)
     det_counts = {name: 0 for name in roi_levels}
     for det in detections:
         det_counts[det.level] = det_counts.get(det.level, 0) + 1
@@ -355,6 +383,7 @@ def inspect_image(
         score_thr=score_thr,
         weights=weights,
         afp=afp,
+        soft=soft,
     )
 
 
@@ -391,3 +420,38 @@ def afp_level_selection(
             equation[det.level][bucket] += 1
             agree += det.afp_level == det.level
     return AFPLevels(roi_levels, won, equation, agree, len(detections))
+
+
+def soft_level_selection(
+    model: FPNFasterRCNN,
+    features: OrderedDict[str, Tensor],
+    input_boxes: Tensor,
+    detections: list[Detection],
+    image_sizes: list[tuple[int, int]],
+) -> SoftLevels:
+    """Fill ``soft_level`` / ``soft_weights`` of ``detections`` and count them per level and size.
+
+    Each detection's box (``input_boxes``: ``Tensor[N, 4]`` xyxy in model-input pixels) is
+    pooled from every RoI level and the soft RoI selection's attention weights each level
+    (``FPNFasterRCNN.soft_level_weights``); the detection's level is the one weighted most.
+    As for AFP, the head saw the detection's proposal, not its regressed box.
+    """
+    roi_levels = model.roi_levels
+    sizes = [name for name, _ in SIZE_BUCKETS]
+    won = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    equation = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    mean: dict[str, float | None] = dict.fromkeys(roi_levels)
+    agree = 0
+    if detections:
+        device = next(iter(features.values())).device
+        with torch.inference_mode():
+            weights = model.soft_level_weights(features, input_boxes.to(device), image_sizes).float().cpu()
+        mean = dict(zip(roi_levels, weights.mean(dim=0).tolist()))
+        for det, row in zip(detections, weights.tolist()):
+            det.soft_weights = row
+            det.soft_level = roi_levels[max(range(len(row)), key=lambda i: row[i])]
+            bucket = size_bucket(det.box)
+            won[det.soft_level][bucket] += 1
+            equation[det.level][bucket] += 1
+            agree += det.soft_level == det.level
+    return SoftLevels(roi_levels, won, equation, agree, len(detections), mean_weight=mean)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
 from fpncli.engine.events import ProgressFn
@@ -23,7 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from fpncli.engine.anchor_fit import AnchorFitReport
     from fpncli.engine.inspect_image import ImageInspection
 
-IMAGE_FILES = ("levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png", "afp_levels.png")
+IMAGE_FILES = (
+    "levels.json",
+    "pyramid.png",
+    "detections.png",
+    "bottom_up_vs_top_down.png",
+    "afp_levels.png",
+    "soft_levels.png",
+)
 DATASET_FILES = ("dataset_levels.json", "box_sizes.png", "coverage.png")
 
 
@@ -84,7 +91,7 @@ def run_inspect_image(
 
     device = resolve_device(options.device)
     cfg = options.preset_config(options.num_classes)
-    overrides = {
+    overrides: dict[str, Any] = {
         "min_size": options.min_size,
         "max_size": options.max_size,
         "anchor_sizes": options.anchor_sizes,

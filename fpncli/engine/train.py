@@ -152,9 +152,11 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
     overrides = cfg.model_overrides()
     if cfg.weights == "none":
         config = preset_config(cfg.preset, class_names=names, category_ids=ids, **overrides)
-        loaded = load_detector("none", config=config, backbone_weights=_set(cfg.backbone_weights))
+        loaded = load_detector(
+            "none", config=config, backbone_weights=_set(cfg.backbone_weights), training=True
+        )
         return loaded.model, loaded.source
-    loaded = load_detector(cfg.weights)
+    loaded = load_detector(cfg.weights, training=True)
     model = loaded.model
     if (
         list(model.config.category_ids) == ids
@@ -162,7 +164,8 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
         and not any(v is not None for v in overrides.values())
     ):
         return model, loaded.source
-    config = model.config.replace(class_names=names, category_ids=ids, **overrides)
+    config = _switch_neck(model.config, overrides).replace(class_names=names, category_ids=ids, **overrides)
+    config = config.replace(roi_pooling=config.resolved_roi_pooling())  # compared with the file's below
     new = build_model(config, pretrained_backbone=model.norm == "frozen_bn")
     if _other_architecture(model.config, config):
         # Another neck or RoI pooling (an FPN run into nasfpn / afp): take what fits, say what is new.
@@ -173,6 +176,24 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
     # Fine-tuning on other classes: same architecture, new box predictor.
     new.load_all_but_box_predictor(model)
     return new, f"{loaded.source}, new box predictor for {len(names)} classes"
+
+
+def _switch_neck(old: Any, overrides: dict[str, Any]) -> Any:
+    """``old`` (a ModelConfig) ready for another ``--neck`` (``overrides["neck"]``): options
+    of the old neck go back to their defaults, and an RoI pooling that was the old neck's
+    own default becomes the new neck's (an FPN run into augfpn gets soft RoI selection; an
+    explicit ``afp`` is kept). Unchanged when the neck stays."""
+    from fpncli.config import ModelConfig
+    from fpncli.modeling.necks.registry import get_neck
+
+    neck = overrides.get("neck")
+    if neck is None or neck == old.neck:
+        return old
+    defaults = ModelConfig()
+    reset = {k: getattr(defaults, k) for k in get_neck(old.neck).options if overrides.get(k) is None}
+    if overrides.get("roi_pooling") is None and old.roi_pooling == get_neck(old.neck).roi_pooling:
+        reset["roi_pooling"] = "auto"
+    return old.replace(**reset)
 
 
 def _other_architecture(old, new) -> bool:
@@ -276,7 +297,8 @@ def _train(
     if resume_state is not None:
         from fpncli.modeling.weights import load_detector
 
-        model, source = load_detector(str(run / "last.pt")).model, f"resumed from {run / 'last.pt'}"
+        model = load_detector(str(run / "last.pt"), training=True).model
+        source = f"resumed from {run / 'last.pt'}"
     else:
         model, source = _build_model(cfg, train_set.categories)
     model.to(device).train()

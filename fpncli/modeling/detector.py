@@ -22,9 +22,11 @@ from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
 from fpncli.modeling.backbone import ResNetBottomUp
 from fpncli.modeling.box_head import AFPBoxHead
+from fpncli.modeling.consistent_supervision import AuxiliaryBoxHead, ConsistentSupervisionRoIHeads
 from fpncli.modeling.levels import LevelSpec
 from fpncli.modeling.necks.registry import build_neck
 from fpncli.modeling.pooler import AllLevelRoIPooler, LevelRoIPooler
+from fpncli.modeling.soft_roi import SoftRoISelection
 
 
 class BackboneWithNeck(nn.Module):
@@ -66,7 +68,7 @@ class FPNFasterRCNN(FasterRCNN):
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
-        if cfg.norm == "auto" or cfg.trainable_layers is None:
+        if cfg.norm == "auto" or cfg.trainable_layers is None or cfg.roi_pooling == "auto":
             raise ValueError("FPNFasterRCNN needs a resolved config: build it with build_model()")
         backbone = BackboneWithNeck(cfg)
         levels = backbone.levels
@@ -105,6 +107,10 @@ class FPNFasterRCNN(FasterRCNN):
             box_batch_size_per_image=cfg.box_batch_size_per_image,
             box_positive_fraction=cfg.box_positive_fraction,
         )
+        if cfg.consistent_supervision:
+            # FasterRCNN.__init__ (untyped) set roi_heads just above.
+            heads: nn.Module = self.roi_heads  # type: ignore[has-type]
+            self.roi_heads = _consistent_supervision_heads(cfg, heads, roi_specs, channels)
         self.config = cfg
 
     @property
@@ -335,22 +341,57 @@ class FPNFasterRCNN(FasterRCNN):
         return pre, post
 
     def load_all_but_box_predictor(self, other: FPNFasterRCNN) -> None:
-        """Copy every weight of ``other`` (same architecture) except the box predictor, whose
-        shape depends on the classes: fine-tuning on another label set."""
-        own = self.roi_heads.box_predictor.state_dict()
-        state = {k: v for k, v in other.state_dict().items() if not k.startswith("roi_heads.box_predictor.")}
-        state.update({f"roi_heads.box_predictor.{k}": v for k, v in own.items()})
+        """Copy every weight of ``other`` (same architecture) except the box predictors (the
+        main one and AugFPN's auxiliary one), whose shapes depend on the classes: fine-tuning
+        on another label set."""
+        predictors = ("roi_heads.box_predictor.", "roi_heads.aux_head.box_predictor.")
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(predictors)}
+        state = {k: v for k, v in other.state_dict().items() if not k.startswith(predictors)}
+        state.update(own)
         self.load_state_dict(state)
 
     def parts(self) -> dict[str, nn.Module]:
-        """The model's parts by role, for ``fpn info``'s parameter counts."""
-        return {
+        """The model's parts by role, for ``fpn info``'s parameter counts (the parts that run
+        at inference; see :meth:`training_only_parts`)."""
+        parts = {
             "bottom-up": self.backbone.bottom_up,
             "neck": self.backbone.neck,
             "RPN head": self.rpn,
-            "box head": self.roi_heads.box_head,
-            "box predictor": self.roi_heads.box_predictor,
         }
+        if any(True for _ in self.roi_heads.box_roi_pool.parameters()):
+            parts["RoI pooling"] = self.roi_heads.box_roi_pool  # soft RoI selection's attention
+        parts["box head"] = self.roi_heads.box_head
+        parts["box predictor"] = self.roi_heads.box_predictor
+        return parts
+
+    def training_only_parts(self) -> dict[str, nn.Module]:
+        """Modules that only training runs (AugFPN's auxiliary head); empty for an
+        inference-only model."""
+        aux = getattr(self.roi_heads, "aux_head", None)
+        return {"auxiliary box head": aux} if aux is not None else {}
+
+    def training_only_parameters(self) -> dict[str, int]:
+        """Parameters of each training-only module the configuration trains, counted on a
+        freshly built copy when this (inference-only) model has dropped them."""
+        parts = self.training_only_parts()
+        if not parts and self.config.consistent_supervision:
+            specs = [self.levels[n] for n in self.roi_levels]
+            parts = {"auxiliary box head": _auxiliary_head(self.config, specs, self.backbone.out_channels)}
+        return {name: count_parameters(module) for name, module in parts.items()}
+
+    def drop_training_only(self) -> FPNFasterRCNN:
+        """Remove the training-only modules (their weights leave ``state_dict()`` too): what
+        inference and exported models carry. Training such a model runs without them."""
+        if getattr(self.roi_heads, "aux_head", None) is not None:
+            self.roi_heads.aux_head = None
+        return self
+
+    def training_only_keys(self, state_dict: dict[str, Tensor]) -> list[str]:
+        """The names in ``state_dict`` that belong to training-only modules of this
+        architecture (whether or not this model still has them)."""
+        if not self.config.consistent_supervision:
+            return []
+        return [k for k in state_dict if k.startswith("roi_heads.aux_head.")]
 
     def afp_level_wins(
         self, features: dict[str, Tensor], boxes: Tensor, image_sizes: list[tuple[int, int]]
@@ -362,6 +403,17 @@ class FPNFasterRCNN(FasterRCNN):
             raise ValueError("afp_level_wins needs a model with --roi-pooling afp")
         pooled = self.roi_heads.box_roi_pool(features, [boxes], image_sizes)
         return self.roi_heads.box_head.level_wins(pooled)
+
+    def soft_level_weights(
+        self, features: dict[str, Tensor], boxes: Tensor, image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """For a ``soft`` model: ``boxes`` (``Tensor[N, 4]`` xyxy, model-input pixels of image
+        0) pooled from every RoI level; returns ``Tensor[N, L]``, each level's soft-selection
+        weight (sigmoid, 0..1, not normalised across levels) averaged over the pooled grid."""
+        pool = self.roi_heads.box_roi_pool
+        if not isinstance(pool, SoftRoISelection):
+            raise ValueError("soft_level_weights needs a model with --roi-pooling soft")
+        return pool.mean_level_weights(features, [boxes])
 
     def base_anchors(self, level: str) -> Tensor:
         """``Tensor[A, 4]`` xyxy anchors centred on 0 for an RPN level, ratio-major (all
@@ -398,9 +450,48 @@ class InferenceTrace:
 
 
 def _roi_pooler(cfg: ModelConfig, roi_specs: list[LevelSpec]) -> LevelRoIPooler:
-    """Eqn. (1)'s one level per RoI (``level``) or every level per RoI (``afp``)."""
+    """Eqn. (1)'s one level per RoI (``level``), every level per RoI (``afp``), or every level
+    fused by AugFPN's soft RoI selection (``soft``)."""
+    if cfg.roi_pooling == "soft":
+        return SoftRoISelection(
+            roi_specs, roi_specs[0].channels, cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned
+        )
     kind = AllLevelRoIPooler if cfg.roi_pooling == "afp" else LevelRoIPooler
     return kind(roi_specs, cfg.roi_output_size, cfg.roi_sampling_ratio, cfg.roi_aligned)
+
+
+def _consistent_supervision_heads(
+    cfg: ModelConfig, heads: nn.Module, roi_specs: list[LevelSpec], channels: int
+) -> ConsistentSupervisionRoIHeads:
+    """torchvision's RoI heads as ``FasterRCNN`` built them, plus AugFPN's auxiliary head."""
+    return ConsistentSupervisionRoIHeads(
+        heads.box_roi_pool,
+        heads.box_head,
+        heads.box_predictor,
+        cfg.box_fg_iou_thresh,
+        cfg.box_bg_iou_thresh,
+        cfg.box_batch_size_per_image,
+        cfg.box_positive_fraction,
+        None,  # torchvision's default box coder weights (10, 10, 5, 5), as FasterRCNN's
+        cfg.box_score_thresh,
+        cfg.box_nms_thresh,
+        cfg.box_detections_per_img,
+        aux_head=_auxiliary_head(cfg, roi_specs, channels),
+    )
+
+
+def _auxiliary_head(cfg: ModelConfig, roi_specs: list[LevelSpec], channels: int) -> AuxiliaryBoxHead:
+    pooled = cfg.roi_output_size
+    return AuxiliaryBoxHead(
+        roi_specs,
+        channels * pooled * pooled,
+        cfg.box_head_dim,
+        cfg.num_classes,
+        alpha=cfg.augfpn_cs_alpha,
+        output_size=pooled,
+        sampling_ratio=cfg.roi_sampling_ratio,
+        aligned=cfg.roi_aligned,
+    )
 
 
 def _box_head(cfg: ModelConfig, num_levels: int, in_features: int) -> nn.Module:
@@ -431,6 +522,7 @@ def build_model(cfg: ModelConfig, pretrained_backbone: bool = False) -> FPNFaste
     cfg = cfg.replace(
         norm=cfg.resolved_norm(pretrained_backbone),
         trainable_layers=cfg.resolved_trainable_layers(pretrained_backbone),
+        roi_pooling=cfg.resolved_roi_pooling(),
     )
     return FPNFasterRCNN(cfg)
 

@@ -324,7 +324,11 @@ def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
 
 
 def load_detector(
-    weights: str = "none", config: ModelConfig | None = None, backbone_weights: str = "none", **overrides: Any
+    weights: str = "none",
+    config: ModelConfig | None = None,
+    backbone_weights: str = "none",
+    training: bool = False,
+    **overrides: Any,
 ) -> LoadedModel:
     """Build a detector and load its weights.
 
@@ -337,6 +341,10 @@ def load_detector(
         overrides: ModelConfig fields that may differ from the stored ones without
             changing the weights (image sizes, score/NMS thresholds, detections per image);
             ``None`` values are ignored.
+        training: keep the training-only modules (AugFPN's auxiliary box head) for training
+            or resuming; a file without their weights then starts them fresh. Otherwise
+            (inference: detect, eval, inspect-levels, info, export) they are dropped and
+            their weights in the file are ignored.
 
     Returns:
         The model (on the CPU, in eval mode) and a description of its weights.
@@ -352,11 +360,13 @@ def load_detector(
             raise FpnError("no weights and no model configuration given")
         pretrained = backbone_weights != "none"
         model = build_model(config.replace(**overrides), pretrained_backbone=pretrained)
+        if not training:
+            model.drop_training_only()
         source = "random initialisation"
         if pretrained:
             source = _load_backbone(model, backbone_weights) + ", rest random"
         return LoadedModel(model.eval(), source)
-    return _load_path(weights, **overrides)
+    return _load_path(weights, training, **overrides)
 
 
 def weights_config(weights: str, config: ModelConfig | None = None, **overrides: Any) -> ModelConfig:
@@ -397,9 +407,21 @@ def _read_path(path: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Tens
     raise FpnError(f"{path}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
 
 
-def _load_path(path: str, **overrides: Any) -> LoadedModel:
+def _load_path(path: str, training: bool = False, **overrides: Any) -> LoadedModel:
     cfg, state, source = _read_path(path, **overrides)
     model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
+    own_training_only = model.training_only_keys(model.state_dict())
+    if not training:
+        # Inference: the auxiliary head is neither built nor read (a checkpoint keeps it for
+        # resuming; an inference-only file has none).
+        model.drop_training_only()
+        dropped = set(model.training_only_keys(state))
+        state = {k: v for k, v in state.items() if k not in dropped}
+    elif own_training_only and not model.training_only_keys(state):
+        # Training from an inference-only file: the auxiliary head starts fresh.
+        state = {**state, **{k: v for k, v in model.state_dict().items() if k in own_training_only}}
+        names = ", ".join(model.training_only_parts())
+        source = f"{source} ({names} initialised fresh: not in the file)"
     load_model_state(model, state, path)
     return LoadedModel(model.eval(), source)
 

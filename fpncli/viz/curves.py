@@ -21,16 +21,19 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
 
 
 def plot_training_curves(metrics_file: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write a PNG with three panels: losses (log scale), learning rate, validation AP/AP50."""
+    """Write a PNG with three panels: losses (log scale), learning rate, validation AP/AP50;
+    and a fourth when the model returned other losses (e.g. AugFPN's auxiliary head's)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
     train, val = read_metrics(metrics_file)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    main = ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+    extra = sorted({k for r in train for k in r if k.startswith("loss_") and k not in main})
+    fig, axes = plt.subplots(1, 4 if extra else 3, figsize=(20 if extra else 15, 4))
     its = [r["iter"] for r in train]
-    for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    for key in main:
         values = [r.get(key) for r in train]
         if any(v is not None and v > 0 for v in values):
             axes[0].plot(its, values, label=key, linewidth=2 if key == "loss" else 1)
@@ -46,10 +49,18 @@ def plot_training_curves(metrics_file: str | os.PathLike, out: str | os.PathLike
     else:
         axes[2].text(0.5, 0.5, "no validation set", ha="center", va="center", transform=axes[2].transAxes)
     axes[2].set_title("validation (COCO)")
+    if extra:
+        # Included in "loss" (the sum the optimiser sees); drawn apart to keep panel 1 readable.
+        for key in extra:
+            values = [r.get(key) for r in train]
+            if any(v is not None and v > 0 for v in values):
+                axes[3].plot(its, values, label=key.removeprefix("loss_"), linewidth=1)
+        axes[3].set_yscale("log")
+        axes[3].set_title("other losses (included in loss)")
     for ax in axes:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    for ax in (axes[0], axes[2]):
+    for ax in (axes[0], *axes[2:]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()

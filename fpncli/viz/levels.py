@@ -1,5 +1,5 @@
 """Pictures of pyramid levels: per-level heat maps, a pyramid montage, detections coloured by
-level, bottom-up vs top-down maps, adaptive feature pooling's level selection (one image), and box sizes vs anchors, coverage per level
+level, bottom-up vs top-down maps, adaptive feature pooling's and soft RoI selection's levels (one image), and box sizes vs anchors, coverage per level
 (a dataset). All saved as PNG with matplotlib's Agg backend (no display needed).
 
 Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
@@ -264,6 +264,76 @@ def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def save_soft_levels(ins: ImageInspection, path: str | Path) -> Path | None:
+    """AugFPN's soft RoI selection per detection (soft-selection models only, else None).
+
+    Left: the detections, each box coloured by the level its attention weighted most,
+    labelled ``soft pK | Eq.1 pJ``. Right: per detection (smallest at the top), each RoI
+    level's attention weight (sigmoid averaged over the pooled grid, 0..1 on its own: the
+    levels are not normalised against each other), with a black diamond on the level
+    Eqn. (1) would pick (the ``AFP_MAX_BARS`` best-scoring detections when there are more).
+    """
+    if ins.soft is None:
+        return None
+    plt = _plt()
+    levels = ins.soft.levels
+    colours = level_colours([row.name for row in ins.levels])
+    best = sorted(ins.detections, key=lambda d: -d.score)[:AFP_MAX_BARS]
+    dets = sorted(best, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+    rows = max(len(dets), 1)
+    fig, (left, right) = plt.subplots(
+        1,
+        2,
+        figsize=(13, max(4.5, min(0.3 * rows + 1.5, 14))),
+        dpi=DPI,
+        width_ratios=[1.3, 1],
+        layout="constrained",
+    )
+    left.imshow(ins.image)
+    for det in dets:
+        _labelled_box(
+            left,
+            det.box,
+            f"soft {det.soft_level} | Eq.1 {det.level}",
+            colours.get(det.soft_level or "", "white"),
+        )
+    left.set_axis_off()
+    left.set_title(
+        f"{ins.soft.total} detections (score >= {ins.score_thr:g}), coloured by the level\nsoft "
+        f"RoI selection weighted most; {ins.soft.agree} agree with Eqn. (1)",
+        fontsize=9,
+    )
+    matrix = np.asarray([d.soft_weights or [0.0] * len(levels) for d in dets], dtype=float).reshape(
+        -1, len(levels)
+    )
+    if len(dets):
+        shown = right.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        fig.colorbar(shown, ax=right, fraction=0.046, pad=0.02, label="attention weight (sigmoid)")
+        for yi, det in enumerate(dets):
+            for xi, value in enumerate(matrix[yi]):
+                right.text(xi, yi, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
+            if det.level in levels:
+                right.plot([levels.index(det.level) + 0.38], [yi], marker="D", color="black", markersize=4)
+        right.set_yticks(
+            range(len(dets)),
+            [
+                f"{d.name} {np.sqrt(max((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), 0)):.0f}px"
+                for d in dets
+            ],
+        )
+    else:
+        right.text(0.5, 0.5, "no detections", ha="center", va="center", transform=right.transAxes)
+        right.set_yticks([])
+    right.set_xticks(range(len(levels)), levels)
+    right.tick_params(axis="y", labelsize=7)
+    more = f" ({len(dets)} best-scoring shown)" if len(dets) < len(ins.detections) else ""
+    right.set_xlabel(f"each level's soft-selection weight{more}\nblack diamond: the level Eqn. (1) picks")
+    fig.suptitle(
+        "Soft RoI selection (AugFPN): how much each level contributes to each detection", fontsize=10
+    )
+    return _save(plt, fig, path)
+
+
 def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     """Every picture of one inspected image: heat maps, pyramid montage, detections, and the
     bottom-up comparison when the inspection kept bottom-up maps."""
@@ -278,6 +348,9 @@ def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     afp = save_afp_levels(ins, out / "afp_levels.png")
     if afp is not None:
         written.append(afp)
+    soft = save_soft_levels(ins, out / "soft_levels.png")
+    if soft is not None:
+        written.append(soft)
     return written
 
 

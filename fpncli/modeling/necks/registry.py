@@ -36,6 +36,8 @@ class NeckEntry:
             anchor size on that map).
         options: the :class:`~fpncli.config.ModelConfig` fields that only this neck reads.
         ablation: part of ``fpn ablation``'s default rows.
+        roi_pooling: the RoI pooling the neck is designed with, used when none is given
+            (``ModelConfig.roi_pooling == "auto"``).
     """
 
     name: str
@@ -44,6 +46,7 @@ class NeckEntry:
     single_scale: bool = False
     options: tuple[str, ...] = ()
     ablation: bool = True
+    roi_pooling: str = "level"
 
 
 def _fpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
@@ -72,6 +75,17 @@ def _nasfpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     if cfg.nasfpn_stacks < 1:
         raise FpnError(f"nasfpn_stacks must be at least 1, got {cfg.nasfpn_stacks}")
     return NASFPN(in_specs, cfg.fpn_channels, stacks=cfg.nasfpn_stacks, norm=cfg.nasfpn_norm)  # type: ignore[arg-type]
+
+
+def _augfpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.necks.augfpn import AugFPN
+
+    return AugFPN(
+        in_specs,  # type: ignore[arg-type]
+        cfg.fpn_channels,
+        rfa=cfg.augfpn_rfa,
+        raw_laterals=cfg.consistent_supervision,
+    )
 
 
 def _single(level: str) -> Builder:
@@ -108,6 +122,16 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             options=("nasfpn_stacks", "nasfpn_norm"),
             # Opt-in (`--necks ...,nasfpn`): 7 stacks double the default ablation's time.
             ablation=False,
+        ),
+        NeckEntry(
+            "augfpn",
+            _augfpn,
+            "AugFPN: FPN + residual feature augmentation, soft RoI selection and consistent "
+            "supervision (Guo et al. 2020)",
+            options=("augfpn_rfa", "augfpn_consistent_supervision", "augfpn_cs_alpha"),
+            # Opt-in like nasfpn: its rows (augfpn and its parts) are the survey's, via --necks.
+            ablation=False,
+            roi_pooling="soft",
         ),
     )
 }
