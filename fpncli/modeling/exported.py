@@ -78,8 +78,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], Any]:
-    """``(metadata, runner)`` of an exported file: the JSON ``fpn export`` stored, and an
-    ONNX Runtime session (onnx) or the loaded ``torch.jit`` module (torchscript)."""
+    """``(metadata, runner)`` of an exported file: the JSON ``fpn export`` stored, and the
+    loaded ``torch.jit`` module (torchscript) or None (onnx: sessions are made where they run)."""
     path = Path(path)
     fmt = fmt or exported_format(path)
     if not path.exists():
@@ -87,14 +87,22 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
     if path.is_dir():
         raise FpnError(f"{path}: is a folder, expected a model file")
     if fmt == "onnx":
+        # The metadata through the onnx package, not an ONNX Runtime session: a session made
+        # here would be forked into fpn detect's workers, where ONNX Runtime deadlocks.
+        import_onnxruntime()
         try:
-            session = onnx_session(path)
-        except FpnError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own types for garbage
+            import onnx
+        except ImportError:
+            raise FpnError(f"reading ONNX models needs the onnx package: {ONNX_INSTALL_HINT}") from None
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises its own types for garbage
             raise FpnError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
-        raw = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-        runner: Any = session
+        raw = {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
+        if not len(proto.graph.node):
+            raise FpnError(f"{path}: not a readable ONNX model (no graph)")
+        del proto
+        runner: Any = None  # made by ExportedDetector.run, in the process that runs it
     elif fmt == "torchscript":
         import warnings
 
@@ -199,10 +207,18 @@ class ExportedDetector:
             with torch.inference_mode():
                 boxes, scores, labels = self._runner(image)
             return boxes, scores, labels
-        if os.getpid() != self._pid:  # a forked worker: its own session
-            self._runner, self._pid = onnx_session(self.path), os.getpid()
+        if self._runner is None or os.getpid() != self._pid:  # first use in this process
+            self._runner, self._pid = self._new_session(), os.getpid()
         boxes, scores, labels = self._runner.run(None, {INPUT_NAME: image.numpy()})
         return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+
+    def _new_session(self) -> Any:
+        try:
+            return onnx_session(self.path)
+        except FpnError:
+            raise
+        except Exception as exc:  # a valid protobuf that is no runnable model
+            raise FpnError(f"{self.path}: not a runnable ONNX model ({_first_line(exc)})") from None
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("an ExportedDetector is not picklable (DataLoader workers are forked)")
@@ -256,3 +272,16 @@ def exported_config(path: str | os.PathLike) -> ModelConfig:
     """The model configuration stored in an exported file."""
     meta, _ = read_metadata(path)
     return ModelConfig.from_dict(meta["model_config"])
+
+
+def load_for_inference(weights: str, **overrides: Any) -> tuple[Any, str]:
+    """``(model, description)`` for ``fpn detect`` / ``fpn eval``: an exported file through
+    :func:`load_exported`, anything else through :func:`fpncli.modeling.weights.load_detector`.
+    The model is an ``FPNFasterRCNN`` or an :class:`ExportedDetector` (the same inference API)."""
+    fmt = exported_format(weights) if weights not in ("coco", "none") else None
+    if fmt is not None:
+        return load_exported(weights, **overrides), f"exported {fmt} model {weights}"
+    from fpncli.modeling.weights import load_detector
+
+    loaded = load_detector(weights, **overrides)
+    return loaded.model, loaded.source
