@@ -127,19 +127,30 @@ def test_detect_with_exported_file_equals_pytorch_on_real_images(exported, fmt, 
 
 
 def test_eval_runs_exported_file(exported, tmp_path):
-    """fpn eval --weights model.onnx evaluates the graph's detections like a checkpoint's."""
-    from fpncli.data.synth import make_synthetic_dataset
+    """fpn eval --weights model.onnx evaluates the graph's detections like the checkpoint's."""
+    from fpncli.data.synth import synthesize
     from fpncli.engine.evaluate import EvalOptions, run_eval
 
     ckpt, summaries = exported
-    data = make_synthetic_dataset(tmp_path / "synth", num_images=2, seed=0, image_size=(72, 90))
-    metrics = {}
-    for weights in (str(ckpt), str(summaries["onnx"].out)):
-        options = EvalOptions(annotations=data.annotations, images=data.images, weights=weights, workers=0)
-        metrics[weights] = run_eval(options)
-    a, b = metrics[str(ckpt)], metrics[str(summaries["onnx"].out)]
-    assert a["images_evaluated"] == b["images_evaluated"] == 2
-    assert a["AP"] == pytest.approx(b["AP"], abs=1e-6)
+    synthesize(tmp_path / "data", train=0, val=2, seed=0)
+    runs = {}
+    for name, weights in (("pt", str(ckpt)), ("onnx", str(summaries["onnx"].out))):
+        options = EvalOptions(
+            annotations=tmp_path / "data" / "annotations" / "instances_val.json",
+            images=tmp_path / "data" / "val",
+            weights=weights,
+            out=tmp_path / name,
+            workers=0,
+        )
+        metrics = run_eval(options)
+        runs[name] = (metrics, json.loads((tmp_path / name / "detections.json").read_text()))
+    (m_pt, d_pt), (m_onnx, d_onnx) = runs["pt"], runs["onnx"]
+    assert len(d_pt) == len(d_onnx) > 0
+    for a, b in zip(d_pt, d_onnx):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert abs(a["score"] - b["score"]) <= 1e-4
+        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) <= 0.02  # xywh of two coordinates
+    assert m_pt["AP"] == pytest.approx(m_onnx["AP"], abs=1e-6)
 
 
 def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exported):
@@ -217,9 +228,13 @@ def test_compare_detections_tolerances():
     with pytest.raises(FpnError, match=r"img: PyTorch's detection 2 \(b 0.8000"):
         compare_detections("img", ref, wrong_label, 0.05, 100, names)
     moved = (got[0] + torch.tensor([0.0, 0.0, 0.02, 0.0]), got[1], got[2])
-    with pytest.raises(FpnError, match="box off by 0.02"):
+    with pytest.raises(FpnError, match=r"box off by 0\.02"):
         compare_detections("img", ref, moved, 0.05, 100, names)
-    extra = (torch.cat([got[0], got[0][:1]]), torch.cat([got[1], torch.tensor([0.5])]), torch.cat([got[2], got[2][:1]]))
+    extra = (
+        torch.cat([got[0], got[0][:1]]),
+        torch.cat([got[1], torch.tensor([0.5])]),
+        torch.cat([got[2], got[2][:1]]),
+    )
     with pytest.raises(FpnError, match="has a detection PyTorch does not"):
         compare_detections("img", ref, extra, 0.05, 100, names)
 
@@ -228,16 +243,14 @@ def test_compare_detections_tolerances():
 
 
 def _neck_cases():
-    """Every registered neck with each RoI pooling it accepts (necks added later included)."""
-    from fpncli.config import ROI_POOLINGS
+    """Every registered neck (necks added later included) with the default RoI pooling, and
+    every other RoI pooling option on the FPN: each neck and each option exported once."""
+    from fpncli.config import ROI_POOLINGS, ModelConfig
     from fpncli.modeling.necks.registry import NECK_REGISTRY
 
-    cases = []
-    for name, entry in NECK_REGISTRY.items():
-        for pooling in ROI_POOLINGS:
-            if pooling == "afp" and entry.single_scale:
-                continue  # the config refuses it: nothing to export
-            cases.append(pytest.param(name, pooling, id=f"{name}-{pooling}"))
+    default = ModelConfig().roi_pooling
+    cases = [pytest.param(name, default, id=f"{name}-{default}") for name in NECK_REGISTRY]
+    cases += [pytest.param("fpn", p, id=f"fpn-{p}") for p in ROI_POOLINGS if p != default]
     return cases
 
 
@@ -285,8 +298,14 @@ def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatc
     from fpncli.engine.export import ExportOptions, run_export
 
     cases = [
-        (ExportOptions(str(tmp_path / "missing.pt"), "onnx", tmp_path / "m.onnx"), "missing.pt: no such file"),
-        (ExportOptions(str(tiny_checkpoint), "tflite", tmp_path / "m.tflite"), "unknown export format 'tflite'"),
+        (
+            ExportOptions(str(tmp_path / "missing.pt"), "onnx", tmp_path / "m.onnx"),
+            "missing.pt: no such file",
+        ),
+        (
+            ExportOptions(str(tiny_checkpoint), "tflite", tmp_path / "m.tflite"),
+            "unknown export format 'tflite'",
+        ),
         (ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.pt"), "must end in .onnx"),
         (ExportOptions("none", "onnx", tmp_path / "m.onnx"), "random model"),
         (
@@ -312,7 +331,9 @@ def test_corrupt_onnx_to_detect_is_one_line_error(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (40, 30)).save(img)
-    result = CliRunner().invoke(app, ["detect", str(img), "--weights", str(bad), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["detect", str(img), "--weights", str(bad), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     err = result.stderr.strip()
     assert err.startswith("error:") and "model.onnx: not a readable ONNX model" in err and "\n" not in err
