@@ -43,6 +43,10 @@ class ExportableDetector(nn.Module):
     eval mode (its thresholds and limits at the time of wrapping).
     """
 
+    mean: Tensor
+    std: Tensor
+    size_limits: Tensor
+
     def __init__(self, model: FPNFasterRCNN) -> None:
         super().__init__()
         self.backbone = model.backbone
@@ -76,15 +80,21 @@ class ExportableDetector(nn.Module):
         limits = self.size_limits
         scale = torch.minimum(limits[:1] / hw.amin(0, keepdim=True), limits[1:] / hw.amax(0, keepdim=True))
         resized = torch.floor(hw * scale).to(torch.int64)
-        x = F.interpolate(x[None], size=(resized[0], resized[1]), mode="bilinear", align_corners=False)
+        # Sizes are 0-dim tensors here (int() would freeze them in the trace).
+        x = F.interpolate(
+            x[None],
+            size=(resized[0], resized[1]),  # type: ignore[arg-type]
+            mode="bilinear",
+            align_corners=False,
+        )
         # Pad bottom/right to a multiple of size_divisible, as torchvision's batch_images does.
         d = self.size_divisible
         padded = torch.div(resized + (d - 1), d, rounding_mode="floor") * d
         pad = padded - resized
-        x = F.pad(x, [0, pad[1], 0, pad[0]])
+        x = F.pad(x, [0, pad[1], 0, pad[0]])  # type: ignore[list-item]
         features = self.backbone(x)
         image_size = (resized[0], resized[1])
-        images = ImageList(x, [image_size])  # type: ignore[list-item]
+        images = ImageList(x, [image_size])
         rpn = self.rpn
         rpn_maps = list(features.values())  # as torchvision's RPN: every map
         objectness, deltas = rpn.head(rpn_maps)
@@ -111,8 +121,8 @@ class ExportableDetector(nn.Module):
                 stride = torch.tensor([self.strides[i], self.strides[i]], dtype=torch.int64)
             else:  # torchvision's: padded input size // map size, per axis
                 stride = torch.div(padded, size, rounding_mode="floor")
-            shifts_x = torch.arange(0, size[1], dtype=torch.int32) * stride[1]
-            shifts_y = torch.arange(0, size[0], dtype=torch.int32) * stride[0]
+            shifts_x = torch.arange(0, size[1], dtype=torch.int32) * stride[1]  # type: ignore[call-overload]
+            shifts_y = torch.arange(0, size[0], dtype=torch.int32) * stride[0]  # type: ignore[call-overload]
             sy, sx = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             sx, sy = sx.reshape(-1), sy.reshape(-1)
             shifts = torch.stack((sx, sy, sx, sy), dim=1)
@@ -153,7 +163,7 @@ def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any]) -> bytes:
         torch.onnx.export(
             wrapper,
             (_example_image(),),
-            buffer,
+            buffer,  # type: ignore[arg-type]
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={

@@ -75,7 +75,7 @@ def _conv(in_channels: int, out_channels: int, kernel: int, norm: str) -> nn.Con
     return conv
 
 
-def resize_to_level(x: Tensor, steps: int, size: tuple[int, int]) -> Tensor:
+def resize_to_level(x: Tensor, steps: int, size: tuple[int, int] | torch.Size) -> Tensor:
     """Move a map ``steps`` levels (positive: coarser) to a map of ``size`` (h, w).
 
     Coarser: ``steps`` times 3x3 max-pooling with stride 2 and padding 1 (TF's SAME max
