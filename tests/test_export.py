@@ -4,6 +4,7 @@ exported files running through fpn detect / fpn eval's pipeline."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -154,7 +155,6 @@ def test_eval_runs_exported_file(exported, tmp_path):
 
 
 def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exported):
-    from fpncli.modeling.detector import build_model
     from fpncli.modeling.exported import load_exported
     from fpncli.modeling.weights import load_detector
 
@@ -176,7 +176,6 @@ def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exporte
     ):
         with pytest.raises(FpnError, match=word):
             load_exported(path, **bad)
-    assert build_model  # imported for symmetry with the other tests
 
 
 def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypatch):
@@ -259,7 +258,7 @@ _SMALL = {"nasfpn_stacks": 1, "bifpn_repeats": 1}
 
 
 @pytest.mark.parametrize("neck,pooling", _neck_cases())
-def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one_thread):
+def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one_thread, tmp_path):
     """Each neck x RoI pooling exports to both formats with detections equal to PyTorch on a
     landscape and a portrait image, or is refused (REFUSED) with a one-line reason."""
     import dataclasses
@@ -276,12 +275,17 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
     images = [torch.randint(0, 256, s, dtype=torch.uint8, generator=g) for s in ((45, 71, 3), (83, 52, 3))]
-    for fmt in FORMATS:
-        if refused:
-            from fpncli.engine.export import ExportOptions, run_export
+    if refused:  # refused before any work: one line with the reason, no file
+        from fpncli.checkpoint import save_checkpoint
+        from fpncli.engine.export import ExportOptions, run_export
 
-            pytest.skip(f"{neck}/{pooling} refused: {refused[0]}")
-            assert run_export and ExportOptions
+        ckpt = save_checkpoint(tmp_path / "m.pt", model)
+        for fmt in FORMATS:
+            with pytest.raises(FpnError, match=re.escape(refused[0])) as info:
+                run_export(ExportOptions(str(ckpt), fmt, tmp_path / f"m{SUFFIX[fmt]}"))
+            assert "\n" not in str(info.value) and not (tmp_path / f"m{SUFFIX[fmt]}").exists()
+        return
+    for fmt in FORMATS:
         data = _export_bytes(model, fmt, {"version": 1}, f"{neck}-{pooling}")
         run = _runner(data, fmt)
         for image in images:
@@ -361,3 +365,15 @@ def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path, tiny_ch
     fake.write_bytes(b"x")
     with pytest.raises(FpnError, match=r'pip install "fpncli\[onnx\]"'):
         load_exported(fake)
+
+
+def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint, monkeypatch):
+    """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
+    import fpncli.engine.export as E
+
+    monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): "its resize op has no ONNX form"})
+    monkeypatch.setattr(E, "_export_bytes", lambda *a: pytest.fail("exported a refused model"))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(FpnError, match="neck fpn cannot be exported to onnx: its resize op has no ONNX form"):
+        E.run_export(E.ExportOptions(str(tiny_checkpoint), "onnx", out))
+    assert not out.exists()
