@@ -13,6 +13,13 @@ other work hits both alike.
         one single-threaded model replica per core decoding and detecting whole images,
         annotated images written).
 
+    (c) exported (``--export onnx``, the default; ``torchscript``; ``none`` skips it): the
+        same weights through ``fpn export`` (self-check included, timed apart), then
+        ``run_detect`` with ``--weights model.onnx``: the same pipeline, each worker process
+        running its own ONNX Runtime session (1 intra-op thread per process, every graph
+        optimisation: see ``fpncli.modeling.exported.onnx_session``). ``--export-workers 0``
+        runs one process instead, whose session uses all of torch's threads.
+
 It prints images/s for each, the ratio, the CPU seconds per image (this process and its
 workers; steadier than wall time on a shared machine), the peak resident memory during each (process plus workers; pages shared after fork count once per process)
 arm, and whether the two produce the same detections up to float rounding: one-to-one
@@ -195,19 +202,23 @@ def fpn_detect(
     out_dir: Path,
     draw: bool,
     device: str,
+    workers: int | None = None,
 ) -> list[list[tuple[int, float, list[float]]]]:
     from fpncli.engine.detect import DetectOptions, run_detect
 
+    exported = weights.suffix in (".onnx", ".torchscript")
     summary = run_detect(
         [str(p) for p in paths],
         DetectOptions(
             weights=str(weights),
             out_dir=out_dir,
             score_thr=score_thr,
-            min_size=size,
-            max_size=max_size,
+            # An exported file has its sizes inside (asking for others is an error).
+            min_size=None if exported else size,
+            max_size=None if exported else max_size,
             draw=draw,
             device=device,
+            workers=workers,
         ),
     )
     if summary.images_failed:
@@ -375,6 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads for both arms (default: torch's choice); on a busy machine 1 "
         "avoids waiting on descheduled threads at every op",
     )
+    parser.add_argument(
+        "--export",
+        default="onnx",
+        choices=("onnx", "torchscript", "none"),
+        help="also time fpn detect on the weights exported to this format (fpn export)",
+    )
+    parser.add_argument(
+        "--export-workers",
+        type=int,
+        default=None,
+        help="--workers for the exported arm (default: fpn detect's)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -410,6 +433,31 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
             ),
         }
+        if args.export != "none":
+            from fpncli.engine.export import ExportOptions, run_export
+
+            exported = Path(tmp) / f"model.{args.export}"
+            with Timed() as t:
+                done = run_export(
+                    ExportOptions(str(weights), args.export, exported, min_size=args.size, max_size=max_size)
+                )
+            print(
+                f"fpn export --format {args.export}: {t.wall:.1f} s (graph {done.export_seconds:.1f} s, "
+                f"self-check on {len(done.images)} images {done.check_seconds:.1f} s; max box diff "
+                f"{done.box_diff:.2g} px, score diff {done.score_diff:.2g})",
+                flush=True,
+            )
+            arms[f"fpn detect ({args.export})"] = lambda: fpn_detect(
+                exported,
+                paths,
+                args.size,
+                max_size,
+                args.score_thr,
+                Path(tmp) / "out_exported",
+                not args.no_draw,
+                "cpu",
+                workers=args.export_workers,
+            )
         best: dict[str, Timed] = {}
         outputs: dict[str, list] = {}
         for r in range(args.rounds):
@@ -440,6 +488,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         for line in same["unmatched"]:
             print(f"  {line}")
+        exported_same = None
+        if args.export != "none":
+            name = f"fpn detect ({args.export})"
+            exported_same = compare(outputs["fpn detect"], outputs[name], args.score_thr)
+            print(
+                f"{name} vs fpn detect: {fpn.wall / best[name].wall:.2f}x the speed (wall), "
+                f"{fpn.cpu / best[name].cpu:.2f}x (CPU time); same detections: "
+                f"{'yes' if exported_same['equal'] else 'NO'} ({exported_same['matched']} matched, "
+                f"{exported_same['missing']} missing, {exported_same['extra']} extra; max |box diff| "
+                f"{exported_same['max_box_diff_px']} px, max |score diff| {exported_same['max_score_diff']})"
+            )
+            for line in exported_same["unmatched"]:
+                print(f"  {line}")
         results.update(
             {
                 "arms": {
@@ -454,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup_wall": round(ratio, 3),
                 "speedup_cpu": round(cpu_ratio, 3),
                 "equality": same,
+                "exported_equality": exported_same,
             }
         )
         if args.ablation_images > 0:
@@ -471,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             results["ablation"] = rows
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
-    return 0 if same["equal"] else 1
+    return 0 if same["equal"] and (exported_same is None or exported_same["equal"]) else 1
 
 
 if __name__ == "__main__":

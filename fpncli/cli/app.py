@@ -59,6 +59,9 @@ app.command("demo", help=demo_cli.HELP, epilog=demo_cli.EPILOG)(demo_cli.demo)
 from fpncli.cli import ablation as ablation_cli  # noqa: E402
 
 app.command("ablation", help=ablation_cli.HELP, epilog=ablation_cli.EPILOG)(ablation_cli.ablation)
+from fpncli.cli import export as export_cli  # noqa: E402
+
+app.command("export", help=export_cli.HELP, epilog=export_cli.EPILOG)(export_cli.export)
 
 
 def main() -> None:

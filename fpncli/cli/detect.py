@@ -34,7 +34,11 @@ def detect(
         typer.Argument(help="Image files, folders and glob patterns (quote them).", show_default=False),
     ],
     weights: Annotated[
-        str, typer.Option(help="coco, or an fpncli checkpoint / torchvision state-dict path.")
+        str,
+        typer.Option(
+            help="coco, or an fpncli checkpoint / torchvision state-dict path, or a file from fpn export "
+            "(.onnx, TorchScript)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,

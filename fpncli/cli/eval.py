@@ -42,7 +42,8 @@ def eval_coco(
     weights: Annotated[
         str | None,
         typer.Option(
-            help="Model to run: an fpncli checkpoint, a torchvision state dict, or 'coco' (COCO_V1)."
+            help="Model to run: an fpncli checkpoint, a torchvision state dict, 'coco' (COCO_V1), or a "
+            "file from fpn export (.onnx, TorchScript)."
         ),
     ] = None,
     out: Annotated[

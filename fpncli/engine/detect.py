@@ -350,14 +350,16 @@ def run_detect(
 
     from fpncli.engine import distributed_inference as DI
     from fpncli.engine.coco_eval import detections_to_coco
-    from fpncli.modeling.weights import load_detector
+    from fpncli.modeling.exported import exported_format, load_for_inference
 
-    device = DI.inference_device(options.device)  # under torchrun: this process's GPU
+    # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
+    exported = weights_file is not None and exported_format(weights_file) is not None
+    device = DI.inference_device("cpu" if exported and options.device == "auto" else options.device)
     main, world = DI.is_main(), DI.world()[1]  # under torchrun only rank 0 writes the JSON files
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
 
-    loaded = load_detector(
+    model, source = load_for_inference(
         options.weights,
         min_size=options.min_size,
         max_size=options.max_size,
@@ -365,7 +367,6 @@ def run_detect(
         box_nms_thresh=options.nms_iou,
         box_detections_per_img=options.max_dets,
     )
-    model = loaded.model
     cfg = model.config
     keep = resolve_classes(cfg.class_names, cfg.category_ids, options.classes)
     max_dets = cfg.box_detections_per_img
@@ -374,7 +375,7 @@ def run_detect(
         # Filter before the top-k cut, not after it: let the model keep every detection,
         # drop the unwanted classes, then take the best max_dets.
         model.set_detections_per_img(1_000_000)
-    if options.optimize:
+    if options.optimize and not exported:
         from fpncli.modeling.optimize import optimize_for_inference
 
         # CPU: NNPACK's Winograd needs NCHW; CUDA: channels-last feeds the tensor cores.
@@ -398,7 +399,7 @@ def run_detect(
     summary = DetectSummary(
         images_total=len(paths),
         device=str(device) if world == 1 else f"{device.type} x {world} processes",
-        weights=loaded.source,
+        weights=source,
         predictions_path=predictions_path,
         coco_unmatched=unmatched,
     )
@@ -445,7 +446,7 @@ def run_detect(
     # No early empty flush: a run that fails before its first image leaves the previous
     # predictions.json as it was; from the first flush on the file holds this run's results.
     if progress is not None:
-        progress({"event": "start", "images": len(paths), "device": summary.device, "weights": loaded.source})
+        progress({"event": "start", "images": len(paths), "device": summary.device, "weights": source})
     try:
         for result in DI.predict_sharded(
             model,

@@ -606,16 +606,18 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
         )
     from fpncli.engine.distributed_inference import inference_device
-    from fpncli.modeling.weights import load_detector
+    from fpncli.modeling.exported import exported_format, load_for_inference
 
     resolve_backend(options.backend)  # fail before loading a model
-    device = inference_device(options.device)  # under torchrun: this process's GPU
+    # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
+    exported = weights not in (None, "coco", "none") and exported_format(weights) is not None
+    device = inference_device("cpu" if exported and options.device == "auto" else options.device)
     if options.half and device.type != "cuda":
         raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     assert weights is not None and options.images is not None  # check() made sure
-    loaded = load_detector(weights)
+    model, source = load_for_inference(weights)
     return evaluate_model(
-        loaded.model,
+        model,
         options.annotations,
         options.images,
         out_dir=out,
@@ -624,7 +626,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         workers=options.workers,
         plots=options.plots,
         backend=options.backend,
-        weights=loaded.source,
+        weights=source,
         max_images=options.max_images,
         half=options.half,
         sharded=True,

@@ -240,11 +240,16 @@ class FPNFasterRCNN(FasterRCNN):
         rpn_pre_nms_top_n: int | None = None,
         rpn_post_nms_top_n: int | None = None,
         detections_per_img: int | None = None,
+        score_thresh: float | None = None,
     ) -> Iterator[None]:
         """Temporarily change the eval-mode limits: the RPN's top-n before NMS (per level)
-        and after it (per image), and the detections kept per image. ``None`` keeps a value."""
+        and after it (per image), the detections kept per image and their score threshold
+        (kept when ``score > score_thresh``). ``None`` keeps a value."""
         rpn, heads = self.rpn, self.roi_heads
         saved = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
+        saved_thresh = heads.score_thresh
+        if score_thresh is not None:
+            heads.score_thresh = score_thresh
         if rpn_pre_nms_top_n is not None:
             rpn._pre_nms_top_n["testing"] = rpn_pre_nms_top_n
         if rpn_post_nms_top_n is not None:
@@ -255,6 +260,7 @@ class FPNFasterRCNN(FasterRCNN):
             yield
         finally:
             rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img = saved
+            heads.score_thresh = saved_thresh
 
     def set_detections_per_img(self, n: int) -> None:
         """Keep at most ``n`` detections per image from now on (eval mode)."""

@@ -120,11 +120,8 @@ def pool_all_levels(
 def _to_roi_format(boxes: list[Tensor]) -> Tensor:
     """``[Tensor[N_i, 4]]`` -> ``Tensor[sum N_i, 5]`` rows ``(image_index, x1, y1, x2, y2)``."""
     all_boxes = torch.cat(boxes, dim=0)
+    # full_like, not full((len(b), 1)): a traced (exported) graph keeps the count dynamic.
     index = torch.cat(
-        [
-            torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
-            for i, b in enumerate(boxes)
-        ],
-        dim=0,
+        [torch.full_like(b[:, :1], i, dtype=all_boxes.dtype) for i, b in enumerate(boxes)], dim=0
     )
     return torch.cat([index, all_boxes], dim=1)

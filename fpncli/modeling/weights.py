@@ -378,6 +378,10 @@ def weights_config(weights: str, config: ModelConfig | None = None, **overrides:
         if config is None:
             raise FpnError("no weights and no model configuration given")
         return config.replace(**overrides)
+    from fpncli.modeling.exported import exported_config, exported_format
+
+    if exported_format(weights) is not None:  # fpn export's file: its metadata holds the config
+        return exported_config(weights).replace(**overrides)
     return _read_path(weights, **overrides)[0]
 
 
@@ -408,6 +412,14 @@ def _read_path(path: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Tens
 
 
 def _load_path(path: str, training: bool = False, **overrides: Any) -> LoadedModel:
+    from fpncli.modeling.exported import exported_format
+
+    fmt = exported_format(path)
+    if fmt is not None:
+        raise FpnError(
+            f"{path}: an exported ({fmt}) model only detects (fpn detect, fpn eval); this needs the "
+            f"PyTorch checkpoint it was exported from"
+        )
     cfg, state, source = _read_path(path, **overrides)
     model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
     own_training_only = model.training_only_keys(model.state_dict())

@@ -75,7 +75,7 @@ def _conv(in_channels: int, out_channels: int, kernel: int, norm: str) -> nn.Con
     return conv
 
 
-def resize_to_level(x: Tensor, steps: int, size: tuple[int, int]) -> Tensor:
+def resize_to_level(x: Tensor, steps: int, size: tuple[int, int] | torch.Size) -> Tensor:
     """Move a map ``steps`` levels (positive: coarser) to a map of ``size`` (h, w).
 
     Coarser: ``steps`` times 3x3 max-pooling with stride 2 and padding 1 (TF's SAME max
@@ -85,7 +85,9 @@ def resize_to_level(x: Tensor, steps: int, size: tuple[int, int]) -> Tensor:
     """
     for _ in range(max(steps, 0)):
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-    if tuple(x.shape[-2:]) != tuple(size):
+    # Traced (fpn export), the test would be frozen at the traced size: always resize then
+    # (nearest to the same size is an exact copy).
+    if torch.jit.is_tracing() or tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="nearest")
     return x
 
@@ -142,7 +144,7 @@ class NASFPNStage(nn.Module):
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         """``xs``: five ``Tensor[B, d, H_l, W_l]``, finest first -> the same shapes."""
-        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
+        sizes = [x.shape[-2:] for x in xs]  # not int(): a traced graph keeps them dynamic
         nodes = list(xs)
         for cell, (level, _, (i, j), _), extra in zip(self.cells, BLOCKS, self.extras):
 

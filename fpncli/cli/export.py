@@ -1,0 +1,106 @@
+"""`fpn export`: a detector as one ONNX or TorchScript file, checked against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape as esc
+
+from fpncli.cli.common import console, err_console, handle_errors
+
+HELP = (
+    "Export a detector to ONNX or TorchScript: RGB uint8 image of any size in, boxes in its pixels "
+    "out (resize, normalise, NMS and thresholds inside); checked against PyTorch before it is written."
+)
+EPILOG = (
+    "Examples:\n\n"
+    "  fpn export runs/exp/best.pt --format onnx --out model.onnx\n\n"
+    "  fpn export coco --format torchscript --out frcnn.torchscript --check-images photos/\n\n"
+    "  fpn detect photos/ --weights model.onnx --out out/\n\n"
+    "The thresholds and sizes below are fixed in the file; a run of the file may only raise "
+    "--score-thr or lower --max-dets. Exit code 1 (and no file) when the exported model differs "
+    "from PyTorch on any checked image (boxes beyond 0.01 px, scores beyond 1e-4)."
+)
+
+
+@handle_errors
+def export(
+    weights: Annotated[
+        str,
+        typer.Argument(
+            help="coco, or an fpncli checkpoint / torchvision state-dict path.", show_default=False
+        ),
+    ],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (.onnx for onnx).")],
+    check_images: Annotated[
+        Path | None,
+        typer.Option(help="A folder of your images to add to the self-check (besides the built-in set)."),
+    ] = None,
+    score_thr: Annotated[
+        float | None, typer.Option(help="Score threshold in the graph (model default 0.05).")
+    ] = None,
+    nms_iou: Annotated[float | None, typer.Option(help="Per-class NMS IoU (model default 0.5).")] = None,
+    max_dets: Annotated[
+        int | None, typer.Option(help="At most this many detections per image (model default 100).")
+    ] = None,
+    min_size: Annotated[
+        int | None, typer.Option(help="Resize the shorter side to this (model default).")
+    ] = None,
+    max_size: Annotated[int | None, typer.Option(help="Cap the longer side at this (model default).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-image check lines.")] = False,
+) -> None:
+    from fpncli.engine.export import BOX_TOL, SCORE_TOL, ExportOptions, run_export
+    from fpncli.errors import FpnError
+
+    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
+        raise FpnError(f"--score-thr must be in 0..1, got {score_thr}")
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise FpnError(f"--nms-iou must be in (0, 1], got {nms_iou}")
+    for name, value in (("--max-dets", max_dets), ("--min-size", min_size), ("--max-size", max_size)):
+        if value is not None and value < 1:
+            raise FpnError(f"{name} must be at least 1, got {value}")
+    options = ExportOptions(
+        weights=weights,
+        fmt=fmt,
+        out=out,
+        check_images=check_images,
+        score_thr=score_thr,
+        nms_iou=nms_iou,
+        max_dets=max_dets,
+        min_size=min_size,
+        max_size=max_size,
+    )
+
+    def show(event: dict) -> None:
+        if quiet:
+            return
+        if event["event"] == "exported":
+            err_console.print(
+                f"exported in {event['seconds']:.1f} s; checking against PyTorch on {event['total']} images",
+                highlight=False,
+            )
+        elif event["event"] == "checked":
+            c = event["image"]
+            err_console.print(
+                f"  [{event['done']}/{event['total']}] {esc(c.name)}: {c.detections} detections equal "
+                f"(max box diff {c.box_diff:.2g} px, score diff {c.score_diff:.2g})",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    summary = run_export(options, progress=show)
+    for line in summary.skipped:
+        err_console.print(f"[yellow]skipped:[/] {esc(line)}", highlight=False, soft_wrap=True)
+    empty = sum(1 for c in summary.images if c.detections == 0)
+    console.print(
+        f"wrote {summary.out} ({summary.format}, {summary.size_bytes / 1e6:.1f} MB) from {summary.source}; "
+        f"checked equal to PyTorch on {len(summary.images)} images ({empty} without detections): "
+        f"max box diff {summary.box_diff:.2g} px (tolerance {BOX_TOL}), max score diff "
+        f"{summary.score_diff:.2g} (tolerance {SCORE_TOL})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,287 @@
+"""An exported model (``fpn export``: ONNX or TorchScript) where a PyTorch detector is expected.
+
+:class:`ExportedDetector` offers the part of ``FPNFasterRCNN``'s inference API that the
+batched pipeline (:func:`fpncli.engine.predict.predict_images`) uses, so ``fpn detect`` and
+``fpn eval`` run an exported file through the same workers, ordering, per-image errors and
+outputs as a checkpoint. The file holds the whole detector (resize, normalise, NMS,
+thresholds), so thresholds and sizes were fixed at export: a run may only ask for a stricter
+score threshold or fewer detections (exactly what the graph would give, see
+:func:`load_exported`).
+
+ONNX Runtime sessions are made lazily in each process that runs the model: ``fpn detect``'s
+CPU workers are forked, and a session must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fpncli.config import ModelConfig
+from fpncli.errors import FpnError
+from fpncli.modeling.export import INPUT_NAME, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_VERSION = 1  # layout of the metadata; a newer file is refused
+ONNX_INSTALL_HINT = 'pip install "fpncli[onnx]" (or: pip install onnx onnxruntime)'
+
+
+def exported_format(path: str | os.PathLike) -> str | None:
+    """``onnx`` (a ``.onnx`` file), ``torchscript`` (a TorchScript archive written by
+    ``fpn export``) or None (anything else: a checkpoint, a state dict, no such file)."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return "onnx"
+    try:
+        if p.is_file() and zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                if any(n.endswith("/extra/" + TORCHSCRIPT_METADATA) for n in z.namelist()):
+                    return "torchscript"
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def import_onnxruntime() -> Any:
+    """``onnxruntime``, or one :class:`FpnError` saying what to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FpnError(f"running or exporting ONNX models needs onnxruntime: {ONNX_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with fpncli's settings (measured in ``scripts/bench_detect.py``):
+    ``threads`` intra-op threads (default: torch's thread count), one inter-op thread,
+    sequential execution, every graph optimisation."""
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], Any]:
+    """``(metadata, runner)`` of an exported file: the JSON ``fpn export`` stored, and the
+    loaded ``torch.jit`` module (torchscript) or None (onnx: sessions are made where they run)."""
+    path = Path(path)
+    fmt = fmt or exported_format(path)
+    if not path.exists():
+        raise FpnError(f"{path}: no such file")
+    if path.is_dir():
+        raise FpnError(f"{path}: is a folder, expected a model file")
+    if fmt == "onnx":
+        # The metadata through the onnx package, not an ONNX Runtime session: a session made
+        # here would be forked into fpn detect's workers, where ONNX Runtime deadlocks.
+        import_onnxruntime()
+        try:
+            import onnx
+        except ImportError:
+            raise FpnError(f"reading ONNX models needs the onnx package: {ONNX_INSTALL_HINT}") from None
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises its own types for garbage
+            raise FpnError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raw = {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
+        if not len(proto.graph.node):
+            raise FpnError(f"{path}: not a readable ONNX model (no graph)")
+        del proto
+        runner: Any = None  # made by ExportedDetector.run, in the process that runs it
+    elif fmt == "torchscript":
+        import warnings
+
+        extra = {TORCHSCRIPT_METADATA: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
+                runner = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:
+            raise FpnError(f"{path}: not a readable TorchScript model ({_first_line(exc)})") from None
+        raw = extra[TORCHSCRIPT_METADATA] or None
+    else:
+        raise FpnError(f"{path}: not an exported model (.onnx, or TorchScript from fpn export)")
+    if raw is None:
+        raise FpnError(f"{path}: has no fpncli metadata (not written by fpn export); re-export it")
+    try:
+        meta = json.loads(raw)
+        version = meta["version"]
+        ModelConfig.from_dict(meta["model_config"])
+    except (ValueError, KeyError, TypeError, FpnError) as exc:
+        raise FpnError(f"{path}: bad fpncli metadata ({_first_line(exc)})") from None
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise FpnError(f"{path}: export version {version!r} is newer than this fpncli understands; upgrade")
+    return meta, runner
+
+
+class ExportedDetector:
+    """An exported detector behind ``FPNFasterRCNN``'s inference API (CPU only).
+
+    ``prepare_image`` returns the image as the graph takes it (``Tensor[H, W, 3]`` uint8
+    RGB); ``detect_prepared`` runs the graph once per image. Detections: ``{"boxes":
+    Tensor[N, 4] xyxy in the original image's pixels, "scores": [N], "labels": [N] int64}``.
+    """
+
+    def __init__(self, path: Path, fmt: str, metadata: dict[str, Any], runner: Any) -> None:
+        self.path = path
+        self.format = fmt
+        self.metadata = metadata
+        self.config = ModelConfig.from_dict(metadata["model_config"])
+        self.exported_config = self.config  # the thresholds in the graph
+        self._runner = runner
+        self._pid = os.getpid()
+        self._min_score: float | None = None  # stricter than the graph's: filtered here
+        self._keep = self.config.box_detections_per_img
+
+    # --------------------------------------------------------------- what the pipeline reads
+    @property
+    def min_size(self) -> int:
+        return int(self.config.min_size)
+
+    @property
+    def max_size(self) -> int:
+        return int(self.config.max_size)
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        from fpncli.data.images import model_size_problem
+
+        return model_size_problem(width, height, self.min_size, self.max_size)
+
+    def prepare_image(self, image: Tensor, inplace: bool = False) -> Tensor:
+        """``Tensor[3, H, W]`` float in 0..1 (the pipeline's decoded image) -> the graph's input
+        ``Tensor[H, W, 3]`` uint8: exactly the decoded bytes (k / 255 * 255 rounds back to k)."""
+        return image.mul(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+    def padded_size(self, prepared: Tensor) -> tuple[int, int]:
+        """The bucket key of the pipeline; every image runs alone, so its own size."""
+        return (int(prepared.shape[0]), int(prepared.shape[1]))
+
+    def eval(self) -> ExportedDetector:
+        return self
+
+    def to(self, device: Any) -> ExportedDetector:
+        if torch.device(device).type != "cpu":
+            raise FpnError(f"{self.path}: an exported model runs on the CPU here; pass --device cpu")
+        return self
+
+    def set_detections_per_img(self, n: int) -> None:
+        """Keep at most ``n`` of the graph's detections (it never gives more than at export)."""
+        self._keep = min(int(n), self.exported_config.box_detections_per_img)
+
+    def detect_prepared(
+        self, prepared: list[Tensor], original_sizes: list[tuple[int, int]], half: bool = False
+    ) -> list[dict[str, Tensor]]:
+        """Run the graph on each image (``Tensor[H, W, 3]`` uint8 from :meth:`prepare_image`)."""
+        if half:
+            raise FpnError("--half (float16) is not available for an exported model")
+        return [self.detect(image) for image in prepared]
+
+    def detect(self, image: Tensor) -> dict[str, Tensor]:
+        """Detections for one ``Tensor[H, W, 3]`` uint8 RGB image."""
+        boxes, scores, labels = self.run(image)
+        keep = self._keep
+        if self._min_score is not None:
+            # The graph's own test is `score > threshold`; a stricter one on its (sorted)
+            # output gives exactly what a graph exported with that threshold would.
+            keep = min(keep, int((scores > self._min_score).sum()))
+        return {"boxes": boxes[:keep], "scores": scores[:keep], "labels": labels[:keep]}
+
+    def run(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The graph's raw outputs ``(boxes [N, 4], scores [N], labels [N])`` for ``image``."""
+        if self.format == "torchscript":
+            with torch.inference_mode():
+                boxes, scores, labels = self._runner(image)
+            return boxes, scores, labels
+        if self._runner is None or os.getpid() != self._pid:  # first use in this process
+            self._runner, self._pid = self._new_session(), os.getpid()
+        boxes, scores, labels = self._runner.run(None, {INPUT_NAME: image.numpy()})
+        return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+
+    def _new_session(self) -> Any:
+        try:
+            return onnx_session(self.path)
+        except FpnError:
+            raise
+        except Exception as exc:  # a valid protobuf that is no runnable model
+            raise FpnError(f"{self.path}: not a runnable ONNX model ({_first_line(exc)})") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("an ExportedDetector is not picklable (DataLoader workers are forked)")
+
+
+def load_exported(path: str | os.PathLike, **overrides: Any) -> ExportedDetector:
+    """Open an exported model; ``overrides`` are the run's model options (``None`` = unset).
+
+    A run may ask for a higher ``box_score_thresh`` or fewer ``box_detections_per_img`` than
+    the file was exported with (filtered here, exactly as the graph would); anything else
+    that would change the graph (sizes, NMS IoU, a lower threshold, more detections, other
+    fields) is an :class:`FpnError` naming the value fixed at export.
+    """
+    path = Path(path)
+    fmt = exported_format(path)
+    meta, runner = read_metadata(path, fmt)
+    assert fmt is not None  # read_metadata refused anything else
+    model = ExportedDetector(path, fmt, meta, runner)
+    cfg = model.config
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():
+        fixed = getattr(cfg, key, None)
+        if key == "box_score_thresh":
+            if value < cfg.box_score_thresh:
+                raise FpnError(
+                    f"{path}: exported with score threshold {cfg.box_score_thresh}; a lower one "
+                    f"({value}) needs a new export (fpn export --score-thr {value})"
+                )
+            model._min_score = float(value) if value > cfg.box_score_thresh else None
+        elif key == "box_detections_per_img":
+            if value > cfg.box_detections_per_img:
+                raise FpnError(
+                    f"{path}: exported with at most {cfg.box_detections_per_img} detections per image; "
+                    f"{value} needs a new export (fpn export --max-dets {value})"
+                )
+            model._keep = int(value)
+        elif value != fixed:
+            option = {"box_nms_thresh": "nms-iou"}.get(key, key.replace("_", "-"))
+            raise FpnError(
+                f"{path}: {key} is fixed at export ({fixed}); for {value}, re-export with --{option} {value}"
+            )
+    # The run's view of the model: its thresholds, the graph's everything else.
+    model.config = cfg.replace(
+        box_score_thresh=given.get("box_score_thresh"),
+        box_detections_per_img=given.get("box_detections_per_img"),
+    )
+    return model
+
+
+def exported_config(path: str | os.PathLike) -> ModelConfig:
+    """The model configuration stored in an exported file."""
+    meta, _ = read_metadata(path)
+    return ModelConfig.from_dict(meta["model_config"])
+
+
+def load_for_inference(weights: str, **overrides: Any) -> tuple[Any, str]:
+    """``(model, description)`` for ``fpn detect`` / ``fpn eval``: an exported file through
+    :func:`load_exported`, anything else through :func:`fpncli.modeling.weights.load_detector`.
+    The model is an ``FPNFasterRCNN`` or an :class:`ExportedDetector` (the same inference API)."""
+    fmt = exported_format(weights) if weights not in ("coco", "none") else None
+    if fmt is not None:
+        return load_exported(weights, **overrides), f"exported {fmt} model {weights}"
+    from fpncli.modeling.weights import load_detector
+
+    loaded = load_detector(weights, **overrides)
+    return loaded.model, loaded.source

@@ -1,0 +1,379 @@
+"""fpn export: ONNX and TorchScript graphs equal to PyTorch on every image size, and the
+exported files running through fpn detect / fpn eval's pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fpncli.errors import FpnError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
+
+
+def _tiny_config(**overrides):
+    """A small, fast model: 64-96 px inputs, narrow neck and head."""
+    from fpncli.config import preset_config
+
+    base = dict(
+        min_size=64,
+        max_size=96,
+        fpn_channels=16,
+        box_head_dim=32,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        class_names=["circle", "square", "triangle"],
+        category_ids=[1, 3, 7],
+    )
+    base.update(overrides)
+    return preset_config("tiny", **base)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A seeded tiny checkpoint exported to both formats: ``(checkpoint, {format: summary})``."""
+    from fpncli.checkpoint import save_checkpoint
+    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.modeling.detector import build_model
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(folder / "tiny.pt", build_model(_tiny_config()).eval())
+    summaries = {
+        fmt: run_export(ExportOptions(str(ckpt), fmt, folder / f"model{SUFFIX[fmt]}")) for fmt in FORMATS
+    }
+    torch.set_num_threads(old)
+    return ckpt, summaries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_checks_many_sizes_and_writes_metadata(exported, fmt):
+    from fpncli.checkpoint import read_checkpoint
+    from fpncli.config import ModelConfig
+    from fpncli.engine.export import BOX_TOL, SCORE_TOL
+    from fpncli.modeling.exported import exported_format, read_metadata
+
+    ckpt, summaries = exported
+    summary = summaries[fmt]
+    assert summary.out.is_file() and summary.size_bytes == summary.out.stat().st_size
+    assert exported_format(summary.out) == fmt
+    sizes = {(c.width, c.height) for c in summary.images}
+    # Both orientations, the smallest accepted sizes, and an image without detections.
+    assert {(500, 333), (333, 500), (1, 1), (96, 1)} <= sizes
+    assert any(c.detections == 0 for c in summary.images)
+    assert sum(c.detections for c in summary.images) > 100  # the check compared real detections
+    assert summary.box_diff <= BOX_TOL and summary.score_diff <= SCORE_TOL
+    meta, _ = read_metadata(summary.out)
+    stored = read_checkpoint(ckpt)["model_config"]
+    assert meta["model_config"] == stored
+    assert ModelConfig.from_dict(meta["model_config"]).class_names == ["circle", "square", "triangle"]
+    assert meta["class_names"] == ["circle", "square", "triangle"] and meta["category_ids"] == [1, 3, 7]
+    assert meta["format"] == fmt
+
+
+def test_onnx_metadata_readable_by_other_tools(exported):
+    """Plain ``onnx`` sees the class names and category ids without fpncli."""
+    import onnx
+
+    summary = exported[1]["onnx"]
+    props = {p.key: p.value for p in onnx.load(str(summary.out)).metadata_props}
+    assert json.loads(props["class_names"]) == ["circle", "square", "triangle"]
+    assert json.loads(props["category_ids"]) == [1, 3, 7]
+    assert json.loads(props["fpncli_export"])["model_config"]["min_size"] == 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_detect_with_exported_file_equals_pytorch_on_real_images(exported, fmt, coco_tiny, tmp_path):
+    """fpn detect --weights model.onnx: the PyTorch path's detections on odd-sized COCO images,
+    through the same pipeline (forked worker processes, input order, an unreadable file)."""
+    from fpncli.engine.detect import DetectOptions, run_detect
+
+    ckpt, summaries = exported
+    # 500x333, 500x375 (landscape) and 358x640 (portrait): none pads to the traced grid.
+    names = ["000000020992.jpg", "000000119828.jpg", "000000125952.jpg"]
+    sources = [coco_tiny / "val2017" / n for n in names]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    sources.insert(1, broken)
+    runs = {}
+    for weights in (str(ckpt), str(summaries[fmt].out)):
+        options = DetectOptions(
+            weights=weights, out_dir=tmp_path / Path(weights).name, score_thr=0.2, draw=False, workers=2
+        )
+        runs[weights] = run_detect(sources, options).predictions
+    ref, got = runs[str(ckpt)], runs[str(summaries[fmt].out)]
+    assert [i["file"] for i in got["images"]] == [str(s) for s in sources if s != broken]
+    assert len(got["errors"]) == 1 and "broken.jpg" in got["errors"][0]["error"]
+    assert sum(len(i["detections"]) for i in ref["images"]) > 0
+    for a, b in zip(ref["images"], got["images"]):
+        assert (a["width"], a["height"]) == (b["width"], b["height"])
+        assert len(a["detections"]) == len(b["detections"]), a["file"]
+        for da, db in zip(a["detections"], b["detections"]):
+            assert da["label"] == db["label"] and da["category_id"] == db["category_id"]
+            assert abs(da["score"] - db["score"]) <= 1e-4
+            assert max(abs(x - y) for x, y in zip(da["box"], db["box"])) <= 0.011  # JSON rounds to 0.01
+
+
+def test_eval_runs_exported_file(exported, tmp_path):
+    """fpn eval --weights model.onnx evaluates the graph's detections like the checkpoint's."""
+    from fpncli.data.synth import synthesize
+    from fpncli.engine.evaluate import EvalOptions, run_eval
+
+    ckpt, summaries = exported
+    synthesize(tmp_path / "data", train=0, val=2, seed=0)
+    runs = {}
+    for name, weights in (("pt", str(ckpt)), ("onnx", str(summaries["onnx"].out))):
+        options = EvalOptions(
+            annotations=tmp_path / "data" / "annotations" / "instances_val.json",
+            images=tmp_path / "data" / "val",
+            weights=weights,
+            out=tmp_path / name,
+            workers=0,
+        )
+        metrics = run_eval(options)
+        runs[name] = (metrics, json.loads((tmp_path / name / "detections.json").read_text()))
+    (m_pt, d_pt), (m_onnx, d_onnx) = runs["pt"], runs["onnx"]
+    assert len(d_pt) == len(d_onnx) > 0
+    for a, b in zip(d_pt, d_onnx):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert abs(a["score"] - b["score"]) <= 1e-4
+        assert max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) <= 0.02  # xywh of two coordinates
+    assert m_pt["AP"] == pytest.approx(m_onnx["AP"], abs=1e-6)
+
+
+def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exported):
+    from fpncli.modeling.exported import load_exported
+    from fpncli.modeling.weights import load_detector
+
+    ckpt, summaries = exported
+    path = summaries["onnx"].out
+    image = torch.randint(0, 256, (70, 90, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    strict = load_exported(path, box_score_thresh=0.3, box_detections_per_img=20)
+    got = strict.detect(image)
+    model = load_detector(str(ckpt), box_score_thresh=0.3, box_detections_per_img=20).model
+    with torch.inference_mode():
+        ref = model([image.permute(2, 0, 1).float() / 255])[0]
+    assert torch.equal(got["labels"], ref["labels"]) and len(ref["labels"]) > 0
+    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=0.01, rtol=0)
+    for bad, word in (
+        ({"box_score_thresh": 0.01}, "--score-thr 0.01"),
+        ({"box_detections_per_img": 500}, "--max-dets 500"),
+        ({"min_size": 800}, "--min-size 800"),
+        ({"box_nms_thresh": 0.7}, "--nms-iou 0.7"),
+    ):
+        with pytest.raises(FpnError, match=word):
+            load_exported(path, **bad)
+
+
+def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypatch):
+    """A graph whose boxes are 0.05 px off on one image is refused, naming that image, and
+    nothing is written (what a graph with a frozen anchor grid would get)."""
+    import fpncli.engine.export as E
+
+    ckpt, _ = exported
+    real = E._runner
+
+    def shifted(data, fmt):
+        run = real(data, fmt)
+
+        def wrong(image):
+            boxes, scores, labels = run(image)
+            if image.shape[0] == 500:  # the portrait image only
+                boxes = boxes + 0.05
+            return boxes, scores, labels
+
+        return wrong
+
+    monkeypatch.setattr(E, "_runner", shifted)
+    out = tmp_path / "bad.torchscript"
+    with pytest.raises(FpnError, match=r"self-check failed on portrait 333x500: .*nothing written") as info:
+        E.run_export(E.ExportOptions(str(ckpt), "torchscript", out))
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_compare_detections_tolerances():
+    from fpncli.engine.export import compare_detections
+
+    ref = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0], [1.0, 1.0, 3.0, 3.0]]),
+        "scores": torch.tensor([0.9, 0.8, 0.05005]),
+        "labels": torch.tensor([1, 2, 1]),
+    }
+    names = ["a", "b"]
+    # Equal within tolerance, two near-equal scores swapped, the near-threshold one missing.
+    got = (
+        torch.tensor([[5.0, 5.0, 20.005, 20.0], [0.0, 0.0, 10.0, 10.0]]),
+        torch.tensor([0.80005, 0.9]),
+        torch.tensor([2, 1]),
+    )
+    checked = compare_detections("img", ref, got, 0.05, 100, names)
+    assert checked.detections == 3 and checked.near_limit == 1
+    assert checked.box_diff == pytest.approx(0.005, abs=1e-4)
+    wrong_label = (got[0], got[1], torch.tensor([1, 1]))
+    with pytest.raises(FpnError, match=r"img: PyTorch's detection 2 \(b 0.8000"):
+        compare_detections("img", ref, wrong_label, 0.05, 100, names)
+    moved = (got[0] + torch.tensor([0.0, 0.0, 0.02, 0.0]), got[1], got[2])
+    with pytest.raises(FpnError, match=r"box off by 0\.02"):
+        compare_detections("img", ref, moved, 0.05, 100, names)
+    extra = (
+        torch.cat([got[0], got[0][:1]]),
+        torch.cat([got[1], torch.tensor([0.5])]),
+        torch.cat([got[2], got[2][:1]]),
+    )
+    with pytest.raises(FpnError, match="has a detection PyTorch does not"):
+        compare_detections("img", ref, extra, 0.05, 100, names)
+
+
+# --------------------------------------------------------------------------- every neck
+
+
+def _neck_cases():
+    """Every registered neck (necks added later included) with the default RoI pooling, and
+    every other RoI pooling option on the FPN: each neck and each option exported once."""
+    from fpncli.config import ROI_POOLINGS, ModelConfig
+    from fpncli.modeling.necks.registry import NECK_REGISTRY
+
+    default = ModelConfig().roi_pooling
+    cases = [pytest.param(name, default, id=f"{name}-{default}") for name in NECK_REGISTRY]
+    cases += [pytest.param("fpn", p, id=f"fpn-{p}") for p in ROI_POOLINGS if p != default]
+    return cases
+
+
+# Keep the deep necks quick: their stacking options at the minimum.
+_SMALL = {"nasfpn_stacks": 1, "bifpn_repeats": 1}
+
+
+@pytest.mark.parametrize("neck,pooling", _neck_cases())
+def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one_thread, tmp_path):
+    """Each neck x RoI pooling exports to both formats with detections equal to PyTorch on a
+    landscape and a portrait image, or is refused (REFUSED) with a one-line reason."""
+    import dataclasses
+
+    from fpncli.config import ModelConfig
+    from fpncli.engine.export import REFUSED, _export_bytes, _reference, _runner, compare_detections
+    from fpncli.modeling.detector import build_model
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    small = {k: v for k, v in _SMALL.items() if k in fields}
+    cfg = _tiny_config(neck=neck, roi_pooling=pooling, box_score_thresh=0.0, **small)
+    refused = [reason for (key, value), reason in REFUSED.items() if getattr(cfg, key, None) == value]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, s, dtype=torch.uint8, generator=g) for s in ((45, 71, 3), (83, 52, 3))]
+    if refused:  # refused before any work: one line with the reason, no file
+        from fpncli.checkpoint import save_checkpoint
+        from fpncli.engine.export import ExportOptions, run_export
+
+        ckpt = save_checkpoint(tmp_path / "m.pt", model)
+        for fmt in FORMATS:
+            with pytest.raises(FpnError, match=re.escape(refused[0])) as info:
+                run_export(ExportOptions(str(ckpt), fmt, tmp_path / f"m{SUFFIX[fmt]}"))
+            assert "\n" not in str(info.value) and not (tmp_path / f"m{SUFFIX[fmt]}").exists()
+        return
+    for fmt in FORMATS:
+        data = _export_bytes(model, fmt, {"version": 1}, f"{neck}-{pooling}")
+        run = _runner(data, fmt)
+        for image in images:
+            checked = compare_detections(
+                f"{fmt} {tuple(image.shape)}", _reference(model, image), run(image), 0.0, 100, cfg.class_names
+            )
+            assert checked.detections > 0
+
+
+# --------------------------------------------------------------------------- broken input
+
+
+def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatch):
+    from fpncli.engine.export import ExportOptions, run_export
+
+    cases = [
+        (
+            ExportOptions(str(tmp_path / "missing.pt"), "onnx", tmp_path / "m.onnx"),
+            "missing.pt: no such file",
+        ),
+        (
+            ExportOptions(str(tiny_checkpoint), "tflite", tmp_path / "m.tflite"),
+            "unknown export format 'tflite'",
+        ),
+        (ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.pt"), "must end in .onnx"),
+        (ExportOptions("none", "onnx", tmp_path / "m.onnx"), "random model"),
+        (
+            ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.onnx", check_images=tmp_path / "nope"),
+            "--check-images must be a folder",
+        ),
+    ]
+    for options, message in cases:
+        with pytest.raises(FpnError, match=message) as info:
+            run_export(options)
+        assert "\n" not in str(info.value)
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_corrupt_onnx_to_detect_is_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fpncli.cli.app import app
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is no protobuf")
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(img)
+    result = CliRunner().invoke(
+        app, ["detect", str(img), "--weights", str(bad), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    err = result.stderr.strip()
+    assert err.startswith("error:") and "model.onnx: not a readable ONNX model" in err and "\n" not in err
+
+
+def test_exported_file_refused_where_pytorch_weights_are_needed(exported):
+    """inspect-levels on an image (feature maps), train, info: one line saying what is needed;
+    the config-only uses (inspect-levels --annotations) read the file's metadata."""
+    from fpncli.modeling.weights import load_detector, weights_config
+
+    path = str(exported[1]["onnx"].out)
+    with pytest.raises(FpnError, match="exported \\(onnx\\) model only detects"):
+        load_detector(path)
+    assert weights_config(path).category_ids == [1, 3, 7]
+
+
+def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path, tiny_checkpoint):
+    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.modeling.exported import load_exported
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(FpnError, match=r'onnxruntime: pip install "fpncli\[onnx\]"'):
+        run_export(ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.onnx"))
+    fake = tmp_path / "m.onnx"
+    fake.write_bytes(b"x")
+    with pytest.raises(FpnError, match=r'pip install "fpncli\[onnx\]"'):
+        load_exported(fake)
+
+
+def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint, monkeypatch):
+    """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
+    import fpncli.engine.export as E
+
+    monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): "its resize op has no ONNX form"})
+    monkeypatch.setattr(E, "_export_bytes", lambda *a: pytest.fail("exported a refused model"))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(FpnError, match="neck fpn cannot be exported to onnx: its resize op has no ONNX form"):
+        E.run_export(E.ExportOptions(str(tiny_checkpoint), "onnx", out))
+    assert not out.exists()
