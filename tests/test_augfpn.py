@@ -523,3 +523,20 @@ def test_cli_train_augfpn_logs_aux_losses_resumes_and_runs_every_command(tmp_pat
         app, ["inspect-levels", str(image), "--weights", checkpoint, "--score-thr", "0"], terminal_width=200
     )
     assert inspected.exit_code == 0 and "Soft RoI selection" in inspected.output, inspected.output
+
+
+@pytest.mark.parametrize("h,w", [(25, 34), (7, 3), (1, 1), (40, 9)])
+def test_rfa_pooling_is_adaptive_avg_pool_for_any_size(h, w):
+    """RFA's traceable pooling (integral image, sizes from the shape) equals PyTorch's
+    adaptive average pooling at each ratio, including maps smaller than 1 / ratio."""
+    import torch.nn.functional as F
+
+    from fpncli.modeling.necks.augfpn import POOL_RATIOS, adaptive_avg_pool_by_ratio
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, h, w)
+    for ratio in POOL_RATIOS:
+        expected = F.adaptive_avg_pool2d(x, (max(1, int(h * ratio)), max(1, int(w * ratio))))
+        got = adaptive_avg_pool_by_ratio(x, ratio)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

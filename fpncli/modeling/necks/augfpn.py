@@ -69,11 +69,11 @@ class ResidualFeatureAugmentation(nn.Module):
 
     def pooled_maps(self, c5: Tensor) -> list[Tensor]:
         """The contextual maps, one per ratio, each ``Tensor[B, d, h, w]``."""
-        h, w = int(c5.shape[-2]), int(c5.shape[-1])
+        size = c5.shape[-2:]  # not int(): a traced (exported) graph keeps it dynamic
         maps = []
         for ratio, reduce in zip(self.ratios, self.reduce):
-            pooled = F.adaptive_avg_pool2d(c5, (max(1, int(h * ratio)), max(1, int(w * ratio))))
-            maps.append(F.interpolate(reduce(pooled), size=(h, w), mode="bilinear", align_corners=True))
+            pooled = adaptive_avg_pool_by_ratio(c5, ratio)
+            maps.append(F.interpolate(reduce(pooled), size=size, mode="bilinear", align_corners=True))
         return maps
 
     def fusion_weights(self, maps: list[Tensor]) -> Tensor:
@@ -84,6 +84,32 @@ class ResidualFeatureAugmentation(nn.Module):
         maps = self.pooled_maps(c5)
         weights = self.fusion_weights(maps)
         return sum((weights[:, i : i + 1] * m for i, m in enumerate(maps)), torch.zeros_like(maps[0]))
+
+
+def adaptive_avg_pool_by_ratio(x: Tensor, ratio: float) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, (max(1, int(h * ratio)), max(1, int(w * ratio))))``.
+
+    ``x``: ``Tensor[B, C, h, w]``. Computed from an integral image with the output size and
+    the bins (PyTorch's: ``floor(i h / n)`` to ``ceil((i + 1) h / n)``) taken from ``x``'s
+    shape as tensors, so a traced (exported) graph pools any input size the way eager
+    PyTorch does; ONNX's pooling ops need the output size fixed at export.
+    """
+    shape = torch._shape_as_tensor(x)
+    integral = F.pad(x.cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # [B, C, h + 1, w + 1], zero first row/col
+
+    def bins(n: Tensor) -> tuple[Tensor, Tensor]:
+        out = torch.clamp(torch.floor(n.double() * ratio), min=1).long()
+        i = torch.arange(out, device=x.device)
+        return (i * n) // out, ((i + 1) * n + out - 1) // out
+
+    (h0, h1), (w0, w1) = bins(shape[-2]), bins(shape[-1])
+
+    def corner(rows: Tensor, cols: Tensor) -> Tensor:
+        return integral.index_select(-2, rows).index_select(-1, cols)
+
+    total = corner(h1, w1) - corner(h0, w1) - corner(h1, w0) + corner(h0, w0)
+    area = (h1 - h0).to(x.dtype)[:, None] * (w1 - w0).to(x.dtype)[None, :]
+    return total / area
 
 
 class AugFPN(FPN):
