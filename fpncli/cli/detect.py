@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    SliceOption,
+    SliceOverlapOption,
+    TTAOption,
+    console,
+    err_console,
+    handle_errors,
+)
 
 HELP = (
     "Detect objects in images, folders and glob patterns; write predictions.json and "
@@ -96,6 +104,10 @@ def detect(
             "on the CPU, channels-last memory on CUDA.",
         ),
     ] = True,
+    slice_size: SliceOption = None,
+    slice_overlap: SliceOverlapOption = 0.2,
+    tta: TTAOption = None,
+    vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")
@@ -127,6 +139,10 @@ def detect(
         coco_annotations=coco_annotations,
         max_pixels=max_pixels,
         optimize=optimize,
+        slice_size=slice_size,
+        slice_overlap=slice_overlap,
+        tta=tta,
+        vid_stride=vid_stride,
     )
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 shows progress and the summary
     progress = None if quiet or not main else _progress()

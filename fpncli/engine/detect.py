@@ -67,6 +67,11 @@ class DetectOptions:
     coco_annotations: Path | None = None
     max_pixels: int | None = None  # None: default_max_pixels()
     optimize: bool = True
+    # Sliced inference and test-time augmentation (see engine/augment.py).
+    slice_size: int | None = None
+    slice_overlap: float = 0.2
+    tta: str | None = None
+    vid_stride: int = 1  # videos and streams: detect every Nth frame
 
 
 @dataclass
@@ -313,6 +318,12 @@ def validate_options(options: DetectOptions) -> None:
         raise FpnError(f"--workers must be 0 or more, got {options.workers}")
     if options.max_pixels is not None and options.max_pixels < 1:
         raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
+    from fpncli.engine.augment import check_slice, parse_tta
+
+    check_slice(options.slice_size, options.slice_overlap)
+    parse_tta(options.tta)
+    if options.vid_stride < 1:
+        raise FpnError(f"--vid-stride must be at least 1, got {options.vid_stride}")
 
 
 def run_detect(
@@ -381,6 +392,9 @@ def run_detect(
         model = optimize_for_inference(
             model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
         )
+    from fpncli.engine.augment import augmented, check_slice, parse_tta
+
+    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
     # The cores of a machine are shared by its torchrun processes.
