@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +53,7 @@ def test_tiles_cover_the_image_inside_its_bounds():
         assert covered.all()
     # neighbours overlap by at least the fraction asked for
     xs = sorted({t[0] for t in tile_windows(1000, 10, 100, 0.25)})
-    assert all(b - a <= 75 for a, b in zip(xs, xs[1:]))
+    assert all(b - a <= 75 for a, b in itertools.pairwise(xs))
     assert tile_windows(30, 20, 100, 0.2) == [(0, 0, 30, 20)]
 
 
@@ -149,7 +149,11 @@ def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model):
     ann = {
         "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 72}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600}],
-        "categories": [{"id": 1, "name": "circle"}, {"id": 3, "name": "square"}, {"id": 7, "name": "triangle"}],
+        "categories": [
+            {"id": 1, "name": "circle"},
+            {"id": 3, "name": "square"},
+            {"id": 7, "name": "triangle"},
+        ],
     }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     args = ["eval", "--coco", str(tmp_path / "ann.json"), "--images", str(src), "--weights", weights]
@@ -157,7 +161,9 @@ def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["inference"] == {"tta": "flip", "slice": 48, "slice_overlap": 0.2}
-    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "ev2"), "--slice-overlap", "1.5", "--slice", "8"])
+    bad = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "ev2"), "--slice-overlap", "1.5", "--slice", "8"]
+    )
     assert bad.exit_code == 1 and "--slice-overlap must be in [0, 1)" in bad.output
     assert not (tmp_path / "ev2").exists()
 
@@ -165,6 +171,8 @@ def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model):
 def test_detect_cli_refuses_bad_tta(tmp_path):
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(img)
-    result = runner.invoke(app, ["detect", str(img), "--weights", "none", "--out", str(tmp_path / "o"), "--tta", "x"])
+    result = runner.invoke(
+        app, ["detect", str(img), "--weights", "none", "--out", str(tmp_path / "o"), "--tta", "x"]
+    )
     assert result.exit_code == 1 and "--tta: unknown item 'x'" in result.output
     assert not (tmp_path / "o").exists()

@@ -62,7 +62,9 @@ SliceOption = Annotated[
         show_default=False,
     ),
 ]
-SliceOverlapOption = Annotated[float, typer.Option(help="With --slice: tile overlap, a fraction of SIZE in [0, 1).")]
+SliceOverlapOption = Annotated[
+    float, typer.Option(help="With --slice: tile overlap, a fraction of SIZE in [0, 1).")
+]
 TTAOption = Annotated[
     str | None,
     typer.Option(

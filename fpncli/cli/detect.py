@@ -20,8 +20,8 @@ from fpncli.cli.common import (
 )
 
 HELP = (
-    "Detect objects in images, folders and glob patterns; write predictions.json and "
-    "annotated images to --out."
+    "Detect objects in images, videos, folders, glob patterns and streams; write predictions.json and "
+    "annotated images and videos to --out."
 )
 EPILOG = (
     "Examples:\n\n"
@@ -30,6 +30,8 @@ EPILOG = (
     "  fpn detect 'shots/*.png' --weights coco --out out/ --no-draw --json --quiet > boxes.json\n\n"
     "  fpn detect val2017/ --weights coco --out out/ --score-thr 0.05 --no-draw "
     "--coco-results results.json --coco-annotations instances_val2017.json\n\n"
+    "  fpn detect clip.mp4 rtsp://cam.local/live webcam:0 --weights coco --out out/ --vid-stride 2\n\n"
+    "  fpn detect big_photo.jpg --weights coco --out out/ --slice 640 --slice-overlap 0.2 --tta flip\n\n"
     "Exit code 1 when any input could not be read (each is listed in predictions.json "
     '"errors"); 130 after Ctrl-C, with predictions.json valid for the images done.'
 )
@@ -39,7 +41,11 @@ EPILOG = (
 def detect(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders and glob patterns (quote them).", show_default=False),
+        typer.Argument(
+            help="Image and video files, folders and glob patterns (quote them), stream URLs "
+            "(rtsp://, http://, ...) and webcams (webcam:0).",
+            show_default=False,
+        ),
     ],
     weights: Annotated[
         str, typer.Option(help="coco, or an fpncli checkpoint / torchvision state-dict path.")
@@ -153,15 +159,23 @@ def detect(
         if progress is None:
             return
         if event["event"] == "start":
+            videos = f" and [bold]{event['videos']}[/] video(s)/stream(s)" if event.get("videos") else ""
             err_console.print(
-                f"[bold]{event['images']}[/] image(s) on [bold]{event['device']}[/]; "
+                f"[bold]{event['images']}[/] image(s){videos} on [bold]{event['device']}[/]; "
                 f"weights: {esc(event['weights'])}",
                 highlight=False,
             )
             progress.start()
-            task = progress.add_task("detect", total=event["images"], failed=0)
+            if event["images"] or not event.get("videos"):
+                task = progress.add_task("detect", total=event["images"], failed=0, unit="img")
         elif event["event"] == "image" and task is not None:
             progress.update(task, advance=1, failed=event["summary"].images_failed)
+        elif event["event"] == "video":
+            # One bar per video, counting decoded frames (no total for a live stream).
+            name = esc(Path(event["file"]).name if "://" not in event["file"] else event["file"])
+            task = progress.add_task(name[:40], total=event["frames_total"], failed=0, unit="frame")
+        elif event["event"] == "frame" and task is not None:
+            progress.update(task, advance=1)
 
     try:
         summary = run_detect(sources, options, progress=show)
@@ -177,11 +191,13 @@ def detect(
     if summary.interrupted:
         err_console.print(
             f"interrupted: {esc(str(summary.predictions_path))} holds the "
-            f"{summary.images_read + summary.images_failed} image(s) done",
+            f"{summary.images_read + summary.images_failed} image(s)"
+            + (f" and {summary.frames} video frame(s)" if summary.videos_total else "")
+            + " done",
             style="yellow",
         )
         raise typer.Exit(130)
-    if summary.images_failed:
+    if summary.images_failed or summary.videos_failed:
         raise typer.Exit(1)
 
 
@@ -198,15 +214,15 @@ def _progress():
     from rich.text import Text
 
     class _Rate(ProgressColumn):
-        """Images per second over the run so far."""
+        """Images (or video frames) per second over the run so far."""
 
         def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
             rate = task.completed / elapsed if elapsed > 0 else 0.0
-            return Text(f"{rate:.2f} img/s", style="cyan")
+            return Text(f"{rate:.2f} {task.fields.get('unit', 'img')}/s", style="cyan")
 
     return Progress(
-        TextColumn("[bold]detect"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         _Rate(),
@@ -228,6 +244,11 @@ def _print_summary(summary) -> None:
     table.add_column(justify="right")
     table.add_row("images read", str(summary.images_read))
     table.add_row("images failed", f"[red]{summary.images_failed}[/]" if summary.images_failed else "0")
+    if summary.videos_total:
+        table.add_row("videos/streams", str(summary.videos_total))
+        table.add_row("video frames detected", str(summary.frames))
+        failed = summary.videos_failed
+        table.add_row("videos failed", f"[red]{failed}[/]" if failed else "0")
     table.add_row("detections", str(summary.detections))
     table.add_row(
         "throughput", f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})"

@@ -112,7 +112,7 @@ def tile_windows(width: int, height: int, size: int, overlap: float) -> list[tup
             return [0]
         stride = max(1, int(size * (1.0 - overlap)))
         out = list(range(0, length - size, stride))
-        return out + [length - size]
+        return [*out, length - size]
 
     return [
         (x, y, min(x + size, width), min(y + size, height)) for y in starts(height) for x in starts(width)
@@ -269,7 +269,7 @@ class AugmentedDetector:
 
 def _to_image(out: dict[str, Tensor], view: View) -> dict[str, Tensor]:
     """A view's detections (xyxy in the window's pixels) -> the image's pixels."""
-    x1, y1, x2, y2 = view.window
+    x1, y1, x2, _y2 = view.window
     boxes = out["boxes"]
     if view.flip:
         boxes = boxes[:, [2, 1, 0, 3]] * boxes.new_tensor([-1.0, 1.0, -1.0, 1.0]) + boxes.new_tensor(
