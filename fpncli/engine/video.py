@@ -72,6 +72,9 @@ def require_av() -> Any:
 def stream_output_name(source: str) -> str:
     """A file name for the annotated video of a stream: ``webcam:0`` -> ``webcam0.mp4``,
     ``rtsp://cam.local:554/live`` -> ``rtsp_cam.local_554_live.mp4``."""
+    webcam = re.fullmatch(r"webcam:(\d+)", source.lower())
+    if webcam:
+        return f"webcam{webcam.group(1)}.mp4"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.split("?", 1)[0]).strip("_.")
     return (name[:100] or "stream") + ".mp4"
 
@@ -132,7 +135,12 @@ class VideoReader:
         self.height = int(self.stream.codec_context.height)
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         self.rate = Fraction(rate) if rate else _DEFAULT_RATE
+        # From the container's frame count, else (Matroska, WebM) from its duration; a live
+        # stream has neither.
         self.frames_total: int | None = int(self.stream.frames) or None
+        self.frames_exact = self.frames_total is not None
+        if self.frames_total is None and self.container.duration and not is_stream(source):
+            self.frames_total = round(self.container.duration / 1_000_000 * float(self.rate)) or None
         self.decoded = 0
         self.error: str | None = None
 
@@ -151,9 +159,12 @@ class VideoReader:
                 f"the {self.decoded} frames before are kept"
             )
             return
-        if self.frames_total is not None and self.decoded < self.frames_total:
+        total = self.frames_total
+        # An estimate from the duration may be one frame off.
+        if total is not None and self.decoded < (total if self.frames_exact else total - 1):
+            about = "" if self.frames_exact else "about "
             self.error = (
-                f"{self.source}: ended after {self.decoded} of its {self.frames_total} frames "
+                f"{self.source}: ended after {self.decoded} of its {about}{total} frames "
                 f"(truncated or corrupt); the {self.decoded} frames decoded are kept"
             )
 
