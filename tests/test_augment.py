@@ -176,3 +176,13 @@ def test_detect_cli_refuses_bad_tta(tmp_path):
     )
     assert result.exit_code == 1 and "--tta: unknown item 'x'" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_synth_size_option(tmp_path):
+    result = runner.invoke(
+        app, ["data", "synth", str(tmp_path / "d"), "--train", "0", "--val", "1", "--size", "96x64"]
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "d" / "val" / "000000.png").size == (96, 64)
+    bad = runner.invoke(app, ["data", "synth", str(tmp_path / "e"), "--val", "1", "--size", "96"])
+    assert bad.exit_code == 1 and "--size: expected WxH" in bad.output

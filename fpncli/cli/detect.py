@@ -250,9 +250,14 @@ def _print_summary(summary) -> None:
         failed = summary.videos_failed
         table.add_row("videos failed", f"[red]{failed}[/]" if failed else "0")
     table.add_row("detections", str(summary.detections))
-    table.add_row(
-        "throughput", f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})"
-    )
+    if summary.images_total or not summary.videos_total:
+        table.add_row(
+            "throughput",
+            f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})",
+        )
+    else:
+        rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+        table.add_row("throughput", f"{rate:.2f} frames/s ({summary.seconds:.1f} s, {summary.device})")
     console.print(table)
     if summary.per_class:
         per_class = Table(title="detections per class", title_justify="left")
