@@ -52,7 +52,7 @@ def synth(
     from fpncli.data.synth import SIZES, synthesize
     from fpncli.errors import FpnError
 
-    sizes = SIZES
+    sizes: tuple[tuple[int, int], ...] = SIZES
     if size:
         try:
             sizes = tuple((int(w), int(h)) for w, h in (s.lower().split("x") for s in size))

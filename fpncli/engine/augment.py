@@ -78,7 +78,8 @@ def parse_tta(text: str | None) -> TTASpec | None:
     """
     if text is None or text.strip().lower() == "none":
         return None
-    flip, scales = False, ()
+    flip = False
+    scales: tuple[float, ...] = ()
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise FpnError(f"--tta: nothing given (got {text!r}); use {TTA_HELP}")

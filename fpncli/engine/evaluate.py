@@ -469,7 +469,7 @@ def evaluate_model(
         write_json(Path(out_dir) / "detections.json", detections, indent=None)
     if not evaluated:
         raise FpnError(f"none of the {len(paths)} images found could be read (first: {skipped[-1]})")
-    extra = {
+    extra: dict[str, Any] = {
         "missing_images": missing,
         "skipped_images": skipped,
         "detections_file": str(Path(out_dir) / "detections.json") if out_dir is not None else None,
