@@ -6,7 +6,8 @@
 Each setting runs ``evaluate_model`` (the code behind ``fpn eval``) over the same images with
 the model loaded once; the time per image is the wall-clock of that call divided by the
 images (detection and the COCO evaluation, which is a small share here). Settings:
-``plain``, ``slice=SIZE[@OVERLAP]``, ``tta=ITEMS`` (as ``--tta``), or both joined by ``+``.
+``plain``, ``slice=SIZE[@OVERLAP]``, ``tta=ITEMS`` (as ``--tta``), ``keepcut`` (keep the boxes a
+tile cuts at its inner edges; by default they are dropped), joined by ``+``.
 """
 
 from __future__ import annotations
@@ -15,23 +16,25 @@ import argparse
 import json
 import time
 
-from fpncli.engine.augment import augmented, check_slice, parse_tta
+from fpncli.engine.augment import AugmentedDetector, check_slice, parse_tta
 from fpncli.engine.evaluate import evaluate_model
 from fpncli.modeling.weights import load_detector
 
 
 def _setting(text: str) -> tuple:
-    slicing, tta = None, None
+    slicing, tta, drop_cut = None, None, True
     for part in text.split("+"):
         key, _, value = part.partition("=")
-        if key == "slice":
+        if key == "keepcut":
+            drop_cut = False
+        elif key == "slice":
             size, _, overlap = value.partition("@")
             slicing = check_slice(int(size), float(overlap) if overlap else 0.2)
         elif key == "tta":
             tta = parse_tta(value)
         elif key != "plain":
             raise SystemExit(f"unknown setting {part!r}")
-    return slicing, tta
+    return slicing, tta, drop_cut
 
 
 def main() -> None:
@@ -49,10 +52,14 @@ def main() -> None:
     rows = []
     print(f"{'setting':32} {'AP':>6} {'AP50':>6} {'APs':>6} {'APm':>6} {'APl':>6} {'s/img':>7}")
     for text in args.setting or ["plain"]:
-        slicing, tta = _setting(text)
+        slicing, tta, drop_cut = _setting(text)
         start = time.perf_counter()
         metrics = evaluate_model(
-            augmented(model, slicing, tta), args.coco, args.images, max_images=args.max_images, backend="auto"
+            AugmentedDetector(model, slicing, tta, drop_cut=drop_cut),
+            args.coco,
+            args.images,
+            max_images=args.max_images,
+            backend="auto",
         )
         assert metrics is not None
         seconds = (time.perf_counter() - start) / metrics["num_images"]

@@ -86,6 +86,32 @@ def test_bad_options_are_one_line_errors():
     assert check_slice(None) is None
 
 
+def test_boxes_a_tile_cuts_are_dropped_and_mapped_back():
+    from fpncli.engine.augment import View, _to_image
+
+    out = {
+        "boxes": torch.tensor([[0.0, 10, 20, 30], [10, 10, 20, 20], [25, 5, 35, 39.5], [5, 0, 15, 8]]),
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        "labels": torch.tensor([1, 2, 3, 1]),
+    }
+    # a 40 x 40 tile at (20, 0) of a 100 x 40 image: its left and right edges are inside the image
+    kept = _to_image(out, View((20, 0, 60, 40)), image_size=(100, 40))
+    assert kept["scores"].tolist() == pytest.approx([0.8, 0.7, 0.6])  # the left-edge box is cut
+    assert kept["boxes"][0].tolist() == [30.0, 10, 40, 20]  # shifted by the tile's corner
+    # the same tile mirrored: the cut test uses the tile's own edges, after mirroring back
+    mirrored = {
+        **out,
+        "boxes": out["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1])
+        + torch.tensor([40.0, 0, 40, 0]),
+    }
+    assert torch.equal(
+        _to_image(mirrored, View((20, 0, 60, 40), flip=True), (100, 40))["boxes"], kept["boxes"]
+    )
+    # the whole image is never filtered
+    assert len(_to_image(out, View((0, 0, 40, 40)), image_size=(40, 40))["boxes"]) == 4
+    assert len(_to_image(out, View((20, 0, 60, 40)))["boxes"]) == 4  # no image size: no filter
+
+
 # ------------------------------------------------------------------ with the model
 
 

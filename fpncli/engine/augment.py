@@ -10,9 +10,11 @@ merged by class-wise NMS (``torchvision.ops.batched_nms`` at the model's own NMS
 * ``--slice SIZE --slice-overlap F`` (SAHI-style): SIZE x SIZE tiles overlapping by F of
   their side, each passed through the model's transform like a whole image (so a 512 px
   tile of a 4000 px photo is seen at the model's input scale, and its small objects become
-  large), plus one pass over the whole image for the objects larger than a tile. A tile
-  that covers the whole image *is* the whole-image pass: the result is exactly plain
-  detection's.
+  large), plus one pass over the whole image for the objects larger than a tile. A tile's
+  boxes that touch one of its edges inside the image are dropped: objects the tile cuts,
+  seen whole by a neighbour or the whole-image pass (measured better than keeping them,
+  see the README). A tile that covers the whole image *is* the whole-image pass: the
+  result is exactly plain detection's.
 * ``--tta flip,scales=S1:S2...``: every window also mirrored, and at each shorter side
   S (pixels, or a factor of the model's own when below 16).
 
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 TTA_HELP = "flip, scales=S1:S2... (shorter sides in pixels, or factors of the model's below 16)"
 # Test-time scale values below this are factors of the model's own shorter side.
 _FACTOR_BELOW = 16
+# A tile's box this close (pixels) to one of its inner edges is a cut object.
+_CUT_MARGIN = 2.0
 # Views per forward pass (only views of equal padded size share one).
 _VIEW_BATCH = 4
 
@@ -192,9 +196,14 @@ class AugmentedDetector:
     """
 
     def __init__(
-        self, model: FPNFasterRCNN, slicing: SliceSpec | None = None, tta: TTASpec | None = None
+        self,
+        model: FPNFasterRCNN,
+        slicing: SliceSpec | None = None,
+        tta: TTASpec | None = None,
+        drop_cut: bool = True,
     ) -> None:
         self.model = model
+        self.drop_cut = drop_cut
         self.slicing = slicing
         self.tta = tta
 
@@ -243,6 +252,7 @@ class AugmentedDetector:
         pass (equal padding: the same result as alone), built lazily so that a photo with
         hundreds of tiles never holds them all."""
         model = self.model
+        height, width = int(image.shape[-2]), int(image.shape[-1])
         batch: list[tuple[View, Tensor]] = []
         key: tuple[int, int] | None = None
 
@@ -250,7 +260,7 @@ class AugmentedDetector:
             sizes = [(v.window[3] - v.window[1], v.window[2] - v.window[0]) for v, _ in batch]
             outs = model.detect_prepared([p for _, p in batch], sizes, half=half)
             for (view, _), out in zip(batch, outs):
-                yield view, _to_image(out, view)
+                yield view, _to_image(out, view, (width, height) if self.drop_cut else None)
             batch.clear()
 
         for view in views:
@@ -268,17 +278,38 @@ class AugmentedDetector:
             yield from run()
 
 
-def _to_image(out: dict[str, Tensor], view: View) -> dict[str, Tensor]:
-    """A view's detections (xyxy in the window's pixels) -> the image's pixels."""
-    x1, y1, x2, _y2 = view.window
+def _to_image(
+    out: dict[str, Tensor], view: View, image_size: tuple[int, int] | None = None
+) -> dict[str, Tensor]:
+    """A view's detections (xyxy in the window's pixels) -> the image's pixels.
+
+    ``image_size`` (W, H): also drop a tile's boxes that touch one of its edges inside the
+    image: those are objects the tile cuts, seen whole by a neighbour or the whole-image pass.
+    """
+    import torch
+
+    x1, y1, x2, y2 = view.window
     boxes = out["boxes"]
     if view.flip:
         boxes = boxes[:, [2, 1, 0, 3]] * boxes.new_tensor([-1.0, 1.0, -1.0, 1.0]) + boxes.new_tensor(
             [x2 - x1, 0.0, x2 - x1, 0.0]
         )
+    out = {"boxes": boxes, "scores": out["scores"], "labels": out["labels"]}
+    if image_size is not None and (x1, y1, x2, y2) != (0, 0, *image_size):
+        m = _CUT_MARGIN
+        cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+        if x1 > 0:
+            cut |= boxes[:, 0] <= m
+        if y1 > 0:
+            cut |= boxes[:, 1] <= m
+        if x2 < image_size[0]:
+            cut |= boxes[:, 2] >= x2 - x1 - m
+        if y2 < image_size[1]:
+            cut |= boxes[:, 3] >= y2 - y1 - m
+        out = {k: v[~cut] for k, v in out.items()}
     if x1 or y1:
-        boxes = boxes + boxes.new_tensor([x1, y1, x1, y1])
-    return {"boxes": boxes, "scores": out["scores"], "labels": out["labels"]}
+        out["boxes"] = out["boxes"] + out["boxes"].new_tensor([x1, y1, x1, y1])
+    return out
 
 
 def augmented(model: Any, slicing: SliceSpec | None, tta: TTASpec | None) -> Any:
