@@ -137,6 +137,14 @@ def test_slicing_adds_tile_detections_in_image_pixels(model):
     assert torch.all(sliced["scores"][:-1] >= sliced["scores"][1:])  # best first
 
 
+def test_no_detections_in_any_view(tiny_model):
+    tiny_model.roi_heads.score_thresh = 1.0  # nothing scores above 1
+    tta = AugmentedDetector(tiny_model, SliceSpec(48, 0.2), TTASpec(flip=True))
+    with torch.inference_mode():
+        out = tta.detect_image(_image(4))
+    assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,) and out["labels"].shape == (0,)
+
+
 def test_flip_tta_is_symmetric(model):
     """A mirrored image's TTA detections are the original's, mirrored."""
     image = _image(2)

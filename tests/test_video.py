@@ -178,6 +178,10 @@ def test_options_and_sources(tmp_path, monkeypatch):
     assert stream_output_name("webcam:0") == "webcam0.mp4"
     assert stream_output_name("rtsp://cam.local:554/live?token=1") == "rtsp_cam.local_554_live.mp4"
     clip = _video(tmp_path / "clip.mp4", frames=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun
+    with pytest.raises(FpnError, match="without torchrun"):
+        run_detect([str(clip)], DetectOptions(weights="none", out_dir=tmp_path / "o"))
+    monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
     with pytest.raises(FpnError, match=r'pip install "fpncli\[video\]"'):
         run_detect([str(clip)], DetectOptions(weights="none", out_dir=tmp_path / "o"))
