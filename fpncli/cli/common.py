@@ -67,6 +67,28 @@ ModelWeightsOption = Annotated[
     ),
 ]
 
+# Sliced inference and test-time augmentation (fpn detect, fpn eval; see engine/augment.py).
+SliceOption = Annotated[
+    int | None,
+    typer.Option(
+        "--slice",
+        help="Sliced inference: also detect in SIZE x SIZE pixel tiles, each at the model's input "
+        "scale, merged with the whole-image pass (small objects in large images).",
+        show_default=False,
+    ),
+]
+SliceOverlapOption = Annotated[
+    float, typer.Option(help="With --slice: tile overlap, a fraction of SIZE in [0, 1).")
+]
+TTAOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Test-time augmentation, comma-separated: flip (also mirrored), scales=S1:S2... "
+        "(shorter sides in pixels, or factors of the model's below 16), e.g. flip,scales=0.8:1:1.2.",
+        show_default=False,
+    ),
+]
+
 
 class _State:
     debug = False

@@ -38,10 +38,26 @@ def synth(
     val: Annotated[int, typer.Option(min=0, help="Validation images.")] = 100,
     seed: Annotated[int, typer.Option(help="Every image is a pure function of (seed, split, index).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset at OUT.")] = False,
+    size: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Image size WxH (repeat for a mix; default 256x256, 320x224, 224x320). Large "
+            "canvases, e.g. 1024x768, hold small objects: the case for `fpn eval --slice`.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from rich.progress import Progress
 
-    from fpncli.data.synth import synthesize
+    from fpncli.data.synth import SIZES, synthesize
+    from fpncli.errors import FpnError
+
+    sizes: tuple[tuple[int, int], ...] = SIZES
+    if size:
+        try:
+            sizes = tuple((int(w), int(h)) for w, h in (s.lower().split("x") for s in size))
+        except ValueError:
+            raise FpnError(f"--size: expected WxH in pixels, e.g. 1024x768 (got {', '.join(size)})") from None
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("drawing", total=train + val)
@@ -51,6 +67,7 @@ def synth(
             val=val,
             seed=seed,
             overwrite=overwrite,
+            sizes=sizes,
             progress=lambda split, done, total: bar.advance(task),
         )
     for split, info in summary["splits"].items():

@@ -9,11 +9,19 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    SliceOption,
+    SliceOverlapOption,
+    TTAOption,
+    console,
+    err_console,
+    handle_errors,
+)
 
 HELP = (
-    "Detect objects in images, folders and glob patterns; write predictions.json and "
-    "annotated images to --out."
+    "Detect objects in images, videos, folders, glob patterns and streams; write predictions.json and "
+    "annotated images and videos to --out."
 )
 EPILOG = (
     "Examples:\n\n"
@@ -22,6 +30,8 @@ EPILOG = (
     "  fpn detect 'shots/*.png' --weights coco --out out/ --no-draw --json --quiet > boxes.json\n\n"
     "  fpn detect val2017/ --weights coco --out out/ --score-thr 0.05 --no-draw "
     "--coco-results results.json --coco-annotations instances_val2017.json\n\n"
+    "  fpn detect clip.mp4 rtsp://cam.local/live webcam:0 --weights coco --out out/ --vid-stride 2\n\n"
+    "  fpn detect big_photo.jpg --weights coco --out out/ --slice 640 --slice-overlap 0.2 --tta flip\n\n"
     "Exit code 1 when any input could not be read (each is listed in predictions.json "
     '"errors"); 130 after Ctrl-C, with predictions.json valid for the images done.'
 )
@@ -31,7 +41,11 @@ EPILOG = (
 def detect(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders and glob patterns (quote them).", show_default=False),
+        typer.Argument(
+            help="Image and video files, folders and glob patterns (quote them), stream URLs "
+            "(rtsp://, http://, ...) and webcams (webcam:0).",
+            show_default=False,
+        ),
     ],
     weights: Annotated[
         str,
@@ -100,6 +114,10 @@ def detect(
             "on the CPU, channels-last memory on CUDA.",
         ),
     ] = True,
+    slice_size: SliceOption = None,
+    slice_overlap: SliceOverlapOption = 0.2,
+    tta: TTAOption = None,
+    vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")
@@ -131,6 +149,10 @@ def detect(
         coco_annotations=coco_annotations,
         max_pixels=max_pixels,
         optimize=optimize,
+        slice_size=slice_size,
+        slice_overlap=slice_overlap,
+        tta=tta,
+        vid_stride=vid_stride,
     )
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 shows progress and the summary
     progress = None if quiet or not main else _progress()
@@ -141,15 +163,23 @@ def detect(
         if progress is None:
             return
         if event["event"] == "start":
+            videos = f" and [bold]{event['videos']}[/] video(s)/stream(s)" if event.get("videos") else ""
             err_console.print(
-                f"[bold]{event['images']}[/] image(s) on [bold]{event['device']}[/]; "
+                f"[bold]{event['images']}[/] image(s){videos} on [bold]{event['device']}[/]; "
                 f"weights: {esc(event['weights'])}",
                 highlight=False,
             )
             progress.start()
-            task = progress.add_task("detect", total=event["images"], failed=0)
+            if event["images"] or not event.get("videos"):
+                task = progress.add_task("detect", total=event["images"], failed=0, unit="img")
         elif event["event"] == "image" and task is not None:
             progress.update(task, advance=1, failed=event["summary"].images_failed)
+        elif event["event"] == "video":
+            # One bar per video, counting decoded frames (no total for a live stream).
+            name = esc(Path(event["file"]).name if "://" not in event["file"] else event["file"])
+            task = progress.add_task(name[:40], total=event["frames_total"], failed=0, unit="frame")
+        elif event["event"] == "frame" and task is not None:
+            progress.update(task, advance=1)
 
     try:
         summary = run_detect(sources, options, progress=show)
@@ -165,11 +195,13 @@ def detect(
     if summary.interrupted:
         err_console.print(
             f"interrupted: {esc(str(summary.predictions_path))} holds the "
-            f"{summary.images_read + summary.images_failed} image(s) done",
+            f"{summary.images_read + summary.images_failed} image(s)"
+            + (f" and {summary.frames} video frame(s)" if summary.videos_total else "")
+            + " done",
             style="yellow",
         )
         raise typer.Exit(130)
-    if summary.images_failed:
+    if summary.images_failed or summary.videos_failed:
         raise typer.Exit(1)
 
 
@@ -186,15 +218,15 @@ def _progress():
     from rich.text import Text
 
     class _Rate(ProgressColumn):
-        """Images per second over the run so far."""
+        """Images (or video frames) per second over the run so far."""
 
         def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
             rate = task.completed / elapsed if elapsed > 0 else 0.0
-            return Text(f"{rate:.2f} img/s", style="cyan")
+            return Text(f"{rate:.2f} {task.fields.get('unit', 'img')}/s", style="cyan")
 
     return Progress(
-        TextColumn("[bold]detect"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         _Rate(),
@@ -216,10 +248,20 @@ def _print_summary(summary) -> None:
     table.add_column(justify="right")
     table.add_row("images read", str(summary.images_read))
     table.add_row("images failed", f"[red]{summary.images_failed}[/]" if summary.images_failed else "0")
+    if summary.videos_total:
+        table.add_row("videos/streams", str(summary.videos_total))
+        table.add_row("video frames detected", str(summary.frames))
+        failed = summary.videos_failed
+        table.add_row("videos failed", f"[red]{failed}[/]" if failed else "0")
     table.add_row("detections", str(summary.detections))
-    table.add_row(
-        "throughput", f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})"
-    )
+    if summary.images_total or not summary.videos_total:
+        table.add_row(
+            "throughput",
+            f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s, {summary.device})",
+        )
+    else:
+        rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+        table.add_row("throughput", f"{rate:.2f} frames/s ({summary.seconds:.1f} s, {summary.device})")
     console.print(table)
     if summary.per_class:
         per_class = Table(title="detections per class", title_justify="left")

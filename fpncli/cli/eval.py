@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    BackendOption,
+    DeviceOption,
+    SliceOption,
+    SliceOverlapOption,
+    TTAOption,
+    console,
+    err_console,
+    handle_errors,
+)
 
 HELP = (
     "Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
@@ -60,6 +69,9 @@ def eval_coco(
         int | None, typer.Option(min=1, help="Only the first N images (quick check).")
     ] = None,
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
+    slice_size: SliceOption = None,
+    slice_overlap: SliceOverlapOption = 0.2,
+    tta: TTAOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")
     ] = False,
@@ -81,6 +93,9 @@ def eval_coco(
         workers=workers,
         max_images=max_images,
         half=half,
+        slice_size=slice_size,
+        slice_overlap=slice_overlap,
+        tta=tta,
     )
     with Progress(
         TextColumn("detecting"),

@@ -22,7 +22,7 @@ import glob
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
 from fpncli.engine.events import ProgressFn
+from fpncli.engine.video import VIDEO_EXTENSIONS, is_stream, is_video_file, stream_output_name
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
 
@@ -67,6 +68,11 @@ class DetectOptions:
     coco_annotations: Path | None = None
     max_pixels: int | None = None  # None: default_max_pixels()
     optimize: bool = True
+    # Sliced inference and test-time augmentation (see engine/augment.py).
+    slice_size: int | None = None
+    slice_overlap: float = 0.2
+    tta: str | None = None
+    vid_stride: int = 1  # videos and streams: detect every Nth frame
 
 
 @dataclass
@@ -87,6 +93,9 @@ class DetectSummary:
     device: str = "cpu"
     weights: str = ""
     predictions: dict[str, Any] = field(default_factory=dict)
+    videos_total: int = 0
+    videos_failed: int = 0  # could not be opened, or ended in a decoding error
+    frames: int = 0  # video frames detected in
 
     @property
     def images_per_second(self) -> float:
@@ -98,9 +107,14 @@ class DetectSummary:
 
 
 def expand_sources(
-    sources: Sequence[str | os.PathLike], recursive: bool = False, exclude: Path | None = None
+    sources: Sequence[str | os.PathLike],
+    recursive: bool = False,
+    exclude: Path | None = None,
+    videos: bool = False,
 ) -> list[Path]:
     """Image paths from files, folders and glob patterns, in a stable order, without repeats.
+
+    ``videos``: folders and patterns also give video files (``engine/video.py``'s extensions).
 
     A file is taken as given (whatever its extension: reading it will say if it is no
     image); a folder gives its files with an image extension (``--recursive``: also in
@@ -126,10 +140,12 @@ def expand_sources(
         text = os.fspath(source)
         path = Path(text).expanduser()
         if path.is_dir():
-            found = _folder_images(path, recursive, exclude_resolved, base=path)
+            found = _folder_images(path, recursive, exclude_resolved, base=path, videos=videos)
             if not found:
                 hint = "" if recursive else " (use --recursive to look in sub-folders)"
-                raise FpnError(f"{text}: folder has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+                kinds = "images or videos" if videos else "images"
+                extensions = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
+                raise FpnError(f"{text}: folder has no {kinds} ({', '.join(extensions)}){hint}")
         elif path.exists() or path.is_symlink():
             found = [path]
         elif _GLOB_CHARS & set(text):
@@ -138,8 +154,8 @@ def expand_sources(
             for match in sorted(glob.glob(os.path.expanduser(text), recursive=recursive)):
                 m = Path(match)
                 if m.is_dir():
-                    found.extend(_folder_images(m, recursive, exclude_resolved, base=base))
-                elif is_image_file(m) and not _own_output(m, exclude_resolved, base):
+                    found.extend(_folder_images(m, recursive, exclude_resolved, base=base, videos=videos))
+                elif _is_input(m, videos) and not _own_output(m, exclude_resolved, base):
                     found.append(m)
             if not found:
                 raise FpnError(f"{text}: pattern matches no images")
@@ -182,13 +198,17 @@ def _own_output(path: Path, out_dir: Path | None, base: Path) -> bool:
     return stem.endswith("_det") and path.with_name(stem[: -len("_det")] + path.suffix).exists()
 
 
+def _is_input(path: Path, videos: bool) -> bool:
+    return is_image_file(path) or (videos and is_video_file(path))
+
+
 def _folder_images(
-    folder: Path, recursive: bool, exclude: Path | None, base: Path | None = None
+    folder: Path, recursive: bool, exclude: Path | None, base: Path | None = None, videos: bool = False
 ) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     found = []
     for p in sorted(folder.glob(pattern)):
-        if not is_image_file(p) or p.is_dir():
+        if not _is_input(p, videos) or p.is_dir():
             continue
         if _own_output(p, exclude, base if base is not None else folder):
             continue  # our own annotated images from an earlier run
@@ -313,6 +333,12 @@ def validate_options(options: DetectOptions) -> None:
         raise FpnError(f"--workers must be 0 or more, got {options.workers}")
     if options.max_pixels is not None and options.max_pixels < 1:
         raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
+    from fpncli.engine.augment import check_slice, parse_tta
+
+    check_slice(options.slice_size, options.slice_overlap)
+    parse_tta(options.tta)
+    if options.vid_stride < 1:
+        raise FpnError(f"--vid-stride must be at least 1, got {options.vid_stride}")
 
 
 def run_detect(
@@ -337,13 +363,29 @@ def run_detect(
     validate_options(options)
     if out_dir.exists() and not out_dir.is_dir():
         raise FpnError(f"{out_dir}: exists and is not a folder")
-    paths = expand_sources(sources, options.recursive, exclude=out_dir)  # fail fast, before torch
+    streams = [os.fspath(s) for s in sources if is_stream(s)]
+    files = [s for s in sources if not is_stream(s)]
+    # fail fast, before torch
+    paths = (
+        expand_sources(files, options.recursive, exclude=out_dir, videos=True) if files or not streams else []
+    )
+    video_files = [p for p in paths if is_video_file(p)]
+    paths = [p for p in paths if not is_video_file(p)]
+    videos: list[str] = [str(p) for p in video_files] + streams
+    if videos:
+        from fpncli.engine.video import require_av
+
+        require_av()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise FpnError(
+                "videos and streams are detected in one process: run fpn detect on them without torchrun"
+            )
     weights_file = options.weights if options.weights not in ("coco", "none") else None
     # Nothing is written before every option and output path has been checked.
     check_outputs(
         folders=[out_dir],
         files=[out_dir / PREDICTIONS_FILE, options.coco_results],
-        inputs=[*paths, options.coco_annotations, weights_file],
+        inputs=[*paths, *video_files, options.coco_annotations, weights_file],
     )
 
     import torch
@@ -382,6 +424,9 @@ def run_detect(
         model = optimize_for_inference(
             model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
         )
+    from fpncli.engine.augment import augmented, check_slice, parse_tta
+
+    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
     # The cores of a machine are shared by its torchrun processes.
@@ -390,7 +435,16 @@ def run_detect(
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
 
-    targets = output_paths(paths, out_dir) if options.draw else []
+    targets = output_paths(paths + video_files, out_dir) if options.draw else []
+    video_targets: list[Path | None] = [None] * len(videos)
+    if options.draw:
+        targets, video_targets = (
+            targets[: len(paths)],
+            [
+                *targets[len(paths) :],
+                *(out_dir / stream_output_name(s) for s in streams),
+            ],
+        )
     image_ids: dict[int, int] = {}
     unmatched: list[str] = []
     if options.coco_results is not None:
@@ -398,6 +452,7 @@ def run_detect(
     predictions_path = out_dir / PREDICTIONS_FILE
     summary = DetectSummary(
         images_total=len(paths),
+        videos_total=len(videos),
         device=str(device) if world == 1 else f"{device.type} x {world} processes",
         weights=source,
         predictions_path=predictions_path,
@@ -407,6 +462,9 @@ def run_detect(
     errors: list[dict[str, str]] = summary.errors
     coco: list[dict[str, Any]] = []
     summary.predictions = {"images": images, "errors": errors}
+    video_records: list[dict[str, Any]] = []
+    if videos:
+        summary.predictions["videos"] = video_records
 
     def flush() -> None:
         if not main:
@@ -416,7 +474,7 @@ def run_detect(
             write_json(Path(options.coco_results), coco, indent=None)
 
     # A killed earlier run may have left temporaries of annotated images: clean each folder once.
-    for folder in sorted({t.parent for t in targets}):
+    for folder in sorted({t.parent for t in [*targets, *video_targets] if t is not None}):
         remove_stale_temporaries(folder, any_name=True)
     index = {p: i for i, p in enumerate(paths)}
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
@@ -428,6 +486,22 @@ def run_detect(
             return result.boxes, result.scores, result.labels
         mask = torch.tensor([int(label) in keep for label in result.labels.tolist()], dtype=torch.bool)
         return result.boxes[mask][:max_dets], result.scores[mask][:max_dets], result.labels[mask][:max_dets]
+
+    def detection_records(boxes, scores, labels) -> tuple[list[dict[str, Any]], list[str], list[int]]:
+        """predictions.json's detections, and the class names and category ids."""
+        label_list = labels.tolist()
+        cat_ids = [cfg.category_ids[label - 1] for label in label_list]
+        names = [cfg.class_names[label - 1] for label in label_list]
+        detections = [
+            {
+                "box": [round(v, 2) for v in box],
+                "score": round(score, 4),
+                "category_id": cid,
+                "label": name,
+            }
+            for box, score, cid, name in zip(boxes.tolist(), scores.tolist(), cat_ids, names)
+        ]
+        return detections, names, cat_ids
 
     def draw(result) -> None:
         """Queue the annotated picture; under torchrun on the process that holds the pixels."""
@@ -443,10 +517,41 @@ def run_detect(
 
     start = time.perf_counter()
     last_flush, flush_every = start, _FLUSH_SECONDS
+
+    def maybe_flush() -> None:
+        nonlocal last_flush, flush_every
+        if time.perf_counter() - last_flush >= flush_every:
+            t0 = time.perf_counter()
+            flush()
+            last_flush = time.perf_counter()
+            # A big run's file takes long to rewrite: keep that under ~10% of the time.
+            flush_every = max(_FLUSH_SECONDS, 10 * (last_flush - t0))
+
+    video_state = _VideoRun(
+        model=model,
+        device=device,
+        half=options.half,
+        stride=options.vid_stride,
+        summary=summary,
+        records=video_records,
+        select=select,
+        detection_records=detection_records,
+        progress=progress,
+        after_frame=maybe_flush,
+        start=start,
+    )
     # No early empty flush: a run that fails before its first image leaves the previous
     # predictions.json as it was; from the first flush on the file holds this run's results.
     if progress is not None:
-        progress({"event": "start", "images": len(paths), "device": summary.device, "weights": source})
+        progress(
+            {
+                "event": "start",
+                "images": len(paths),
+                "videos": len(videos),
+                "device": summary.device,
+                "weights": source,
+            }
+        )
     try:
         for result in DI.predict_sharded(
             model,
@@ -468,17 +573,7 @@ def run_detect(
             else:
                 boxes, scores, labels = select(result)
                 label_list = labels.tolist()
-                cat_ids = [cfg.category_ids[label - 1] for label in label_list]
-                names = [cfg.class_names[label - 1] for label in label_list]
-                detections = [
-                    {
-                        "box": [round(v, 2) for v in box],
-                        "score": round(score, 4),
-                        "category_id": cid,
-                        "label": name,
-                    }
-                    for box, score, cid, name in zip(boxes.tolist(), scores.tolist(), cat_ids, names)
-                ]
+                detections, names, _ = detection_records(boxes, scores, labels)
                 record = {
                     "file": str(result.path),
                     "width": result.width,
@@ -499,12 +594,9 @@ def run_detect(
             summary.seconds = time.perf_counter() - start
             if progress is not None:
                 progress({"event": "image", "record": record, "summary": summary})
-            if time.perf_counter() - last_flush >= flush_every:
-                t0 = time.perf_counter()
-                flush()
-                last_flush = time.perf_counter()
-                # A big run's file takes long to rewrite: keep that under ~10% of the time.
-                flush_every = max(_FLUSH_SECONDS, 10 * (last_flush - t0))
+            maybe_flush()
+        for source, target in zip(videos, video_targets):
+            _detect_video(source, target, video_state)
     except KeyboardInterrupt:
         summary.interrupted = True
     except BaseException:
@@ -527,3 +619,114 @@ def _finish(drawer: ThreadPoolExecutor | None, summary: DetectSummary, start: fl
     if drawer is not None:
         drawer.shutdown(wait=True)
     summary.seconds = time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- videos
+
+
+@dataclass
+class _VideoRun:
+    """What :func:`_detect_video` shares with :func:`run_detect`'s image loop."""
+
+    model: Any
+    device: Any
+    half: bool
+    stride: int
+    summary: DetectSummary
+    records: list[dict[str, Any]]
+    select: Callable[[Any], tuple[Any, Any, Any]]
+    detection_records: Callable[..., tuple[list[dict[str, Any]], list[str], list[int]]]
+    progress: ProgressFn | None
+    after_frame: Callable[[], None]
+    start: float
+
+
+def _detect_video(source: str, target: Path | None, run: _VideoRun) -> None:
+    """Detect in every ``stride``-th frame of a video file or stream; its ``videos`` entry in
+    predictions.json grows frame by frame, and the annotated video (when ``target``) gets
+    every frame. A source that cannot be opened, or a decoding fault, is one entry in
+    ``errors``; the frames before the fault are kept. Ctrl-C leaves a finished video."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fpncli.engine.predict import ImageResult
+    from fpncli.engine.video import VideoReader, VideoWriter
+    from fpncli.viz.draw import draw_detections
+
+    summary, progress = run.summary, run.progress
+    try:
+        reader = VideoReader(source)
+    except FpnError as exc:
+        summary.errors.append({"file": source, "error": str(exc)})
+        summary.videos_failed += 1
+        if progress is not None:
+            progress({"event": "video_error", "file": source, "error": str(exc), "summary": summary})
+        return
+    record: dict[str, Any] = {
+        "file": source,
+        "width": reader.width,
+        "height": reader.height,
+        "fps": round(float(reader.rate), 3),
+        "frames_total": reader.frames_total,
+        "vid_stride": run.stride,
+        "annotated": None,
+        "frames": [],
+    }
+    run.records.append(record)
+    writer: VideoWriter | None = None
+    try:
+        if target is not None:
+            writer = VideoWriter(target, reader.width, reader.height, reader.rate)
+        if progress is not None:
+            progress({"event": "video", "file": source, "frames_total": reader.frames_total})
+        run.model.eval().to(run.device)
+        shown: tuple[list, list, list, list] = ([], [], [], [])  # drawn on the frames in between
+        for frame in reader:
+            if frame.index % run.stride == 0:
+                height, width = frame.rgb.shape[:2]
+                pixels = torch.from_numpy(frame.rgb).to(run.device).permute(2, 0, 1).float().div_(255)
+                with torch.inference_mode():
+                    prepared = run.model.prepare_image(pixels, inplace=True)
+                    out = run.model.detect_prepared([prepared], [(height, width)], half=run.half)[0]
+                result = ImageResult(
+                    Path(source),
+                    width,
+                    height,
+                    out["boxes"].float().cpu(),
+                    out["scores"].float().cpu(),
+                    out["labels"].cpu(),
+                )
+                boxes, scores, labels = run.select(result)
+                detections, names, cat_ids = run.detection_records(boxes, scores, labels)
+                record["frames"].append(
+                    {"frame": frame.index, "time": round(frame.time, 4), "detections": detections}
+                )
+                summary.frames += 1
+                summary.detections += len(detections)
+                summary.per_class.update(names)
+                shown = (boxes.tolist(), names, scores.tolist(), cat_ids)
+            if writer is not None:
+                drawn = draw_detections(Image.fromarray(frame.rgb), shown[0], shown[1], shown[2], shown[3])
+                writer.write(np.asarray(drawn))
+            summary.seconds = time.perf_counter() - run.start
+            if progress is not None:
+                progress(
+                    {
+                        "event": "frame",
+                        "file": source,
+                        "frame": frame.index,
+                        "frames_total": reader.frames_total,
+                        "detected": frame.index % run.stride == 0,
+                        "summary": summary,
+                    }
+                )
+            run.after_frame()
+        if reader.error is not None:
+            summary.errors.append({"file": source, "error": reader.error})
+            summary.videos_failed += 1
+    finally:
+        reader.close()
+        if writer is not None:
+            done = writer.close()
+            record["annotated"] = str(done) if done is not None else None

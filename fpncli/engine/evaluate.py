@@ -374,6 +374,7 @@ def evaluate_model(
     max_images: int | None = None,
     half: bool = False,
     sharded: bool = False,
+    inference: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -393,6 +394,7 @@ def evaluate_model(
         sharded: under torchrun, split the images over the processes (every rank calls this;
             see :func:`~fpncli.engine.distributed_inference.predict_sharded`); rank 0
             evaluates and writes, the others return None.
+        inference: recorded in the metrics as ``inference`` (e.g. slicing and TTA settings).
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -467,11 +469,13 @@ def evaluate_model(
         write_json(Path(out_dir) / "detections.json", detections, indent=None)
     if not evaluated:
         raise FpnError(f"none of the {len(paths)} images found could be read (first: {skipped[-1]})")
-    extra = {
+    extra: dict[str, Any] = {
         "missing_images": missing,
         "skipped_images": skipped,
         "detections_file": str(Path(out_dir) / "detections.json") if out_dir is not None else None,
     }
+    if inference:
+        extra["inference"] = inference
     metrics = _evaluate(
         gt,
         detections,
@@ -548,9 +552,17 @@ class EvalOptions:
     workers: int = 0
     max_images: int | None = None
     half: bool = False
+    # Sliced inference and test-time augmentation (see engine/augment.py).
+    slice_size: int | None = None
+    slice_overlap: float = 0.2
+    tta: str | None = None
 
     def check(self) -> list[str]:
         """Raise on contradictory options; returns notes (ignored options)."""
+        from fpncli.engine.augment import check_slice, parse_tta
+
+        check_slice(self.slice_size, self.slice_overlap)
+        parse_tta(self.tta)
         if self.results is not None and self.weights is not None:
             raise FpnError(
                 "give either --results (evaluate a results file) or --weights (run a model), not both"
@@ -563,9 +575,12 @@ class EvalOptions:
             raise FpnError(
                 "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
             )
+        notes = []
         if self.results is not None and (self.images is not None or self.max_images is not None):
-            return ["--images/--max-images are ignored with --results"]
-        return []
+            notes.append("--images/--max-images are ignored with --results")
+        if self.results is not None and (self.slice_size is not None or self.tta is not None):
+            notes.append("--slice/--tta are ignored with --results (they change how a model runs)")
+        return notes
 
 
 def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[str, Any] | None:
@@ -616,6 +631,9 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     assert weights is not None and options.images is not None  # check() made sure
     model, source = load_for_inference(weights)
+    from fpncli.engine.augment import augmented, check_slice, parse_tta
+
+    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
     return evaluate_model(
         model,
         options.annotations,
@@ -631,4 +649,15 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         half=options.half,
         sharded=True,
         progress=progress,
+        inference=_inference_settings(options),
     )
+
+
+def _inference_settings(options: EvalOptions) -> dict[str, Any] | None:
+    """Slicing and TTA settings as recorded in metrics.json (None when neither is used)."""
+    if options.slice_size is None and options.tta is None:
+        return None
+    out: dict[str, Any] = {"tta": options.tta}
+    if options.slice_size is not None:
+        out.update(slice=options.slice_size, slice_overlap=options.slice_overlap)
+    return out

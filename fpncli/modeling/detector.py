@@ -163,12 +163,24 @@ class FPNFasterRCNN(FasterRCNN):
     def max_size(self) -> int:
         return int(self.transform.max_size)
 
-    def prepare_image(self, image: Tensor, inplace: bool = False) -> Tensor:
+    @property
+    def nms_thresh(self) -> float:
+        """The per-class NMS IoU threshold of the box head (eval mode)."""
+        return float(self.roi_heads.nms_thresh)
+
+    @property
+    def detections_per_img(self) -> int:
+        """At most this many detections per image (eval mode)."""
+        return int(self.roi_heads.detections_per_img)
+
+    def prepare_image(self, image: Tensor, inplace: bool = False, min_size: int | None = None) -> Tensor:
         """``Tensor[3, H, W]`` float in 0..1 -> ``Tensor[3, h, w]`` normalised and resized
         exactly as ``model([image])`` would (torchvision's normalise-then-resize).
 
         ``inplace`` normalises in ``image`` itself (the same ``(x - mean) / std``, bit for bit),
-        so a large image is held once instead of twice.
+        so a large image is held once instead of twice. ``min_size`` resizes the shorter side
+        to that instead of :attr:`min_size` (the longer side's cap scales with it): test-time
+        scales.
         """
         t = self.transform
         if inplace:
@@ -177,7 +189,14 @@ class FPNFasterRCNN(FasterRCNN):
             normalized = image.sub_(mean).div_(std)
         else:
             normalized = t.normalize(image)
-        return t.resize(normalized, None)[0]
+        if min_size is None or min_size == self.min_size:
+            return t.resize(normalized, None)[0]
+        saved = t.min_size, t.max_size
+        t.min_size, t.max_size = (int(min_size),), round(self.max_size * min_size / self.min_size)
+        try:
+            return t.resize(normalized, None)[0]
+        finally:
+            t.min_size, t.max_size = saved
 
     def size_problem(self, width: int, height: int) -> str | None:
         """Why an image of ``width`` x ``height`` px cannot pass through the model at its

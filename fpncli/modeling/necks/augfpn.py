@@ -99,7 +99,8 @@ def adaptive_avg_pool_by_ratio(x: Tensor, ratio: float) -> Tensor:
 
     def bins(n: Tensor) -> tuple[Tensor, Tensor]:
         out = torch.clamp(torch.floor(n.double() * ratio), min=1).long()
-        i = torch.arange(out, device=x.device)
+        # A 0-dim tensor end: traced as a dynamic Range (the stubs only list Python numbers).
+        i = torch.arange(out, device=x.device)  # type: ignore[call-overload]
         return (i * n) // out, ((i + 1) * n + out - 1) // out
 
     (h0, h1), (w0, w1) = bins(shape[-2]), bins(shape[-1])
