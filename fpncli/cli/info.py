@@ -11,9 +11,14 @@ from fpncli.cli.common import (
     NASFPNNormOption,
     NASFPNStacksOption,
     NeckOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     handle_errors,
+    sac_overrides,
 )
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
@@ -23,6 +28,7 @@ EPILOG = (
     "  fpn info --preset tiny        # the small CPU configuration\n\n"
     "  fpn info --preset tiny --neck nasfpn --nasfpn-stacks 3\n\n"
     "  fpn info --neck panet --roi-pooling afp   # the full PANet\n\n"
+    "  fpn info --preset tiny --neck rfp --sac      # DetectoRS: RFP steps and SAC stages\n\n"
     "  fpn info --weights runs/exp/best.pt"
 )
 
@@ -38,6 +44,10 @@ def info(
     roi_pooling: RoIPoolingOption = None,
     nasfpn_stacks: NASFPNStacksOption = None,
     nasfpn_norm: NASFPNNormOption = None,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
@@ -54,8 +64,10 @@ def info(
         roi_pooling=roi_pooling,
         nasfpn_stacks=nasfpn_stacks,
         nasfpn_norm=nasfpn_norm,
+        rfp_steps=rfp_steps,
         fpn_channels=fpn_channels,
         num_classes=num_classes,
+        **sac_overrides(sac, sac_deform, sac_stages),
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -92,6 +104,25 @@ def _print_summary(summary: dict) -> None:
     console.print(
         f"neck: {summary['neck']}: {summary['neck_summary']}{options}; "
         f"reads {', '.join(summary['input_levels'])}",
+        highlight=False,
+    )
+    if summary.get("rfp"):
+        rfp = summary["rfp"]
+        fed = ", ".join(f"ASPP({p}) -> {c}" for c, p in rfp["feedback"].items())
+        console.print(
+            f"RFP: {rfp['steps']} steps ({rfp['recursive_backbones']} recursive bottom-up pass(es), "
+            f"weights {rfp['weights']}); fed back: {fed}; zero-initialised gate per level",
+            highlight=False,
+        )
+    sac = summary.get("sac")
+    console.print(
+        "SAC: "
+        + (
+            f"{sac['layers']} 3x3 convs of {', '.join(sac['stages'])} switch between dilation 1 and 3"
+            + (" (deformable)" if sac["deform"] else "")
+            if sac
+            else "none (plain 3x3 convolutions)"
+        ),
         highlight=False,
     )
     eps = f" (eps {summary['frozen_bn_eps']:g})" if summary["frozen_bn_eps"] is not None else ""

@@ -15,10 +15,15 @@ from fpncli.cli.common import (
     DeviceOption,
     ModelWeightsOption,
     NeckOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     err_console,
     handle_errors,
+    sac_overrides,
 )
 from fpncli.errors import FpnError
 
@@ -74,6 +79,10 @@ def inspect_levels(
     ] = "none",
     neck: NeckOption = None,
     roi_pooling: RoIPoolingOption = None,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
     min_size: Annotated[
@@ -104,6 +113,7 @@ def inspect_levels(
         preset=preset,
         neck=neck,
         roi_pooling=roi_pooling,
+        model={"rfp_steps": rfp_steps, **sac_overrides(sac, sac_deform, sac_stages)},
         num_classes=num_classes,
         backbone_weights=backbone_weights,
         device=device,

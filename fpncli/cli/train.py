@@ -13,10 +13,15 @@ from fpncli.cli.common import (
     NASFPNNormOption,
     NASFPNStacksOption,
     NeckOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     err_console,
     handle_errors,
+    sac_overrides,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +36,7 @@ EPILOG = (
     "  fpn data synth data/shapes && fpn train --data data/shapes --preset tiny --out runs/shapes\n\n"
     "  fpn train --data /data/coco --out runs/r50 --epochs 12        # the paper's recipe, ImageNet backbone\n\n"
     "  fpn train --data /data/coco --out runs/pan --neck panet --roi-pooling afp   # the full PANet\n\n"
+    "  fpn train --data /data/coco --out runs/drs --neck rfp --sac   # DetectoRS (RFP + SAC)\n\n"
     "  fpn train --resume runs/r50                                    # continue exactly where it stopped\n\n"
     "  torchrun --nproc_per_node=8 -m fpncli train --data /data/coco --out runs/r50 --amp\n\n"
     "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by val AP) and curves.png."
@@ -82,6 +88,10 @@ def train(
     roi_pooling: RoIPoolingOption = None,
     nasfpn_stacks: NASFPNStacksOption = None,
     nasfpn_norm: NASFPNNormOption = None,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -150,9 +160,11 @@ def train(
             ("roi_pooling", roi_pooling),
             ("nasfpn_stacks", nasfpn_stacks),
             ("nasfpn_norm", nasfpn_norm),
+            ("rfp_steps", rfp_steps),
         )
         if v is not None
     }
+    model.update(sac_overrides(sac, sac_deform, sac_stages))
     if resume is not None:
         cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
     else:

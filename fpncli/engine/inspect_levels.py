@@ -9,9 +9,9 @@ pictures when an output folder is given; the analyses themselves are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
 from fpncli.engine.events import ProgressFn
@@ -40,6 +40,8 @@ class InspectOptions:
     preset: str = "default"
     neck: str | None = None
     roi_pooling: str | None = None
+    # Other ModelConfig fields for --weights none (RFP steps, SAC); None values are ignored.
+    model: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 80
     backbone_weights: str = "none"
     device: str = "auto"
@@ -58,6 +60,7 @@ class InspectOptions:
             self.preset,
             neck=self.neck,
             roi_pooling=self.roi_pooling,
+            **self.model,
             class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
             category_ids=list(range(1, num_classes + 1)),
         )
