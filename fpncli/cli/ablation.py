@@ -23,6 +23,7 @@ EPILOG = (
     "  fpn ablation                                  # CPU default, about 20-30 min on 2 cores\n\n"
     "  fpn ablation --quick --necks fpn,c4           # a smoke run of a minute or two\n\n"
     "  fpn ablation --necks fpn,nasfpn,fpn+afp,panet+afp   # the neck survey's rows (NAS-FPN, AFP)\n\n"
+    "  fpn ablation --necks fpn,rfp,sac,rfp+sac        # DetectoRS: RFP, SAC (= fpn+sac) and both\n\n"
     "  fpn ablation --budget 10 --device cuda        # 10x longer training and more data, on a GPU\n\n"
     "  fpn ablation --out runs/ablation              # rerun: finished necks are reused\n\n"
     "Writes OUT/ablation.json and OUT/ablation.md; OUT/runs/<neck>/last.pt works with "
@@ -40,7 +41,8 @@ def ablation(
         str,
         typer.Option(
             help="Comma-separated rows, in table order: a neck, or NECK+afp for that neck with "
-            "adaptive feature pooling (--roi-pooling afp)."
+            "adaptive feature pooling (--roi-pooling afp), NECK+sac with Switchable Atrous Convolution "
+            "(--sac; the row sac is fpn+sac)."
         ),
     ] = ",".join(DEFAULT_ROWS),
     budget: Annotated[
@@ -68,6 +70,9 @@ def ablation(
     nasfpn_norm: Annotated[
         str, typer.Option(help="NAS-FPN norm after each cell conv: gn, bn, frozen_bn or none.")
     ] = "gn",
+    rfp_steps: Annotated[
+        int, typer.Option(min=2, help="RFP rows: bottom-up + FPN passes (the paper's 2).")
+    ] = 2,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
@@ -120,6 +125,7 @@ def ablation(
         bifpn_repeats=bifpn_repeats,
         nasfpn_stacks=nasfpn_stacks,
         nasfpn_norm=nasfpn_norm,
+        rfp_steps=rfp_steps,
         fresh=fresh,
         progress=report,
         backend=backend,

@@ -37,6 +37,7 @@ EPILOG = (
     "  fpn inspect-levels photo.jpg --weights runs/exp/best.pt --compare-bottom-up --out levels/\n\n"
     "  fpn inspect-levels photo.jpg --weights none --preset tiny --json\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/pan/best.pt --out levels/   # an afp model: afp_levels.png\n\n"
+    "  fpn inspect-levels photo.jpg --weights runs/drs/best.pt --out levels/   # an rfp model: rfp_steps.png\n\n"
     "  fpn inspect-levels --coco data/annotations.json --preset tiny --out fit/\n\n"
     "  fpn inspect-levels --coco data/annotations.json --anchor-sizes 16,32,64,128,256 --min-size 1024"
 )
@@ -138,11 +139,12 @@ def inspect_levels(
         return
     if coco is not None:
         _print_dataset_tables(data)
-    elif "afp" in data:
-        _print_image_table(data)
-        _print_afp_table(data["afp"])
     else:
         _print_image_table(data)
+        if "afp" in data:
+            _print_afp_table(data["afp"])
+        if "rfp" in data:
+            _print_rfp_table(data)
     if written:
         console.print(
             f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
@@ -212,6 +214,37 @@ def _print_afp_table(afp: dict) -> None:
         f"detection's box re-pooled from every level); Eq.1: floor(4 + log2(sqrt(wh)/224)). "
         f"Sizes: COCO area buckets in image pixels. {afp['agree']} of {afp['detections']} "
         f"detections agree.",
+        highlight=False,
+    )
+
+
+def _print_rfp_table(data: dict) -> None:
+    """Per level: mean |activation| of every pass, the gate's share of each recursive pass
+    (mean, min-max over the image) and how far the output moved from the first pass."""
+    from rich.table import Table
+
+    rfp = data["rfp"]
+    table = Table(title=f"Recursive Feature Pyramid: {rfp['steps']} steps")
+    table.add_column("level")
+    for k in range(rfp["steps"]):
+        table.add_column(f"|pass {k + 1}|" + ("\n(FPN)" if k == 0 else ""), justify="right")
+    for k in range(1, rfp["steps"]):
+        table.add_column(f"gate step {k + 1}\nmean (min-max)", justify="right")
+    table.add_column("|output|", justify="right")
+    table.add_column("output vs\npass 1", justify="right")
+    for level in rfp["levels"]:
+        cells = [f"{p[level]:.3g}" for p in rfp["mean_abs_activation"]]
+        cells += [
+            f"{g[level]['mean']:.2f} ({g[level]['min']:.2f}-{g[level]['max']:.2f})" for g in rfp["gate"]
+        ]
+        cells.append(f"{rfp['output_mean_abs_activation'][level]:.3g}")
+        cells.append(f"{100 * rfp['change_from_first_pass'][level]:.1f} %")
+        table.add_row(level, *cells)
+    console.print(table)
+    console.print(
+        "|pass k|: mean |activation| of the k-th bottom-up + FPN pass; gate: the share the recursive "
+        "pass got in the fusion (out = g * pass + (1 - g) * previous; 0.5 everywhere at initialisation); "
+        "output vs pass 1: mean |output - pass 1| / mean |pass 1| (0 % for an untrained model).",
         highlight=False,
     )
 

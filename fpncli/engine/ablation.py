@@ -36,6 +36,8 @@ from fpncli.outputs import check_outputs
 # neck with PANet's adaptive feature pooling; "panet+afp" is the full PANet).
 DEFAULT_NECKS = tuple(e.name for e in NECK_REGISTRY.values() if e.ablation)
 AFP_ROWS = ("fpn+afp", "panet+afp")
+# DetectoRS's rows (--necks fpn,rfp,sac,rfp+sac): opt-in, the backbone runs twice or its 3x3s do.
+DETECTORS_ROWS = ("rfp", "sac", "rfp+sac")
 # The default run stays within its CPU budget (the paper's rows and the two later necks,
 # ~23 min on 2 cores); the neck survey's rows are added with --necks (SURVEY_ROWS).
 DEFAULT_ROWS = DEFAULT_NECKS
@@ -43,6 +45,7 @@ SURVEY_ROWS = (
     *DEFAULT_NECKS,
     *(e.name for e in NECK_REGISTRY.values() if not e.ablation),
     *AFP_ROWS,
+    *(r for r in DETECTORS_ROWS if r not in NECK_REGISTRY),
 )
 SINGLE_SCALE = tuple(e.name for e in NECK_REGISTRY.values() if e.single_scale)
 # Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
@@ -63,9 +66,11 @@ AP_KEYS = ("AP50", "AP", "APs", "APm", "APl")
 # a row is "neck" or "neck+mod[+mod...]".
 ROW_MODIFIERS: dict[str, dict[str, Any]] = {
     "afp": {"roi_pooling": "afp"},
+    # DetectoRS's Switchable Atrous Convolution in res3-res5 (non-deformable: the CPU budget).
+    "sac": {"sac": True},
 }
 # Rows that name a modifier alone, and the row they stand for.
-ROW_ALIASES: dict[str, str] = {}
+ROW_ALIASES: dict[str, str] = {"sac": "fpn+sac"}
 
 
 def parse_row(row: str) -> tuple[str, dict[str, Any]]:
@@ -384,6 +389,7 @@ def run_ablation(
     bifpn_repeats: int = 2,
     nasfpn_stacks: int = 7,
     nasfpn_norm: str = "gn",
+    rfp_steps: int = 2,
     fresh: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
@@ -404,6 +410,7 @@ def run_ablation(
         workers: data-loading processes during training.
         bifpn_repeats: BiFPN blocks.
         nasfpn_stacks, nasfpn_norm: NAS-FPN stages and the norm after their convs.
+        rfp_steps: the RFP rows' bottom-up + FPN passes.
         backend: COCO evaluation backend for recall and AP (see
             :func:`fpncli.engine.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
@@ -433,6 +440,8 @@ def run_ablation(
         raise FpnError(f"unknown --nasfpn-norm {nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}")
     if workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {workers}")
+    if rfp_steps < 2:
+        raise FpnError(f"--rfp-steps must be at least 2 (the first pass is the plain FPN), got {rfp_steps}")
     backend = resolve_backend(backend)  # a missing backend fails before any training
     plan = budget_plan(budget)
     out = Path(out)
@@ -449,6 +458,7 @@ def run_ablation(
         "bifpn_repeats": bifpn_repeats,
         "nasfpn_stacks": nasfpn_stacks,
         "nasfpn_norm": nasfpn_norm,
+        "rfp_steps": rfp_steps,
         "timed_images": TIMED_IMAGES,
         "proposals": PROPOSALS,
         "pre_nms": "equal total over 5 levels",

@@ -23,7 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from fpncli.engine.anchor_fit import AnchorFitReport
     from fpncli.engine.inspect_image import ImageInspection
 
-IMAGE_FILES = ("levels.json", "pyramid.png", "detections.png", "bottom_up_vs_top_down.png", "afp_levels.png")
+IMAGE_FILES = (
+    "levels.json",
+    "pyramid.png",
+    "detections.png",
+    "bottom_up_vs_top_down.png",
+    "afp_levels.png",
+    "rfp_steps.png",
+)
 DATASET_FILES = ("dataset_levels.json", "box_sizes.png", "coverage.png")
 
 

@@ -373,6 +373,15 @@ class FPNFasterRCNN(FasterRCNN):
         pooled = self.roi_heads.box_roi_pool(features, [boxes], image_sizes)
         return self.roi_heads.box_head.level_wins(pooled)
 
+    def rfp_steps(self, images: Tensor) -> Any:
+        """For an ``rfp`` model: every step of its neck (an
+        :class:`~fpncli.modeling.necks.rfp.RFPSteps`: each pass's pyramid, the gates, the fused
+        pyramids) for a normalised, padded batch ``Tensor[B, 3, H, W]`` (``ImageList.tensors``)."""
+        neck = self.backbone.neck
+        if not hasattr(neck, "run"):
+            raise ValueError("rfp_steps needs a model with --neck rfp")
+        return neck.run(self.backbone.bottom_up(images), images)
+
     def base_anchors(self, level: str) -> Tensor:
         """``Tensor[A, 4]`` xyxy anchors centred on 0 for an RPN level, ratio-major (all
         sizes of the first aspect ratio, then the next ...), as the anchor generator tiles them."""
