@@ -87,10 +87,10 @@ class SAConv2d(nn.Module):
         self.offset_l = nn.Conv2d(in_channels, 18, 3, padding=1, stride=stride) if deform else None
         for conv in (self.pre_context, self.post_context, self.offset_s, self.offset_l):
             if conv is not None:
-                nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
+                for p in conv.parameters():
+                    nn.init.zeros_(p)
         nn.init.zeros_(self.switch.weight)
-        nn.init.ones_(self.switch.bias)
+        nn.init.ones_(self.switch.bias)  # type: ignore[arg-type]  # built with bias=True
         self.fit_standardisation()
 
     @torch.no_grad()
@@ -101,11 +101,17 @@ class SAConv2d(nn.Module):
         self.weight_beta.copy_(mean)
         self.weight_gamma.copy_(std)
 
+    weight_gamma: Tensor
+    weight_beta: Tensor
+
     def standardised_weight(self) -> Tensor:
+        """``gamma * (w - mean(w)) / std(w) + beta`` per output channel, ``Tensor[C_out, C_in, 3, 3]``."""
         mean, std = _mean_std(self.weight)
         return self.weight_gamma * (self.weight - mean) / std + self.weight_beta
 
-    def _conv(self, x: Tensor, weight: Tensor, dilation: int, offsets: nn.Conv2d | None, pooled: Tensor):
+    def _conv(
+        self, x: Tensor, weight: Tensor, dilation: int, offsets: nn.Conv2d | None, pooled: Tensor
+    ) -> Tensor:
         if offsets is None:
             return F.conv2d(x, weight, None, self.stride, dilation, dilation)
         # torchvision's op has CPU and CUDA kernels (mmcv's had no CPU one: MMDetection #5208).

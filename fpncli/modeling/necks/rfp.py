@@ -49,18 +49,17 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, branch_channels: int) -> None:
         super().__init__()
-        self.branches = nn.ModuleList(
-            [
-                nn.Conv2d(in_channels, branch_channels, 1),
-                nn.Conv2d(in_channels, branch_channels, 3, padding=3, dilation=3),
-                nn.Conv2d(in_channels, branch_channels, 3, padding=6, dilation=6),
-                nn.Conv2d(in_channels, branch_channels, 1),  # on the globally pooled map
-            ]
-        )
-        for conv in self.branches:
+        convs = [
+            nn.Conv2d(in_channels, branch_channels, 1),
+            nn.Conv2d(in_channels, branch_channels, 3, padding=3, dilation=3),
+            nn.Conv2d(in_channels, branch_channels, 3, padding=6, dilation=6),
+            nn.Conv2d(in_channels, branch_channels, 1),  # on the globally pooled map
+        ]
+        for conv in convs:
             # The reference's init_cfg=Kaiming: mmcv's defaults are normal, fan_out, relu, bias 0.
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # built with bias=True
+        self.branches = nn.ModuleList(convs)
         self.out_channels = 4 * branch_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,7 +69,7 @@ class ASPP(nn.Module):
         return torch.cat(outs, dim=1)
 
 
-def block_with_feedback(block: nn.Module, x: Tensor, feedback: Tensor) -> Tensor:
+def block_with_feedback(block: Any, x: Tensor, feedback: Tensor) -> Tensor:
     """A torchvision ResNet block with ``feedback`` added before its final ReLU (the
     reference's ``Bottleneck.rfp_forward``): ``relu(residual(x) + shortcut(x) + feedback)``."""
     identity = x if block.downsample is None else block.downsample(x)
@@ -89,7 +88,7 @@ class RFPBottomUp(ResNetBottomUp):
     the fed-back features (``feedback_channels``) to the output width of the first block of
     each stage in ``feedback_stages`` (``c3``, ``c4``, ``c5``).
 
-    ``forward(x, feedback)``: ``x`` ``Tensor[B, 3, H, W]``, ``feedback`` ``{"c3": Tensor[B, F,
+    ``forward(x, feedback=...)``: ``x`` ``Tensor[B, 3, H, W]``, ``feedback`` ``{"c3": Tensor[B, F,
     h3, w3], ...}`` at each stage's resolution -> ``{"c2": ..., "c5": ...}`` like
     :class:`ResNetBottomUp`.
     """
@@ -97,16 +96,17 @@ class RFPBottomUp(ResNetBottomUp):
     def __init__(self, feedback_channels: int, feedback_stages: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rfp_convs = nn.ModuleDict(
-            (name, nn.Conv2d(feedback_channels, self.output_specs[name].channels, 1))
-            for name in feedback_stages
+            {
+                name: nn.Conv2d(feedback_channels, self.output_specs[name].channels, 1)
+                for name in feedback_stages
+            }
         )
-        for conv in self.rfp_convs.values():
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        for p in self.rfp_convs.parameters():
+            nn.init.zeros_(p)
 
     def forward(
-        self, x: Tensor, feedback: dict[str, Tensor] | None = None, last: str = "c5"
-    ) -> OrderedDict[str, Tensor]:  # type: ignore[override]
+        self, x: Tensor, last: str = "c5", feedback: dict[str, Tensor] | None = None
+    ) -> OrderedDict[str, Tensor]:
         if feedback is None:
             return super().forward(x, last=last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -188,13 +188,13 @@ class RFP(FPN):
                 make_bottom_up(self.aspp.out_channels, list(self.feedback)) for _ in range(steps - 1)
             )
             self.gate = nn.Conv2d(channels, 1, 1)
-            nn.init.zeros_(self.gate.weight)
-            nn.init.zeros_(self.gate.bias)
+            for p in self.gate.parameters():
+                nn.init.zeros_(p)
 
     def backbone_copies(self) -> list[nn.Module]:
         return list(self.rfp_backbones)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, features: OrderedDict[str, Tensor], image: Tensor | None = None
     ) -> OrderedDict[str, Tensor]:
         return self.run(features, image).output
@@ -207,7 +207,7 @@ class RFP(FPN):
         steps = RFPSteps(passes=[x])
         for backbone in self.rfp_backbones:
             feedback = {c: self.aspp(x[p]) for c, p in self.feedback.items()}
-            second = super().forward(backbone(image, feedback))
+            second = super().forward(backbone(image, feedback=feedback))
             gates: OrderedDict[str, Tensor] = OrderedDict()
             fused: OrderedDict[str, Tensor] = OrderedDict()
             for name, previous in x.items():
