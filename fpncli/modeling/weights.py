@@ -412,10 +412,12 @@ def transfer_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor]) -> dict[
 
     A box head with per-level ``fc6.<l>`` (adaptive feature pooling) takes a plain ``fc6``
     into every level: each level starts as the FPN head it replaces, so the max fusion
-    starts from a trained layer rather than noise.
+    starts from a trained layer rather than noise. An RFP neck's recursive ResNets take the
+    file's bottom-up ResNet when the file has none of their own.
 
     Returns:
-        ``{"loaded": [names], "copied_fc6": int (levels given the plain fc6), "fresh": [names
+        ``{"loaded": [names], "copied_fc6": int (levels given the plain fc6),
+        "copied_backbones": int (RFP passes given the file's bottom-up ResNet), "fresh": [names
         left at their initialisation], "unused": [checkpoint names with no place]}``
         (BatchNorm's ``num_batches_tracked`` counters left out everywhere).
     """
