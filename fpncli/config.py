@@ -30,6 +30,9 @@ NASFPN_NORMS = ("gn", "bn", "frozen_bn", "none")
 # (NeckEntry.roi_pooling: soft for augfpn, level for the others), resolved by build_model.
 ROI_POOLINGS = ("level", "afp", "soft")
 
+# Bottom-up stages that can carry Switchable Atrous Convolution (c2..c5; the reference: 3, 4, 5).
+SAC_STAGES = (2, 3, 4, 5)
+
 # torchvision's ImageNet statistics, which its pretrained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,6 +70,14 @@ class ModelConfig:
     augfpn_rfa: bool = True
     augfpn_consistent_supervision: bool = True
     augfpn_cs_alpha: float = 0.25
+    # DetectoRS. Recursive Feature Pyramid (--neck rfp): bottom-up + FPN passes, the
+    # paper's 2 = one extra pass. Switchable Atrous Convolution in the bottom-up ResNet: the
+    # stages (c2..c5 = 2..5) whose 3x3 convs it replaces (the reference's res3-res5), and its
+    # deformable variant (the reference's use_deform). Files without these fields had neither.
+    rfp_steps: int = 2
+    sac: bool = False
+    sac_stages: tuple[int, ...] = (3, 4, 5)
+    sac_deform: bool = False
     class_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
     # Input resizing (shorter side to min_size, longer capped at max_size) and normalisation.
@@ -148,6 +159,21 @@ class ModelConfig:
             )
         if self.nasfpn_stacks < 1:
             raise FpnError(f"nasfpn_stacks must be at least 1, got {self.nasfpn_stacks}")
+        if self.rfp_steps < 2:
+            raise FpnError(
+                f"rfp_steps must be at least 2 (the first pass is the plain FPN), got {self.rfp_steps}"
+            )
+        if self.sac_deform and not self.sac:
+            raise FpnError("sac_deform is SAC's deformable variant: it needs sac (--sac)")
+        if self.sac:
+            stages = list(self.sac_stages)
+            if not stages or any(isinstance(k, bool) or k not in SAC_STAGES for k in stages):
+                raise FpnError(
+                    f"sac_stages must be ResNet stages among {', '.join(map(str, SAC_STAGES))} "
+                    f"(c2..c5), got {stages}"
+                )
+            if len(set(stages)) != len(stages):
+                raise FpnError(f"sac_stages lists a stage twice: {stages}")
         if self.roi_pooling not in ("auto", *ROI_POOLINGS):
             raise FpnError(
                 f"unknown roi_pooling {self.roi_pooling!r}; choose one of {', '.join(ROI_POOLINGS)}"

@@ -11,7 +11,7 @@ import torch
 from fpncli.config import NECKS, ModelConfig
 from fpncli.errors import FpnError
 
-ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "augfpn", "c4", "c5"]
+ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "augfpn", "rfp", "c4", "c5"]
 
 
 def _build(tiny_config, neck: str, **overrides):

@@ -26,6 +26,7 @@ EPILOG = (
     "  fpn ablation --quick --necks fpn,c4           # a smoke run of a minute or two\n\n"
     "  fpn ablation --necks fpn,nasfpn,fpn+afp,panet+afp   # the neck survey's rows (NAS-FPN, AFP)\n\n"
     "  fpn ablation --necks fpn,fpn+cs,fpn+rfa,fpn+soft,augfpn   # AugFPN part by part\n\n"
+    "  fpn ablation --necks fpn,rfp,sac,rfp+sac        # DetectoRS: RFP, SAC (= fpn+sac) and both\n\n"
     "  fpn ablation --budget 10 --device cuda        # 10x longer training and more data, on a GPU\n\n"
     "  fpn ablation --out runs/ablation              # rerun: finished necks are reused\n\n"
     "Writes OUT/ablation.json and OUT/ablation.md; OUT/runs/<neck>/last.pt works with "
@@ -43,7 +44,8 @@ def ablation(
         str,
         typer.Option(
             help="Comma-separated rows, in table order: a neck, or NECK+MOD[+MOD] with MOD afp or soft "
-            "(--roi-pooling), level, norfa or nocs (AugFPN's parts off); fpn+cs, fpn+rfa: FPN with one AugFPN part."
+            "(--roi-pooling), level, norfa or nocs (AugFPN's parts off), sac (--sac); fpn+cs, fpn+rfa: FPN "
+            "with one AugFPN part; sac: fpn+sac."
         ),
     ] = ",".join(DEFAULT_ROWS),
     budget: Annotated[
@@ -71,6 +73,9 @@ def ablation(
     nasfpn_norm: Annotated[
         str, typer.Option(help="NAS-FPN norm after each cell conv: gn, bn, frozen_bn or none.")
     ] = "gn",
+    rfp_steps: Annotated[
+        int, typer.Option(min=2, help="RFP rows: bottom-up + FPN passes (the paper's 2).")
+    ] = 2,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
@@ -123,6 +128,7 @@ def ablation(
         bifpn_repeats=bifpn_repeats,
         nasfpn_stacks=nasfpn_stacks,
         nasfpn_norm=nasfpn_norm,
+        rfp_steps=rfp_steps,
         fresh=fresh,
         progress=report,
         backend=backend,

@@ -60,6 +60,28 @@ NASFPNNormOption = Annotated[
     str | None,
     typer.Option(help="NAS-FPN: norm after each cell conv: gn (default), bn (the paper's), frozen_bn, none."),
 ]
+RFPStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="RFP (--neck rfp): bottom-up + FPN passes, each after the first with its own ResNet (default 2, the paper's)."
+    ),
+]
+SACOption = Annotated[
+    bool,
+    typer.Option(
+        "--sac",
+        help="DetectoRS's Switchable Atrous Convolution: every 3x3 conv of the --sac-stages ResNet "
+        "stages switches per position between dilation 1 and 3 (starts equal to the plain conv).",
+    ),
+]
+SACDeformOption = Annotated[
+    bool,
+    typer.Option("--sac-deform", help="SAC with deformable convolutions (the reference's; implies --sac)."),
+]
+SACStagesOption = Annotated[
+    str | None,
+    typer.Option(help="SAC: ResNet stages to convert, from 2,3,4,5 (c2..c5; default 3,4,5 = res3-res5)."),
+]
 ModelWeightsOption = Annotated[
     str,
     typer.Option(
@@ -135,3 +157,24 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def sac_overrides(sac: bool, sac_deform: bool, sac_stages: str | None) -> dict[str, Any]:
+    """ModelConfig overrides of the SAC options (only those given: an unset option keeps the
+    preset's or the checkpoint's value). ``--sac-stages`` alone is an error (it needs --sac)."""
+    out: dict[str, Any] = {}
+    if sac or sac_deform:
+        out["sac"] = True
+    if sac_deform:
+        out["sac_deform"] = True
+    if sac_stages is not None:
+        try:
+            stages = tuple(int(v) for v in sac_stages.replace(" ", "").split(",") if v)
+        except ValueError:
+            raise FpnError(
+                f"--sac-stages: expected comma-separated stages like 3,4,5, got {sac_stages!r}"
+            ) from None
+        if "sac" not in out:
+            raise FpnError("--sac-stages chooses where SAC goes: add --sac (or --sac-deform)")
+        out["sac_stages"] = stages
+    return out

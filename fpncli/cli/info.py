@@ -13,9 +13,14 @@ from fpncli.cli.common import (
     NeckOption,
     NoConsistentSupervisionOption,
     NoRFAOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     handle_errors,
+    sac_overrides,
 )
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
@@ -26,6 +31,7 @@ EPILOG = (
     "  fpn info --preset tiny --neck nasfpn --nasfpn-stacks 3\n\n"
     "  fpn info --neck panet --roi-pooling afp   # the full PANet\n\n"
     "  fpn info --preset tiny --neck augfpn --no-rfa   # AugFPN's parts, each on or off\n\n"
+    "  fpn info --preset tiny --neck rfp --sac      # DetectoRS: RFP steps and SAC stages\n\n"
     "  fpn info --weights runs/exp/best.pt"
 )
 
@@ -43,6 +49,10 @@ def info(
     nasfpn_norm: NASFPNNormOption = None,
     no_rfa: NoRFAOption = False,
     no_consistent_supervision: NoConsistentSupervisionOption = False,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
@@ -61,8 +71,10 @@ def info(
         nasfpn_norm=nasfpn_norm,
         augfpn_rfa=False if no_rfa else None,
         augfpn_consistent_supervision=False if no_consistent_supervision else None,
+        rfp_steps=rfp_steps,
         fpn_channels=fpn_channels,
         num_classes=num_classes,
+        **sac_overrides(sac, sac_deform, sac_stages),
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -99,6 +111,25 @@ def _print_summary(summary: dict) -> None:
     console.print(
         f"neck: {summary['neck']}: {summary['neck_summary']}{options}; "
         f"reads {', '.join(summary['input_levels'])}",
+        highlight=False,
+    )
+    if summary.get("rfp"):
+        rfp = summary["rfp"]
+        fed = ", ".join(f"ASPP({p}) -> {c}" for c, p in rfp["feedback"].items())
+        console.print(
+            f"RFP: {rfp['steps']} steps ({rfp['recursive_backbones']} recursive bottom-up pass(es), "
+            f"weights {rfp['weights']}); fed back: {fed}; zero-initialised gate per level",
+            highlight=False,
+        )
+    sac = summary.get("sac")
+    console.print(
+        "SAC: "
+        + (
+            f"{sac['layers']} 3x3 convs of {', '.join(sac['stages'])} switch between dilation 1 and 3"
+            + (" (deformable)" if sac["deform"] else "")
+            if sac
+            else "none (plain 3x3 convolutions)"
+        ),
         highlight=False,
     )
     eps = f" (eps {summary['frozen_bn_eps']:g})" if summary["frozen_bn_eps"] is not None else ""

@@ -15,10 +15,15 @@ from fpncli.cli.common import (
     DeviceOption,
     ModelWeightsOption,
     NeckOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     err_console,
     handle_errors,
+    sac_overrides,
 )
 from fpncli.errors import FpnError
 
@@ -33,6 +38,7 @@ EPILOG = (
     "  fpn inspect-levels photo.jpg --weights none --preset tiny --json\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/pan/best.pt --out levels/   # an afp model: afp_levels.png\n\n"
     "  fpn inspect-levels photo.jpg --weights runs/aug/best.pt --out levels/   # augfpn: soft_levels.png\n\n"
+    "  fpn inspect-levels photo.jpg --weights runs/drs/best.pt --out levels/   # an rfp model: rfp_steps.png\n\n"
     "  fpn inspect-levels --coco data/annotations.json --preset tiny --out fit/\n\n"
     "  fpn inspect-levels --coco data/annotations.json --anchor-sizes 16,32,64,128,256 --min-size 1024"
 )
@@ -75,6 +81,10 @@ def inspect_levels(
     ] = "none",
     neck: NeckOption = None,
     roi_pooling: RoIPoolingOption = None,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
     min_size: Annotated[
@@ -105,6 +115,7 @@ def inspect_levels(
         preset=preset,
         neck=neck,
         roi_pooling=roi_pooling,
+        model={"rfp_steps": rfp_steps, **sac_overrides(sac, sac_deform, sac_stages)},
         num_classes=num_classes,
         backbone_weights=backbone_weights,
         device=device,
@@ -129,14 +140,14 @@ def inspect_levels(
         return
     if coco is not None:
         _print_dataset_tables(data)
-    elif "afp" in data:
-        _print_image_table(data)
-        _print_afp_table(data["afp"])
-    elif "soft" in data:
-        _print_image_table(data)
-        _print_soft_table(data["soft"])
     else:
         _print_image_table(data)
+        if "afp" in data:
+            _print_afp_table(data["afp"])
+        if "soft" in data:
+            _print_soft_table(data["soft"])
+        if "rfp" in data:
+            _print_rfp_table(data)
     if written:
         console.print(
             f"wrote {len(written)} files to [bold]{esc(str(out))}[/]: "
@@ -234,6 +245,37 @@ def _print_soft_table(soft: dict) -> None:
         f"weighted independently, not shares) is largest for the detection's box re-pooled from "
         f"every level; Eq.1: floor(4 + log2(sqrt(wh)/224)). Sizes: COCO area buckets in image "
         f"pixels. {soft['agree']} of {soft['detections']} detections agree.",
+        highlight=False,
+    )
+
+
+def _print_rfp_table(data: dict) -> None:
+    """Per level: mean |activation| of every pass, the gate's share of each recursive pass
+    (mean, min-max over the image) and how far the output moved from the first pass."""
+    from rich.table import Table
+
+    rfp = data["rfp"]
+    table = Table(title=f"Recursive Feature Pyramid: {rfp['steps']} steps")
+    table.add_column("level")
+    for k in range(rfp["steps"]):
+        table.add_column(f"|pass {k + 1}|" + ("\n(FPN)" if k == 0 else ""), justify="right")
+    for k in range(1, rfp["steps"]):
+        table.add_column(f"gate step {k + 1}\nmean (min-max)", justify="right")
+    table.add_column("|output|", justify="right")
+    table.add_column("output vs\npass 1", justify="right")
+    for level in rfp["levels"]:
+        cells = [f"{p[level]:.3g}" for p in rfp["mean_abs_activation"]]
+        cells += [
+            f"{g[level]['mean']:.2f} ({g[level]['min']:.2f}-{g[level]['max']:.2f})" for g in rfp["gate"]
+        ]
+        cells.append(f"{rfp['output_mean_abs_activation'][level]:.3g}")
+        cells.append(f"{100 * rfp['change_from_first_pass'][level]:.1f} %")
+        table.add_row(level, *cells)
+    console.print(table)
+    console.print(
+        "|pass k|: mean |activation| of the k-th bottom-up + FPN pass; gate: the share the recursive "
+        "pass got in the fusion (out = g * pass + (1 - g) * previous; 0.5 everywhere at initialisation); "
+        "output vs pass 1: mean |output - pass 1| / mean |pass 1| (0 % for an untrained model).",
         highlight=False,
     )
 

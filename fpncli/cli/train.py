@@ -15,10 +15,15 @@ from fpncli.cli.common import (
     NeckOption,
     NoConsistentSupervisionOption,
     NoRFAOption,
+    RFPStepsOption,
     RoIPoolingOption,
+    SACDeformOption,
+    SACOption,
+    SACStagesOption,
     console,
     err_console,
     handle_errors,
+    sac_overrides,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +39,7 @@ EPILOG = (
     "  fpn train --data /data/coco --out runs/r50 --epochs 12        # the paper's recipe, ImageNet backbone\n\n"
     "  fpn train --data /data/coco --out runs/pan --neck panet --roi-pooling afp   # the full PANet\n\n"
     "  fpn train --data /data/coco --out runs/aug --neck augfpn      # AugFPN: RFA, soft RoI selection, consistent supervision\n\n"
+    "  fpn train --data /data/coco --out runs/drs --neck rfp --sac   # DetectoRS (RFP + SAC)\n\n"
     "  fpn train --resume runs/r50                                    # continue exactly where it stopped\n\n"
     "  torchrun --nproc_per_node=8 -m fpncli train --data /data/coco --out runs/r50 --amp\n\n"
     "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by val AP) and curves.png."
@@ -87,6 +93,10 @@ def train(
     nasfpn_norm: NASFPNNormOption = None,
     no_rfa: NoRFAOption = False,
     no_consistent_supervision: NoConsistentSupervisionOption = False,
+    rfp_steps: RFPStepsOption = None,
+    sac: SACOption = False,
+    sac_deform: SACDeformOption = False,
+    sac_stages: SACStagesOption = None,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -157,9 +167,11 @@ def train(
             ("nasfpn_norm", nasfpn_norm),
             ("augfpn_rfa", False if no_rfa else None),
             ("augfpn_consistent_supervision", False if no_consistent_supervision else None),
+            ("rfp_steps", rfp_steps),
         )
         if v is not None
     }
+    model.update(sac_overrides(sac, sac_deform, sac_stages))
     if resume is not None:
         cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
     else:

@@ -40,6 +40,8 @@ AFP_ROWS = ("fpn+afp", "panet+afp")
 # supervision alone, residual feature augmentation alone, soft RoI selection alone, all three
 # (the "augfpn" neck row). Leave-one-out rows are written augfpn+nocs, augfpn+norfa, augfpn+level.
 AUGFPN_ROWS = ("fpn+cs", "fpn+rfa", "fpn+soft")
+# DetectoRS's rows (--necks fpn,rfp,sac,rfp+sac): opt-in, the backbone runs twice or its 3x3s do.
+DETECTORS_ROWS = ("rfp", "sac", "rfp+sac")
 # The default run stays within its CPU budget (the paper's rows and the two later necks,
 # ~23 min on 2 cores); the neck survey's rows are added with --necks (SURVEY_ROWS).
 DEFAULT_ROWS = DEFAULT_NECKS
@@ -48,6 +50,7 @@ SURVEY_ROWS = (
     *(e.name for e in NECK_REGISTRY.values() if not e.ablation),
     *AFP_ROWS,
     *AUGFPN_ROWS,
+    *(r for r in DETECTORS_ROWS if r not in NECK_REGISTRY),
 )
 SINGLE_SCALE = tuple(e.name for e in NECK_REGISTRY.values() if e.single_scale)
 # Budget 1 (the default) is sized for about 20-30 minutes on 2 CPU cores for all five
@@ -72,12 +75,15 @@ ROW_MODIFIERS: dict[str, dict[str, Any]] = {
     "level": {"roi_pooling": "level"},  # e.g. augfpn+level: AugFPN without soft RoI selection
     "norfa": {"augfpn_rfa": False},
     "nocs": {"augfpn_consistent_supervision": False},
+    # DetectoRS's Switchable Atrous Convolution in res3-res5 (non-deformable: the CPU budget).
+    "sac": {"sac": True},
 }
 # Rows that name a modifier alone, and the row they stand for.
 ROW_ALIASES: dict[str, str] = {
     # AugFPN's parts on their own: FPN plus one part is the augfpn neck with the others off.
     "fpn+cs": "augfpn+level+norfa",
     "fpn+rfa": "augfpn+level+nocs",
+    "sac": "fpn+sac",
 }
 
 
@@ -404,6 +410,7 @@ def run_ablation(
     bifpn_repeats: int = 2,
     nasfpn_stacks: int = 7,
     nasfpn_norm: str = "gn",
+    rfp_steps: int = 2,
     fresh: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
@@ -424,6 +431,7 @@ def run_ablation(
         workers: data-loading processes during training.
         bifpn_repeats: BiFPN blocks.
         nasfpn_stacks, nasfpn_norm: NAS-FPN stages and the norm after their convs.
+        rfp_steps: the RFP rows' bottom-up + FPN passes.
         backend: COCO evaluation backend for recall and AP (see
             :func:`fpncli.engine.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
@@ -453,6 +461,8 @@ def run_ablation(
         raise FpnError(f"unknown --nasfpn-norm {nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}")
     if workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {workers}")
+    if rfp_steps < 2:
+        raise FpnError(f"--rfp-steps must be at least 2 (the first pass is the plain FPN), got {rfp_steps}")
     backend = resolve_backend(backend)  # a missing backend fails before any training
     plan = budget_plan(budget)
     out = Path(out)
@@ -469,6 +479,7 @@ def run_ablation(
         "bifpn_repeats": bifpn_repeats,
         "nasfpn_stacks": nasfpn_stacks,
         "nasfpn_norm": nasfpn_norm,
+        "rfp_steps": rfp_steps,
         "timed_images": TIMED_IMAGES,
         "proposals": PROPOSALS,
         "pre_nms": "equal total over 5 levels",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fpncli.modeling.detector import FPNFasterRCNN, count_parameters
+from fpncli.modeling.detector import FPNFasterRCNN
 from fpncli.modeling.necks.registry import get_neck
 
 
@@ -50,8 +50,10 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in inference_params),
         "training_only_parameters": model.training_only_parameters(),
         "augfpn": _augfpn_parts(cfg),
-        "parameters_by_part": {name: count_parameters(module) for name, module in parts.items()},
+        "parameters_by_part": _count_by_part(parts),
         "roi_pooling": cfg.roi_pooling,
+        "sac": _sac_summary(model),
+        "rfp": _rfp_summary(model),
         "trainable_parameters": sum(p.numel() for p in inference_params if p.requires_grad),
         "num_classes": len(cfg.class_names),
         "min_size": cfg.min_size,
@@ -100,3 +102,42 @@ def describe_weights(
     )
     loaded = load_detector(weights, config=cfg)
     return describe_model(loaded.model, loaded.source)
+
+
+def _sac_summary(model: FPNFasterRCNN) -> dict[str, Any] | None:
+    """Switchable Atrous Convolution in the bottom-up ResNet: its stages, variant, layer count."""
+    from fpncli.modeling.sac import sac_layers
+
+    cfg = model.config
+    if not cfg.sac:
+        return None
+    return {
+        "stages": [f"c{k}" for k in sorted(cfg.sac_stages)],
+        "deform": cfg.sac_deform,
+        "layers": len(sac_layers(model.backbone.bottom_up.modules())),
+    }
+
+
+def _rfp_summary(model: FPNFasterRCNN) -> dict[str, Any] | None:
+    """Recursive Feature Pyramid: steps, and that every recursive pass has its own ResNet."""
+    copies = model.backbone.neck.backbone_copies()
+    if not copies:
+        return None
+    return {
+        "steps": model.config.rfp_steps,
+        "recursive_backbones": len(copies),
+        "weights": "own (one ResNet per extra step, initialised as the first)",
+        "feedback": {c: p for c, p in getattr(model.backbone.neck, "feedback", {}).items()},
+    }
+
+
+def _count_by_part(parts: dict[str, Any]) -> dict[str, int]:
+    """Parameters per part, each parameter counted once, in the first part that holds it (RFP's
+    recursive ResNets live inside the neck but are listed as their own part)."""
+    seen: set[int] = set()
+    counts = {}
+    for name, module in parts.items():
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        counts[name] = sum(p.numel() for p in params)
+    return counts

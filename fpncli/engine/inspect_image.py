@@ -168,6 +168,49 @@ class SoftLevels(AFPLevels):
 
 
 @dataclass
+class RFPView:
+    """For a Recursive Feature Pyramid model: the pyramid of every step and the gates.
+
+    Attributes:
+        levels: level names, finest first.
+        passes: per bottom-up + FPN pass (0: the first, plain FPN; k: the k-th recursive
+            one), per level, mean |activation| over channels, ``float32[h, w]`` on the image's cells.
+        gates: per recursive step, per level, the gate ``g`` (the share of that step's pass
+            in the fused map: ``out = g * pass_k + (1 - g) * previous``), ``float32[h, w]``.
+        output: the fused pyramid the heads see, as ``passes``.
+        change: per level, ``mean |output - pass 0| / mean |pass 0|`` over the image's cells:
+            how far the recursion moved the pyramid from the FPN's.
+    """
+
+    levels: list[str]
+    passes: list[OrderedDict[str, np.ndarray]]
+    gates: list[OrderedDict[str, np.ndarray]]
+    output: OrderedDict[str, np.ndarray]
+    change: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        def stats(a: np.ndarray) -> dict[str, float]:
+            return {
+                "mean": round(float(a.mean()), 4),
+                "min": round(float(a.min()), 4),
+                "max": round(float(a.max()), 4),
+            }
+
+        return {
+            "steps": len(self.passes),
+            "levels": list(self.levels),
+            "mean_abs_activation": [
+                {name: round(float(m.mean()), 4) for name, m in p.items()} for p in self.passes
+            ],
+            "output_mean_abs_activation": {
+                name: round(float(m.mean()), 4) for name, m in self.output.items()
+            },
+            "gate": [{name: stats(g) for name, g in step.items()} for step in self.gates],
+            "change_from_first_pass": {name: round(v, 4) for name, v in self.change.items()},
+        }
+
+
+@dataclass
 class ImageInspection:
     """What :func:`inspect_image` found.
 
@@ -195,6 +238,7 @@ class ImageInspection:
     weights: str = ""
     afp: AFPLevels | None = None
     soft: SoftLevels | None = None
+    rfp: RFPView | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = self._to_json()
@@ -202,6 +246,8 @@ class ImageInspection:
             out["afp"] = self.afp.to_json()
         if self.soft is not None:
             out["soft"] = self.soft.to_json()
+        if self.rfp is not None:
+            out["rfp"] = self.rfp.to_json()
         return out
 
     def _to_json(self) -> dict[str, Any]:
@@ -219,9 +265,7 @@ class ImageInspection:
 
 def _strength(fmap: Tensor, stride: int, input_size: tuple[int, int]) -> np.ndarray:
     """``Tensor[1, C, h, w]`` -> mean |activation| over channels on the cells covering the image."""
-    rows = min(fmap.shape[-2], math.ceil(input_size[0] / stride))
-    cols = min(fmap.shape[-1], math.ceil(input_size[1] / stride))
-    return fmap[0, :, :rows, :cols].abs().mean(dim=0).float().cpu().numpy()
+    return _crop(fmap, stride, input_size).abs().mean(dim=0).cpu().numpy()
 
 
 def check_image_size(path: Path, image_size: tuple[int, int], model: FPNFasterRCNN) -> tuple[int, int]:
@@ -330,6 +374,10 @@ def inspect_image(
     if model.config.roi_pooling == "soft":
         step(progress, "re-pooling the detections from every level (soft RoI selection)")
         soft = soft_level_selection(model, features, boxes * ratio, detections, image_list.image_sizes)
+    rfp = None
+    if model.config.neck == "rfp":
+        step(progress, "running the recursive feature pyramid step by step")
+        rfp = rfp_view(model, image_list.tensors, input_size)
     det_counts = {name: 0 for name in roi_levels}
     for det in detections:
         det_counts[det.level] = det_counts.get(det.level, 0) + 1
@@ -384,7 +432,39 @@ def inspect_image(
         weights=weights,
         afp=afp,
         soft=soft,
+        rfp=rfp,
     )
+
+
+def rfp_view(model: FPNFasterRCNN, tensors: Tensor, input_size: tuple[int, int]) -> RFPView:
+    """Every step of an RFP model's neck on one prepared, padded image ``Tensor[1, 3, H, W]``
+    (the neck runs once more, step by step; its fused output is the model's pyramid)."""
+    with torch.inference_mode():
+        steps = model.rfp_steps(tensors)
+    strides = {name: spec.stride for name, spec in model.levels.items()}
+
+    def strengths(pyramid: OrderedDict[str, Tensor]) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict((n, _strength(f, strides[n], input_size)) for n, f in pyramid.items())
+
+    first, output = steps.passes[0], steps.output
+    change = {}
+    for name in first:
+        a, b = _crop(first[name], strides[name], input_size), _crop(output[name], strides[name], input_size)
+        change[name] = float((b - a).abs().mean() / a.abs().mean().clamp_min(1e-12))
+    return RFPView(
+        levels=list(first),
+        passes=[strengths(p) for p in steps.passes],
+        gates=[strengths(g) for g in steps.gates],  # one channel, in 0..1: |g| = g
+        output=strengths(output),
+        change=change,
+    )
+
+
+def _crop(fmap: Tensor, stride: int, input_size: tuple[int, int]) -> Tensor:
+    """``Tensor[1, C, h, w]`` -> the cells that cover the resized image, ``Tensor[C, h', w']``."""
+    rows = min(fmap.shape[-2], math.ceil(input_size[0] / stride))
+    cols = min(fmap.shape[-1], math.ceil(input_size[1] / stride))
+    return fmap[0, :, :rows, :cols].float()
 
 
 def afp_level_selection(

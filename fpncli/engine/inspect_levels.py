@@ -9,7 +9,7 @@ pictures when an output folder is given; the analyses themselves are
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ IMAGE_FILES = (
     "bottom_up_vs_top_down.png",
     "afp_levels.png",
     "soft_levels.png",
+    "rfp_steps.png",
 )
 DATASET_FILES = ("dataset_levels.json", "box_sizes.png", "coverage.png")
 
@@ -47,6 +48,8 @@ class InspectOptions:
     preset: str = "default"
     neck: str | None = None
     roi_pooling: str | None = None
+    # Other ModelConfig fields for --weights none (RFP steps, SAC); None values are ignored.
+    model: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 80
     backbone_weights: str = "none"
     device: str = "auto"
@@ -65,6 +68,7 @@ class InspectOptions:
             self.preset,
             neck=self.neck,
             roi_pooling=self.roi_pooling,
+            **self.model,
             class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
             category_ids=list(range(1, num_classes + 1)),
         )

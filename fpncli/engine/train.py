@@ -197,11 +197,11 @@ def _switch_neck(old: Any, overrides: dict[str, Any]) -> Any:
 
 
 def _other_architecture(old, new) -> bool:
-    """Whether ``new`` (a ModelConfig) changes the neck or the RoI pooling of ``old``."""
+    """Whether ``new`` (a ModelConfig) changes the neck, the RoI pooling or SAC of ``old``."""
     from fpncli.modeling.necks.registry import get_neck
 
     options = set(get_neck(old.neck).options) | set(get_neck(new.neck).options)
-    fields = ("neck", "roi_pooling", *sorted(options))
+    fields = ("neck", "roi_pooling", "sac", "sac_deform", "sac_stages", *sorted(options))
     return any(getattr(old, f) != getattr(new, f) for f in fields)
 
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
 from fpncli.modeling.levels import LevelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fpncli.config import ModelConfig
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Output channels of C2..C5: BasicBlock ResNets (18/34) vs Bottleneck ones (50/101).
@@ -52,15 +57,33 @@ class ResNetBottomUp(nn.Module):
         trainable_layers: how many stages, counted from the top (layer4, layer3, ...,
             and the stem as the fifth), keep ``requires_grad``.
         frozen_bn_eps: FrozenBatchNorm2d's eps (``norm="frozen_bn"`` only).
+        sac_stages: stages (2..5, i.e. ``c2``..``c5``) whose 3x3 convolutions become
+            Switchable Atrous Convolutions (:mod:`fpncli.modeling.sac`); ``sac_deform``: their
+            deformable variant. A SAC layer loads a plain ResNet's 3x3 weight and then
+            computes what it did.
     """
 
     def __init__(
-        self, name: str, norm: str = "bn", trainable_layers: int = 5, frozen_bn_eps: float = 1e-5
+        self,
+        name: str,
+        norm: str = "bn",
+        trainable_layers: int = 5,
+        frozen_bn_eps: float = 1e-5,
+        sac_stages: tuple[int, ...] = (),
+        sac_deform: bool = False,
     ) -> None:
         super().__init__()
         net = getattr(tv_resnet, name)(weights=None, norm_layer=norm_layer(norm, frozen_bn_eps))
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if sac_stages:
+            from fpncli.modeling.sac import convert_to_sac
+
+            # The SAC layers' own (zero / constant) inits draw from a forked RNG, so a seeded
+            # model's other modules get the values they get without SAC.
+            with torch.random.fork_rng(devices=[]):
+                for k in sac_stages:  # before freezing: SAC parameters of a frozen stage stay frozen
+                    convert_to_sac(getattr(self, _STAGES[k - 2]), deform=sac_deform)
         self.output_specs = OrderedDict(
             (f"c{k}", LevelSpec(f"c{k}", ch, 2**k)) for k, ch in zip(range(2, 6), _CHANNELS[name])
         )
@@ -83,6 +106,19 @@ class ResNetBottomUp(nn.Module):
             if f"c{k}" == last:
                 break
         return out
+
+
+def bottom_up_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """:class:`ResNetBottomUp`'s arguments for a resolved model config (the detector's
+    ResNet and RFP's recursive ones are built alike)."""
+    return {
+        "name": cfg.backbone,
+        "norm": cfg.norm,
+        "trainable_layers": cfg.resolved_trainable_layers(False),
+        "frozen_bn_eps": cfg.frozen_bn_eps,
+        "sac_stages": tuple(cfg.sac_stages) if cfg.sac else (),
+        "sac_deform": cfg.sac_deform,
+    }
 
 
 def imagenet_state_dict_to_bottom_up(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from torchvision.models.detection.rpn import RPNHead
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.anchors import LevelAnchorGenerator
-from fpncli.modeling.backbone import ResNetBottomUp
+from fpncli.modeling.backbone import ResNetBottomUp, bottom_up_kwargs
 from fpncli.modeling.box_head import AFPBoxHead
 from fpncli.modeling.consistent_supervision import AuxiliaryBoxHead, ConsistentSupervisionRoIHeads
 from fpncli.modeling.levels import LevelSpec
@@ -39,14 +39,12 @@ class BackboneWithNeck(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         # cfg arrives resolved (build_model): norm and trainable_layers are set.
-        self.bottom_up = ResNetBottomUp(
-            cfg.backbone,
-            norm=cfg.norm,
-            trainable_layers=cfg.resolved_trainable_layers(False),
-            frozen_bn_eps=cfg.frozen_bn_eps,
-        )
+        self.bottom_up = ResNetBottomUp(**bottom_up_kwargs(cfg))
         self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
+        for recursive in self.neck.backbone_copies():
+            # RFP's recursive ResNets start as the first one (then an untrained RFP is the FPN).
+            recursive.load_state_dict(self.bottom_up.state_dict())
 
     @property
     def levels(self) -> OrderedDict[str, LevelSpec]:
@@ -55,7 +53,10 @@ class BackboneWithNeck(nn.Module):
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         # A neck that reads only some bottom-up levels (c4) lets the ResNet stop early.
         last = self.neck.in_names[-1]
-        return self.neck(self.bottom_up(images, last=last))
+        features = self.bottom_up(images, last=last)
+        if self.neck.needs_image:  # RFP runs the bottom-up network again, from the image
+            return self.neck(features, images)
+        return self.neck(features)
 
 
 class FPNFasterRCNN(FasterRCNN):
@@ -375,11 +376,20 @@ class FPNFasterRCNN(FasterRCNN):
         state.update(own)
         self.load_state_dict(state)
 
+    def backbone_copy_prefixes(self) -> list[str]:
+        """State-dict prefixes of the neck's own bottom-up ResNets (RFP's recursive passes),
+        which mirror ``backbone.bottom_up.``; empty for other necks."""
+        names = {id(m): name for name, m in self.named_modules()}
+        return [names[id(m)] + "." for m in self.backbone.neck.backbone_copies()]
+
     def parts(self) -> dict[str, nn.Module]:
         """The model's parts by role, for ``fpn info``'s parameter counts (the parts that run
-        at inference; see :meth:`training_only_parts`)."""
+        at inference; see :meth:`training_only_parts`; a module listed under an earlier part
+        is not counted again in a later one)."""
+        copies = self.backbone.neck.backbone_copies()
         parts = {
             "bottom-up": self.backbone.bottom_up,
+            **({"bottom-up, RFP passes": nn.ModuleList(copies)} if copies else {}),
             "neck": self.backbone.neck,
             "RPN head": self.rpn,
         }
@@ -439,6 +449,15 @@ class FPNFasterRCNN(FasterRCNN):
         if not isinstance(pool, SoftRoISelection):
             raise ValueError("soft_level_weights needs a model with --roi-pooling soft")
         return pool.mean_level_weights(features, [boxes])
+
+    def rfp_steps(self, images: Tensor) -> Any:
+        """For an ``rfp`` model: every step of its neck (an
+        :class:`~fpncli.modeling.necks.rfp.RFPSteps`: each pass's pyramid, the gates, the fused
+        pyramids) for a normalised, padded batch ``Tensor[B, 3, H, W]`` (``ImageList.tensors``)."""
+        neck = self.backbone.neck
+        if not hasattr(neck, "run"):
+            raise ValueError("rfp_steps needs a model with --neck rfp")
+        return neck.run(self.backbone.bottom_up(images), images)
 
     def base_anchors(self, level: str) -> Tensor:
         """``Tensor[A, 4]`` xyxy anchors centred on 0 for an RPN level, ratio-major (all

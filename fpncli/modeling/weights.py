@@ -309,18 +309,19 @@ def _load_backbone(model: FPNFasterRCNN, source: str) -> str:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise FpnError(f"{where}: not a ResNet state dict")
     state = {k.removeprefix("backbone.body."): v for k, v in state.items()}
-    result = _load_or_explain(
-        model.backbone.bottom_up,
-        imagenet_state_dict_to_bottom_up(state),
-        f"{where}: does not fit backbone {name}",
-    )
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise FpnError(
-            f"{where}: does not fit backbone {name} "
-            f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)"
+    # The detector's ResNet and its copies (RFP's recursive passes) all start from the file.
+    for module in [model.backbone.bottom_up, *model.backbone.neck.backbone_copies()]:
+        result = _load_or_explain(
+            module, imagenet_state_dict_to_bottom_up(state), f"{where}: does not fit backbone {name}"
         )
-    return f"backbone from {where}"
+        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+        if missing or result.unexpected_keys:
+            raise FpnError(
+                f"{where}: does not fit backbone {name} "
+                f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)"
+            )
+    copies = len(model.backbone.neck.backbone_copies())
+    return f"backbone from {where}" + (f" (also into the {copies} RFP pass(es))" if copies else "")
 
 
 def load_detector(
@@ -445,10 +446,12 @@ def transfer_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor]) -> dict[
 
     A box head with per-level ``fc6.<l>`` (adaptive feature pooling) takes a plain ``fc6``
     into every level: each level starts as the FPN head it replaces, so the max fusion
-    starts from a trained layer rather than noise.
+    starts from a trained layer rather than noise. An RFP neck's recursive ResNets take the
+    file's bottom-up ResNet when the file has none of their own.
 
     Returns:
-        ``{"loaded": [names], "copied_fc6": int (levels given the plain fc6), "fresh": [names
+        ``{"loaded": [names], "copied_fc6": int (levels given the plain fc6),
+        "copied_backbones": int (RFP passes given the file's bottom-up ResNet), "fresh": [names
         left at their initialisation], "unused": [checkpoint names with no place]}``
         (BatchNorm's ``num_batches_tracked`` counters left out everywhere).
     """
@@ -456,6 +459,22 @@ def transfer_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor]) -> dict[
     take: dict[str, Tensor] = {}
     unused = []
     copied = 0
+    # RFP's recursive ResNets take the file's bottom-up weights when it has none of their own
+    # (an FPN run, COCO): each pass then starts as the first, as with ImageNet weights.
+    prefixes = model.backbone_copy_prefixes()
+    copied_backbones = 0
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state_dict):
+            continue
+        mirrored = {
+            prefix + k[len("backbone.bottom_up.") :]: v
+            for k, v in state_dict.items()
+            if k.startswith("backbone.bottom_up.")
+        }
+        mirrored = {k: v for k, v in mirrored.items() if k in own and own[k].shape == v.shape}
+        if mirrored:
+            take.update(mirrored)
+            copied_backbones += 1
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
@@ -473,7 +492,13 @@ def transfer_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor]) -> dict[
         unused.append(key)
     model.load_state_dict(take, strict=False)
     fresh = [k for k in own if k not in take and not k.endswith("num_batches_tracked")]
-    return {"loaded": sorted(take), "copied_fc6": copied, "fresh": fresh, "unused": unused}
+    return {
+        "loaded": sorted(take),
+        "copied_fc6": copied,
+        "copied_backbones": copied_backbones,
+        "fresh": fresh,
+        "unused": unused,
+    }
 
 
 def describe_transfer(report: dict[str, Any], model: FPNFasterRCNN) -> str:
@@ -493,6 +518,8 @@ def describe_transfer(report: dict[str, Any], model: FPNFasterRCNN) -> str:
     parts = [f"{len(report['loaded'])} tensors loaded"]
     if report["copied_fc6"]:
         parts.append(f"its fc6 copied into each of the {report['copied_fc6']} per-level fc6")
+    if report.get("copied_backbones"):
+        parts.append(f"its bottom-up ResNet copied into the {report['copied_backbones']} RFP pass(es)")
     if fresh:
         listed = ", ".join(f"{name} ({count:,})" for name, count in fresh.items())
         parts.append(f"initialised fresh: {listed}")

@@ -334,6 +334,52 @@ def save_soft_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def save_rfp_steps(ins: ImageInspection, path: str | Path) -> Path | None:
+    """Recursive Feature Pyramid models only (else None): one column per level; rows are
+    each pass's pyramid (pass 1 = the plain FPN), each step's gate (the share of that pass in
+    the fusion, on a fixed 0..1 scale) and the fused pyramid the heads use. Activation rows
+    share one colour scale per level, so the passes compare directly."""
+    rfp = ins.rfp
+    if rfp is None:
+        return None
+    plt = _plt()
+    rows: list[tuple[str, dict, bool]] = []
+    for k, pyramid in enumerate(rfp.passes):
+        rows.append((f"pass {k + 1}" + (" (FPN)" if k == 0 else " (recursive)"), pyramid, False))
+        if k >= 1:
+            rows.append((f"gate, step {k + 1}", rfp.gates[k - 1], True))
+    rows.append(("output (fused)", rfp.output, False))
+    levels = rfp.levels
+    fig, axes = plt.subplots(
+        len(rows), len(levels), figsize=(2.6 * len(levels), 2.3 * len(rows)), dpi=DPI, squeeze=False
+    )
+    for col, name in enumerate(levels):
+        activations = [r[1][name] for r in rows if not r[2]]
+        vmax = max(float(a.max()) for a in activations) or 1.0
+        for row, (title, maps, is_gate) in enumerate(rows):
+            ax = axes[row][col]
+            data = maps[name]
+            shown = ax.imshow(
+                data,
+                cmap="viridis" if is_gate else "inferno",
+                vmin=0.0,
+                vmax=1.0 if is_gate else vmax,
+                interpolation="nearest",
+            )
+            extra = f", mean {data.mean():.2f}" if is_gate else ""
+            ax.set_title(f"{name}: {title}{extra}", fontsize=8)
+            ax.set_axis_off()
+            if row == len(rows) - 1 or is_gate:  # activation scales are per level (column)
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(
+        "Recursive Feature Pyramid: each pass's pyramid (mean |activation|, one scale per level), "
+        "the gate's share of the recursive pass, the fused output",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
 def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     """Every picture of one inspected image: heat maps, pyramid montage, detections, and the
     bottom-up comparison when the inspection kept bottom-up maps."""
@@ -351,6 +397,9 @@ def save_image_figures(ins: ImageInspection, out_dir: str | Path) -> list[Path]:
     soft = save_soft_levels(ins, out / "soft_levels.png")
     if soft is not None:
         written.append(soft)
+    rfp = save_rfp_steps(ins, out / "rfp_steps.png")
+    if rfp is not None:
+        written.append(rfp)
     return written
 
 

@@ -40,6 +40,13 @@ class Neck(nn.Module):
     output_specs: OrderedDict[str, LevelSpec]
     rpn_levels: list[str]
     roi_levels: list[str]
+    # A neck that runs the bottom-up network again (RFP) gets the image as a second argument.
+    needs_image: bool = False
+
+    def backbone_copies(self) -> list[nn.Module]:
+        """The neck's own bottom-up ResNets (RFP's recursive passes): they start as copies of
+        the detector's and load the same ImageNet / COCO backbone weights."""
+        return []
 
     def check_contract(self, in_specs: dict[str, LevelSpec] | None = None) -> None:
         """Raise ``ValueError`` if the declarations are inconsistent (optionally also

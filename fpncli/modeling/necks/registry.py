@@ -88,6 +88,23 @@ def _augfpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     )
 
 
+def _rfp(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
+    from fpncli.modeling.backbone import bottom_up_kwargs
+    from fpncli.modeling.necks.rfp import RFP, RFPBottomUp
+
+    if cfg.rfp_steps < 2:
+        raise FpnError(f"rfp_steps must be at least 2 (the first pass is the plain FPN), got {cfg.rfp_steps}")
+    if cfg.fpn_channels < 4:
+        raise FpnError(
+            f"the rfp neck's ASPP has fpn_channels / 4 channels per branch: needs at least 4, got {cfg.fpn_channels}"
+        )
+
+    def make_bottom_up(feedback_channels: int, stages: list[str]) -> RFPBottomUp:
+        return RFPBottomUp(feedback_channels, stages, **bottom_up_kwargs(cfg))
+
+    return RFP(in_specs, cfg.fpn_channels, cfg.rfp_steps, make_bottom_up)  # type: ignore[arg-type]
+
+
 def _single(level: str) -> Builder:
     def build(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
         from fpncli.modeling.necks.single import SingleScale
@@ -132,6 +149,15 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             # Opt-in like nasfpn: its rows (augfpn and its parts) are the survey's, via --necks.
             ablation=False,
             roi_pooling="soft",
+        ),
+        NeckEntry(
+            "rfp",
+            _rfp,
+            "DetectoRS's Recursive Feature Pyramid: FPN fed back (ASPP) into a second bottom-up "
+            "pass from the image, gated fusion (Qiao et al. 2021)",
+            options=("rfp_steps",),
+            # Opt-in (`--necks ...,rfp`): the backbone runs twice.
+            ablation=False,
         ),
     )
 }
