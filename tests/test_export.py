@@ -377,3 +377,24 @@ def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint,
     with pytest.raises(FpnError, match="neck fpn cannot be exported to onnx: its resize op has no ONNX form"):
         E.run_export(E.ExportOptions(str(tiny_checkpoint), "onnx", out))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "options", [{"sac": True}, {"sac": True, "sac_deform": True}], ids=["sac", "sac-deform"]
+)
+def test_sac_backbones_are_refused_with_their_reason(options, tmp_path):
+    """SAC (and its deformable variant) cannot be traced for every size: refused in one line
+    naming the option, before any export, for both formats."""
+    from fpncli.checkpoint import save_checkpoint
+    from fpncli.engine.export import REFUSED, ExportOptions, run_export
+    from fpncli.modeling.detector import build_model
+
+    cfg = _tiny_config(box_score_thresh=0.0, **options)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg).eval())
+    key = ("sac_deform", True) if options.get("sac_deform") else ("sac", True)
+    for fmt in FORMATS:
+        out = tmp_path / f"m{SUFFIX[fmt]}"
+        with pytest.raises(FpnError, match=re.escape(f"{key[0]} True cannot be exported to {fmt}")) as info:
+            run_export(ExportOptions(str(ckpt), fmt, out))
+        assert REFUSED[key] in str(info.value) and "\n" not in str(info.value) and not out.exists()

@@ -33,8 +33,15 @@ BOX_TOL = 0.01  # px, in the original image
 SCORE_TOL = 1e-4
 # Options an exporter cannot express yet: (config field, value) -> reason. Every neck and
 # RoI-pooling option of the registry exports today (tests/test_export.py keeps that true);
-# a neck that cannot is listed here and refused with its reason, before any work.
-REFUSED: dict[tuple[str, Any], str] = {}
+# an option that cannot is listed here and refused with its reason, before any work.
+REFUSED: dict[tuple[str, Any], str] = {
+    # Checked in this order: the deformable variant first, for its own reason.
+    ("sac_deform", True): "ONNX has no deformable convolution operator for torchvision::deform_conv2d",
+    ("sac", True): (
+        "SAC's switch pads by reflection, or by replication on maps of 2 cells or fewer; a traced "
+        "graph keeps the choice made at the traced size, so small images would fail"
+    ),
+}
 
 
 @dataclass
