@@ -484,10 +484,7 @@ def afp_level_selection(
     second pass would pool, and the two overlap by construction.
     """
     roi_levels = model.roi_levels
-    sizes = [name for name, _ in SIZE_BUCKETS]
-    won = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
-    equation = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
-    agree = 0
+    chosen = []
     if detections:
         device = next(iter(features.values())).device
         with torch.inference_mode():
@@ -495,11 +492,24 @@ def afp_level_selection(
         for det, row in zip(detections, shares.tolist()):
             det.afp_shares = row
             det.afp_level = roi_levels[max(range(len(row)), key=lambda i: row[i])]
-            bucket = size_bucket(det.box)
-            won[det.afp_level][bucket] += 1
-            equation[det.level][bucket] += 1
-            agree += det.afp_level == det.level
+            chosen.append(det.afp_level)
+    won, equation, agree = _count_level_choices(roi_levels, detections, chosen)
     return AFPLevels(roi_levels, won, equation, agree, len(detections))
+
+
+def _count_level_choices(
+    roi_levels: list[str], detections: list[Detection], chosen: list[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], int]:
+    """Per RoI level and size bucket: how many detections a head chose that level for
+    (``chosen``, one per detection), how many Eqn. (1) assigns there, and how many agree."""
+    sizes = [name for name, _ in SIZE_BUCKETS]
+    won = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    equation = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
+    for det, level in zip(detections, chosen):
+        bucket = size_bucket(det.box)
+        won[level][bucket] += 1
+        equation[det.level][bucket] += 1
+    return won, equation, sum(det.level == level for det, level in zip(detections, chosen))
 
 
 def soft_level_selection(
@@ -517,11 +527,8 @@ def soft_level_selection(
     As for AFP, the head saw the detection's proposal, not its regressed box.
     """
     roi_levels = model.roi_levels
-    sizes = [name for name, _ in SIZE_BUCKETS]
-    won = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
-    equation = {name: dict.fromkeys(sizes, 0) for name in roi_levels}
     mean: dict[str, float | None] = dict.fromkeys(roi_levels)
-    agree = 0
+    chosen = []
     if detections:
         device = next(iter(features.values())).device
         with torch.inference_mode():
@@ -530,8 +537,6 @@ def soft_level_selection(
         for det, row in zip(detections, weights.tolist()):
             det.soft_weights = row
             det.soft_level = roi_levels[max(range(len(row)), key=lambda i: row[i])]
-            bucket = size_bucket(det.box)
-            won[det.soft_level][bucket] += 1
-            equation[det.level][bucket] += 1
-            agree += det.soft_level == det.level
+            chosen.append(det.soft_level)
+    won, equation, agree = _count_level_choices(roi_levels, detections, chosen)
     return SoftLevels(roi_levels, won, equation, agree, len(detections), mean_weight=mean)
