@@ -8,7 +8,7 @@ Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,22 +194,17 @@ def save_bottom_up_comparison(ins: ImageInspection, path: str | Path) -> Path | 
     return _save(plt, fig, path)
 
 
-def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
-    """Adaptive feature pooling's level selection (AFP models only, else None).
+def _level_choice_figure(
+    ins: ImageInspection, level_of: Callable[[Any], str | None], head: str, title: str
+) -> tuple[Any, Any, Any, list[Any], dict[str, Any]]:
+    """The shared half of the AFP and soft-selection pictures: the ``AFP_MAX_BARS``
+    best-scoring detections (smallest first), a figure whose left axis shows the image with
+    each box coloured by ``level_of(det)`` and labelled ``HEAD pK | Eq.1 pJ``.
 
-    Left: the detections, each box coloured by the level that won most fc6 units of the
-    max fusion, labelled ``AFP pK | Eq.1 pJ``. Right: per detection (smallest at the top), the
-    share of fc6 units each RoI level won, with a black diamond on the level Eqn. (1) would pick
-    (the ``AFP_MAX_BARS`` best-scoring detections when there are more).
+    Returns ``(plt, fig, right axis, detections, level colours)``.
     """
-    from matplotlib.patches import Patch
-
-    if ins.afp is None:
-        return None
     plt = _plt()
-    levels = ins.afp.levels
     colours = level_colours([row.name for row in ins.levels])
-    # The best-scoring ones when there are many (one bar each), smallest at the top.
     best = sorted(ins.detections, key=lambda d: -d.score)[:AFP_MAX_BARS]
     dets = sorted(best, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
     rows = max(len(dets), 1)
@@ -223,13 +218,37 @@ def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     )
     left.imshow(ins.image)
     for det in dets:
-        label = f"AFP {det.afp_level} | Eq.1 {det.level}"
-        _labelled_box(left, det.box, label, colours.get(det.afp_level or "", "white"))
+        level = level_of(det)
+        _labelled_box(left, det.box, f"{head} {level} | Eq.1 {det.level}", colours.get(level or "", "white"))
     left.set_axis_off()
-    left.set_title(
+    left.set_title(title, fontsize=9)
+    return plt, fig, right, dets, colours
+
+
+def _size_label(det: Any) -> str:
+    """``"name 37px"``: a detection's class and sqrt(area) in image pixels."""
+    return f"{det.name} {np.sqrt(max((det.box[2] - det.box[0]) * (det.box[3] - det.box[1]), 0)):.0f}px"
+
+
+def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
+    """Adaptive feature pooling's level selection (AFP models only, else None).
+
+    Left: the detections, each box coloured by the level that won most fc6 units of the
+    max fusion, labelled ``AFP pK | Eq.1 pJ``. Right: per detection (smallest at the top), the
+    share of fc6 units each RoI level won, with a black diamond on the level Eqn. (1) would pick
+    (the ``AFP_MAX_BARS`` best-scoring detections when there are more).
+    """
+    from matplotlib.patches import Patch
+
+    if ins.afp is None:
+        return None
+    levels = ins.afp.levels
+    plt, fig, right, dets, colours = _level_choice_figure(
+        ins,
+        lambda d: d.afp_level,
+        "AFP",
         f"{ins.afp.total} detections (score >= {ins.score_thr:g}), coloured by\nthe level that won "
         f"the max fusion; {ins.afp.agree} agree with Eqn. (1)",
-        fontsize=9,
     )
     y = np.arange(len(dets))[::-1]
     left_edge = np.zeros(len(dets))
@@ -242,9 +261,7 @@ def save_afp_levels(ins: ImageInspection, path: str | Path) -> Path | None:
             k = levels.index(det.level)
             middle = sum(det.afp_shares[:k]) + det.afp_shares[k] / 2
             right.plot([middle], [yi], marker="D", color="black", markersize=4)
-    right.set_yticks(
-        y, [f"{d.name} {np.sqrt(max((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), 0)):.0f}px" for d in dets]
-    )
+    right.set_yticks(y, [_size_label(d) for d in dets])
     right.tick_params(axis="y", labelsize=7)
     right.set_xlim(0, 1)
     shown = f" ({len(dets)} best-scoring shown)" if len(dets) < len(ins.detections) else ""
@@ -275,33 +292,13 @@ def save_soft_levels(ins: ImageInspection, path: str | Path) -> Path | None:
     """
     if ins.soft is None:
         return None
-    plt = _plt()
     levels = ins.soft.levels
-    colours = level_colours([row.name for row in ins.levels])
-    best = sorted(ins.detections, key=lambda d: -d.score)[:AFP_MAX_BARS]
-    dets = sorted(best, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-    rows = max(len(dets), 1)
-    fig, (left, right) = plt.subplots(
-        1,
-        2,
-        figsize=(13, max(4.5, min(0.3 * rows + 1.5, 14))),
-        dpi=DPI,
-        width_ratios=[1.3, 1],
-        layout="constrained",
-    )
-    left.imshow(ins.image)
-    for det in dets:
-        _labelled_box(
-            left,
-            det.box,
-            f"soft {det.soft_level} | Eq.1 {det.level}",
-            colours.get(det.soft_level or "", "white"),
-        )
-    left.set_axis_off()
-    left.set_title(
+    plt, fig, right, dets, _ = _level_choice_figure(
+        ins,
+        lambda d: d.soft_level,
+        "soft",
         f"{ins.soft.total} detections (score >= {ins.score_thr:g}), coloured by the level\nsoft "
         f"RoI selection weighted most; {ins.soft.agree} agree with Eqn. (1)",
-        fontsize=9,
     )
     matrix = np.asarray([d.soft_weights or [0.0] * len(levels) for d in dets], dtype=float).reshape(
         -1, len(levels)
@@ -314,13 +311,7 @@ def save_soft_levels(ins: ImageInspection, path: str | Path) -> Path | None:
                 right.text(xi, yi, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
             if det.level in levels:
                 right.plot([levels.index(det.level) + 0.38], [yi], marker="D", color="black", markersize=4)
-        right.set_yticks(
-            range(len(dets)),
-            [
-                f"{d.name} {np.sqrt(max((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), 0)):.0f}px"
-                for d in dets
-            ],
-        )
+        right.set_yticks(range(len(dets)), [_size_label(d) for d in dets])
     else:
         right.text(0.5, 0.5, "no detections", ha="center", va="center", transform=right.transAxes)
         right.set_yticks([])
