@@ -270,22 +270,21 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     small = {k: v for k, v in _SMALL.items() if k in fields}
     cfg = _tiny_config(neck=neck, roi_pooling=pooling, box_score_thresh=0.0, **small)
-    refused = [reason for (key, value), reason in REFUSED.items() if getattr(cfg, key, None) == value]
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
     images = [torch.randint(0, 256, s, dtype=torch.uint8, generator=g) for s in ((45, 71, 3), (83, 52, 3))]
-    if refused:  # refused before any work: one line with the reason, no file
-        from fpncli.checkpoint import save_checkpoint
-        from fpncli.engine.export import ExportOptions, run_export
+    for fmt in FORMATS:
+        refused = [r for (k, v), (fmts, r) in REFUSED.items() if getattr(cfg, k, None) == v and fmt in fmts]
+        if refused:  # refused before any work: one line with the reason, no file
+            from fpncli.checkpoint import save_checkpoint
+            from fpncli.engine.export import ExportOptions, run_export
 
-        ckpt = save_checkpoint(tmp_path / "m.pt", model)
-        for fmt in FORMATS:
+            ckpt = save_checkpoint(tmp_path / "m.pt", model)
             with pytest.raises(FpnError, match=re.escape(refused[0])) as info:
                 run_export(ExportOptions(str(ckpt), fmt, tmp_path / f"m{SUFFIX[fmt]}"))
             assert "\n" not in str(info.value) and not (tmp_path / f"m{SUFFIX[fmt]}").exists()
-        return
-    for fmt in FORMATS:
+            continue
         data = _export_bytes(model, fmt, {"version": 1}, f"{neck}-{pooling}")
         run = _runner(data, fmt)
         for image in images:
@@ -371,7 +370,7 @@ def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint,
     """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
     import fpncli.engine.export as E
 
-    monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): "its resize op has no ONNX form"})
+    monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): (("onnx",), "its resize op has no ONNX form")})
     monkeypatch.setattr(E, "_export_bytes", lambda *a: pytest.fail("exported a refused model"))
     out = tmp_path / "m.onnx"
     with pytest.raises(FpnError, match="neck fpn cannot be exported to onnx: its resize op has no ONNX form"):
@@ -379,22 +378,67 @@ def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint,
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    "options", [{"sac": True}, {"sac": True, "sac_deform": True}], ids=["sac", "sac-deform"]
-)
-def test_sac_backbones_are_refused_with_their_reason(options, tmp_path):
-    """SAC (and its deformable variant) cannot be traced for every size: refused in one line
-    naming the option, before any export, for both formats."""
+def test_sac_switch_padding_traces_the_same_choice_at_every_size():
+    """SAC pads by reflection, or by replication on maps of 2 cells or fewer: the traced
+    (TorchScript) and exported (ONNX) padding make eager PyTorch's choice at every size, not
+    the traced size's."""
+    import io
+    import warnings
+
+    from fpncli.modeling.exported import onnx_session
+    from fpncli.modeling.sac import switch_padding
+
+    class Pad(torch.nn.Module):
+        def forward(self, x):
+            return switch_padding(x)
+
+    example = torch.randn(1, 2, 7, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(Pad(), example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            Pad(), (example,), buffer, input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}}, dynamo=False
+        )
+    session = onnx_session(buffer.getvalue(), threads=1)
+    for h, w in [(1, 1), (1, 5), (2, 2), (2, 6), (3, 3), (3, 8), (6, 4)]:
+        x = torch.randn(1, 2, h, w)
+        expected = switch_padding(x)
+        assert expected.shape == (1, 2, h + 4, w + 4)
+        assert torch.equal(traced(x), expected), (h, w)
+        assert torch.equal(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), expected), (h, w)
+    # Eager: reflection where possible, replication on the small maps.
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    assert switch_padding(x)[0, 0, 2, :2].tolist() == [2.0, 1.0]
+    x = torch.arange(4.0).view(1, 1, 2, 2)
+    assert switch_padding(x)[0, 0, 2, :3].tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tmp_path):
+    """A SAC backbone exports (ONNX) and so does the deformable one (TorchScript), equal to
+    PyTorch on an image whose res4 maps reflect, as the traced one's do, and on a thin one
+    whose res4 maps have 2 rows and replicate; ONNX refuses the deformable one in one line."""
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.export import REFUSED, ExportOptions, run_export
+    from fpncli.engine.export import ExportOptions, _export_bytes, _reference, _runner, compare_detections
     from fpncli.modeling.detector import build_model
 
+    options = {"sac": True} if fmt == "onnx" else {"sac": True, "sac_deform": True}
     cfg = _tiny_config(box_score_thresh=0.0, **options)
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(cfg).eval())
-    key = ("sac_deform", True) if options.get("sac_deform") else ("sac", True)
-    for fmt in FORMATS:
-        out = tmp_path / f"m{SUFFIX[fmt]}"
-        with pytest.raises(FpnError, match=re.escape(f"{key[0]} True cannot be exported to {fmt}")) as info:
-            run_export(ExportOptions(str(ckpt), fmt, out))
-        assert REFUSED[key] in str(info.value) and "\n" not in str(info.value) and not out.exists()
+    model = build_model(cfg).eval()
+    run = _runner(_export_bytes(model, fmt, {"version": 1}, "sac"), fmt)
+    g = torch.Generator().manual_seed(1)
+    for shape in ((45, 71, 3), (20, 200, 3)):  # padded 64x96 and 32x96: res4 4x6 and 2x6
+        image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        checked = compare_detections(
+            f"{fmt} {shape}", _reference(model, image), run(image), 0.0, 100, cfg.class_names
+        )
+        assert checked.detections > 0
+    if fmt == "onnx":
+        from fpncli.engine.export import run_export
+
+        deform = save_checkpoint(tmp_path / "d.pt", build_model(_tiny_config(sac=True, sac_deform=True)))
+        with pytest.raises(FpnError, match="sac_deform True cannot be exported to onnx: ONNX has no") as info:
+            run_export(ExportOptions(str(deform), fmt, tmp_path / "d.onnx"))
+        assert "\n" not in str(info.value) and not (tmp_path / "d.onnx").exists()

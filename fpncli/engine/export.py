@@ -31,15 +31,13 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMATS = ("onnx", "torchscript")
 BOX_TOL = 0.01  # px, in the original image
 SCORE_TOL = 1e-4
-# Options an exporter cannot express yet: (config field, value) -> reason. Every neck and
-# RoI-pooling option of the registry exports today (tests/test_export.py keeps that true);
-# an option that cannot is listed here and refused with its reason, before any work.
-REFUSED: dict[tuple[str, Any], str] = {
-    # Checked in this order: the deformable variant first, for its own reason.
-    ("sac_deform", True): "ONNX has no deformable convolution operator for torchvision::deform_conv2d",
-    ("sac", True): (
-        "SAC's switch pads by reflection, or by replication on maps of 2 cells or fewer; a traced "
-        "graph keeps the choice made at the traced size, so small images would fail"
+# Options a format cannot express: (config field, value) -> (those formats, reason). Every
+# neck and RoI-pooling option of the registry exports today (tests/test_export.py keeps that
+# true); an option that cannot is listed here and refused with its reason, before any work.
+REFUSED: dict[tuple[str, Any], tuple[tuple[str, ...], str]] = {
+    ("sac_deform", True): (
+        ("onnx",),
+        "ONNX has no operator for torchvision::deform_conv2d (TorchScript has)",
     ),
 }
 
@@ -361,8 +359,8 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     )
     model = loaded.model.eval()
     cfg = model.config
-    for (key, value), reason in REFUSED.items():
-        if getattr(cfg, key, None) == value:
+    for (key, value), (formats, reason) in REFUSED.items():
+        if getattr(cfg, key, None) == value and fmt in formats:
             raise FpnError(f"{options.weights}: {key} {value} cannot be exported to {fmt}: {reason}")
     summary = ExportSummary(out, fmt, loaded.source)
     images = synthetic_images(cfg.max_size)

@@ -44,6 +44,33 @@ def _mean_std(weight: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std
 
 
+def _padded_positions(n: Tensor, reflect: Tensor) -> Tensor:
+    """Source rows (or columns) of a 2-cell padding of ``n`` cells: ``Tensor[n + 4]`` int64,
+    by reflection (``-2 -> 2``, ``n + 1 -> n - 3``) where ``reflect``, else by replication."""
+    i = torch.arange(-2, n + 2)  # type: ignore[call-overload]  # n: a traced 0-dim size
+    mirrored = torch.where(i < 0, -i, torch.where(i >= n, 2 * (n - 1) - i, i))
+    return torch.where(reflect, mirrored, i.clamp(min=0).minimum(n - 1))
+
+
+def switch_padding(x: Tensor) -> Tensor:
+    """SAC's 2-cell padding before its 5x5 average pool: ``Tensor[N, C, H, W]`` ->
+    ``Tensor[N, C, H + 4, W + 4]``, by reflection as in the reference; maps with 2 cells or
+    fewer per side (the coarsest of small images), which reflection cannot pad, by replication.
+
+    When traced (``fpn export``) it gathers rows and columns with indices computed from the
+    map's size in the graph, so the exported model makes the same choice at every input size
+    (``F.pad``'s mode would be frozen at the traced size).
+    """
+    if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"
+        return F.pad(x, (2, 2, 2, 2), mode=mode)
+    size = torch._shape_as_tensor(x)[-2:]
+    reflect = size.min() > 2
+    rows = _padded_positions(size[0], reflect)
+    cols = _padded_positions(size[1], reflect)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
 class SAConv2d(nn.Module):
     """Switchable atrous 3x3 convolution with weight standardisation, no bias.
 
@@ -121,10 +148,7 @@ class SAConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.pre_context(F.adaptive_avg_pool2d(x, 1))
-        # Reflect padding needs 3+ cells per side; the coarsest maps of small images have
-        # fewer, where replicate is the nearest well-defined choice.
-        mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"
-        pooled = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode=mode), kernel_size=5, stride=1)
+        pooled = F.avg_pool2d(switch_padding(x), kernel_size=5, stride=1)
         switch = self.switch(pooled)
         weight = self.standardised_weight()
         out_s = self._conv(x, weight, 1, self.offset_s, pooled)
