@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests read the CLI's output whole: a console as wide as any line, whatever the terminal (under
+# pytest-xdist rich sees no terminal and would wrap at 80 columns, splitting long paths).
+os.environ["COLUMNS"] = "400"
+
 ROOT = Path(__file__).resolve().parents[1]
 COCO_TINY = Path(os.environ.get("FPN_COCO_TINY", ROOT.parent / "shared" / "data" / "coco-tiny"))
 
-# Two cores on CI: keep torch from oversubscribing them in every test process.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores on CI: keep torch from oversubscribing them in every test process. Under
+# pytest-xdist (the README's `-n auto`) the workers share the cores: one thread each, since a
+# descheduled torch thread stalls every parallel op of a busy 2-core machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture
