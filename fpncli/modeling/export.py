@@ -78,7 +78,10 @@ class ExportableDetector(nn.Module):
         # scale = min(min_size / short side, max_size / long side); size = floor(side * scale).
         hw = original.to(torch.float64)
         limits = self.size_limits
-        scale = torch.minimum(limits[:1] / hw.amin(0, keepdim=True), limits[1:] / hw.amax(0, keepdim=True))
+        # Short and long side as an elementwise min/max of H and W, not ReduceMin/ReduceMax:
+        # OpenVINO 2026.4 computes those reductions of the size wrong once it fuses them.
+        short, long = torch.minimum(hw[:1], hw[1:]), torch.maximum(hw[:1], hw[1:])
+        scale = torch.minimum(limits[:1] / short, limits[1:] / long)
         resized = torch.floor(hw * scale).to(torch.int64)
         # Sizes are 0-dim tensors here (int() would freeze them in the trace).
         x = F.interpolate(
