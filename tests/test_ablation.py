@@ -221,3 +221,34 @@ def test_rows_name_a_neck_and_its_roi_pooling():
     }
     afp = _train_key(settings, "nasfpn+afp")
     assert afp["roi_pooling"] == "afp" and afp["nasfpn_stacks"] == 3 and afp["neck"] == "nasfpn"
+
+
+def test_backbone_weights_reach_every_rows_training_and_its_cache_key(tmp_path, monkeypatch):
+    """--backbone-weights goes to each row's training (as fpn train --backbone-weights) and into
+    the key that decides whether a finished row is reused; from scratch, the key is as before."""
+    import torchvision
+
+    import fpncli.engine.train as train_module
+    from fpncli.engine.ablation import _train_key, run_ablation
+
+    with pytest.raises(FpnError, match=r"missing\.pt: --backbone-weights must be none, imagenet or a file"):
+        run_ablation(tmp_path / "a", ["fpn"], backbone_weights=str(tmp_path / "missing.pt"))
+    torch.manual_seed(0)
+    resnet = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), resnet)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg, progress=None):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    with pytest.raises(Stop):
+        run_ablation(tmp_path / "b", ["rfp"], budget=0.01, backbone_weights=str(resnet))
+    assert seen[0].backbone_weights == str(resnet) and seen[0].neck == "rfp"
+    settings = {k: 1 for k in ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")}
+    assert "backbone_weights" not in _train_key(settings, "fpn")
+    assert _train_key({**settings, "backbone_weights": "imagenet"}, "fpn")["backbone_weights"] == "imagenet"

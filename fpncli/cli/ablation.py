@@ -80,6 +80,13 @@ def ablation(
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
     backend: BackendOption = "auto",
+    backbone_weights: Annotated[
+        str,
+        typer.Option(
+            help="Every row's bottom-up ResNet starts from: none (from scratch), imagenet "
+            "(torch hub cache) or a ResNet state dict file."
+        ),
+    ] = "none",
 ) -> None:
     import torch
     from rich import box
@@ -132,6 +139,7 @@ def ablation(
         fresh=fresh,
         progress=report,
         backend=backend,
+        backbone_weights=backbone_weights,
     )
     s = result["settings"]
     # Thirteen columns: a light box and one space of padding keep it within 80 characters.

@@ -285,6 +285,8 @@ def _train_key(settings: dict[str, Any], row: str) -> dict[str, Any]:
     keys = ("seed", "preset", "data", "iters", "batch_size", "train_images", "val_images")
     key = {k: settings[k] for k in keys}
     key["neck"] = neck
+    if "backbone_weights" in settings:  # only when given: rows trained from scratch still match
+        key["backbone_weights"] = settings["backbone_weights"]
     # Only the modifiers' overrides (none for a plain neck), so runs made before an option
     # existed still match.
     key.update(overrides)
@@ -336,6 +338,7 @@ def _neck_result(
         preset=settings["preset"],
         neck=neck,
         model=model_overrides,
+        backbone_weights=settings.get("backbone_weights", "none"),
         iters=settings["iters"],
         batch_size=settings["batch_size"],
         seed=settings["seed"],
@@ -414,6 +417,7 @@ def run_ablation(
     fresh: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
+    backbone_weights: str = "none",
 ) -> dict[str, Any]:
     """Train and measure each neck; write ``ablation.json`` and ``ablation.md`` into ``out``.
 
@@ -432,6 +436,9 @@ def run_ablation(
         bifpn_repeats: BiFPN blocks.
         nasfpn_stacks, nasfpn_norm: NAS-FPN stages and the norm after their convs.
         rfp_steps: the RFP rows' bottom-up + FPN passes.
+        backbone_weights: ``none`` (every row from scratch, the default), ``imagenet`` or a
+            ResNet state dict path: the bottom-up ResNet of every row (both of RFP's) starts
+            from it, as ``fpn train --backbone-weights`` does.
         backend: COCO evaluation backend for recall and AP (see
             :func:`fpncli.engine.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
@@ -464,6 +471,8 @@ def run_ablation(
     if rfp_steps < 2:
         raise FpnError(f"--rfp-steps must be at least 2 (the first pass is the plain FPN), got {rfp_steps}")
     backend = resolve_backend(backend)  # a missing backend fails before any training
+    if backbone_weights not in ("none", "imagenet") and not Path(backbone_weights).is_file():
+        raise FpnError(f"{backbone_weights}: --backbone-weights must be none, imagenet or a file")
     plan = budget_plan(budget)
     out = Path(out)
     check_outputs(folders=[out], files=[out / "ablation.json", out / "ablation.md"], inputs=[data])
@@ -485,6 +494,8 @@ def run_ablation(
         "pre_nms": "equal total over 5 levels",
         **plan,
     }
+    if backbone_weights != "none":  # absent when from scratch: earlier runs' results still match
+        settings["backbone_weights"] = backbone_weights
     rows = []
     started = time.perf_counter()
     for index, neck in enumerate(necks):
@@ -617,7 +628,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"Budget {s['budget']:g}: {s['iters']} iterations of {s['batch_size']} images per neck, "
         f"{s['train_images']} training and {s['val_images']} validation images ({s['data']}), seed "
-        f"{s['seed']}, preset {s['preset']}; torch {env['torch']}, {env['threads']} thread(s), "
+        f"{s['seed']}, preset {s['preset']}"
+        + (f", backbone weights {s['backbone_weights']}" if "backbone_weights" in s else "")
+        + f"; torch {env['torch']}, {env['threads']} thread(s), "
         f"{sum(r['train_seconds'] or 0 for r in result['rows']) / 60:.1f} min of training in all. AR: RPN proposals (top {s['proposals']} after NMS, "
         "class-agnostic, IoU 0.50:0.95); AP: detector at the preset's inference settings. Every neck's RPN "
         "keeps the pre-NMS candidates of a five-level pyramid (a single-level baseline keeps 5x the "
