@@ -65,7 +65,7 @@ def switch_padding(x: Tensor) -> Tensor:
         mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"
         return F.pad(x, (2, 2, 2, 2), mode=mode)
     size = torch._shape_as_tensor(x)[-2:]
-    reflect = size.min() > 2
+    reflect = torch.minimum(size[0], size[1]) > 2  # not ReduceMin: see ExportableDetector.forward
     rows = _padded_positions(size[0], reflect)
     cols = _padded_positions(size[1], reflect)
     return x.index_select(-2, rows).index_select(-1, cols)
