@@ -442,3 +442,31 @@ def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tm
         with pytest.raises(FpnError, match="sac_deform True cannot be exported to onnx: ONNX has no") as info:
             run_export(ExportOptions(str(deform), fmt, tmp_path / "d.onnx"))
         assert "\n" not in str(info.value) and not (tmp_path / "d.onnx").exists()
+
+
+def test_an_existing_out_is_replaced_only_when_it_is_an_earlier_export(exported, tmp_path):
+    """Re-exporting over an earlier export is allowed; any other existing file (a checkpoint,
+    a check image, a document, a foreign .onnx) is kept and the export refused in one line."""
+    from PIL import Image
+
+    from fpncli.engine.export import ExportOptions, _check_replaceable, run_export
+
+    ckpt, summaries = exported
+    for summary in summaries.values():
+        _check_replaceable(summary.out)  # an earlier export: replaceable
+    _check_replaceable(tmp_path / "new.onnx")  # nothing there yet
+    images = tmp_path / "check"
+    images.mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(images / "a.png")
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not a model")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    other = tmp_path / "other.pt"  # another checkpoint
+    other.write_bytes(ckpt.read_bytes())
+    for path in (other, images / "a.png", foreign, notes):
+        before = path.read_bytes()
+        fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
+        with pytest.raises(FpnError, match="exists and was not written by fpn export") as info:
+            run_export(ExportOptions(str(ckpt), fmt, path, check_images=images))
+        assert "\n" not in str(info.value) and path.read_bytes() == before

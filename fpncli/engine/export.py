@@ -301,6 +301,35 @@ def _reference(model: FPNFasterRCNN, image: Tensor) -> dict[str, Tensor]:
         return model.detect_prepared([x], [(int(image.shape[0]), int(image.shape[1]))])[0]
 
 
+def _written_by_fpn_export(path: Path) -> bool:
+    """Whether ``path`` is a model file ``fpn export`` wrote (its metadata is there)."""
+    from fpncli.modeling.exported import exported_format
+
+    if exported_format(path) == "torchscript":  # recognised by its fpncli metadata only
+        return True
+    if path.suffix.lower() != ".onnx":
+        return False
+    import onnx
+
+    from fpncli.modeling.export import ONNX_METADATA_KEY
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises its own types for garbage
+        return False
+    return any(prop.key == ONNX_METADATA_KEY for prop in proto.metadata_props)
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing ``--out`` is replaced only when it is an earlier export: anything else (a
+    checkpoint, an image, a document) is kept and the export refused in one line."""
+    if out.is_file() and not _written_by_fpn_export(out):
+        raise FpnError(
+            f"{out}: exists and was not written by fpn export; choose another --out "
+            "(an earlier export is replaced, any other file is kept)"
+        )
+
+
 def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> ExportSummary:
     """Export ``options.weights``, check the exported graph against PyTorch, write ``options.out``.
 
@@ -346,6 +375,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
             from fpncli.modeling.exported import ONNX_INSTALL_HINT
 
             raise FpnError(f"exporting to ONNX needs the onnx package: {ONNX_INSTALL_HINT}") from None
+    _check_replaceable(out)
 
     from fpncli.modeling.weights import load_detector
 
