@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +74,45 @@ def load_file(path: str | os.PathLike) -> Any:
     if path.stat().st_size == 0:
         raise FpnError(f"{path}: file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch.load warns before failing on a TorchScript archive; the error below says it.
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        raise FpnError(f"{path}: not a safe weights file ({first})") from None
+        raise FpnError(f"{path}: {_foreign_kind(path) or f'not a safe weights file ({first})'}") from None
     except Exception as exc:  # torch raises many types for garbage (IndexError, EOFError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FpnError(f"{path}: not a readable PyTorch weights file ({first})") from None
+        raise FpnError(
+            f"{path}: {_foreign_kind(path) or f'not a readable PyTorch weights file ({first})'}"
+        ) from None
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What a file torch.load refused is, when it is a model of another kind: a TorchScript
+    archive without fpn export's metadata, or an ONNX model under another suffix."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist()):
+                    return (
+                        "a TorchScript archive without fpn export's metadata (fpncli_export.json); "
+                        "export the fpncli checkpoint again, or pass the checkpoint itself"
+                    )
+            return None
+        with open(path, "rb") as f:
+            head = f.read(1)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if head != b"\x08":  # an ONNX ModelProto starts with its ir_version field
+        return None
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX either (or no onnx package): the generic message stands
+        return None
+    return "an ONNX model; name it .onnx to run it (fpn detect --weights model.onnx)"
 
 
 def is_checkpoint(obj: Any) -> bool:

@@ -470,3 +470,35 @@ def test_an_existing_out_is_replaced_only_when_it_is_an_earlier_export(exported,
         with pytest.raises(FpnError, match="exists and was not written by fpn export") as info:
             run_export(ExportOptions(str(ckpt), fmt, path, check_images=images))
         assert "\n" not in str(info.value) and path.read_bytes() == before
+
+
+def test_exported_models_under_the_wrong_name_are_named_for_what_they_are(exported, tmp_path):
+    """A TorchScript archive without fpn export's metadata, or an ONNX file renamed .pt, is a
+    one-line error saying what the file is (not torch.load's advice to unpickle it), with no
+    warning printed on the way."""
+    import shutil
+    import warnings
+
+    from fpncli.checkpoint import load_file
+
+    _, summaries = exported
+    renamed = tmp_path / "model.pt"
+    shutil.copy(summaries["onnx"].out, renamed)
+    bare = tmp_path / "bare.torchscript"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 3, 3), torch.randn(1, 3, 8, 8)), str(bare))
+    cases = {
+        renamed: "an ONNX model; name it .onnx",
+        bare: "a TorchScript archive without fpn export's metadata",
+    }
+    for path, message in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(FpnError, match=re.escape(f"{path}: {message}")) as info:
+                load_file(path)
+        assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x08garbage")  # an ONNX-like first byte, not ONNX: the generic message
+    with pytest.raises(FpnError, match=r"not a safe weights file|not a readable PyTorch weights file"):
+        load_file(garbage)
