@@ -315,7 +315,16 @@ def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatc
             ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.onnx", check_images=tmp_path / "nope"),
             "--check-images must be a folder",
         ),
+        (
+            ExportOptions(
+                str(tiny_checkpoint), "onnx", tmp_path / "m.onnx", check_images=tmp_path / "broken"
+            ),
+            r"no readable image to check with \(2 skipped; first: .*broken.*\)",
+        ),
     ]
+    (tmp_path / "broken").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "broken" / name).write_bytes(b"not an image")
     for options, message in cases:
         with pytest.raises(FpnError, match=message) as info:
             run_export(options)
@@ -502,3 +511,35 @@ def test_exported_models_under_the_wrong_name_are_named_for_what_they_are(export
     garbage.write_bytes(b"\x08garbage")  # an ONNX-like first byte, not ONNX: the generic message
     with pytest.raises(FpnError, match=r"not a safe weights file|not a readable PyTorch weights file"):
         load_file(garbage)
+
+
+def test_hand_edited_metadata_is_a_one_line_error(exported, tmp_path):
+    """Metadata that no longer fits the graph (fewer classes than its labels, a version that is
+    not a number) is refused in one line, not a traceback."""
+    import json as _json
+
+    import onnx
+
+    from fpncli.modeling.export import ONNX_METADATA_KEY
+    from fpncli.modeling.exported import load_exported
+
+    _, summaries = exported
+    proto = onnx.load(str(summaries["onnx"].out))
+    props = {p.key: p for p in proto.metadata_props}
+    meta = _json.loads(props[ONNX_METADATA_KEY].value)
+    one_class = _json.loads(_json.dumps(meta))
+    one_class["model_config"]["class_names"] = one_class["model_config"]["class_names"][:1]
+    one_class["model_config"]["category_ids"] = one_class["model_config"]["category_ids"][:1]
+    string_version = {**meta, "version": "1"}
+    g = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (70, 90, 3), dtype=torch.uint8, generator=g)
+    for name, edited, message in (
+        ("one.onnx", one_class, r"the graph returned label [23] but its metadata lists 1 class"),
+        ("str.onnx", string_version, r"bad fpncli metadata \(export version '1' is not a number\)"),
+    ):
+        props[ONNX_METADATA_KEY].value = _json.dumps(edited)
+        path = tmp_path / name
+        onnx.save(proto, str(path))
+        with pytest.raises(FpnError, match=message) as info:
+            load_exported(path).detect(image)
+        assert "\n" not in str(info.value)

@@ -398,7 +398,8 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         extra, summary.skipped = _user_images(Path(options.check_images), cfg.max_size, cfg.min_size)
         if not extra:
             raise FpnError(
-                f"{options.check_images}: no readable image to check with ({len(summary.skipped)} skipped)"
+                f"{options.check_images}: no readable image to check with ({len(summary.skipped)} "
+                f"skipped" + (f"; first: {summary.skipped[0]})" if summary.skipped else ")")
             )
         images += extra
 

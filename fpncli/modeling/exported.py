@@ -124,7 +124,9 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
         ModelConfig.from_dict(meta["model_config"])
     except (ValueError, KeyError, TypeError, FpnError) as exc:
         raise FpnError(f"{path}: bad fpncli metadata ({_first_line(exc)})") from None
-    if not isinstance(version, int) or version > EXPORT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FpnError(f"{path}: bad fpncli metadata (export version {version!r} is not a number)")
+    if version > EXPORT_VERSION:
         raise FpnError(f"{path}: export version {version!r} is newer than this fpncli understands; upgrade")
     return meta, runner
 
@@ -194,6 +196,13 @@ class ExportedDetector:
     def detect(self, image: Tensor) -> dict[str, Tensor]:
         """Detections for one ``Tensor[H, W, 3]`` uint8 RGB image."""
         boxes, scores, labels = self.run(image)
+        classes = len(self.config.class_names)
+        bad = labels[(labels < 1) | (labels > classes)]
+        if bad.numel():  # only a file whose metadata was edited by hand gets here
+            raise FpnError(
+                f"{self.path}: the graph returned label {int(bad[0])} but its metadata lists "
+                f"{classes} class(es); re-export it with fpn export"
+            )
         keep = self._keep
         if self._min_score is not None:
             # The graph's own test is `score > threshold`; a stricter one on its (sorted)
