@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 
 _umask_lock = threading.Lock()
 # A pid-less temporary (written by fpncli before temporaries carried their writer's pid)
@@ -87,7 +87,7 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> FpnError:
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc) or type(exc).__name__
     else:  # torch.save reports a failed write as a RuntimeError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         try:
             import shutil
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from fpncli.atomic import atomic_write
 from fpncli.config import ModelConfig
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 
 FORMAT = "fpncli-checkpoint"
 VERSION = 1
@@ -79,10 +79,10 @@ def load_file(path: str | os.PathLike) -> Any:
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        first = first_line(exc, empty="unpickling failed")
         raise FpnError(f"{path}: {_foreign_kind(path) or f'not a safe weights file ({first})'}") from None
     except Exception as exc:  # torch raises many types for garbage (IndexError, EOFError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise FpnError(
             f"{path}: {_foreign_kind(path) or f'not a readable PyTorch weights file ({first})'}"
         ) from None

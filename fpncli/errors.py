@@ -7,3 +7,12 @@ is a bug and keeps its traceback.
 
 class FpnError(Exception):
     """A user-facing error: bad file, bad value, missing download. The message is shown as is."""
+
+
+def first_line(exc: BaseException, empty: str | None = None) -> str:
+    """The first line of ``exc``'s message, for one-line errors; ``empty`` (default: the
+    exception's type name) when the message is blank."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if empty is None else empty

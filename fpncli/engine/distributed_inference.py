@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
@@ -235,7 +235,7 @@ def _send_all(
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     if "] " in text:  # gloo prefixes its source location: "[.../pair.cc:561] Connection closed ..."
         text = text.split("] ", 1)[1]
     return text.split(". This is typically")[0][:200]

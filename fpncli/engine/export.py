@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import atomic_write
 from fpncli.engine.events import ProgressFn
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 from fpncli.outputs import check_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,8 +285,7 @@ def _export_bytes(model: FPNFasterRCNN, fmt: str, meta: dict[str, Any], weights:
     except FpnError:
         raise
     except Exception as exc:  # an op the exporter lacks: say which model and why, in one line
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        first = first_line(exc)
         raise FpnError(
             f"{weights}: the {model.config.neck} model cannot be exported to {fmt} ({first})"
         ) from None
@@ -414,8 +413,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         try:
             got = run(image)
         except Exception as exc:
-            text = str(exc).strip()
-            first = text.splitlines()[0] if text else type(exc).__name__
+            first = first_line(exc)
             raise FpnError(
                 f"self-check failed on {name}: the exported model raised ({first}); nothing written"
             ) from None
@@ -447,8 +445,7 @@ def _check_empty(model: FPNFasterRCNN, fmt: str, named: tuple[str, Tensor], weig
     try:
         got = _runner(data, fmt)(image)
     except Exception as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        first = first_line(exc)
         raise FpnError(
             f"self-check failed: with no detections the exported model raised ({first}); nothing written"
         ) from None

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from fpncli.data.images import ImageReadError, default_max_pixels, read_image
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
@@ -107,7 +107,7 @@ class _ImageFiles(Dataset):
                 # full-size image is held once.
                 prepared = model.prepare_image(prepared, inplace=True)
         except Exception as exc:  # one image that cannot be prepared must not stop the others
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = first_line(exc, empty="")
             return _Item(
                 index,
                 None,
@@ -143,7 +143,7 @@ class _DetectInWorker(Dataset):
             with torch.inference_mode():
                 out = _forward(self.model, [item], torch.device("cpu"), half=False)[0]
         except Exception as exc:  # this image alone: report it, keep the others going
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = first_line(exc, empty="")
             path = self.files.paths[index]
             return item._replace(
                 prepared=None, error=f"{path}: detection failed ({type(exc).__name__}: {reason})"
@@ -171,7 +171,7 @@ def _forward_each_on_failure(
         return _forward(model, items, device, half)
     except Exception as exc:
         if len(items) == 1:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = first_line(exc, empty="")
             return [f"detection failed ({type(exc).__name__}: {reason})"]
     return [_forward_each_on_failure(model, [item], device, half)[0] for item in items]
 

@@ -29,7 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mpg", ".mpeg")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -80,7 +80,7 @@ def stream_output_name(source: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     # PyAV's messages repeat the path: "[Errno 2] No such file or directory: 'x.mp4'".
     return re.sub(r":\s*'[^']*'$", "", text)
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fpncli.config import ModelConfig
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 from fpncli.modeling.export import INPUT_NAME, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -72,11 +72,6 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], Any]:
     """``(metadata, runner)`` of an exported file: the JSON ``fpn export`` stored, and the
     loaded ``torch.jit`` module (torchscript) or None (onnx: sessions are made where they run)."""
@@ -97,7 +92,7 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises its own types for garbage
-            raise FpnError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+            raise FpnError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         raw = {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
         if not len(proto.graph.node):
             raise FpnError(f"{path}: not a readable ONNX model (no graph)")
@@ -112,7 +107,7 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
                 runner = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:
-            raise FpnError(f"{path}: not a readable TorchScript model ({_first_line(exc)})") from None
+            raise FpnError(f"{path}: not a readable TorchScript model ({first_line(exc)})") from None
         raw = extra[TORCHSCRIPT_METADATA] or None
     else:
         raise FpnError(f"{path}: not an exported model (.onnx, or TorchScript from fpn export)")
@@ -123,7 +118,7 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
         version = meta["version"]
         ModelConfig.from_dict(meta["model_config"])
     except (ValueError, KeyError, TypeError, FpnError) as exc:
-        raise FpnError(f"{path}: bad fpncli metadata ({_first_line(exc)})") from None
+        raise FpnError(f"{path}: bad fpncli metadata ({first_line(exc)})") from None
     if not isinstance(version, int) or isinstance(version, bool):
         raise FpnError(f"{path}: bad fpncli metadata (export version {version!r} is not a number)")
     if version > EXPORT_VERSION:
@@ -227,7 +222,7 @@ class ExportedDetector:
         except FpnError:
             raise
         except Exception as exc:  # a valid protobuf that is no runnable model
-            raise FpnError(f"{self.path}: not a runnable ONNX model ({_first_line(exc)})") from None
+            raise FpnError(f"{self.path}: not a runnable ONNX model ({first_line(exc)})") from None
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("an ExportedDetector is not picklable (DataLoader workers are forked)")
