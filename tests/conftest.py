@@ -70,3 +70,20 @@ def tiny_checkpoint(tmp_path, tiny_model) -> Path:
     from fpncli.checkpoint import save_checkpoint
 
     return save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+
+
+@pytest.fixture
+def make_targets():
+    """Fresh training targets for two images (the tiny config's labels 1 and 3): one with a
+    large and a small box (xyxy pixels), one without objects (a background-only sample)."""
+
+    def targets() -> list[dict[str, torch.Tensor]]:
+        return [
+            {
+                "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
+                "labels": torch.tensor([1, 3]),
+            },
+            {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+        ]
+
+    return targets

@@ -29,16 +29,6 @@ def _build(tiny_config, **overrides):
     return build_model(cfg.replace(**overrides)).eval()
 
 
-def _targets():
-    return [
-        {
-            "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
-            "labels": torch.tensor([1, 3]),
-        },
-        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
-    ]
-
-
 def _images():
     torch.manual_seed(1)
     return [torch.rand(3, 67, 93), torch.rand(3, 71, 64)]
@@ -143,7 +133,7 @@ def test_soft_selection_matches_a_direct_computation():
     assert empty.shape == (0, 6, 5, 5)
 
 
-def test_soft_selection_works_on_every_pyramid_neck(tiny_config, one_thread):
+def test_soft_selection_works_on_every_pyramid_neck(make_targets, tiny_config, one_thread):
     from fpncli.modeling.detector import build_model
     from fpncli.modeling.soft_roi import SoftRoISelection
 
@@ -153,7 +143,7 @@ def test_soft_selection_works_on_every_pyramid_neck(tiny_config, one_thread):
             tiny_config.replace(neck=neck, roi_pooling="soft", min_size=64, max_size=96)
         ).train()
         assert isinstance(model.roi_heads.box_roi_pool, SoftRoISelection)
-        losses = model(_images(), _targets())
+        losses = model(_images(), make_targets())
         assert set(losses) == MAIN_KEYS and torch.isfinite(sum(losses.values()))
         sum(losses.values()).backward()
         assert all(p.grad is not None for p in model.roi_heads.box_roi_pool.attention.parameters())
@@ -162,13 +152,13 @@ def test_soft_selection_works_on_every_pyramid_neck(tiny_config, one_thread):
 # ----------------------------------------------------------------------------- consistent supervision
 
 
-def test_auxiliary_losses_in_training_absent_at_inference(tiny_config, one_thread):
+def test_auxiliary_losses_in_training_absent_at_inference(make_targets, tiny_config, one_thread):
     from fpncli.modeling.consistent_supervision import ConsistentSupervisionRoIHeads
 
     model = _build(tiny_config).train()
     assert isinstance(model.roi_heads, ConsistentSupervisionRoIHeads)
     torch.manual_seed(2)
-    losses = model(_images(), _targets())
+    losses = model(_images(), make_targets())
     assert set(losses) == MAIN_KEYS | AUX_KEYS
     assert all(torch.isfinite(v) for v in losses.values())
     aux = sum(v for k, v in losses.items() if k in AUX_KEYS)
@@ -189,13 +179,13 @@ def test_auxiliary_losses_in_training_absent_at_inference(tiny_config, one_threa
     assert calls == [] and set(out[0]) == {"boxes", "scores", "labels"}
 
 
-def test_alpha_scales_every_auxiliary_loss(tiny_config, one_thread):
+def test_alpha_scales_every_auxiliary_loss(make_targets, tiny_config, one_thread):
     values = {}
     for alpha in (0.25, 0.5):
         model = _build(tiny_config, augfpn_cs_alpha=alpha).train()
         torch.manual_seed(3)  # the same RPN and RoI sampling for both
         with torch.no_grad():
-            values[alpha] = model(_images(), _targets())
+            values[alpha] = model(_images(), make_targets())
     for key in AUX_KEYS:
         torch.testing.assert_close(values[0.5][key], 2 * values[0.25][key])
     for key in MAIN_KEYS:
@@ -211,7 +201,7 @@ def test_alpha_scales_every_auxiliary_loss(tiny_config, one_thread):
         {"augfpn_rfa": False, "augfpn_consistent_supervision": False, "roi_pooling": "level"},
     ],
 )
-def test_each_part_switches_off_on_its_own(tiny_config, parts, one_thread):
+def test_each_part_switches_off_on_its_own(make_targets, tiny_config, parts, one_thread):
     from fpncli.engine.describe import describe_model
     from fpncli.modeling.consistent_supervision import ConsistentSupervisionRoIHeads
     from fpncli.modeling.soft_roi import SoftRoISelection
@@ -224,7 +214,7 @@ def test_each_part_switches_off_on_its_own(tiny_config, parts, one_thread):
     assert isinstance(model.roi_heads, ConsistentSupervisionRoIHeads) == cs
     assert isinstance(model.roi_heads.box_roi_pool, SoftRoISelection) == soft
     assert not any(k.startswith("backbone.neck.rfa.") for k in model.state_dict()) or rfa
-    losses = model(_images(), _targets())
+    losses = model(_images(), make_targets())
     assert set(losses) == (MAIN_KEYS | AUX_KEYS if cs else MAIN_KEYS)
     assert torch.isfinite(sum(losses.values()))
     parts_on = describe_model(model, "random")["augfpn"]

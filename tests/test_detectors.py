@@ -24,16 +24,6 @@ def _build(tiny_config, **overrides):
     return build_model(tiny_config.replace(**overrides)).eval()
 
 
-def _targets():
-    return [
-        {
-            "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
-            "labels": torch.tensor([1, 3]),
-        },
-        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
-    ]
-
-
 def _perturb(module: torch.nn.Module, names: tuple[str, ...], seed: int = 5) -> None:
     """Give the zero-initialised parameters whose name contains one of ``names`` random
     values, so a test sees them act (and a round trip sees them saved)."""
@@ -260,7 +250,7 @@ def test_odd_input_sizes_give_the_fpn_level_shapes(tiny_config, options, size, o
 @pytest.mark.parametrize(
     "options", [{"neck": "rfp"}, {"sac": True, "sac_deform": True}, {"neck": "rfp", "sac": True}]
 )
-def test_a_training_step_moves_the_detectors_parameters(tiny_config, options, one_thread):
+def test_a_training_step_moves_the_detectors_parameters(make_targets, tiny_config, options, one_thread):
     model = _build(tiny_config, min_size=64, max_size=96, **options).train()
     watched = {
         name: p.detach().clone()
@@ -270,7 +260,7 @@ def test_a_training_step_moves_the_detectors_parameters(tiny_config, options, on
     assert watched
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     torch.manual_seed(1)
-    losses = model([torch.rand(3, 64, 64), torch.rand(3, 60, 80)], _targets())
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 60, 80)], make_targets())
     loss = sum(losses.values())
     assert torch.isfinite(loss), losses
     optimizer.zero_grad()

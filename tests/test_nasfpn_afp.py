@@ -26,16 +26,6 @@ def _build(tiny_config, **overrides):
     return build_model(tiny_config.replace(**overrides)).eval()
 
 
-def _targets():
-    return [
-        {
-            "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
-            "labels": torch.tensor([1, 3]),
-        },
-        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
-    ]
-
-
 # ----------------------------------------------------------------------------- NAS-FPN
 
 
@@ -128,7 +118,7 @@ def test_nasfpn_options_stacks_and_norms(tiny_config):
         _build(tiny_config, neck="nasfpn", nasfpn_norm="ln")
 
 
-def test_frozen_bn_keeps_its_statistics_while_training(tiny_config, one_thread):
+def test_frozen_bn_keeps_its_statistics_while_training(make_targets, tiny_config, one_thread):
     model = _build(
         tiny_config, neck="nasfpn", nasfpn_stacks=1, nasfpn_norm="frozen_bn", min_size=64, max_size=96
     )
@@ -138,14 +128,14 @@ def test_frozen_bn_keeps_its_statistics_while_training(tiny_config, one_thread):
         for m in norms:
             m.running_mean.fill_(0.5)
             m.running_var.fill_(2.0)
-    losses = model([torch.rand(3, 64, 64)], _targets()[:1])
+    losses = model([torch.rand(3, 64, 64)], make_targets()[:1])
     sum(losses.values()).backward()
     assert all(float(m.running_mean.max()) == 0.5 and float(m.running_var.min()) == 2.0 for m in norms)
     assert all(m.weight.grad is not None for m in norms)  # the affine part still learns
 
 
 @pytest.mark.parametrize("norm", ["gn", "bn"])
-def test_nasfpn_trains_with_one_image_per_batch(tiny_config, norm, one_thread):
+def test_nasfpn_trains_with_one_image_per_batch(make_targets, tiny_config, norm, one_thread):
     """The batch size fpncli trains with: GroupNorm does not care; BatchNorm computes its
     statistics over one image's cells (noisy, but it runs)."""
     model = _build(
@@ -153,7 +143,7 @@ def test_nasfpn_trains_with_one_image_per_batch(tiny_config, norm, one_thread):
     ).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = [p.detach().clone() for p in model.backbone.neck.parameters()]
-    losses = model([torch.rand(3, 96, 128)], _targets()[:1])
+    losses = model([torch.rand(3, 96, 128)], make_targets()[:1])
     loss = sum(losses.values())
     assert torch.isfinite(loss)
     optimizer.zero_grad()
@@ -231,7 +221,7 @@ def test_level_wins_counts_which_level_gave_the_maximum():
 
 
 @pytest.mark.parametrize("neck", PYRAMID_NECKS)
-def test_afp_trains_with_every_pyramid_neck(tiny_config, neck, one_thread):
+def test_afp_trains_with_every_pyramid_neck(make_targets, tiny_config, neck, one_thread):
     from fpncli.modeling.box_head import AFPBoxHead
     from fpncli.modeling.pooler import AllLevelRoIPooler
 
@@ -242,7 +232,7 @@ def test_afp_trains_with_every_pyramid_neck(tiny_config, neck, one_thread):
     assert isinstance(model.roi_heads.box_head, AFPBoxHead) and model.roi_heads.box_head.num_levels == 4
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = [p.detach().clone() for p in model.roi_heads.box_head.fc6.parameters()]
-    losses = model([torch.rand(3, 64, 64), torch.rand(3, 60, 80)], _targets())
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 60, 80)], make_targets())
     loss = sum(losses.values())
     assert torch.isfinite(loss), losses
     optimizer.zero_grad()

@@ -24,17 +24,6 @@ def _build(tiny_config, neck: str, **overrides):
     return build_model(tiny_config.replace(neck=neck, **overrides)).eval()
 
 
-def _targets():
-    return [
-        {
-            "boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [40.0, 10.0, 48.0, 17.0]]),
-            "labels": torch.tensor([1, 3]),
-        },
-        # An image without objects: a valid training sample (background only).
-        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
-    ]
-
-
 def test_every_neck_is_registered():
     assert set(ALL_NECKS) == set(NECKS)
 
@@ -160,7 +149,7 @@ def test_unknown_neck_is_a_user_error(tiny_config):
 
 
 @pytest.mark.parametrize("neck", [*ALL_NECKS, "panet+afp"])
-def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
+def test_neck_trains_reloads_and_predicts(make_targets, tiny_config, neck, tmp_path):
     """Two training steps (finite losses, weights move), then a checkpoint that reloads with
     identical outputs, then the batched inference pipeline with a broken file among images,
     then what inspect-levels and eval run. ``panet+afp``: the full PANet (adaptive feature
@@ -183,7 +172,7 @@ def test_neck_trains_reloads_and_predicts(tiny_config, neck, tmp_path):
     images = [torch.rand(3, 64, 64), torch.rand(3, 60, 80)]
     neck_before = [p.detach().clone() for p in model.backbone.neck.parameters()]
     for _ in range(2):
-        losses = model(images, _targets())
+        losses = model(images, make_targets())
         loss = sum(losses.values())
         assert torch.isfinite(loss), losses
         optimizer.zero_grad()
