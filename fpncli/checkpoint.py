@@ -106,11 +106,11 @@ def _foreign_kind(path: Path) -> str | None:
         return None
     if head != b"\x08":  # an ONNX ModelProto starts with its ir_version field
         return None
-    try:
-        import onnx
+    from fpncli.modeling.exported import onnx_metadata
 
-        onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX either (or no onnx package): the generic message stands
+    try:
+        onnx_metadata(path)
+    except FpnError:  # not ONNX either (or no onnx package): the generic message stands
         return None
     return "an ONNX model; name it .onnx to run it (fpn detect --weights model.onnx)"
 

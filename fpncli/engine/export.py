@@ -302,21 +302,16 @@ def _reference(model: FPNFasterRCNN, image: Tensor) -> dict[str, Tensor]:
 
 def _written_by_fpn_export(path: Path) -> bool:
     """Whether ``path`` is a model file ``fpn export`` wrote (its metadata is there)."""
-    from fpncli.modeling.exported import exported_format
+    from fpncli.modeling.exported import exported_format, onnx_metadata
 
     if exported_format(path) == "torchscript":  # recognised by its fpncli metadata only
         return True
     if path.suffix.lower() != ".onnx":
         return False
-    import onnx
-
-    from fpncli.modeling.export import ONNX_METADATA_KEY
-
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # protobuf raises its own types for garbage
+        return onnx_metadata(path) is not None
+    except FpnError:  # not a readable ONNX graph
         return False
-    return any(prop.key == ONNX_METADATA_KEY for prop in proto.metadata_props)
 
 
 def _check_replaceable(out: Path) -> None:

@@ -72,6 +72,23 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_metadata(path: str | os.PathLike) -> str | None:
+    """The JSON ``fpn export`` stored in an ONNX file's ``metadata_props``, or None when the
+    file has none; a file that is not a readable ONNX graph is an :class:`FpnError`. Read
+    through the onnx package, without the weights' external data."""
+    try:
+        import onnx
+    except ImportError:
+        raise FpnError(f"reading ONNX models needs the onnx package: {ONNX_INSTALL_HINT}") from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own types for garbage
+        raise FpnError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+    if not len(proto.graph.node):
+        raise FpnError(f"{path}: not a readable ONNX model (no graph)")
+    return {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
+
+
 def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], Any]:
     """``(metadata, runner)`` of an exported file: the JSON ``fpn export`` stored, and the
     loaded ``torch.jit`` module (torchscript) or None (onnx: sessions are made where they run)."""
@@ -85,18 +102,7 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
         # The metadata through the onnx package, not an ONNX Runtime session: a session made
         # here would be forked into fpn detect's workers, where ONNX Runtime deadlocks.
         import_onnxruntime()
-        try:
-            import onnx
-        except ImportError:
-            raise FpnError(f"reading ONNX models needs the onnx package: {ONNX_INSTALL_HINT}") from None
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # protobuf raises its own types for garbage
-            raise FpnError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-        raw = {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
-        if not len(proto.graph.node):
-            raise FpnError(f"{path}: not a readable ONNX model (no graph)")
-        del proto
+        raw = onnx_metadata(path)
         runner: Any = None  # made by ExportedDetector.run, in the process that runs it
     elif fmt == "torchscript":
         import warnings
