@@ -160,16 +160,6 @@ def plan_views(
     return [View(w, f, s) for w in windows for s in sizes for f in flips]
 
 
-def _empty_like(device: Any) -> dict[str, Tensor]:
-    import torch
-
-    return {
-        "boxes": torch.zeros((0, 4), device=device),
-        "scores": torch.zeros((0,), device=device),
-        "labels": torch.zeros((0,), dtype=torch.int64, device=device),
-    }
-
-
 def merge_detections(parts: list[dict[str, Tensor]], iou: float, limit: int) -> dict[str, Tensor]:
     """Class-wise NMS over the detections of several views (all in image pixels), best first,
     at most ``limit``. One part is returned as it is."""
@@ -242,9 +232,8 @@ class AugmentedDetector:
     def detect_image(self, image: Tensor, half: bool = False) -> dict[str, Tensor]:
         """The merged detections of one image (``Tensor[3, H, W]`` float 0..1)."""
         height, width = int(image.shape[-2]), int(image.shape[-1])
+        # plan_views always gives at least the plain view: parts is never empty.
         parts = [out for _, out in self._run_views(image, self.views(width, height), half)]
-        if not parts:
-            return _empty_like(image.device)
         return merge_detections(parts, self.model.nms_thresh, self.model.detections_per_img)
 
     def _run_views(self, image: Tensor, views: list[View], half: bool) -> Iterator[tuple[View, dict]]:
