@@ -55,6 +55,31 @@ def tiny_config():
     )
 
 
+def _export_config(**overrides):
+    """A smaller, faster model than tiny_config for tests that export and run graphs: 64-96 px
+    inputs, narrow neck and head."""
+    from fpncli.config import preset_config
+
+    base = dict(
+        min_size=64,
+        max_size=96,
+        fpn_channels=16,
+        box_head_dim=32,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=50,
+        class_names=["circle", "square", "triangle"],
+        category_ids=[1, 3, 7],
+    )
+    base.update(overrides)
+    return preset_config("tiny", **base)
+
+
+@pytest.fixture(scope="session")
+def export_config():
+    """``export_config(**overrides)``: the export tests' small model configuration."""
+    return _export_config
+
+
 @pytest.fixture
 def tiny_model(tiny_config):
     """A seeded, randomly initialised tiny detector in eval mode."""

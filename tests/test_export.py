@@ -20,26 +20,8 @@ FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
 
 
-def _tiny_config(**overrides):
-    """A small, fast model: 64-96 px inputs, narrow neck and head."""
-    from fpncli.config import preset_config
-
-    base = dict(
-        min_size=64,
-        max_size=96,
-        fpn_channels=16,
-        box_head_dim=32,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=50,
-        class_names=["circle", "square", "triangle"],
-        category_ids=[1, 3, 7],
-    )
-    base.update(overrides)
-    return preset_config("tiny", **base)
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, export_config):
     """A seeded tiny checkpoint exported to both formats: ``(checkpoint, {format: summary})``."""
     from fpncli.checkpoint import save_checkpoint
     from fpncli.engine.export import ExportOptions, run_export
@@ -49,7 +31,7 @@ def exported(tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(folder / "tiny.pt", build_model(_tiny_config()).eval())
+    ckpt = save_checkpoint(folder / "tiny.pt", build_model(export_config()).eval())
     summaries = {
         fmt: run_export(ExportOptions(str(ckpt), fmt, folder / f"model{SUFFIX[fmt]}")) for fmt in FORMATS
     }
@@ -98,7 +80,8 @@ def test_onnx_metadata_readable_by_other_tools(exported):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_detect_with_exported_file_equals_pytorch_on_real_images(exported, fmt, coco_tiny, tmp_path):
     """fpn detect --weights model.onnx: the PyTorch path's detections on odd-sized COCO images,
-    through the same pipeline (forked worker processes, input order, an unreadable file)."""
+    through the same pipeline (two replicas: threads sharing one session for ONNX, forked
+    processes for TorchScript; input order, an unreadable file)."""
     from fpncli.engine.detect import DetectOptions, run_detect
 
     ckpt, summaries = exported
@@ -125,6 +108,57 @@ def test_detect_with_exported_file_equals_pytorch_on_real_images(exported, fmt, 
             assert da["label"] == db["label"] and da["category_id"] == db["category_id"]
             assert abs(da["score"] - db["score"]) <= 1e-4
             assert max(abs(x - y) for x, y in zip(da["box"], db["box"])) <= 0.011  # JSON rounds to 0.01
+
+
+def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monkeypatch):
+    """With two replicas, an ONNX model is optimised once: one session, one intra-op thread
+    per run, called from two threads; the results are those of a single replica, in input
+    order, with a broken file reported in its place and nothing else lost."""
+    import threading
+
+    from PIL import Image
+
+    import fpncli.modeling.exported as X
+    from fpncli.engine.predict import predict_images
+    from fpncli.modeling.exported import load_exported
+
+    _, summaries = exported
+    g = torch.Generator().manual_seed(5)
+    paths = []
+    for i, (h, w) in enumerate(((60, 80), (81, 47), (33, 90), (70, 70), (96, 64))):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()).save(path)
+        paths.append(path)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    paths.insert(2, tmp_path / "broken.png")
+
+    made, callers = [], set()
+    real = X.onnx_session
+
+    def counting(model, threads=None):
+        made.append(threads)
+        session = real(model, threads)
+
+        class Spy:
+            def run(self, *args):
+                callers.add(threading.get_ident())
+                return session.run(*args)
+
+        return Spy()
+
+    monkeypatch.setattr(X, "onnx_session", counting)
+    model = load_exported(summaries["onnx"].out)
+    assert model.runs_in_threads
+    two = list(predict_images(model, paths, cpu_processes=2))
+    assert made == [1] and len(callers) == 2 and threading.get_ident() not in callers
+    one = list(predict_images(load_exported(summaries["onnx"].out), paths, workers=0, batch_size=1))
+    assert [r.path for r in two] == [r.path for r in one] == paths
+    assert two[2].error is not None and "broken.png" in two[2].error
+    assert sum(len(r.scores) for r in two) > 0
+    for a, b in zip(one, two):
+        assert (a.error is None) == (b.error is None)
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.boxes, b.boxes)
+    assert list(predict_images(load_exported(summaries["onnx"].out), [], cpu_processes=2)) == []
 
 
 def test_eval_runs_exported_file(exported, tmp_path):
@@ -258,10 +292,19 @@ _SMALL = {"nasfpn_stacks": 1, "bifpn_repeats": 1}
 
 
 @pytest.mark.parametrize("neck,pooling", _neck_cases())
-def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one_thread, tmp_path):
+def test_every_neck_exports_equal_or_is_refused_with_a_reason(
+    neck, pooling, one_thread, tmp_path, export_config, monkeypatch
+):
     """Each neck x RoI pooling exports to both formats with detections equal to PyTorch on a
-    landscape and a portrait image, or is refused (REFUSED) with a one-line reason."""
+    landscape and a portrait image, or is refused (REFUSED) with a one-line reason. ONNX as
+    ``fpn export`` writes it: with Winograd 3x3 convolutions, here on every eligible conv of
+    the narrow test model (a real one swaps its 256-channel ones)."""
     import dataclasses
+
+    import fpncli.modeling.winograd_graph as W
+
+    monkeypatch.setattr(W, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(W, "MAX_CHANNELS", 10_000)
 
     from fpncli.config import ModelConfig
     from fpncli.engine.export import REFUSED, _export_bytes, _reference, _runner, compare_detections
@@ -269,7 +312,7 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one
 
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     small = {k: v for k, v in _SMALL.items() if k in fields}
-    cfg = _tiny_config(neck=neck, roi_pooling=pooling, box_score_thresh=0.0, **small)
+    cfg = export_config(neck=neck, roi_pooling=pooling, box_score_thresh=0.0, **small)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
@@ -285,7 +328,7 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(neck, pooling, one
                 run_export(ExportOptions(str(ckpt), fmt, tmp_path / f"m{SUFFIX[fmt]}"))
             assert "\n" not in str(info.value) and not (tmp_path / f"m{SUFFIX[fmt]}").exists()
             continue
-        data = _export_bytes(model, fmt, {"version": 1}, f"{neck}-{pooling}")
+        data = _export_bytes(model, fmt, {"version": 1}, f"{neck}-{pooling}", winograd=fmt == "onnx")
         run = _runner(data, fmt)
         for image in images:
             checked = compare_detections(
@@ -424,7 +467,7 @@ def test_sac_switch_padding_traces_the_same_choice_at_every_size():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tmp_path):
+def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tmp_path, export_config):
     """A SAC backbone exports (ONNX) and so does the deformable one (TorchScript), equal to
     PyTorch on an image whose res4 maps reflect, as the traced one's do, and on a thin one
     whose res4 maps have 2 rows and replicate; ONNX refuses the deformable one in one line."""
@@ -433,7 +476,7 @@ def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tm
     from fpncli.modeling.detector import build_model
 
     options = {"sac": True} if fmt == "onnx" else {"sac": True, "sac_deform": True}
-    cfg = _tiny_config(box_score_thresh=0.0, **options)
+    cfg = export_config(box_score_thresh=0.0, **options)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     run = _runner(_export_bytes(model, fmt, {"version": 1}, "sac"), fmt)
@@ -447,7 +490,7 @@ def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tm
     if fmt == "onnx":
         from fpncli.engine.export import run_export
 
-        deform = save_checkpoint(tmp_path / "d.pt", build_model(_tiny_config(sac=True, sac_deform=True)))
+        deform = save_checkpoint(tmp_path / "d.pt", build_model(export_config(sac=True, sac_deform=True)))
         with pytest.raises(FpnError, match="sac_deform True cannot be exported to onnx: ONNX has no") as info:
             run_export(ExportOptions(str(deform), fmt, tmp_path / "d.onnx"))
         assert "\n" not in str(info.value) and not (tmp_path / "d.onnx").exists()

@@ -50,6 +50,16 @@ def export(
         int | None, typer.Option(help="Resize the shorter side to this (model default).")
     ] = None,
     max_size: Annotated[int | None, typer.Option(help="Cap the longer side at this (model default).")] = None,
+    winograd: Annotated[
+        bool | None,
+        typer.Option(
+            "--winograd/--no-winograd",
+            help="ONNX: write the 3x3 convolutions with 256 channels as Winograd F(4x4,3x3), faster "
+            "in ONNX Runtime on the CPU (default for onnx); --no-winograd for runtimes with their "
+            "own fast convolutions (GPU, TensorRT).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-image check lines.")] = False,
 ) -> None:
     from fpncli.engine.export import BOX_TOL, SCORE_TOL, ExportOptions, run_export
@@ -72,6 +82,7 @@ def export(
         max_dets=max_dets,
         min_size=min_size,
         max_size=max_size,
+        winograd=winograd,
     )
 
     def show(event: dict) -> None:

@@ -57,6 +57,9 @@ class ExportOptions:
     max_dets: int | None = None
     min_size: int | None = None
     max_size: int | None = None
+    # ONNX: the wide 3x3 convolutions as Winograd F(4x4, 3x3) (fpncli.modeling.winograd_graph);
+    # None = yes for onnx. TorchScript runs PyTorch's own convolutions.
+    winograd: bool | None = None
 
 
 @dataclass
@@ -277,11 +280,15 @@ def _runner(data: bytes, fmt: str) -> Any:
     return run_ts
 
 
-def _export_bytes(model: FPNFasterRCNN, fmt: str, meta: dict[str, Any], weights: str) -> bytes:
+def _export_bytes(
+    model: FPNFasterRCNN, fmt: str, meta: dict[str, Any], weights: str, winograd: bool = False
+) -> bytes:
     from fpncli.modeling.export import onnx_bytes, torchscript_bytes
 
     try:
-        return (onnx_bytes if fmt == "onnx" else torchscript_bytes)(model, meta)
+        if fmt == "onnx":
+            return onnx_bytes(model, meta, winograd=winograd)
+        return torchscript_bytes(model, meta)
     except FpnError:
         raise
     except Exception as exc:  # an op the exporter lacks: say which model and why, in one line
@@ -347,6 +354,9 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         raise FpnError(f"{out}: an ONNX file must end in .onnx (fpn detect --weights recognises it by that)")
     if fmt == "torchscript" and out.suffix.lower() == ".onnx":
         raise FpnError(f"{out}: a TorchScript file must not end in .onnx (use .torchscript or .pt)")
+    winograd = options.winograd if options.winograd is not None else fmt == "onnx"
+    if winograd and fmt != "onnx":
+        raise FpnError("--winograd is for ONNX; a TorchScript file runs PyTorch's own convolutions")
     if options.check_images is not None and not Path(options.check_images).is_dir():
         raise FpnError(f"{options.check_images}: --check-images must be a folder of images")
     weights_file = options.weights if options.weights not in ("coco", "none") else None
@@ -398,7 +408,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         images += extra
 
     start = time.perf_counter()
-    data = _export_bytes(model, fmt, _metadata(model, fmt, loaded.source), options.weights)
+    data = _export_bytes(model, fmt, _metadata(model, fmt, loaded.source), options.weights, winograd)
     summary.export_seconds = time.perf_counter() - start
     if progress is not None:
         progress({"event": "exported", "seconds": summary.export_seconds, "total": len(images)})
@@ -413,9 +423,17 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
                 f"self-check failed on {name}: the exported model raised ({first}); nothing written"
             ) from None
         ref = _reference(model, image)
-        checked = compare_detections(
-            name, ref, got, cfg.box_score_thresh, cfg.box_detections_per_img, cfg.class_names
-        )
+        try:
+            checked = compare_detections(
+                name, ref, got, cfg.box_score_thresh, cfg.box_detections_per_img, cfg.class_names
+            )
+        except FpnError as exc:
+            if not winograd:
+                raise
+            raise FpnError(
+                f"{exc} (the graph computes its wide 3x3 convolutions by Winograd; "
+                "--no-winograd exports direct ones)"
+            ) from None
         checked.height, checked.width = int(image.shape[0]), int(image.shape[1])
         summary.images.append(checked)
         if progress is not None:
@@ -423,19 +441,21 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     if not any(c.detections == 0 for c in summary.images):
         # No image of the set came out empty for this model: prove the empty case on a copy
         # of the graph whose threshold no score passes (ONNX Runtime used to fail there).
-        summary.images.append(_check_empty(model, fmt, images[0], options.weights))
+        summary.images.append(_check_empty(model, fmt, images[0], options.weights, winograd))
     summary.check_seconds = time.perf_counter() - start
     atomic_write(out, lambda f: f.write(data), binary=True)
     summary.size_bytes = len(data)
     return summary
 
 
-def _check_empty(model: FPNFasterRCNN, fmt: str, named: tuple[str, Tensor], weights: str) -> CheckedImage:
+def _check_empty(
+    model: FPNFasterRCNN, fmt: str, named: tuple[str, Tensor], weights: str, winograd: bool
+) -> CheckedImage:
     """Export ``model`` with score threshold 1.0 (``score > 1`` is never true) and check that
     the graph returns empty outputs, as PyTorch does, instead of failing."""
     name, image = named
     with model.inference_limits(score_thresh=1.0):
-        data = _export_bytes(model, fmt, _metadata(model, fmt, "empty-output probe"), weights)
+        data = _export_bytes(model, fmt, _metadata(model, fmt, "empty-output probe"), weights, winograd)
         ref = _reference(model, image)
     try:
         got = _runner(data, fmt)(image)

@@ -14,7 +14,9 @@ size changes the speed, never the output.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -134,7 +136,7 @@ class _DetectInWorker(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[_Item, dict[str, Tensor] | None]:
-        if torch.get_num_threads() != self.threads:
+        if self.threads and torch.get_num_threads() != self.threads:  # 0: leave them be
             torch.set_num_threads(self.threads)
         item = self.files[index]
         if item.error is not None:
@@ -233,7 +235,10 @@ def predict_images(
         max_pixels = default_max_pixels()  # read here: a bad $FPN_MAX_PIXELS fails once, up front
     dataset = _ImageFiles(files, model, max_pixels, keep_images)
     if cpu_processes > 0 and device.type == "cpu":
-        yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
+        if getattr(model, "runs_in_threads", False):
+            yield from _predict_in_threads(model, dataset, cpu_processes, on_result)
+        else:
+            yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
         return
     loader = DataLoader(
         dataset,
@@ -332,21 +337,52 @@ def _predict_in_processes(
         shuffle=False,
         prefetch_factor=1,
     )
-    empty = torch.zeros((0,))
     for item, out in loader:
-        path = files.paths[item.position]
-        if out is None:
-            result = ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
-        else:
-            result = ImageResult(
-                path,
-                item.size[1],
-                item.size[0],
-                out["boxes"].float(),
-                out["scores"].float(),
-                out["labels"],
-                image=item.original,
-            )
+        result = _replica_result(files, item, out)
         if on_result is not None:
             on_result(result)
         yield result
+
+
+def _predict_in_threads(
+    model: FPNFasterRCNN,
+    files: _ImageFiles,
+    threads: int,
+    on_result: Callable[[ImageResult], None] | None,
+) -> Iterator[ImageResult]:
+    """:func:`_predict_in_processes` with threads of this process as the replicas, for a
+    model that runs without the GIL and serves concurrent calls (an exported ONNX model: one
+    ONNX Runtime session, optimised once, one copy of the weights; see
+    ``ExportedDetector.runs_in_threads``). At most two images per thread are in flight."""
+    model.share_between_threads()  # ExportedDetector (runs_in_threads)
+    replica = _DetectInWorker(files, model, threads=0)
+    with ThreadPoolExecutor(threads, thread_name_prefix="fpn-detect") as pool:
+        pending: deque[Future[tuple[_Item, dict[str, Tensor] | None]]] = deque()
+        submitted = 0
+        while submitted < len(files) or pending:
+            while submitted < len(files) and len(pending) < 2 * threads:
+                pending.append(pool.submit(replica.__getitem__, submitted))
+                submitted += 1
+            item, out = pending.popleft().result()
+            result = _replica_result(files, item, out)
+            if on_result is not None:
+                on_result(result)
+            yield result
+
+
+def _replica_result(files: _ImageFiles, item: _Item, out: dict[str, Tensor] | None) -> ImageResult:
+    """The :class:`ImageResult` of one image a replica read and detected (``out`` None: it
+    could not, and ``item.error`` says why)."""
+    path = files.paths[item.position]
+    if out is None:
+        empty = torch.zeros((0,))
+        return ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
+    return ImageResult(
+        path,
+        item.size[1],
+        item.size[0],
+        out["boxes"].float(),
+        out["scores"].float(),
+        out["labels"],
+        image=item.original,
+    )

@@ -149,14 +149,21 @@ def _example_image() -> Tensor:
     return torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8, generator=g)
 
 
-def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any]) -> bytes:
+def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: bool = False) -> bytes:
     """The ONNX file of ``ExportableDetector(model)``: the TorchScript-based exporter
     (``dynamo=False``; the dynamo exporter cannot trace torchvision's detection heads), opset
     :data:`ONNX_OPSET`, input ``image`` ``uint8[H, W, 3]`` with dynamic H and W, outputs
     ``boxes float32[N, 4]``, ``scores float32[N]``, ``labels int64[N]``; ``metadata`` stored
-    as JSON in ``metadata_props`` (needs the ``onnx`` package)."""
+    as JSON in ``metadata_props`` (needs the ``onnx`` package).
+
+    ``winograd``: BatchNorm folded into the convolutions and the wide 3x3 ones written as
+    Winograd F(4x4, 3x3) (:mod:`fpncli.modeling.winograd_graph`), on a copy of ``model``; the
+    metadata then records how many (``winograd_convs``)."""
     import onnx
 
+    if winograd:
+        model, swapped = winograd_copy(model)
+        metadata = {**metadata, "winograd_convs": swapped}
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
     # Tracing warns about every Python number it freezes and that torch.jit is deprecated;
@@ -185,6 +192,21 @@ def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any]) -> bytes:
         entry.key, entry.value = key, value
     proto.producer_name = "fpncli"
     return proto.SerializeToString()
+
+
+def winograd_copy(model: FPNFasterRCNN) -> tuple[FPNFasterRCNN, int]:
+    """``(copy, swapped)``: a copy of ``model`` in eval mode with BatchNorm folded into its
+    convolutions (ONNX Runtime would fuse a BatchNorm into a direct Conv, not into the
+    Winograd graph) and its wide 3x3 convolutions, ``swapped`` of them, as
+    :class:`~fpncli.modeling.winograd_graph.WinogradGraphConv`."""
+    import copy
+
+    from fpncli.modeling.optimize import fold_batchnorm
+    from fpncli.modeling.winograd_graph import use_winograd_graph
+
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model)
+    return model, use_winograd_graph(model)
 
 
 def torchscript_bytes(model: FPNFasterRCNN, metadata: dict[str, Any]) -> bytes:
