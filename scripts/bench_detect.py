@@ -14,11 +14,13 @@ other work hits both alike.
         annotated images written).
 
     (c) exported (``--export onnx``, the default; ``torchscript``; ``none`` skips it): the
-        same weights through ``fpn export`` (self-check included, timed apart), then
-        ``run_detect`` with ``--weights model.onnx``: the same pipeline, each worker process
-        running its own ONNX Runtime session (1 intra-op thread per process, every graph
-        optimisation: see ``fpncli.modeling.exported.onnx_session``). ``--export-workers 0``
-        runs one process instead, whose session uses all of torch's threads.
+        same weights through ``fpn export`` (self-check included, timed apart; ONNX with its
+        default Winograd 3x3 convolutions, ``fpncli.modeling.winograd_graph``), then
+        ``run_detect`` with ``--weights model.onnx``: the same pipeline, its replicas threads
+        sharing one ONNX Runtime session (1 intra-op thread per run, every graph
+        optimisation: see ``fpncli.modeling.exported.onnx_session``; TorchScript replicas
+        are worker processes). ``--export-workers 0`` runs one replica instead, whose
+        session uses all of torch's threads.
 
 It prints images/s for each, the ratio, the CPU seconds per image (this process and its
 workers; steadier than wall time on a shared machine), the peak resident memory during each (process plus workers; pages shared after fork count once per process)
