@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from fpncli.errors import FpnError
-from fpncli.modeling.winograd_graph import WinogradGraphConv, eligible, use_winograd_graph
+from fpncli.modeling.winograd_graph import (
+    POINTS,
+    WinogradGraphConv,
+    eligible,
+    toom_cook_matrices,
+    use_winograd_graph,
+)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -35,6 +41,27 @@ def _onnx_session(module: nn.Module, channels: int):
         )
     ops = {n.op_type for n in onnx.load_from_string(buffer.getvalue()).graph.node}
     return ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"]), ops
+
+
+@pytest.mark.parametrize("points", [POINTS, (0.0, 1.0, -1.0, 2.0, -2.0)], ids=["chosen", "lavin"])
+def test_toom_cook_matrices_compute_the_correlation_exactly(points):
+    """In float64, A^T ((G g) * (B^T d)) is the 4-output correlation of d with g; Lavin &
+    Gray's points give their published B^T."""
+    at, g, bt = toom_cook_matrices(points)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        d = torch.randn(6, dtype=torch.float64, generator=gen)
+        k = torch.randn(3, dtype=torch.float64, generator=gen)
+        want = torch.stack([(d[i : i + 3] * k).sum() for i in range(4)])
+        torch.testing.assert_close(at @ ((g @ k) * (bt @ d)), want, atol=1e-12, rtol=0)
+    if points[3] == 2.0:
+        assert bt[0].tolist() == [4, 0, -5, 0, 1, 0] and bt[5].tolist() == [0, 4, 0, -5, 0, 1]
+
+
+def test_toom_cook_needs_five_distinct_points():
+    for bad in ((0.0, 1.0, -1.0, 2.0), (0.0, 1.0, 1.0, 2.0, -2.0)):
+        with pytest.raises(ValueError, match="5 distinct finite points"):
+            toom_cook_matrices(bad)
 
 
 def test_winograd_graph_equals_the_direct_convolution_at_every_size():
