@@ -82,7 +82,8 @@ def detect(
         int | None,
         typer.Option(
             help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
-            "CPU: each is a model replica that decodes and detects whole images; 0 = all in one process."
+            "CPU: each is a model replica that decodes and detects whole images (for an .onnx model, "
+            "threads sharing one session); 0 = all in one process."
         ),
     ] = None,
     device: DeviceOption = "auto",

@@ -356,7 +356,8 @@ def _predict_in_threads(
     ``ExportedDetector.runs_in_threads``). At most two images per thread are in flight."""
     model.share_between_threads()  # ExportedDetector (runs_in_threads)
     replica = _DetectInWorker(files, model, threads=0)
-    with ThreadPoolExecutor(threads, thread_name_prefix="fpn-detect") as pool:
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="fpn-detect")
+    try:
         pending: deque[Future[tuple[_Item, dict[str, Tensor] | None]]] = deque()
         submitted = 0
         while submitted < len(files) or pending:
@@ -368,6 +369,10 @@ def _predict_in_threads(
             if on_result is not None:
                 on_result(result)
             yield result
+    finally:
+        # Ctrl-C or a consumer that stops early: drop the queued images, let the running
+        # ones (a graph run cannot be interrupted) finish.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _replica_result(files: _ImageFiles, item: _Item, out: dict[str, Tensor] | None) -> ImageResult:
