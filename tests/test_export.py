@@ -132,7 +132,7 @@ def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monke
     (tmp_path / "broken.png").write_bytes(b"not an image")
     paths.insert(2, tmp_path / "broken.png")
 
-    made, callers = [], set()
+    made, callers, runs = [], set(), []
     real = X.onnx_session
 
     def counting(model, threads=None):
@@ -142,6 +142,7 @@ def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monke
         class Spy:
             def run(self, *args):
                 callers.add(threading.get_ident())
+                runs.append(1)
                 return session.run(*args)
 
         return Spy()
@@ -159,6 +160,13 @@ def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monke
         assert (a.error is None) == (b.error is None)
         assert torch.equal(a.labels, b.labels) and torch.equal(a.boxes, b.boxes)
     assert list(predict_images(load_exported(summaries["onnx"].out), [], cpu_processes=2)) == []
+    # A consumer that stops after one result (Ctrl-C does the same): the queued images are
+    # dropped, not run.
+    runs.clear()
+    stream = predict_images(load_exported(summaries["onnx"].out), paths * 4, cpu_processes=2)
+    next(stream)
+    stream.close()
+    assert 1 <= len(runs) <= 6 < len(paths) * 4
 
 
 def test_eval_runs_exported_file(exported, tmp_path):
