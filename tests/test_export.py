@@ -426,6 +426,28 @@ def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path, tiny_ch
         load_exported(fake)
 
 
+def test_broken_onnxruntime_is_not_called_missing(monkeypatch):
+    """An installed onnxruntime whose import fails (a broken install, or Ctrl-C during its
+    initialisation, which it turns into ImportError) says so, not "pip install"."""
+    import builtins
+
+    from fpncli.modeling.exported import import_onnxruntime
+
+    real = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("initialization failed")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(
+        FpnError, match=r"onnxruntime is installed but failed to import \(initialization failed\)"
+    ):
+        import_onnxruntime()
+
+
 def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint, monkeypatch):
     """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
     import fpncli.engine.export as E

@@ -159,9 +159,8 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
     model = load_detector(str(small_checkpoint)).model.eval()
     direct.write_bytes(onnx_bytes(model, {"version": 1}, winograd=False))
     assert "DepthToSpace" not in _graph_ops(direct)
-    assert "winograd_convs" not in json.loads(
-        {p.key: p.value for p in onnx.load(str(direct)).metadata_props}["fpncli_export"]
-    )
+    props = {p.key: p.value for p in onnx.load(str(direct)).metadata_props}
+    assert json.loads(props["fpncli_export"])["winograd_convs"] == 0
 
 
 def test_winograd_is_refused_for_torchscript_and_a_failed_check_names_the_way_out(
@@ -186,3 +185,16 @@ def test_winograd_is_refused_for_torchscript_and_a_failed_check_names_the_way_ou
         E.run_export(E.ExportOptions(str(small_checkpoint), "onnx", out))
     assert "self-check failed on" in str(info.value) and "\n" not in str(info.value)
     assert not out.exists()
+
+    def failing(data, fmt):  # a graph the runtime cannot run
+        def run(image):
+            raise RuntimeError("DepthToSpace: bad block size\nsecond line")
+
+        return run
+
+    monkeypatch.setattr(E, "_runner", failing)
+    with pytest.raises(
+        FpnError, match=r"model raised \(DepthToSpace: bad block size\).*--no-winograd"
+    ) as info:
+        E.run_export(E.ExportOptions(str(small_checkpoint), "onnx", out))
+    assert "\n" not in str(info.value) and not out.exists()

@@ -421,6 +421,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
             first = first_line(exc)
             raise FpnError(
                 f"self-check failed on {name}: the exported model raised ({first}); nothing written"
+                + _winograd_hint(winograd)
             ) from None
         ref = _reference(model, image)
         try:
@@ -428,12 +429,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
                 name, ref, got, cfg.box_score_thresh, cfg.box_detections_per_img, cfg.class_names
             )
         except FpnError as exc:
-            if not winograd:
-                raise
-            raise FpnError(
-                f"{exc} (the graph computes its wide 3x3 convolutions by Winograd; "
-                "--no-winograd exports direct ones)"
-            ) from None
+            raise FpnError(f"{exc}{_winograd_hint(winograd)}") from None
         checked.height, checked.width = int(image.shape[0]), int(image.shape[1])
         summary.images.append(checked)
         if progress is not None:
@@ -446,6 +442,13 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     atomic_write(out, lambda f: f.write(data), binary=True)
     summary.size_bytes = len(data)
     return summary
+
+
+def _winograd_hint(winograd: bool) -> str:
+    """What to add to a failed self-check of a Winograd graph: the way to a direct one."""
+    if not winograd:
+        return ""
+    return " (the graph computes its wide 3x3 convolutions by Winograd; --no-winograd exports direct ones)"
 
 
 def _check_empty(
@@ -463,6 +466,7 @@ def _check_empty(
         first = first_line(exc)
         raise FpnError(
             f"self-check failed: with no detections the exported model raised ({first}); nothing written"
+            + _winograd_hint(winograd)
         ) from None
     label = f"{name}, no detections (score threshold 1.0)"
     if len(ref["scores"]) or len(got[1]):

@@ -158,12 +158,13 @@ def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: bool = 
 
     ``winograd``: BatchNorm folded into the convolutions and the wide 3x3 ones written as
     Winograd F(4x4, 3x3) (:mod:`fpncli.modeling.winograd_graph`), on a copy of ``model``; the
-    metadata then records how many (``winograd_convs``)."""
+    metadata records how many (``winograd_convs``, 0 without)."""
     import onnx
 
+    swapped = 0
     if winograd:
         model, swapped = winograd_copy(model)
-        metadata = {**metadata, "winograd_convs": swapped}
+    metadata = {**metadata, "winograd_convs": swapped}
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
     # Tracing warns about every Python number it freezes and that torch.jit is deprecated;

@@ -52,8 +52,10 @@ def import_onnxruntime() -> Any:
     """``onnxruntime``, or one :class:`FpnError` saying what to install."""
     try:
         import onnxruntime
-    except ImportError:
+    except ModuleNotFoundError:
         raise FpnError(f"running or exporting ONNX models needs onnxruntime: {ONNX_INSTALL_HINT}") from None
+    except ImportError as exc:  # installed but broken (or its initialisation was interrupted)
+        raise FpnError(f"onnxruntime is installed but failed to import ({first_line(exc)})") from None
     return onnxruntime
 
 
@@ -67,7 +69,9 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    # Fatal only: a failing run raises, and fpncli reports it in one line; ONNX Runtime's own
+    # log lines (warnings about unused initialisers, the same error again) would only add noise.
+    opts.log_severity_level = 4
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
