@@ -19,8 +19,9 @@ other work hits both alike.
         ``run_detect`` with ``--weights model.onnx``: the same pipeline, its replicas threads
         sharing one ONNX Runtime session (1 intra-op thread per run, every graph
         optimisation: see ``fpncli.modeling.exported.onnx_session``; TorchScript replicas
-        are worker processes). ``--export-workers 0`` runs one replica instead, whose
-        session uses all of torch's threads.
+        are worker processes; ``--export-winograd`` gives TorchScript fpn detect's folded
+        BatchNorm and NNPACK convolutions). ``--export-workers 0`` runs one replica
+        instead, whose session uses all of torch's threads.
 
 It prints images/s for each, the ratio, the CPU seconds per image (this process and its
 workers; steadier than wall time on a shared machine), the peak resident memory during each (process plus workers; pages shared after fork count once per process)
@@ -400,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="--workers for the exported arm (default: fpn detect's)",
     )
+    parser.add_argument(
+        "--export-winograd",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fpn export --winograd/--no-winograd (default: fpn export's, on for onnx, off for torchscript)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -441,7 +448,14 @@ def main(argv: list[str] | None = None) -> int:
             exported = Path(tmp) / f"model.{args.export}"
             with Timed() as t:
                 done = run_export(
-                    ExportOptions(str(weights), args.export, exported, min_size=args.size, max_size=max_size)
+                    ExportOptions(
+                        str(weights),
+                        args.export,
+                        exported,
+                        min_size=args.size,
+                        max_size=max_size,
+                        winograd=args.export_winograd,
+                    )
                 )
             print(
                 f"fpn export --format {args.export}: {t.wall:.1f} s (graph {done.export_seconds:.1f} s, "

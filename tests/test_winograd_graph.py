@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fpncli.errors import FpnError
+from fpncli.modeling.optimize import winograd_available
 from fpncli.modeling.winograd_graph import (
     POINTS,
     WinogradGraphConv,
@@ -163,15 +164,8 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
     assert json.loads(props["fpncli_export"])["winograd_convs"] == 0
 
 
-def test_winograd_is_refused_for_torchscript_and_a_failed_check_names_the_way_out(
-    small_checkpoint, tmp_path, wide_enough, monkeypatch
-):
+def test_a_failed_winograd_check_names_the_way_out(small_checkpoint, tmp_path, wide_enough, monkeypatch):
     import fpncli.engine.export as E
-
-    out = tmp_path / "m.torchscript"
-    with pytest.raises(FpnError, match="--winograd is for ONNX") as info:
-        E.run_export(E.ExportOptions(str(small_checkpoint), "torchscript", out, winograd=True))
-    assert "\n" not in str(info.value) and not out.exists()
 
     real = E._runner
 
@@ -198,3 +192,20 @@ def test_winograd_is_refused_for_torchscript_and_a_failed_check_names_the_way_ou
     ) as info:
         E.run_export(E.ExportOptions(str(small_checkpoint), "onnx", out))
     assert "\n" not in str(info.value) and not out.exists()
+
+
+@pytest.mark.skipif(not winograd_available(), reason="this PyTorch build has no NNPACK")
+def test_torchscript_winograd_is_fpn_detects_model_and_off_by_default(small_checkpoint, tmp_path, one_thread):
+    """TorchScript --winograd traces the model as fpn detect runs it (BatchNorm folded, NNPACK
+    Winograd), passes the self-check and says so in its metadata; by default the file keeps
+    plain convolutions (it may run on a GPU)."""
+    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.modeling.exported import read_metadata
+
+    fast = run_export(ExportOptions(str(small_checkpoint), "torchscript", tmp_path / "f.pt", winograd=True))
+    plain = run_export(ExportOptions(str(small_checkpoint), "torchscript", tmp_path / "p.pt"))
+    assert sum(c.detections for c in fast.images) > 0
+    meta, module = read_metadata(fast.out)
+    assert meta["winograd_convs"] > 0 and "_nnpack_spatial_convolution" in str(module.inlined_graph)
+    meta, module = read_metadata(plain.out)
+    assert meta["winograd_convs"] == 0 and "_nnpack_spatial_convolution" not in str(module.inlined_graph)

@@ -55,8 +55,9 @@ def export(
         typer.Option(
             "--winograd/--no-winograd",
             help="ONNX: write the 3x3 convolutions with 256 channels as Winograd F(4x4,3x3), faster "
-            "in ONNX Runtime on the CPU (default for onnx); --no-winograd for runtimes with their "
-            "own fast convolutions (GPU, TensorRT).",
+            "in ONNX Runtime on the CPU (default for onnx; --no-winograd for runtimes with their "
+            "own fast convolutions: GPU, TensorRT). TorchScript: fold BatchNorm and use NNPACK's "
+            "Winograd as fpn detect does (off by default: the file then runs on CPUs only).",
             show_default=False,
         ),
     ] = None,

@@ -57,8 +57,9 @@ class ExportOptions:
     max_dets: int | None = None
     min_size: int | None = None
     max_size: int | None = None
-    # ONNX: the wide 3x3 convolutions as Winograd F(4x4, 3x3) (fpncli.modeling.winograd_graph);
-    # None = yes for onnx. TorchScript runs PyTorch's own convolutions.
+    # ONNX: the wide 3x3 convolutions as Winograd F(4x4, 3x3) (fpncli.modeling.winograd_graph).
+    # TorchScript: BatchNorm folded and NNPACK's Winograd, as fpn detect (a CPU-only file).
+    # None = yes for onnx, no for torchscript.
     winograd: bool | None = None
 
 
@@ -288,7 +289,7 @@ def _export_bytes(
     try:
         if fmt == "onnx":
             return onnx_bytes(model, meta, winograd=winograd)
-        return torchscript_bytes(model, meta)
+        return torchscript_bytes(model, meta, winograd=winograd)
     except FpnError:
         raise
     except Exception as exc:  # an op the exporter lacks: say which model and why, in one line
@@ -354,9 +355,9 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         raise FpnError(f"{out}: an ONNX file must end in .onnx (fpn detect --weights recognises it by that)")
     if fmt == "torchscript" and out.suffix.lower() == ".onnx":
         raise FpnError(f"{out}: a TorchScript file must not end in .onnx (use .torchscript or .pt)")
+    # ONNX: on by default (the graph runs anywhere). TorchScript: NNPACK ties the file to the
+    # CPU, so only when asked.
     winograd = options.winograd if options.winograd is not None else fmt == "onnx"
-    if winograd and fmt != "onnx":
-        raise FpnError("--winograd is for ONNX; a TorchScript file runs PyTorch's own convolutions")
     if options.check_images is not None and not Path(options.check_images).is_dir():
         raise FpnError(f"{options.check_images}: --check-images must be a folder of images")
     weights_file = options.weights if options.weights not in ("coco", "none") else None
@@ -448,7 +449,7 @@ def _winograd_hint(winograd: bool) -> str:
     """What to add to a failed self-check of a Winograd graph: the way to a direct one."""
     if not winograd:
         return ""
-    return " (the graph computes its wide 3x3 convolutions by Winograd; --no-winograd exports direct ones)"
+    return " (the graph computes 3x3 convolutions by Winograd; --no-winograd exports direct ones)"
 
 
 def _check_empty(

@@ -210,10 +210,25 @@ def winograd_copy(model: FPNFasterRCNN) -> tuple[FPNFasterRCNN, int]:
     return model, use_winograd_graph(model)
 
 
-def torchscript_bytes(model: FPNFasterRCNN, metadata: dict[str, Any]) -> bytes:
+def torchscript_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: bool = False) -> bytes:
     """The TorchScript archive of ``ExportableDetector(model)`` (traced: ``torch.jit.script``
     cannot compile torchvision's detection heads with fpncli's necks), loadable with plain
-    ``torch.jit.load``; ``metadata`` as JSON in the extra file :data:`TORCHSCRIPT_METADATA`."""
+    ``torch.jit.load``; ``metadata`` as JSON in the extra file :data:`TORCHSCRIPT_METADATA`.
+
+    ``winograd``: the model as ``fpn detect`` runs it on the CPU (BatchNorm folded, 3x3
+    stride-1 convolutions through NNPACK's Winograd, :mod:`fpncli.modeling.optimize`), on a
+    copy; the file then runs on CPUs only. The metadata records how many convolutions
+    (``winograd_convs``, 0 without)."""
+    swapped = 0
+    if winograd:
+        from fpncli.errors import FpnError
+        from fpncli.modeling.optimize import WinogradConv2d, optimize_for_inference, winograd_available
+
+        if not winograd_available():
+            raise FpnError("--winograd for TorchScript needs NNPACK, which this PyTorch build lacks")
+        model = optimize_for_inference(model, winograd=True)
+        swapped = sum(isinstance(m, WinogradConv2d) for m in model.modules())
+    metadata = {**metadata, "winograd_convs": swapped}
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
     # Tracing warns about every Python number it freezes and that torch.jit is deprecated;
