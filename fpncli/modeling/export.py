@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
+from fpncli.errors import FpnError
+
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
 
@@ -200,13 +202,10 @@ def winograd_copy(model: FPNFasterRCNN) -> tuple[FPNFasterRCNN, int]:
     convolutions (ONNX Runtime would fuse a BatchNorm into a direct Conv, not into the
     Winograd graph) and its wide 3x3 convolutions, ``swapped`` of them, as
     :class:`~fpncli.modeling.winograd_graph.WinogradGraphConv`."""
-    import copy
-
-    from fpncli.modeling.optimize import fold_batchnorm
+    from fpncli.modeling.optimize import optimize_for_inference
     from fpncli.modeling.winograd_graph import use_winograd_graph
 
-    model = copy.deepcopy(model).eval()
-    fold_batchnorm(model)
+    model = optimize_for_inference(model, winograd=False)  # a copy, eval mode, BatchNorm folded
     return model, use_winograd_graph(model)
 
 
@@ -221,13 +220,12 @@ def torchscript_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: 
     (``winograd_convs``, 0 without)."""
     swapped = 0
     if winograd:
-        from fpncli.errors import FpnError
-        from fpncli.modeling.optimize import WinogradConv2d, optimize_for_inference, winograd_available
+        from fpncli.modeling.optimize import optimize_for_inference, use_winograd, winograd_available
 
         if not winograd_available():
             raise FpnError("--winograd for TorchScript needs NNPACK, which this PyTorch build lacks")
-        model = optimize_for_inference(model, winograd=True)
-        swapped = sum(isinstance(m, WinogradConv2d) for m in model.modules())
+        model = optimize_for_inference(model, winograd=False)  # a copy, eval mode, BatchNorm folded
+        swapped = use_winograd(model)
     metadata = {**metadata, "winograd_convs": swapped}
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
