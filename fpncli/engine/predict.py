@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,11 +337,7 @@ def _predict_in_processes(
         shuffle=False,
         prefetch_factor=1,
     )
-    for item, out in loader:
-        result = _replica_result(files, item, out)
-        if on_result is not None:
-            on_result(result)
-        yield result
+    yield from _replica_results(files, loader, on_result)
 
 
 def _predict_in_threads(
@@ -353,41 +349,55 @@ def _predict_in_threads(
     """:func:`_predict_in_processes` with threads of this process as the replicas, for a
     model that runs without the GIL and serves concurrent calls (an exported ONNX model: one
     ONNX Runtime session, optimised once, one copy of the weights; see
-    ``ExportedDetector.runs_in_threads``). At most two images per thread are in flight."""
+    ``ExportedDetector.runs_in_threads``)."""
     model.share_between_threads()  # ExportedDetector (runs_in_threads)
     replica = _DetectInWorker(files, model, threads=0)
+    yield from _replica_results(files, _run_in_threads(replica, len(files), threads), on_result)
+
+
+_Detected = tuple[_Item, "dict[str, Tensor] | None"]
+
+
+def _run_in_threads(replica: _DetectInWorker, count: int, threads: int) -> Iterator[_Detected]:
+    """``replica[0] .. replica[count - 1]`` run by ``threads`` threads, yielded in order; at
+    most two items per thread are in flight."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="fpn-detect")
     try:
-        pending: deque[Future[tuple[_Item, dict[str, Tensor] | None]]] = deque()
+        pending: deque[Future[_Detected]] = deque()
         submitted = 0
-        while submitted < len(files) or pending:
-            while submitted < len(files) and len(pending) < 2 * threads:
+        while submitted < count or pending:
+            while submitted < count and len(pending) < 2 * threads:
                 pending.append(pool.submit(replica.__getitem__, submitted))
                 submitted += 1
-            item, out = pending.popleft().result()
-            result = _replica_result(files, item, out)
-            if on_result is not None:
-                on_result(result)
-            yield result
+            yield pending.popleft().result()
     finally:
         # Ctrl-C or a consumer that stops early: drop the queued images, let the running
         # ones (a graph run cannot be interrupted) finish.
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _replica_result(files: _ImageFiles, item: _Item, out: dict[str, Tensor] | None) -> ImageResult:
-    """The :class:`ImageResult` of one image a replica read and detected (``out`` None: it
-    could not, and ``item.error`` says why)."""
-    path = files.paths[item.position]
-    if out is None:
-        empty = torch.zeros((0,))
-        return ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
-    return ImageResult(
-        path,
-        item.size[1],
-        item.size[0],
-        out["boxes"].float(),
-        out["scores"].float(),
-        out["labels"],
-        image=item.original,
-    )
+def _replica_results(
+    files: _ImageFiles,
+    detected: Iterable[_Detected],
+    on_result: Callable[[ImageResult], None] | None,
+) -> Iterator[ImageResult]:
+    """The :class:`ImageResult` of each image a replica read and detected, in order (``out``
+    None: it could not, and ``item.error`` says why), reported to ``on_result`` as yielded."""
+    empty = torch.zeros((0,))
+    for item, out in detected:
+        path = files.paths[item.position]
+        if out is None:
+            result = ImageResult(path, 0, 0, empty.reshape(0, 4), empty, empty.long(), error=item.error)
+        else:
+            result = ImageResult(
+                path,
+                item.size[1],
+                item.size[0],
+                out["boxes"].float(),
+                out["scores"].float(),
+                out["labels"],
+                image=item.original,
+            )
+        if on_result is not None:
+            on_result(result)
+        yield result
