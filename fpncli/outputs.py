@@ -4,12 +4,16 @@ Every command names its outputs (files and folders) and its inputs; :func:`check
 refuses, with one line naming the path, an output that is one of the inputs (it would be
 replaced), a folder where a file is expected or a file where a folder is expected, and a
 place this user cannot write to.
+
+Files named after the inputs (annotated copies) are chosen by :func:`safe_targets`, which
+never picks an input or a file that the folder's ledger (:func:`record_outputs`) does not
+list as written by this tool.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from fpncli.errors import FpnError
@@ -76,3 +80,76 @@ def check_outputs(
                     f"writing it would destroy that input; choose another output path"
                 )
         _check_writable(file, "the file")
+
+
+# --------------------------------------------------------------------------- derived names
+
+# A command that writes files named after its inputs (fpn detect's annotated images and
+# videos) lists them in this file in its output folder, before it writes them. That list,
+# and nothing else, says which files there are ours: a later run may replace them and skips
+# them when it looks for inputs; every other file is the user's and is never replaced.
+LEDGER_NAME = ".fpn-outputs.json"
+
+
+def read_ledger(folder: PathLike) -> set[Path]:
+    """The files an earlier run listed as its own in ``folder`` (resolved paths; empty when
+    there is no ledger or it cannot be read: then nothing there counts as ours)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        entries = json.loads((folder / LEDGER_NAME).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    root = Path(os.path.abspath(folder)).resolve()
+    return {(root / e).resolve() for e in entries if isinstance(e, str) and not os.path.isabs(e)}
+
+
+def record_outputs(folder: PathLike, files: Iterable[PathLike]) -> None:
+    """Add ``files`` (inside ``folder``) to ``folder``'s ledger, atomically; entries whose
+    files are gone are dropped. Call it before writing those files."""
+    from fpncli.atomic import write_json
+
+    folder = Path(folder)
+    root = Path(os.path.abspath(folder)).resolve()
+    kept = {p for p in read_ledger(folder) if p.exists()}
+    kept.update(Path(os.path.abspath(f)).resolve() for f in files)
+    entries = sorted(p.relative_to(root).as_posix() for p in kept if root in p.parents)
+    write_json(folder / LEDGER_NAME, {"written_by": "fpncli", "files": entries})
+
+
+def _derived_name(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}_det{'' if n == 1 else n}{path.suffix}")
+
+
+def safe_targets(
+    wanted: Sequence[PathLike], inputs: Iterable[PathLike], owned: Iterable[PathLike] = ()
+) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """Output paths that replace no input and no file this tool did not write.
+
+    Each wanted path is kept when it is free: not an input of the run, not another output
+    of the run, and either absent or listed in ``owned`` (an earlier run's ledger). Else it
+    becomes ``<stem>_det<suffix>``, ``<stem>_det2<suffix>``, ... (the first free one), so a
+    rerun picks the same names.
+
+    Returns:
+        The targets, in the order wanted, and ``(wanted, chosen)`` for each renamed one.
+    """
+    blocked = {Path(os.path.abspath(p)).resolve() for p in inputs}
+    ours = {Path(os.path.abspath(p)).resolve() for p in owned}
+    targets: list[Path] = []
+    renamed: list[tuple[Path, Path]] = []
+    for want in (Path(p) for p in wanted):
+        candidate, n = want, 0
+        while True:
+            key = Path(os.path.abspath(candidate)).resolve()
+            taken = key in blocked or ((candidate.exists() or candidate.is_symlink()) and key not in ours)
+            if not taken:
+                break
+            n += 1
+            candidate = _derived_name(want, n)
+        blocked.add(key)
+        targets.append(candidate)
+        if candidate != want:
+            renamed.append((want, candidate))
+    return targets, renamed

@@ -112,3 +112,30 @@ def make_targets():
         ]
 
     return targets
+
+
+@pytest.fixture
+def detect_weights(tmp_path, tiny_model) -> str:
+    """The tiny model saved as a checkpoint with a 0 score threshold, so that even a random
+    model yields detections to draw and count."""
+    from fpncli.checkpoint import save_checkpoint
+
+    tiny_model.config = tiny_model.config.replace(box_score_thresh=0.0)
+    return str(save_checkpoint(tmp_path / "tiny.pt", tiny_model))
+
+
+def _write_image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_image():
+    """``make_image(path, size=(64, 48), seed=0)``: a seeded noise RGB image at ``path``
+    (parent folders made, format from the suffix); returns ``path``."""
+    return _write_image

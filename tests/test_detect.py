@@ -12,8 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.detect import DetectOptions, expand_sources, output_paths, resolve_classes, run_detect
+from fpncli.data.sources import expand_sources
+from fpncli.engine.detect import DetectOptions, output_paths, resolve_classes, run_detect
 from fpncli.errors import FpnError
+from fpncli.outputs import LEDGER_NAME
 
 runner = CliRunner()
 
@@ -87,11 +89,12 @@ def test_output_paths_never_collide_nor_overwrite_inputs(tmp_path):
     a, b = tmp_path / "x" / "img.jpg", tmp_path / "y" / "img.jpg"
     for p in (a, b):
         _image(p)
-    out = output_paths([a, b], tmp_path / "out")
-    assert out == [tmp_path / "out" / "x" / "img.jpg", tmp_path / "out" / "y" / "img.jpg"]
-    # Output folder = input folder: the annotated copy gets a new name.
-    assert output_paths([a], tmp_path / "x") == [tmp_path / "x" / "img_det.jpg"]
-    assert output_paths([], tmp_path) == []
+    out, renamed = output_paths([a, b], tmp_path / "out")
+    assert out == [tmp_path / "out" / "x" / "img.jpg", tmp_path / "out" / "y" / "img.jpg"] and not renamed
+    # Output folder = input folder: the annotated copy gets a new name, and says so.
+    out, renamed = output_paths([a], tmp_path / "x")
+    assert out == [tmp_path / "x" / "img_det.jpg"] and renamed == [(a, out[0])]
+    assert output_paths([], tmp_path) == ([], [])
 
 
 def test_resolve_classes():
@@ -245,7 +248,12 @@ def test_bad_input_folder(tmp_path, weights):
         assert errors[name].startswith(str(folder / name))
         assert result.output.count(str(folder / name) + ":") == 1  # once in the summary
     assert "images failed" in result.output
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"good1.jpg", "good2.png", "predictions.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "good1.jpg",
+        "good2.png",
+        "predictions.json",
+        LEDGER_NAME,
+    }
 
 
 def test_all_good_exits_zero_and_json_to_stdout(tmp_path, weights):

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.cli.app import app
 from fpncli.errors import FpnError
+from fpncli.outputs import LEDGER_NAME
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,7 +262,8 @@ def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, we
     assert "1.png" in str(info.value)
     recorded = [r["file"] for r in json.loads((out / "predictions.json").read_text())["images"]]
     assert str(src[0]) in recorded and str(src[1]) in recorded
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporaries left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LEDGER_NAME]
 
 
 def test_failed_torch_save_is_one_line_and_keeps_the_old_file(tmp_path):
@@ -389,13 +391,16 @@ def test_brackets_in_file_names_print_verbatim(tmp_path, weights):
 
 
 def test_glob_sources_skip_earlier_outputs_under_out(tmp_path):
-    from fpncli.engine.detect import expand_sources
+    from fpncli.data.sources import expand_sources
+    from fpncli.outputs import record_outputs
 
     a = _image(tmp_path / "src" / "a.png")
-    _image(tmp_path / "src" / "det" / "a.png")  # an earlier run's annotated copy
-    _image(tmp_path / "src" / "det" / "det" / "a.png")
+    copy = _image(tmp_path / "src" / "det" / "a.png")  # an earlier run's annotated copy
+    nested = _image(tmp_path / "src" / "det" / "det" / "a.png")
+    user = _image(tmp_path / "src" / "det" / "b.png")  # the user's photo, not in the ledger
+    record_outputs(tmp_path / "src" / "det", [copy, nested])
     pattern = str(tmp_path / "src" / "**" / "*.png")
-    assert expand_sources([pattern], recursive=True, exclude=tmp_path / "src" / "det") == [a]
+    assert expand_sources([pattern], recursive=True, exclude=tmp_path / "src" / "det") == [a, user]
 
 
 def test_out_equal_to_the_input_folder_writes_det_copies_and_reruns(tmp_path, weights):

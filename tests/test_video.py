@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.detect import DetectOptions, expand_sources, run_detect
-from fpncli.engine.video import is_stream, stream_output_name
+from fpncli.data.sources import expand_sources
+from fpncli.data.video import is_stream, stream_output_name
+from fpncli.engine.detect import DetectOptions, run_detect
 from fpncli.errors import FpnError
 
 av = pytest.importorskip("av", reason='video tests need PyAV (pip install "fpncli[video]")')
@@ -186,3 +187,17 @@ def test_options_and_sources(tmp_path, monkeypatch):
     with pytest.raises(FpnError, match=r'pip install "fpncli\[video\]"'):
         run_detect([str(clip)], DetectOptions(weights="none", out_dir=tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_video_named_like_an_output_is_kept(tmp_path, weights):
+    """`fpn detect a.mp4 a_det.mp4 --out .` used to replace a_det.mp4 with a's copy."""
+    a, a_det = _video(tmp_path / "a.mp4", frames=2), _video(tmp_path / "a_det.mp4", frames=3)
+    before = [a.read_bytes(), a_det.read_bytes()]
+    summary = _run([a, a_det], tmp_path, weights)
+    assert [a.read_bytes(), a_det.read_bytes()] == before
+    assert [v["annotated"] for v in summary.predictions["videos"]] == [
+        str(tmp_path / "a_det2.mp4"),
+        str(tmp_path / "a_det_det.mp4"),
+    ]
+    assert _frames(tmp_path / "a_det2.mp4")[0] == 2 and _frames(tmp_path / "a_det_det.mp4")[0] == 3
+    assert len(summary.renamed) == 2

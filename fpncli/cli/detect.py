@@ -281,6 +281,15 @@ def _print_summary(summary) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if summary.renamed:
+        natural, chosen = summary.renamed[0]
+        err_console.print(
+            f"note: {len(summary.renamed)} annotated cop{'y' if len(summary.renamed) == 1 else 'ies'} "
+            f"renamed so as not to replace an input or a file fpncli did not write "
+            f"(e.g. {esc(natural)} -> {esc(chosen)}); predictions.json names each one",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"predictions: {summary.predictions_path}", highlight=False, markup=False)
     if summary.coco_results_path is not None:
         console.print(f"COCO results: {summary.coco_results_path}", highlight=False, markup=False)

@@ -2,7 +2,8 @@
 
 Outputs in ``out_dir``:
     predictions.json   ``{"images": [{"file", "width", "height", "detections": [{"box":
-                       [x1, y1, x2, y2], "score", "category_id", "label"}]}], "errors":
+                       [x1, y1, x2, y2], "score", "category_id", "label"}], "annotated"}],
+                       "errors":
                        [{"file", "error"}]}``; boxes in original-image pixels (EXIF
                        orientation applied). Rewritten atomically every few seconds, so it
                        is valid for the images done so far even after Ctrl-C, a crash or
@@ -11,14 +12,16 @@ Outputs in ``out_dir``:
     --coco-results     ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
     annotated images   one per readable input, at the input's path relative to the common
                        folder of all inputs (so equal names in different folders never
-                       collide), with ``_det`` added when that would be the input itself.
+                       collide), renamed ``<stem>_det`` (``_det2``, ...) where that path is
+                       an input of the run or a file this tool did not write.
+    .fpn-outputs.json  the ledger of the annotated files written here (see outputs.py):
+                       a later run replaces only those, and never reads them as inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import os
 import time
 from collections import Counter
@@ -29,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
-from fpncli.data.images import IMAGE_EXTENSIONS, is_image_file
+from fpncli.data.sources import expand_sources
+from fpncli.data.video import is_stream, is_video_file, stream_output_name
 from fpncli.engine.events import ProgressFn
-from fpncli.engine.video import VIDEO_EXTENSIONS, is_stream, is_video_file, stream_output_name
 from fpncli.errors import FpnError
-from fpncli.outputs import check_outputs
+from fpncli.outputs import check_outputs, read_ledger, record_outputs, safe_targets
 
 PREDICTIONS_FILE = "predictions.json"
-_GLOB_CHARS = set("*?[")
 # Rewriting predictions.json at most this often (and less often as it grows, see run_detect)
 # keeps a 10k-image run from spending its time rewriting the file.
 _FLUSH_SECONDS = 2.0
@@ -96,6 +98,9 @@ class DetectSummary:
     videos_total: int = 0
     videos_failed: int = 0  # could not be opened, or ended in a decoding error
     frames: int = 0  # video frames detected in
+    # (natural path, chosen path) of annotated copies renamed so as to replace no input
+    # and no file this tool did not write.
+    renamed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -103,134 +108,31 @@ class DetectSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-# --------------------------------------------------------------------------- sources
+def output_paths(
+    paths: Sequence[Path],
+    out_dir: Path,
+    streams: Sequence[str] = (),
+    reserved: Sequence[Path | str | None] = (),
+) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """Where the annotated copy of each input file, then of each stream, goes; and the
+    copies given another name than the natural one. ``reserved``: the run's other
+    inputs and output files.
 
-
-def expand_sources(
-    sources: Sequence[str | os.PathLike],
-    recursive: bool = False,
-    exclude: Path | None = None,
-    videos: bool = False,
-) -> list[Path]:
-    """Image paths from files, folders and glob patterns, in a stable order, without repeats.
-
-    ``videos``: folders and patterns also give video files (``engine/video.py``'s extensions).
-
-    A file is taken as given (whatever its extension: reading it will say if it is no
-    image); a folder gives its files with an image extension (``--recursive``: also in
-    sub-folders), sorted; a glob pattern gives its sorted matches (``**`` only with
-    ``recursive``). Files under ``exclude`` (the output folder) are skipped inside folders.
-
-    Raises:
-        FpnError: a source that does not exist or matches no image.
+    A file's copy goes to its path relative to the inputs' common folder, under
+    ``out_dir`` (equal names in different folders never collide); a stream's to
+    ``out_dir/<stream_output_name>``. A copy never replaces an input of the run
+    (``paths`` and ``reserved``), another copy, or a file that ``out_dir``'s ledger does
+    not list as ours: it becomes ``<stem>_det<suffix>`` (or ``_det2``, ...) instead, see
+    :func:`fpncli.outputs.safe_targets`.
     """
-    if not sources:
-        raise FpnError("no SOURCE given: pass image files, folders or glob patterns")
-    exclude_resolved = Path(os.path.abspath(exclude)).resolve() if exclude is not None else None
-    seen: set[Path] = set()
-    out: list[Path] = []
-
-    def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-
-    for source in sources:
-        text = os.fspath(source)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found = _folder_images(path, recursive, exclude_resolved, base=path, videos=videos)
-            if not found:
-                hint = "" if recursive else " (use --recursive to look in sub-folders)"
-                kinds = "images or videos" if videos else "images"
-                extensions = IMAGE_EXTENSIONS + (VIDEO_EXTENSIONS if videos else ())
-                raise FpnError(f"{text}: folder has no {kinds} ({', '.join(extensions)}){hint}")
-        elif path.exists() or path.is_symlink():
-            found = [path]
-        elif _GLOB_CHARS & set(text):
-            found = []
-            base = _glob_base(os.path.expanduser(text))
-            for match in sorted(glob.glob(os.path.expanduser(text), recursive=recursive)):
-                m = Path(match)
-                if m.is_dir():
-                    found.extend(_folder_images(m, recursive, exclude_resolved, base=base, videos=videos))
-                elif _is_input(m, videos) and not _own_output(m, exclude_resolved, base):
-                    found.append(m)
-            if not found:
-                raise FpnError(f"{text}: pattern matches no images")
-        else:
-            raise FpnError(f"{text}: no such file or folder")
-        for p in found:
-            add(p)
-    return out
-
-
-def _glob_base(pattern: str) -> Path:
-    """The folder a glob pattern starts from: its longest leading part without wildcards."""
-    parts = Path(pattern).parts
-    fixed = []
-    for part in parts:
-        if _GLOB_CHARS & set(part):
-            break
-        fixed.append(part)
-    if len(fixed) == len(parts):
-        fixed = fixed[:-1]
-    return Path(*fixed) if fixed else Path(".")
-
-
-def _own_output(path: Path, out_dir: Path | None, base: Path) -> bool:
-    """Whether ``path`` is an annotated image an earlier run wrote into ``out_dir``.
-
-    With ``out_dir`` inside the source folder (``base``), everything under it is ours. With
-    ``out_dir`` the source folder itself (or above it), inputs live there too: only a
-    ``<stem>_det<ext>`` beside its ``<stem><ext>`` is ours (see :func:`output_paths`).
-    """
-    if out_dir is None:
-        return False
-    resolved = Path(os.path.abspath(path)).resolve()
-    if out_dir not in resolved.parents:
-        return False
-    base_resolved = Path(os.path.abspath(base)).resolve()
-    if out_dir != base_resolved and base_resolved in out_dir.parents:
-        return True
-    stem = path.stem
-    return stem.endswith("_det") and path.with_name(stem[: -len("_det")] + path.suffix).exists()
-
-
-def _is_input(path: Path, videos: bool) -> bool:
-    return is_image_file(path) or (videos and is_video_file(path))
-
-
-def _folder_images(
-    folder: Path, recursive: bool, exclude: Path | None, base: Path | None = None, videos: bool = False
-) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    found = []
-    for p in sorted(folder.glob(pattern)):
-        if not _is_input(p, videos) or p.is_dir():
-            continue
-        if _own_output(p, exclude, base if base is not None else folder):
-            continue  # our own annotated images from an earlier run
-        found.append(p)
-    return found
-
-
-def output_paths(paths: Sequence[Path], out_dir: Path) -> list[Path]:
-    """Where the annotated copy of each input goes: its path relative to the inputs' common
-    folder, under ``out_dir``; ``<stem>_det<suffix>`` when that is an input file itself."""
-    if not paths:
-        return []
     absolute = [Path(os.path.abspath(p)) for p in paths]
-    common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-    inputs = {p.resolve() for p in absolute}
-    out = []
-    for p in absolute:
-        target = out_dir / p.relative_to(common)
-        if target.resolve() in inputs:
-            target = target.with_name(f"{target.stem}_det{target.suffix}")
-        out.append(target)
-    return out
+    wanted: list[Path] = []
+    if absolute:
+        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+        wanted = [out_dir / p.relative_to(common) for p in absolute]
+    wanted += [out_dir / stream_output_name(s) for s in streams]
+    others = [Path(p) for p in reserved if p is not None]
+    return safe_targets(wanted, [*absolute, *others], owned=read_ledger(out_dir))
 
 
 # --------------------------------------------------------------------------- classes
@@ -373,7 +275,7 @@ def run_detect(
     paths = [p for p in paths if not is_video_file(p)]
     videos: list[str] = [str(p) for p in video_files] + streams
     if videos:
-        from fpncli.engine.video import require_av
+        from fpncli.data.video import require_av
 
         require_av()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -435,16 +337,22 @@ def run_detect(
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
 
-    targets = output_paths(paths + video_files, out_dir) if options.draw else []
+    targets: list[Path] = []
     video_targets: list[Path | None] = [None] * len(videos)
+    renamed: list[tuple[Path, Path]] = []
     if options.draw:
-        targets, video_targets = (
-            targets[: len(paths)],
-            [
-                *targets[len(paths) :],
-                *(out_dir / stream_output_name(s) for s in streams),
+        planned, renamed = output_paths(
+            paths + video_files,
+            out_dir,
+            streams,
+            reserved=[
+                options.coco_annotations,
+                weights_file,
+                out_dir / PREDICTIONS_FILE,
+                options.coco_results,
             ],
         )
+        targets, video_targets = planned[: len(paths)], list(planned[len(paths) :])
     image_ids: dict[int, int] = {}
     unmatched: list[str] = []
     if options.coco_results is not None:
@@ -457,6 +365,7 @@ def run_detect(
         weights=source,
         predictions_path=predictions_path,
         coco_unmatched=unmatched,
+        renamed=[(str(a), str(b)) for a, b in renamed],
     )
     images: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = summary.errors
@@ -473,6 +382,9 @@ def run_detect(
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
 
+    if main and options.draw:
+        # Listed before they are written, so no later run takes them for the user's files.
+        record_outputs(out_dir, [t for t in [*targets, *video_targets] if t is not None])
     # A killed earlier run may have left temporaries of annotated images: clean each folder once.
     for folder in sorted({t.parent for t in [*targets, *video_targets] if t is not None}):
         remove_stale_temporaries(folder, any_name=True)
@@ -580,6 +492,8 @@ def run_detect(
                     "height": result.height,
                     "detections": detections,
                 }
+                if options.draw:
+                    record["annotated"] = str(targets[i])
                 if options.coco_results is not None and i in image_ids:
                     record["image_id"] = image_ids[i]
                     coco.extend(
@@ -650,8 +564,8 @@ def _detect_video(source: str, target: Path | None, run: _VideoRun) -> None:
     import torch
     from PIL import Image
 
+    from fpncli.data.video import VideoReader, VideoWriter
     from fpncli.engine.predict import ImageResult
-    from fpncli.engine.video import VideoReader, VideoWriter
     from fpncli.viz.draw import draw_detections
 
     summary, progress = run.summary, run.progress

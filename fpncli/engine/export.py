@@ -137,7 +137,7 @@ def _user_images(folder: Path, max_size: int, min_size: int) -> tuple[list[tuple
     from torchvision.transforms.functional import pil_to_tensor
 
     from fpncli.data.images import ImageReadError, model_size_problem, read_image
-    from fpncli.engine.detect import expand_sources
+    from fpncli.data.sources import expand_sources
 
     images, skipped = [], []
     for path in expand_sources([folder]):
