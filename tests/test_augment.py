@@ -12,13 +12,17 @@ from typer.testing import CliRunner
 
 from fpncli.cli.app import app
 from fpncli.engine.augment import (
+    MAX_VIEWS,
     AugmentedDetector,
     SliceSpec,
     TTASpec,
+    augmented,
     check_slice,
     parse_tta,
     plan_views,
+    tile_count,
     tile_windows,
+    view_count,
 )
 from fpncli.engine.detect import DetectOptions, run_detect
 from fpncli.errors import FpnError
@@ -220,3 +224,58 @@ def test_synth_size_option(tmp_path):
     assert Image.open(tmp_path / "d" / "val" / "000000.png").size == (96, 64)
     bad = runner.invoke(app, ["data", "synth", str(tmp_path / "e"), "--val", "1", "--size", "96"])
     assert bad.exit_code == 1 and "--size: expected WxH" in bad.output
+
+
+# ------------------------------------------------------------------ absurd settings are refused
+
+
+def test_view_and_tile_counts_match_the_plans():
+    for (w, h), size, overlap, tta in itertools.product(
+        [(1, 1), (96, 72), (500, 333), (1333, 800)],
+        [32, 96, 512],
+        [0.0, 0.2, 0.75],
+        [None, TTASpec(flip=True), TTASpec(scales=(0.5, 1.0, 700))],
+    ):
+        spec = SliceSpec(size, overlap)
+        assert tile_count(w, h, size, overlap) == len(tile_windows(w, h, size, overlap))
+        assert view_count(w, h, 800, spec, tta) == len(plan_views(w, h, 800, spec, tta))
+        assert view_count(w, h, 800, None, tta) == len(plan_views(w, h, 800, None, tta))
+
+
+def test_overlap_without_slice_and_tiles_too_dense_for_any_image_are_refused():
+    assert check_slice(None, None) is None and check_slice(64, None) == SliceSpec(64, 0.2)
+    with pytest.raises(FpnError, match="--slice-overlap has no effect without --slice"):
+        check_slice(None, 0.3)
+    # The hostile case: 200 px tiles one pixel apart took over 300 s on a 500x333 photo.
+    with pytest.raises(FpnError, match=r"an image of 400 px would already take 40,401 tiles"):
+        check_slice(200, 0.999)
+    assert check_slice(512, 0.9) == SliceSpec(512, 0.9)  # dense but sane
+
+
+def test_an_image_with_too_many_views_fails_alone(tiny_model):
+    model = AugmentedDetector(tiny_model, SliceSpec(32, 0.9))  # stride 3 px
+    assert model.size_problem(96, 72) is None
+    problem = model.size_problem(3000, 2000)
+    assert problem is not None and f"over the limit of {MAX_VIEWS:,}" in problem and "3000x2000" in problem
+
+
+def test_tta_scale_over_the_pixel_limit_is_refused_up_front(tiny_model):
+    with pytest.raises(FpnError, match=r"a 100,000 px shorter side is at least 10,000,000,000 pixels"):
+        augmented(tiny_model, None, parse_tta("scales=100000"))
+    with pytest.raises(FpnError, match="over the limit of 10,000"):
+        augmented(tiny_model, None, parse_tta("flip,scales=1:200"), max_pixels=10_000)
+    # Within the limit as a square, over it for a long image: that image alone fails.
+    model = augmented(tiny_model, None, parse_tta("scales=90"), max_pixels=9_000)
+    assert model.size_problem(64, 64) is None  # 90x90 = 8,100 pixels at that scale
+    assert "image becomes 112x89 pixels, over the limit of 9,000" in (model.size_problem(200, 160) or "")
+
+
+def test_detect_cli_refuses_overlap_without_slice_before_any_work(tmp_path):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    out = tmp_path / "o"
+    result = runner.invoke(
+        app, ["detect", str(img), "--weights", "none", "--out", str(out), "--slice-overlap", "0.5"]
+    )
+    assert result.exit_code == 1 and "--slice-overlap has no effect without --slice" in result.output
+    assert not out.exists()

@@ -100,7 +100,8 @@ SliceOption = Annotated[
     ),
 ]
 SliceOverlapOption = Annotated[
-    float, typer.Option(help="With --slice: tile overlap, a fraction of SIZE in [0, 1).")
+    float | None,
+    typer.Option(help="With --slice: tile overlap, a fraction of SIZE in [0, 1) (default 0.2)."),
 ]
 TTAOption = Annotated[
     str | None,

@@ -116,7 +116,7 @@ def detect(
         ),
     ] = True,
     slice_size: SliceOption = None,
-    slice_overlap: SliceOverlapOption = 0.2,
+    slice_overlap: SliceOverlapOption = None,
     tta: TTAOption = None,
     vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,

@@ -70,7 +70,7 @@ def eval_coco(
     ] = None,
     half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     slice_size: SliceOption = None,
-    slice_overlap: SliceOverlapOption = 0.2,
+    slice_overlap: SliceOverlapOption = None,
     tta: TTAOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")

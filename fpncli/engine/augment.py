@@ -44,6 +44,10 @@ _FACTOR_BELOW = 16
 _CUT_MARGIN = 2.0
 # Views per forward pass (only views of equal padded size share one).
 _VIEW_BATCH = 4
+# Views (tiles x scales x flips) of one image beyond which the settings are absurd: a 4000 px
+# photo in 512 px tiles at 0.2 overlap is 80 tiles, 480 views with flip and 3 scales.
+MAX_VIEWS = 4096
+DEFAULT_SLICE_OVERLAP = 0.2
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,28 @@ class TTASpec:
     scales: tuple[float, ...] = ()
 
 
-def check_slice(size: int | None, overlap: float = 0.2) -> SliceSpec | None:
-    """The slicing options as a spec (None without ``--slice``); one-line error when out of range."""
-    if not 0.0 <= overlap < 1.0:
+def check_slice(size: int | None, overlap: float | None = None) -> SliceSpec | None:
+    """The slicing options as a spec (None without ``--slice``); one-line error when out of
+    range, when ``--slice-overlap`` comes without ``--slice`` (it would do nothing), or when
+    the tiles are so dense that an image of two tiles' side would need over
+    :data:`MAX_VIEWS` of them."""
+    if overlap is not None and not 0.0 <= overlap < 1.0:
         raise FpnError(f"--slice-overlap must be in [0, 1), got {overlap}")
     if size is None:
+        if overlap is not None:
+            raise FpnError("--slice-overlap has no effect without --slice SIZE")
         return None
     if size < 1:
         raise FpnError(f"--slice must be at least 1 pixel, got {size}")
-    return SliceSpec(int(size), float(overlap))
+    spec = SliceSpec(int(size), DEFAULT_SLICE_OVERLAP if overlap is None else float(overlap))
+    tiles = tile_count(2 * spec.size, 2 * spec.size, spec.size, spec.overlap)
+    if tiles > MAX_VIEWS:
+        raise FpnError(
+            f"--slice {spec.size} --slice-overlap {spec.overlap:g}: an image of {2 * spec.size} px "
+            f"would already take {tiles:,} tiles (at most {MAX_VIEWS:,} views per image); "
+            f"use a smaller --slice-overlap"
+        )
+    return spec
 
 
 def parse_tta(text: str | None) -> TTASpec | None:
@@ -106,6 +123,19 @@ def parse_tta(text: str | None) -> TTASpec | None:
     return TTASpec(flip, scales)
 
 
+def _tile_stride(size: int, overlap: float) -> int:
+    return max(1, int(size * (1.0 - overlap)))
+
+
+def tile_count(width: int, height: int, size: int, overlap: float) -> int:
+    """``len(tile_windows(...))``, computed without making the windows."""
+
+    def per_side(length: int) -> int:
+        return 1 if length <= size else -(-(length - size) // _tile_stride(size, overlap)) + 1
+
+    return per_side(width) * per_side(height)
+
+
 def tile_windows(width: int, height: int, size: int, overlap: float) -> list[tuple[int, int, int, int]]:
     """``(x1, y1, x2, y2)`` tiles of ``size`` px covering a ``width`` x ``height`` image,
     neighbours overlapping by at least ``overlap`` of ``size``; the last row and column are
@@ -115,8 +145,7 @@ def tile_windows(width: int, height: int, size: int, overlap: float) -> list[tup
     def starts(length: int) -> list[int]:
         if length <= size:
             return [0]
-        stride = max(1, int(size * (1.0 - overlap)))
-        out = list(range(0, length - size, stride))
+        out = list(range(0, length - size, _tile_stride(size, overlap)))
         return [*out, length - size]
 
     return [
@@ -148,16 +177,34 @@ def plan_views(
     windows = [full]
     if slicing is not None:
         windows += [w for w in tile_windows(width, height, slicing.size, slicing.overlap) if w != full]
-    sizes: list[int | None] = [None]
-    if tta is not None and tta.scales:
-        sizes = []
-        for s in tta.scales:
-            pixels = round(model_min_size * s) if s < _FACTOR_BELOW else round(s)
-            value = None if pixels == model_min_size else max(1, pixels)
-            if value not in sizes:
-                sizes.append(value)
+    sizes = scale_sizes(model_min_size, tta)
     flips = [False, True] if tta is not None and tta.flip else [False]
     return [View(w, f, s) for w in windows for s in sizes for f in flips]
+
+
+def scale_sizes(model_min_size: int, tta: TTASpec | None) -> list[int | None]:
+    """The distinct shorter sides the views are run at (None: the model's own)."""
+    if tta is None or not tta.scales:
+        return [None]
+    sizes: list[int | None] = []
+    for s in tta.scales:
+        pixels = round(model_min_size * s) if s < _FACTOR_BELOW else round(s)
+        value = None if pixels == model_min_size else max(1, pixels)
+        if value not in sizes:
+            sizes.append(value)
+    return sizes
+
+
+def view_count(
+    width: int, height: int, model_min_size: int, slicing: SliceSpec | None, tta: TTASpec | None
+) -> int:
+    """``len(plan_views(...))``, computed without making the views."""
+    windows = 1
+    if slicing is not None:
+        tiles = tile_count(width, height, slicing.size, slicing.overlap)
+        windows = 1 if tiles == 1 else 1 + tiles  # one tile covering the image is the image
+    flips = 2 if tta is not None and tta.flip else 1
+    return windows * len(scale_sizes(model_min_size, tta)) * flips
 
 
 def merge_detections(parts: list[dict[str, Tensor]], iou: float, limit: int) -> dict[str, Tensor]:
@@ -191,8 +238,10 @@ class AugmentedDetector:
         slicing: SliceSpec | None = None,
         tta: TTASpec | None = None,
         drop_cut: bool = True,
+        max_pixels: int | None = None,
     ) -> None:
         self.model = model
+        self.max_pixels = max_pixels
         self.drop_cut = drop_cut
         self.slicing = slicing
         self.tta = tta
@@ -210,7 +259,30 @@ class AugmentedDetector:
         return self
 
     def size_problem(self, width: int, height: int) -> str | None:
-        return self.model.size_problem(width, height)
+        """The model's own reason, or too many views for this image (see :data:`MAX_VIEWS`)."""
+        problem = self.model.size_problem(width, height)
+        if problem is not None:
+            return problem
+        views = view_count(width, height, self.model.min_size, self.slicing, self.tta)
+        if views > MAX_VIEWS:
+            return (
+                f"{views:,} views of a {width}x{height} image (tiles x scales x flips) are over the "
+                f"limit of {MAX_VIEWS:,}; use a larger --slice or a smaller --slice-overlap"
+            )
+        if self.max_pixels is not None:
+            from fpncli.data.images import resized_size
+
+            model = self.model
+            for side in scale_sizes(model.min_size, self.tta):
+                if side is None:
+                    continue
+                w, h = resized_size(width, height, side, round(model.max_size * side / model.min_size))
+                if w * h > self.max_pixels:
+                    return (
+                        f"at the test-time scale {side} the {width}x{height} image becomes {w}x{h} "
+                        f"pixels, over the limit of {self.max_pixels:,} (--max-pixels)"
+                    )
+        return None
 
     def prepare_image(self, image: Tensor, inplace: bool = False) -> Tensor:
         """``Tensor[3, H, W]`` float 0..1, kept as it is: every view is prepared from it."""
@@ -301,8 +373,16 @@ def _to_image(
     return out
 
 
-def augmented(model: Any, slicing: SliceSpec | None, tta: TTASpec | None) -> Any:
-    """``model`` itself when neither slicing nor TTA is asked for, else its :class:`AugmentedDetector`."""
+def augmented(
+    model: Any, slicing: SliceSpec | None, tta: TTASpec | None, max_pixels: int | None = None
+) -> Any:
+    """``model`` itself when neither slicing nor TTA is asked for, else its :class:`AugmentedDetector`.
+
+    Raises:
+        FpnError: a test-time scale whose shorter side alone, squared, is over ``max_pixels``
+            (the image limit, default :func:`~fpncli.data.images.default_max_pixels`): every
+            view at that scale would be refused, or exhaust memory.
+    """
     if slicing is None and tta is None:
         return model
     from fpncli.modeling.exported import ExportedDetector
@@ -313,4 +393,14 @@ def augmented(model: Any, slicing: SliceSpec | None, tta: TTASpec | None) -> Any
         raise FpnError(
             "--slice and --tta need the PyTorch checkpoint; an exported model runs plain detection"
         )
-    return AugmentedDetector(model, slicing, tta)
+    from fpncli.data.images import default_max_pixels
+
+    limit = max_pixels if max_pixels is not None else default_max_pixels()
+    if tta is not None:
+        for side in scale_sizes(model.min_size, tta):
+            if side is not None and side * side > limit:
+                raise FpnError(
+                    f"--tta scales: a {side:,} px shorter side is at least {side * side:,} pixels "
+                    f"per view, over the limit of {limit:,} (--max-pixels); use smaller scales"
+                )
+    return AugmentedDetector(model, slicing, tta, max_pixels=limit)

@@ -72,7 +72,7 @@ class DetectOptions:
     optimize: bool = True
     # Sliced inference and test-time augmentation (see engine/augment.py).
     slice_size: int | None = None
-    slice_overlap: float = 0.2
+    slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
     vid_stride: int = 1  # videos and streams: detect every Nth frame
 
@@ -328,7 +328,12 @@ def run_detect(
         )
     from fpncli.engine.augment import augmented, check_slice, parse_tta
 
-    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
+    model = augmented(
+        model,
+        check_slice(options.slice_size, options.slice_overlap),
+        parse_tta(options.tta),
+        max_pixels=options.max_pixels,
+    )
     cuda = device.type == "cuda"
     batch_size = options.batch_size or (2 if cuda else 1)
     # The cores of a machine are shared by its torchrun processes.

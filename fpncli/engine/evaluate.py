@@ -554,7 +554,7 @@ class EvalOptions:
     half: bool = False
     # Sliced inference and test-time augmentation (see engine/augment.py).
     slice_size: int | None = None
-    slice_overlap: float = 0.2
+    slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
 
     def check(self) -> list[str]:
@@ -659,5 +659,9 @@ def _inference_settings(options: EvalOptions) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"tta": options.tta}
     if options.slice_size is not None:
-        out.update(slice=options.slice_size, slice_overlap=options.slice_overlap)
+        from fpncli.engine.augment import check_slice
+
+        spec = check_slice(options.slice_size, options.slice_overlap)
+        assert spec is not None
+        out.update(slice=spec.size, slice_overlap=spec.overlap)
     return out
