@@ -519,3 +519,26 @@ def test_eval_may_rescore_its_own_detections_in_place(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(dets.read_text())[0]["score"] == 0.5 and (tmp_path / "ev" / "metrics.json").is_file()
+
+
+# ----------------------------------------------------------- 10. SIGTERM is Ctrl-C
+
+
+def test_sigterm_runs_whatever_ctrl_c_runs_and_is_restored_after():
+    import signal
+
+    from fpncli.cli.common import sigterm_as_sigint
+
+    calls = []
+    previous_int = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        with sigterm_as_sigint():
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. training's first Ctrl-C: stop and save
+        assert calls == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGTERM) == before
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt), sigterm_as_sigint():
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, previous_int)

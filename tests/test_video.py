@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -201,3 +202,35 @@ def test_a_video_named_like_an_output_is_kept(tmp_path, weights):
     ]
     assert _frames(tmp_path / "a_det2.mp4")[0] == 2 and _frames(tmp_path / "a_det_det.mp4")[0] == 3
     assert len(summary.renamed) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_mid_video_is_ctrl_c_a_playable_video_and_valid_json(tmp_path, weights):
+    """Containers and schedulers stop jobs with SIGTERM: it used to leave a hidden 0-byte
+    temporary and no video. Now it does what Ctrl-C does, in a real process."""
+    import signal
+    import subprocess
+    import time
+
+    clip = _video(tmp_path / "clip.mp4", frames=600)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fpncli", "detect", str(clip), "--weights", weights, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "predictions.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first flush: frames are being detected
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "interrupted" in output
+    (video,) = json.loads((out / "predictions.json").read_text())["videos"]
+    detected = len(video["frames"])
+    assert 0 < detected < 600 and video["annotated"] == str(out / "clip.mp4")
+    assert _frames(out / "clip.mp4")[0] == detected
+    assert not list(out.glob(".*.tmp"))

@@ -6,8 +6,11 @@ Commands import torch lazily (inside the function), so ``fpn --help`` stays fast
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -134,14 +137,41 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM does what Ctrl-C does at that moment (containers, schedulers and ``timeout``
+    stop jobs with SIGTERM): whatever SIGINT handler is installed then runs, so a run keeps
+    its outputs valid and finished (training saves, detection writes its JSON and closes
+    its video). Only the main thread can set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIG_DFL or SIG_IGN set by someone else: behave as Ctrl-C would by default
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle_errors(fn: F) -> F:
     """Command decorator: a user mistake (:class:`FpnError`) or an operating-system error
-    (full disk, no permission: :class:`OSError`) becomes one line on stderr and exit code 1; Ctrl-C exits 130 without a traceback. ``fpn --debug`` re-raises instead."""
+    (full disk, no permission: :class:`OSError`) becomes one line on stderr and exit code 1;
+    Ctrl-C, or SIGTERM (:func:`sigterm_as_sigint`), exits 130 without a traceback.
+    ``fpn --debug`` re-raises instead."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_sigint():
+                return fn(*args, **kwargs)
         except FpnError as exc:
             if state.debug:
                 raise
