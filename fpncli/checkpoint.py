@@ -24,7 +24,7 @@ from torch import nn
 
 from fpncli.atomic import atomic_write
 from fpncli.config import ModelConfig
-from fpncli.errors import FpnError, first_line
+from fpncli.errors import FpnError
 
 FORMAT = "fpncli-checkpoint"
 VERSION = 1
@@ -78,14 +78,39 @@ def load_file(path: str | os.PathLike) -> Any:
             # torch.load warns before failing on a TorchScript archive; the error below says it.
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = first_line(exc, empty="unpickling failed")
-        raise FpnError(f"{path}: {_foreign_kind(path) or f'not a safe weights file ({first})'}") from None
     except Exception as exc:  # torch raises many types for garbage (IndexError, EOFError, ...)
-        first = first_line(exc)
-        raise FpnError(
-            f"{path}: {_foreign_kind(path) or f'not a readable PyTorch weights file ({first})'}"
-        ) from None
+        # Never pass torch's own advice on: it suggests weights_only=False, i.e. unpickling.
+        raise FpnError(f"{path}: {_foreign_kind(path) or _unreadable_reason(path, exc)}") from None
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """What a file torch.load refused is not, in our words (for :func:`load_file`)."""
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    # torch.save writes a zip archive (legacy files: a pickle, protocol 2+).
+    looks_like_torch = head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path) or head[:1] == b"\x80"
+    if looks_like_torch and isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"not a safe weights file: it holds pickled Python objects{what}, which fpncli never "
+            "loads (loading them can run code); save a state_dict or an fpncli checkpoint instead"
+        )
+    if looks_like_torch:
+        return "not a readable PyTorch weights file: truncated or corrupt"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a readable PyTorch weights file: unrecognised binary data"
+    if text.isprintable() or all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"not a readable PyTorch weights file: it is a text file (starts {first!r})"
+    return "not a readable PyTorch weights file: unrecognised data"
 
 
 def _foreign_kind(path: Path) -> str | None:

@@ -2,10 +2,14 @@
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from fpncli.checkpoint import FORMAT, atomic_torch_save, read_checkpoint, save_checkpoint
+from fpncli.cli.app import app
 from fpncli.errors import FpnError
 from fpncli.modeling.weights import fpncli_to_torchvision, load_detector
+
+runner = CliRunner()
 
 
 def _outputs(model, seed=0):
@@ -120,3 +124,32 @@ def test_missing_file_and_folder(tmp_path):
         load_detector(str(tmp_path / "nope.pt"))
     with pytest.raises(FpnError, match="is a folder"):
         load_detector(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"hello world\nsecond line\n", "it is a text file (starts 'hello world')"),
+        (bytes(range(1, 200)) * 3, "unrecognised binary data"),
+        (b"\x80\x02}q\x00(X\x01", "truncated or corrupt"),
+    ],
+)
+def test_unreadable_files_say_what_they_are_never_to_unpickle(tmp_path, content, reason):
+    """fpn info on a text file used to pass on torch's advice "weights_only=False will likely
+    succeed", i.e. unpickle it. The reason is ours, and never suggests unpickling."""
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["info", "--weights", str(path)])
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert line == f"error: {path}: not a readable PyTorch weights file: {reason}"
+    assert "weights_only" not in result.output
+
+
+def test_truncated_torch_archive_is_corrupt(tmp_path, tiny_checkpoint):
+    path = tmp_path / "cut.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes()[:300])
+    with pytest.raises(
+        FpnError, match=r"cut\.pt: not a readable PyTorch weights file: truncated or corrupt$"
+    ):
+        read_checkpoint(path)
