@@ -136,6 +136,14 @@ def test_bad_arguments_are_user_errors(tmp_path):
         run_ablation(tmp_path / "a", ["c4+afp"])
     with pytest.raises(FpnError, match="listed twice"):
         run_ablation(tmp_path / "a", ["fpn+afp", "fpn+afp"])
+    # A row's name says what trains: fpn+afp+soft used to train soft selection alone.
+    with pytest.raises(FpnError, match=r"row 'fpn\+afp\+soft': soft and afp both set roi_pooling"):
+        run_ablation(tmp_path / "a", ["fpn+afp+soft"])
+    with pytest.raises(FpnError, match=r"row 'augfpn\+level\+soft': soft and level both set"):
+        run_ablation(tmp_path / "a", ["augfpn+level+soft"])
+    with pytest.raises(FpnError, match=r"sac is given twice"):
+        run_ablation(tmp_path / "a", ["fpn+sac+sac"])
+    assert not (tmp_path / "a").exists()
     with pytest.raises(FpnError, match="nasfpn-norm"):
         run_ablation(tmp_path / "a", ["nasfpn"], nasfpn_norm="ln")
     with pytest.raises(FpnError, match="no necks"):

@@ -91,19 +91,27 @@ def parse_row(row: str) -> tuple[str, dict[str, Any]]:
     """A row name -> (neck, model-config overrides of its modifiers).
 
     ``"panet+afp"`` -> ``("panet", {"roi_pooling": "afp"})``; ``"fpn"`` -> ``("fpn", {})``.
-    A bad neck or modifier, or afp on a single-scale neck, is a one-line :class:`FpnError`.
+    A bad neck or modifier, two modifiers for one setting (``fpn+afp+soft``: one RoI pooling
+    would silently win), or afp on a single-scale neck, is a one-line :class:`FpnError`.
     """
     neck, *mods = ROW_ALIASES.get(row, row).split("+")
     if neck not in NECK_REGISTRY:
         raise FpnError(f"unknown neck {neck!r} in row {row!r}; choose from {', '.join(NECK_REGISTRY)}")
     overrides: dict[str, Any] = {}
+    set_by: dict[str, str] = {}  # config key -> the modifier that set it
     for mod in mods:
         if mod not in ROW_MODIFIERS:
             raise FpnError(
                 f"unknown modifier {mod!r} in row {row!r}; write NECK or NECK+MOD with MOD one of "
                 + ", ".join(ROW_MODIFIERS)
             )
-        overrides.update(ROW_MODIFIERS[mod])
+        for key, value in ROW_MODIFIERS[mod].items():
+            # A row's name must say what trains: two modifiers for one setting cannot both hold.
+            if key in set_by:
+                what = "is given twice" if set_by[key] == mod else f"and {set_by[key]} both set {key}"
+                raise FpnError(f"row {row!r}: {mod} {what}; a row takes one of them")
+            set_by[key] = mod
+            overrides[key] = value
     pooling = overrides.get("roi_pooling", get_neck(neck).roi_pooling)
     if pooling in ("afp", "soft") and get_neck(neck).single_scale:
         raise FpnError(f"row {row!r}: {pooling} pools from several levels; the {neck} neck has one")
