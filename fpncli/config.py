@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fpncli.errors import FpnError
-from fpncli.modeling.necks.registry import get_neck, neck_names
+from fpncli.modeling.necks.registry import NASFPN_NORMS, get_neck, neck_names, neck_options
+from fpncli.modeling.options import ModelOption, owned_elsewhere
 
 # Every registered neck (fpncli.modeling.necks.registry), kept here for importers.
 NECKS = tuple(neck_names())
@@ -20,9 +21,8 @@ NECKS = tuple(neck_names())
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 ANCHOR_GRIDS = ("stride", "torchvision")  # see ModelConfig.anchor_grid
-# NAS-FPN's merging-cell normalisation: the paper's BatchNorm, GroupNorm (fpncli's default:
-# batches of 2-4 images), BatchNorm with frozen statistics (fine-tuning a bn-trained neck), none.
-NASFPN_NORMS = ("gn", "bn", "frozen_bn", "none")
+# NAS-FPN's merging-cell norms live with the neck (registry); kept here for importers.
+__all__ = ["NASFPN_NORMS", "ModelConfig", "architecture_options", "preset_config"]
 # How a RoI is pooled: "level" (FPN's Eqn. (1): one level per RoI) or "afp" (PANet's adaptive
 # feature pooling: every RoI level, fused by element-wise max after a per-level fc6).
 # "soft": AugFPN's soft RoI selection (every RoI level, weighted by learned per-level spatial
@@ -36,6 +36,61 @@ SAC_STAGES = (2, 3, 4, 5)
 # torchvision's ImageNet statistics, which its pretrained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _sac_stages(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise FpnError(f"--sac-stages: expected comma-separated stages like 3,4,5, got {text!r}") from None
+
+
+# The architecture settings every neck shares; each neck's own are in its registry entry.
+GENERAL_OPTIONS: tuple[ModelOption, ...] = (
+    ModelOption(
+        "backbone",
+        "Bottom-up ResNet: resnet18, resnet34, resnet50 or resnet101 (default: the preset's).",
+        type=str,
+        choices=BACKBONES,
+    ),
+    ModelOption("neck", f"Neck: {', '.join(NECKS)} (default: the preset's, fpn).", type=str, choices=NECKS),
+    ModelOption(
+        "roi_pooling",
+        "RoI pooling: level (FPN's Eqn. (1), the default), afp (PANet's adaptive feature pooling: "
+        "every RoI from every level, per-level fc6, element-wise max) or soft (AugFPN's soft RoI "
+        "selection: every level weighted by learned spatial attention, the default with --neck augfpn).",
+        type=str,
+        choices=("auto", *ROI_POOLINGS),
+    ),
+    ModelOption("fpn_channels", "Channels d of every pyramid level (default: the preset's)."),
+    ModelOption(
+        "sac",
+        "DetectoRS's Switchable Atrous Convolution: every 3x3 conv of the --sac-stages ResNet stages "
+        "switches per position between dilation 1 and 3 (starts equal to the plain conv).",
+        type=bool,
+    ),
+    ModelOption(
+        "sac_deform",
+        "SAC with deformable convolutions (the reference's; implies --sac).",
+        type=bool,
+        also=(("sac", True),),
+    ),
+    ModelOption(
+        "sac_stages",
+        "SAC: comma-separated ResNet stages among 2..5 (c2..c5; default 3,4,5, the reference's).",
+        type=str,
+        parse=_sac_stages,
+        requires=("sac", "chooses where SAC goes: add --sac (or --sac-deform)"),
+    ),
+)
+
+
+def architecture_options() -> list[ModelOption]:
+    """Every architecture option: the shared ones, then each neck's, in registry order."""
+    return [*GENERAL_OPTIONS, *neck_options()]
+
+
+_FIELD_DEFAULTS: dict[str, Any] = {}  # filled after ModelConfig is defined
 
 
 @dataclass
@@ -153,16 +208,17 @@ class ModelConfig:
             )
         if not self.frozen_bn_eps >= 0:
             raise FpnError(f"frozen_bn_eps must be >= 0, got {self.frozen_bn_eps}")
-        if self.nasfpn_norm not in NASFPN_NORMS:
-            raise FpnError(
-                f"unknown nasfpn_norm {self.nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}"
-            )
-        if self.nasfpn_stacks < 1:
-            raise FpnError(f"nasfpn_stacks must be at least 1, got {self.nasfpn_stacks}")
-        if self.rfp_steps < 2:
-            raise FpnError(
-                f"rfp_steps must be at least 2 (the first pass is the plain FPN), got {self.rfp_steps}"
-            )
+        for option in neck_options():  # each neck's rules, declared with the neck
+            option.check(getattr(self, option.field))
+        # Another neck's setting away from its default would do nothing: refuse it.
+        changed = {
+            o.field: getattr(self, o.field)
+            for o in neck_options()
+            if getattr(self, o.field) != _FIELD_DEFAULTS[o.field]
+        }
+        foreign = owned_elsewhere(changed, neck_options(), self.neck)
+        if foreign is not None:
+            raise FpnError(foreign)
         if self.sac_deform and not self.sac:
             raise FpnError("sac_deform is SAC's deformable variant: it needs sac (--sac)")
         if self.sac:
@@ -181,7 +237,6 @@ class ModelConfig:
         pooling = self.resolved_roi_pooling()
         if pooling in ("afp", "soft") and get_neck(self.neck).single_scale:
             raise FpnError(f"--roi-pooling {pooling} pools from several levels; the {self.neck} neck has one")
-        self._validate_augfpn()
         if not self.class_names:
             raise FpnError("the model needs at least one class")
         if len(self.category_ids) != len(self.class_names):
@@ -206,28 +261,6 @@ class ModelConfig:
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise FpnError(f"trainable_layers must be in 0..5, got {self.trainable_layers}")
         return self
-
-    def _validate_augfpn(self) -> None:
-        if not (isinstance(self.augfpn_cs_alpha, (int, float)) and math.isfinite(self.augfpn_cs_alpha)) or (
-            self.augfpn_cs_alpha <= 0
-        ):
-            raise FpnError(
-                f"augfpn_cs_alpha must be a positive number, got {self.augfpn_cs_alpha!r} "
-                "(turn the auxiliary losses off with --no-consistent-supervision)"
-            )
-        switched_off = [
-            flag
-            for flag, on in (
-                ("--no-rfa", self.augfpn_rfa),
-                ("--no-consistent-supervision", self.augfpn_consistent_supervision),
-            )
-            if not on
-        ]
-        if switched_off and self.neck != "augfpn":
-            raise FpnError(
-                f"{' and '.join(switched_off)}: only for --neck augfpn (the {self.neck} neck has no "
-                "AugFPN parts to switch off)"
-            )
 
     @property
     def consistent_supervision(self) -> bool:
@@ -258,6 +291,26 @@ class ModelConfig:
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with the given fields changed; ``None`` values are ignored (CLI defaults)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_FIELD_DEFAULTS.update(
+    {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+)
+
+
+def model_overrides(given: dict[str, Any], config: ModelConfig) -> ModelConfig:
+    """``config`` with the architecture options a user gave (field -> value, as
+    :func:`fpncli.cli.params` collects them), checked as a whole.
+
+    Raises:
+        FpnError: a neck's option given for another neck (e.g. ``--rfp-steps`` with
+            ``--neck fpn``: it would do nothing), or any rule of :meth:`ModelConfig.validate`.
+    """
+    updated = config.replace(**given)
+    foreign = owned_elsewhere(given, neck_options(), updated.neck)
+    if foreign is not None:
+        raise FpnError(foreign)
+    return updated.validate()
 
 
 # Named configurations. `tiny` is a CPU-sized FPN for learning from scratch on small

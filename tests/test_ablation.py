@@ -145,7 +145,7 @@ def test_bad_arguments_are_user_errors(tmp_path):
         run_ablation(tmp_path / "a", ["fpn+sac+sac"])
     assert not (tmp_path / "a").exists()
     with pytest.raises(FpnError, match="nasfpn-norm"):
-        run_ablation(tmp_path / "a", ["nasfpn"], nasfpn_norm="ln")
+        run_ablation(tmp_path / "a", ["nasfpn"], neck_options={"nasfpn_norm": "ln"})
     with pytest.raises(FpnError, match="no necks"):
         run_ablation(tmp_path / "a", [])
     (tmp_path / "empty").mkdir()

@@ -226,7 +226,13 @@ def test_afp_trains_with_every_pyramid_neck(make_targets, tiny_config, neck, one
     from fpncli.modeling.pooler import AllLevelRoIPooler
 
     model = _build(
-        tiny_config, neck=neck, roi_pooling="afp", nasfpn_stacks=1, min_size=64, max_size=96
+        tiny_config,
+        neck=neck,
+        roi_pooling="afp",
+        min_size=64,
+        max_size=96,
+        # Another neck's option would do nothing, and is refused: only NAS-FPN gets its stacks.
+        **({"nasfpn_stacks": 1} if neck == "nasfpn" else {}),
     ).train()
     assert isinstance(model.roi_heads.box_roi_pool, AllLevelRoIPooler)
     assert isinstance(model.roi_heads.box_head, AFPBoxHead) and model.roi_heads.box_head.num_levels == 4

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
+from fpncli.cli.params import ModelArgs, neck_options
 from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS
 
 HELP = (
@@ -36,6 +37,7 @@ QUICK_BUDGET = 0.02
 
 
 @handle_errors
+@neck_options
 def ablation(
     out: Annotated[
         Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")
@@ -66,16 +68,7 @@ def ablation(
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
     ] = None,
-    bifpn_repeats: Annotated[int, typer.Option(min=1, help="BiFPN blocks.")] = 2,
-    nasfpn_stacks: Annotated[
-        int, typer.Option(min=1, help="NAS-FPN merging-cell stages (the paper's 7).")
-    ] = 7,
-    nasfpn_norm: Annotated[
-        str, typer.Option(help="NAS-FPN norm after each cell conv: gn, bn, frozen_bn or none.")
-    ] = "gn",
-    rfp_steps: Annotated[
-        int, typer.Option(min=2, help="RFP rows: bottom-up + FPN passes (the paper's 2).")
-    ] = 2,
+    model: ModelArgs | None = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Retrain every neck instead of reusing finished ones.")
     ] = False,
@@ -132,10 +125,7 @@ def ablation(
         data=str(data) if data else None,
         device=device,
         workers=workers,
-        bifpn_repeats=bifpn_repeats,
-        nasfpn_stacks=nasfpn_stacks,
-        nasfpn_norm=nasfpn_norm,
-        rfp_steps=rfp_steps,
+        neck_options=model.given if model is not None else None,
         fresh=fresh,
         progress=report,
         backend=backend,

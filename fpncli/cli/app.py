@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperOption
 
 from fpncli import __version__
 from fpncli.cli import info
 from fpncli.cli.common import state
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    # Typer 0.29's help shows a flag's type as "<bool>", which reads as if it took a value;
+    # a flag shows no type, as in click's and argparse's help.
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="fpn",

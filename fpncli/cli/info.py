@@ -6,22 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import (
-    ModelWeightsOption,
-    NASFPNNormOption,
-    NASFPNStacksOption,
-    NeckOption,
-    NoConsistentSupervisionOption,
-    NoRFAOption,
-    RFPStepsOption,
-    RoIPoolingOption,
-    SACDeformOption,
-    SACOption,
-    SACStagesOption,
-    console,
-    handle_errors,
-    sac_overrides,
-)
+from fpncli.cli.common import ModelWeightsOption, console, handle_errors
+from fpncli.cli.params import ModelArgs, model_options
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
 EPILOG = (
@@ -37,23 +23,13 @@ EPILOG = (
 
 
 @handle_errors
+@model_options
 def info(
     weights: ModelWeightsOption = "none",
     preset: Annotated[
         str, typer.Option(help="Named configuration (default, tiny) for --weights none.")
     ] = "default",
-    backbone: Annotated[str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101.")] = None,
-    neck: NeckOption = None,
-    roi_pooling: RoIPoolingOption = None,
-    nasfpn_stacks: NASFPNStacksOption = None,
-    nasfpn_norm: NASFPNNormOption = None,
-    no_rfa: NoRFAOption = False,
-    no_consistent_supervision: NoConsistentSupervisionOption = False,
-    rfp_steps: RFPStepsOption = None,
-    sac: SACOption = False,
-    sac_deform: SACDeformOption = False,
-    sac_stages: SACStagesOption = None,
-    fpn_channels: Annotated[int | None, typer.Option(help="Channels d of every pyramid level.")] = None,
+    model: ModelArgs | None = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
 ) -> None:
@@ -61,21 +37,9 @@ def info(
 
     from fpncli.engine.describe import describe_weights
 
-    summary = describe_weights(
-        weights,
-        preset=preset,
-        backbone=backbone,
-        neck=neck,
-        roi_pooling=roi_pooling,
-        nasfpn_stacks=nasfpn_stacks,
-        nasfpn_norm=nasfpn_norm,
-        augfpn_rfa=False if no_rfa else None,
-        augfpn_consistent_supervision=False if no_consistent_supervision else None,
-        rfp_steps=rfp_steps,
-        fpn_channels=fpn_channels,
-        num_classes=num_classes,
-        **sac_overrides(sac, sac_deform, sac_stages),
-    )
+    assert model is not None  # model_options passes it
+    model.refuse_with_weights(weights)
+    summary = describe_weights(weights, preset=preset, num_classes=num_classes, model=model.given)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -11,20 +11,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import (
-    DeviceOption,
-    ModelWeightsOption,
-    NeckOption,
-    RFPStepsOption,
-    RoIPoolingOption,
-    SACDeformOption,
-    SACOption,
-    SACStagesOption,
-    console,
-    err_console,
-    handle_errors,
-    sac_overrides,
-)
+from fpncli.cli.common import DeviceOption, ModelWeightsOption, console, err_console, handle_errors
+from fpncli.cli.params import ModelArgs, model_options
 from fpncli.errors import FpnError
 
 HELP = (
@@ -61,6 +49,7 @@ def _show_step(event: dict) -> None:
 
 
 @handle_errors
+@model_options
 def inspect_levels(
     image: Annotated[
         Path | None, typer.Argument(help="Image to inspect (omit with --coco).", show_default=False)
@@ -79,12 +68,7 @@ def inspect_levels(
     backbone_weights: Annotated[
         str, typer.Option(help="imagenet, none or a ResNet file, with --weights none.")
     ] = "none",
-    neck: NeckOption = None,
-    roi_pooling: RoIPoolingOption = None,
-    rfp_steps: RFPStepsOption = None,
-    sac: SACOption = False,
-    sac_deform: SACDeformOption = False,
-    sac_stages: SACStagesOption = None,
+    model: ModelArgs | None = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
     min_size: Annotated[
@@ -110,12 +94,12 @@ def inspect_levels(
     ratios = _numbers(aspect_ratios, float, "--aspect-ratios")
     from fpncli.engine.inspect_levels import InspectOptions, run_anchor_fit, run_inspect_image
 
+    assert model is not None  # model_options passes it
+    model.refuse_with_weights(weights)
     options = InspectOptions(
         weights=weights,
         preset=preset,
-        neck=neck,
-        roi_pooling=roi_pooling,
-        model={"rfp_steps": rfp_steps, **sac_overrides(sac, sac_deform, sac_stages)},
+        model=model.given,
         num_classes=num_classes,
         backbone_weights=backbone_weights,
         device=device,

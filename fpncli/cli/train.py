@@ -8,23 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import (
-    DeviceOption,
-    NASFPNNormOption,
-    NASFPNStacksOption,
-    NeckOption,
-    NoConsistentSupervisionOption,
-    NoRFAOption,
-    RFPStepsOption,
-    RoIPoolingOption,
-    SACDeformOption,
-    SACOption,
-    SACStagesOption,
-    console,
-    err_console,
-    handle_errors,
-    sac_overrides,
-)
+from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
+from fpncli.cli.params import ModelArgs, model_options
+from fpncli.errors import FpnError
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import TaskID
@@ -55,8 +41,15 @@ def _sizes(text: str | None) -> list[int] | None:
         raise typer.BadParameter(f"expected comma-separated sizes like 224,256,288, got {text!r}") from None
 
 
+# What may change when a run is resumed: its length and how fast it loads data. Anything
+# else would silently not apply (the run's config.json is reused), so it is refused.
+RESUME_OPTIONS = ("resume", "iters", "epochs", "workers")
+
+
 @handle_errors
+@model_options
 def train(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Option(help="COCO-layout root: annotations/instances_train*.json, train*/ (and the val pair)."),
@@ -84,19 +77,7 @@ def train(
             help="Model + recipe: default (the paper: R50-FPN, SGD) or tiny (CPU, from scratch, AdamW)."
         ),
     ] = "default",
-    backbone: Annotated[
-        str | None, typer.Option(help="resnet18|resnet34|resnet50|resnet101 (default: the preset's).")
-    ] = None,
-    neck: NeckOption = None,
-    roi_pooling: RoIPoolingOption = None,
-    nasfpn_stacks: NASFPNStacksOption = None,
-    nasfpn_norm: NASFPNNormOption = None,
-    no_rfa: NoRFAOption = False,
-    no_consistent_supervision: NoConsistentSupervisionOption = False,
-    rfp_steps: RFPStepsOption = None,
-    sac: SACOption = False,
-    sac_deform: SACDeformOption = False,
-    sac_stages: SACStagesOption = None,
+    model: ModelArgs | None = None,
     weights: Annotated[
         str, typer.Option(help="Start from: none, coco, or an fpncli checkpoint / torchvision state dict.")
     ] = "none",
@@ -122,9 +103,6 @@ def train(
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 1e-4).")] = None,
     warmup_iters: Annotated[int | None, typer.Option(help="Linear warm-up iterations.")] = None,
     clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 10.0,
-    fpn_channels: Annotated[
-        int | None, typer.Option(help="Channels d of every pyramid level (default: the preset's).")
-    ] = None,
     min_size: Annotated[int | None, typer.Option(help="Shorter image side (default: the preset's).")] = None,
     max_size: Annotated[
         int | None, typer.Option(help="Longer image side cap (default: the preset's).")
@@ -156,23 +134,16 @@ def train(
     from fpncli.engine.train import train as run_training
     from fpncli.engine.train_config import TrainConfig
 
-    model: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("min_size", min_size),
-            ("max_size", max_size),
-            ("fpn_channels", fpn_channels),
-            ("roi_pooling", roi_pooling),
-            ("nasfpn_stacks", nasfpn_stacks),
-            ("nasfpn_norm", nasfpn_norm),
-            ("augfpn_rfa", False if no_rfa else None),
-            ("augfpn_consistent_supervision", False if no_consistent_supervision else None),
-            ("rfp_steps", rfp_steps),
-        )
-        if v is not None
+    assert model is not None  # model_options passes it
+    given = dict(model.given)
+    backbone, neck = given.pop("backbone", None), given.pop("neck", None)
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None
     }
-    model.update(sac_overrides(sac, sac_deform, sac_stages))
+    overrides.update(given)
     if resume is not None:
+        _refuse_on_resume(ctx, resume)
+        _say_resume_changes(ctx, resume)
         cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
     else:
         cfg = TrainConfig(
@@ -185,7 +156,7 @@ def train(
             preset=preset,
             backbone=backbone,
             neck=neck,
-            model=model,
+            model=overrides,
             weights=weights,
             backbone_weights=backbone_weights,
             epochs=epochs,
@@ -324,3 +295,39 @@ class TrainDisplay:
     def close(self) -> None:
         if self.task is not None:
             self.progress.stop()
+
+
+def _refuse_on_resume(ctx: typer.Context, run: Path) -> None:
+    """A resumed run keeps its own config: options that would change the model, the data or
+    the recipe are refused in one line, naming them (only RESUME_OPTIONS may change)."""
+    given = [
+        p.opts[0] if getattr(p, "opts", None) else p.name
+        for p in ctx.command.params
+        if p.name not in RESUME_OPTIONS
+        # By name: Typer bundles its own click, whose enum is not the installed click's.
+        and getattr(ctx.get_parameter_source(p.name or ""), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        allowed = ", ".join("--" + name for name in RESUME_OPTIONS[1:])
+        raise FpnError(
+            f"{', '.join(given)}: --resume {run} continues that run with its own configuration; "
+            f"only {allowed} may change (start a new run with --out, or --weights {run}/last.pt)"
+        )
+
+
+def _say_resume_changes(ctx: typer.Context, run: Path) -> None:
+    """Name the options a resumed run takes from this command line, with the run's values."""
+    from fpncli.engine.train_config import read_run_config
+
+    try:
+        old = read_run_config(run)
+    except FpnError:
+        return  # not a run folder: the training itself says so
+    changed = [
+        f"--{name} {ctx.params[name]} (was {getattr(old, name)})"
+        for name in RESUME_OPTIONS[1:]
+        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        and ctx.params.get(name) != getattr(old, name)
+    ]
+    if changed:
+        err_console.print(f"resuming {esc(str(run))} with {esc(', '.join(changed))}", highlight=False)

@@ -298,7 +298,7 @@ def _train_key(settings: dict[str, Any], row: str) -> dict[str, Any]:
     # Only the modifiers' overrides (none for a plain neck), so runs made before an option
     # existed still match.
     key.update(overrides)
-    for option in get_neck(neck).options:
+    for option in get_neck(neck).option_fields:
         if option in settings:  # run-wide options (nasfpn_stacks); AugFPN's parts are modifiers
             key[option] = settings[option]
     return key
@@ -338,7 +338,7 @@ def _neck_result(
 
     neck, overrides = parse_row(row)
     pooling = row_pooling(row)
-    model_overrides = {option: settings[option] for option in get_neck(neck).options if option in settings}
+    model_overrides = {o: settings[o] for o in get_neck(neck).option_fields if o in settings}
     model_overrides.update(overrides)
     cfg = TrainConfig(
         out=str(run),
@@ -418,10 +418,7 @@ def run_ablation(
     data: str | None = None,
     device: str = "auto",
     workers: int = 0,
-    bifpn_repeats: int = 2,
-    nasfpn_stacks: int = 7,
-    nasfpn_norm: str = "gn",
-    rfp_steps: int = 2,
+    neck_options: dict[str, Any] | None = None,
     fresh: bool = False,
     progress: ProgressFn | None = None,
     backend: str = "auto",
@@ -441,9 +438,9 @@ def run_ablation(
             the synthetic shapes.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         workers: data-loading processes during training.
-        bifpn_repeats: BiFPN blocks.
-        nasfpn_stacks, nasfpn_norm: NAS-FPN stages and the norm after their convs.
-        rfp_steps: the RFP rows' bottom-up + FPN passes.
+        neck_options: settings of the rows' necks, ModelConfig field -> value (e.g.
+            ``{"nasfpn_stacks": 3}``; the registry's neck options): each must belong to the
+            neck of some row; unset ones take ModelConfig's defaults.
         backbone_weights: ``none`` (every row from scratch, the default), ``imagenet`` or a
             ResNet state dict path: the bottom-up ResNet of every row (both of RFP's) starts
             from it, as ``fpn train --backbone-weights`` does.
@@ -468,16 +465,9 @@ def run_ablation(
         parse_row(name)
     if len(set(necks)) != len(necks):
         raise FpnError("a row is listed twice")
-    if nasfpn_stacks < 1:
-        raise FpnError(f"--nasfpn-stacks must be at least 1, got {nasfpn_stacks}")
-    from fpncli.config import NASFPN_NORMS
-
-    if nasfpn_norm not in NASFPN_NORMS:
-        raise FpnError(f"unknown --nasfpn-norm {nasfpn_norm!r}; choose one of {', '.join(NASFPN_NORMS)}")
+    row_options = _row_options(neck_options or {}, necks)
     if workers < 0:
         raise FpnError(f"--workers must be 0 or more, got {workers}")
-    if rfp_steps < 2:
-        raise FpnError(f"--rfp-steps must be at least 2 (the first pass is the plain FPN), got {rfp_steps}")
     backend = resolve_backend(backend)  # a missing backend fails before any training
     if backbone_weights not in ("none", "imagenet") and not Path(backbone_weights).is_file():
         raise FpnError(f"{backbone_weights}: --backbone-weights must be none, imagenet or a file")
@@ -493,10 +483,7 @@ def run_ablation(
         "seed": seed,
         "preset": "tiny",
         "data": str(data_root),
-        "bifpn_repeats": bifpn_repeats,
-        "nasfpn_stacks": nasfpn_stacks,
-        "nasfpn_norm": nasfpn_norm,
-        "rfp_steps": rfp_steps,
+        **row_options,
         "timed_images": TIMED_IMAGES,
         "proposals": PROPOSALS,
         "pre_nms": "equal total over 5 levels",
@@ -542,6 +529,30 @@ def run_ablation(
     write_text(md_path, to_markdown(result))
     result["json"], result["markdown"] = str(json_path), str(md_path)
     return result
+
+
+def _row_options(given: dict[str, Any], rows: Sequence[str]) -> dict[str, Any]:
+    """The neck options of an ablation's settings: BiFPN's, NAS-FPN's and RFP's always (with
+    ModelConfig's defaults, so that results saved before an option existed still match),
+    any other only when given. Each given one must be valid and belong to some row's neck."""
+    from fpncli.config import ModelConfig
+    from fpncli.modeling.necks.registry import neck_options
+
+    defaults = ModelConfig()
+    by_field = {o.field: o for o in neck_options()}
+    row_necks = {parse_row(r)[0] for r in rows}
+    for name, value in given.items():
+        option = by_field.get(name)
+        if option is None:
+            raise FpnError(f"{name}: not a neck option")
+        try:
+            option.check(value)
+        except FpnError as exc:
+            raise FpnError(f"{option.cli_flag}: {exc}") from None
+        if option.neck not in row_necks:
+            raise FpnError(f"{option.cli_flag}: no row has the {option.neck} neck, so it would do nothing")
+    legacy = ("bifpn_repeats", "nasfpn_stacks", "nasfpn_norm", "rfp_steps")
+    return {**{k: getattr(defaults, k) for k in legacy}, **given}
 
 
 # --------------------------------------------------------------------------- reporting

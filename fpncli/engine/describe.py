@@ -38,7 +38,7 @@ def describe_model(model: FPNFasterRCNN, weights: str) -> dict[str, Any]:
         "backbone": cfg.backbone,
         "neck": cfg.neck,
         "neck_summary": get_neck(cfg.neck).summary,
-        "neck_options": {name: getattr(cfg, name) for name in get_neck(cfg.neck).options},
+        "neck_options": {name: getattr(cfg, name) for name in get_neck(cfg.neck).option_fields},
         "input_levels": model.input_levels,
         "norm": model.norm,
         "frozen_bn_eps": cfg.frozen_bn_eps if model.norm == "frozen_bn" else None,
@@ -79,26 +79,22 @@ def describe_weights(
     weights: str = "none",
     *,
     preset: str = "default",
-    backbone: str | None = None,
-    neck: str | None = None,
-    fpn_channels: int | None = None,
     num_classes: int = 80,
-    **overrides: Any,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`describe_model` of the detector ``weights`` defines (``coco``, a path, or
-    ``none``: the ``preset`` with the given overrides and ``num_classes`` classes; other
-    :class:`~fpncli.config.ModelConfig` fields in ``overrides``, ``None`` = the preset's)."""
-    from fpncli.config import preset_config
+    ``none``: the ``preset`` with ``num_classes`` classes and the architecture options
+    ``model`` gives, :class:`~fpncli.config.ModelConfig` field -> value)."""
+    from fpncli.config import model_overrides, preset_config
     from fpncli.modeling.weights import load_detector
 
-    cfg = preset_config(
-        preset,
-        backbone=backbone,
-        neck=neck,
-        fpn_channels=fpn_channels,
-        **overrides,
-        class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-        category_ids=list(range(1, num_classes + 1)),
+    cfg = model_overrides(
+        model or {},
+        preset_config(
+            preset,
+            class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
+            category_ids=list(range(1, num_classes + 1)),
+        ),
     )
     loaded = load_detector(weights, config=cfg)
     return describe_model(loaded.model, loaded.source)

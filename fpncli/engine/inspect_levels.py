@@ -46,9 +46,8 @@ class InspectOptions:
 
     weights: str = "none"
     preset: str = "default"
-    neck: str | None = None
-    roi_pooling: str | None = None
-    # Other ModelConfig fields for --weights none (RFP steps, SAC); None values are ignored.
+    # Architecture options for --weights none (ModelConfig field -> value: neck, RoI pooling,
+    # the neck's own options, SAC ...), as the user gave them.
     model: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 80
     backbone_weights: str = "none"
@@ -62,16 +61,11 @@ class InspectOptions:
     out: Path | None = None
 
     def preset_config(self, num_classes: int) -> ModelConfig:
-        from fpncli.config import preset_config
+        from fpncli.config import model_overrides, preset_config
 
-        return preset_config(
-            self.preset,
-            neck=self.neck,
-            roi_pooling=self.roi_pooling,
-            **self.model,
-            class_names=[f"class_{i}" for i in range(1, num_classes + 1)],
-            category_ids=list(range(1, num_classes + 1)),
-        )
+        names = [f"class_{i}" for i in range(1, num_classes + 1)]
+        base = preset_config(self.preset, class_names=names, category_ids=list(range(1, num_classes + 1)))
+        return model_overrides(self.model, base)
 
     def weights_input(self) -> str | None:
         return self.weights if self.weights not in ("coco", "none") else None

@@ -135,6 +135,12 @@ class TrainConfig:
             out.lr = recipe["base_lr"] * out.batch_size / recipe["base_batch"]
         if out.weights != "none":
             out.backbone_weights = "none"  # the detector weights include the backbone
+        if out.weights == "none":
+            # The architecture options, checked now rather than after the data is read.
+            from fpncli.config import model_overrides, preset_config
+
+            given = {k: v for k, v in out.model_overrides().items() if v is not None}
+            model_overrides(given, preset_config(out.preset, class_names=["x"], category_ids=[1]))
         out._find_data()
         out.check()
         return out

@@ -10,11 +10,14 @@ and config checks stay fast.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fpncli.errors import FpnError
+from fpncli.modeling.options import ModelOption, at_least
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.config import ModelConfig
@@ -22,6 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.necks.base import Neck
 
 Builder = Callable[["dict[str, LevelSpec]", "ModelConfig"], "Neck"]
+# NAS-FPN's merging-cell normalisation: the paper's BatchNorm, GroupNorm (fpncli's default:
+# batches of 2-4 images), BatchNorm with frozen statistics (fine-tuning a bn-trained neck), none.
+NASFPN_NORMS = ("gn", "bn", "frozen_bn", "none")
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,8 @@ class NeckEntry:
         summary: one line for ``--help``, ``fpn info`` and the README.
         single_scale: one output map (the paper's baselines; the RPN then gets every
             anchor size on that map).
-        options: the :class:`~fpncli.config.ModelConfig` fields that only this neck reads.
+        options: the settings only this neck reads, each a ModelConfig field with its
+            flag, help and rule (:class:`~fpncli.modeling.options.ModelOption`).
         ablation: part of ``fpn ablation``'s default rows.
         roi_pooling: the RoI pooling the neck is designed with, used when none is given
             (``ModelConfig.roi_pooling == "auto"``).
@@ -44,9 +51,19 @@ class NeckEntry:
     build: Builder
     summary: str
     single_scale: bool = False
-    options: tuple[str, ...] = ()
+    options: tuple[ModelOption, ...] = ()
     ablation: bool = True
     roi_pooling: str = "level"
+
+    def __post_init__(self) -> None:
+        # Each option knows its neck: commands refuse it for another neck.
+        object.__setattr__(
+            self, "options", tuple(dataclasses.replace(o, neck=self.name) for o in self.options)
+        )
+
+    @property
+    def option_fields(self) -> tuple[str, ...]:
+        return tuple(o.field for o in self.options)
 
 
 def _fpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
@@ -64,16 +81,12 @@ def _panet(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
 def _bifpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     from fpncli.modeling.necks.bifpn import BiFPN
 
-    if cfg.bifpn_repeats < 1:
-        raise FpnError(f"bifpn_repeats must be at least 1, got {cfg.bifpn_repeats}")
     return BiFPN(in_specs, cfg.fpn_channels, repeats=cfg.bifpn_repeats)  # type: ignore[arg-type]
 
 
 def _nasfpn(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     from fpncli.modeling.necks.nasfpn import NASFPN
 
-    if cfg.nasfpn_stacks < 1:
-        raise FpnError(f"nasfpn_stacks must be at least 1, got {cfg.nasfpn_stacks}")
     return NASFPN(in_specs, cfg.fpn_channels, stacks=cfg.nasfpn_stacks, norm=cfg.nasfpn_norm)  # type: ignore[arg-type]
 
 
@@ -92,8 +105,6 @@ def _rfp(in_specs: dict[str, LevelSpec], cfg: ModelConfig) -> Neck:
     from fpncli.modeling.backbone import bottom_up_kwargs
     from fpncli.modeling.necks.rfp import RFP, RFPBottomUp
 
-    if cfg.rfp_steps < 2:
-        raise FpnError(f"rfp_steps must be at least 2 (the first pass is the plain FPN), got {cfg.rfp_steps}")
     if cfg.fpn_channels < 4:
         raise FpnError(
             f"the rfp neck's ASPP has fpn_channels / 4 channels per branch: needs at least 4, got {cfg.fpn_channels}"
@@ -130,13 +141,25 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             "bifpn",
             _bifpn,
             "BiFPN: repeated weighted top-down/bottom-up blocks (Tan et al. 2020)",
-            options=("bifpn_repeats",),
+            options=(ModelOption("bifpn_repeats", "BiFPN: repeated blocks.", rule=at_least(1)),),
         ),
         NeckEntry(
             "nasfpn",
             _nasfpn,
             "NAS-FPN: the searched merging-cell graph (Ghiasi et al. 2019), stacked, run on P2-P6",
-            options=("nasfpn_stacks", "nasfpn_norm"),
+            options=(
+                ModelOption(
+                    "nasfpn_stacks",
+                    "NAS-FPN: stacked merging-cell stages; the paper stacks 7.",
+                    rule=at_least(1),
+                ),
+                ModelOption(
+                    "nasfpn_norm",
+                    "NAS-FPN: norm after each cell conv: gn, bn (the paper's), frozen_bn or none.",
+                    type=str,
+                    choices=NASFPN_NORMS,
+                ),
+            ),
             # Opt-in (`--necks ...,nasfpn`): 7 stacks double the default ablation's time.
             ablation=False,
         ),
@@ -145,7 +168,32 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             _augfpn,
             "AugFPN: FPN + residual feature augmentation, soft RoI selection and consistent "
             "supervision (Guo et al. 2020)",
-            options=("augfpn_rfa", "augfpn_consistent_supervision", "augfpn_cs_alpha"),
+            options=(
+                ModelOption(
+                    "augfpn_rfa",
+                    "AugFPN: switch off residual feature augmentation (the C5 context branch).",
+                    type=bool,
+                    flag="--no-rfa",
+                    switch_value=False,
+                ),
+                ModelOption(
+                    "augfpn_consistent_supervision",
+                    "AugFPN: switch off consistent supervision (the training-only auxiliary head on "
+                    "the raw laterals).",
+                    type=bool,
+                    flag="--no-consistent-supervision",
+                    switch_value=False,
+                ),
+                ModelOption(
+                    "augfpn_cs_alpha",
+                    "AugFPN: weight of consistent supervision's auxiliary losses, as in the paper.",
+                    type=float,
+                    rule=(
+                        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+                        "be a positive number (turn the auxiliary losses off with --no-consistent-supervision)",
+                    ),
+                ),
+            ),
             # Opt-in like nasfpn: its rows (augfpn and its parts) are the survey's, via --necks.
             ablation=False,
             roi_pooling="soft",
@@ -155,7 +203,13 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
             _rfp,
             "DetectoRS's Recursive Feature Pyramid: FPN fed back (ASPP) into a second bottom-up "
             "pass from the image, gated fusion (Qiao et al. 2021)",
-            options=("rfp_steps",),
+            options=(
+                ModelOption(
+                    "rfp_steps",
+                    "RFP: bottom-up + FPN passes, each after the first with its own ResNet; the paper's is 2.",
+                    rule=at_least(2, "the first pass is the plain FPN"),
+                ),
+            ),
             # Opt-in (`--necks ...,rfp`): the backbone runs twice.
             ablation=False,
         ),
@@ -166,6 +220,11 @@ NECK_REGISTRY: dict[str, NeckEntry] = {
 def neck_names() -> list[str]:
     """Every registered neck, in table order."""
     return list(NECK_REGISTRY)
+
+
+def neck_options() -> list[ModelOption]:
+    """Every neck's own options, in table order."""
+    return [o for entry in NECK_REGISTRY.values() for o in entry.options]
 
 
 def get_neck(name: str) -> NeckEntry:

@@ -1,0 +1,127 @@
+"""Options declared once: every model-building command takes every architecture option from
+one declaration, and an option that would do nothing is refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fpncli.cli.app import app
+from fpncli.config import architecture_options
+from fpncli.modeling.necks.registry import neck_options
+
+runner = CliRunner()
+
+
+def _flags(command: str) -> set[str]:
+    root = typer.main.get_command(app)
+    cmd = root.commands[command]  # type: ignore[attr-defined]
+    return {opt for p in cmd.params for opt in p.opts}
+
+
+def _error(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_every_model_building_command_takes_every_architecture_option():
+    everything = {o.cli_flag for o in architecture_options()}
+    assert {
+        "--neck",
+        "--bifpn-repeats",
+        "--nasfpn-stacks",
+        "--nasfpn-norm",
+        "--rfp-steps",
+        "--no-rfa",
+    } <= everything
+    for command in ("train", "info", "inspect-levels"):
+        assert everything <= _flags(command), command
+    # The ablation's rows name the neck and its modifiers: it takes each neck's own options.
+    assert {o.cli_flag for o in neck_options()} <= _flags("ablation")
+
+
+def test_a_neck_added_to_the_registry_gets_its_flag_everywhere(monkeypatch):
+    from fpncli.cli.params import model_options
+    from fpncli.modeling.necks import registry
+    from fpncli.modeling.options import ModelOption
+
+    fpn = registry.NECK_REGISTRY["fpn"]
+    extra = ModelOption("roi_sampling_ratio", "A new neck's own option.", flag="--toy-width")
+    toy = dataclasses.replace(fpn, name="toy", options=(extra,))
+    monkeypatch.setitem(registry.NECK_REGISTRY, "toy", toy)
+
+    seen = {}
+
+    def command(model=None) -> None:
+        seen.update(model.given)
+
+    toy_app = typer.Typer()
+    toy_app.command()(model_options(command))
+    result = runner.invoke(toy_app, ["--toy-width", "8"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"roi_sampling_ratio": 8}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "--rfp-steps", "3"], "--rfp-steps: only for --neck rfp (the fpn neck does not read it)"),
+        (
+            ["info", "--neck", "c4", "--no-rfa", "--no-consistent-supervision"],
+            "--no-rfa and --no-consistent-supervision: only for --neck augfpn (the c4 neck does not read them)",
+        ),
+        (["info", "--bifpn-repeats", "2"], "--bifpn-repeats: only for --neck bifpn"),  # even the default
+        (["info", "--neck", "nasfpn", "--nasfpn-stacks", "0"], "nasfpn_stacks must be at least 1, got 0"),
+        (["info", "--sac-stages", "3"], "--sac-stages chooses where SAC goes: add --sac (or --sac-deform)"),
+        (
+            ["info", "--weights", "model.pt", "--neck", "c4", "--sac"],
+            "--neck, --sac: architecture options build a new model (--weights none); --weights model.pt",
+        ),
+        (["ablation", "--necks", "fpn,c4", "--rfp-steps", "3"], "--rfp-steps: no row has the rfp neck"),
+        (["ablation", "--necks", "nasfpn", "--nasfpn-norm", "ln"], "--nasfpn-norm: unknown nasfpn_norm 'ln'"),
+    ],
+)
+def test_options_that_would_do_nothing_or_are_wrong_are_one_line(args, message):
+    assert message in _error(args)
+
+
+def test_inspect_levels_and_train_refuse_before_any_work(tmp_path, coco_tiny):
+    ann = coco_tiny / "annotations" / "instances_val2017.json"
+    line = _error(
+        ["inspect-levels", "--coco", str(ann), "--nasfpn-stacks", "2", "--out", str(tmp_path / "i")]
+    )
+    assert "--nasfpn-stacks: only for --neck nasfpn" in line and not (tmp_path / "i").exists()
+    args = [
+        "train",
+        "--data",
+        str(coco_tiny),
+        "--preset",
+        "tiny",
+        "--iters",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    ]
+    assert "--rfp-steps: only for --neck rfp" in _error([*args, "--rfp-steps", "3"])
+    assert not (tmp_path / "t").exists()
+
+
+def test_resume_refuses_what_would_change_the_run_and_says_what_changes(tmp_path):
+    """`fpn train --resume RUN --sac --neck rfp --fpn-channels 32` used to train RUN's fpn."""
+    line = _error(["train", "--resume", str(tmp_path), "--sac", "--neck", "rfp", "--fpn-channels", "32"])
+    assert line.startswith("error: --neck, --fpn-channels, --sac: --resume ")
+    assert "only --iters, --epochs, --workers may change" in line
+    line = _error(["train", "--resume", str(tmp_path), "--lr", "0.1", "--data", "x"])
+    assert line.startswith("error: --data, --lr: --resume")
+    # Allowed ones are said, with the run's own values (this folder has a config, no last.pt).
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"out": str(tmp_path), "iters": 50}}))
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--iters", "80"])
+    assert f"resuming {tmp_path} with --iters 80 (was 50)" in result.output
+    assert "nothing to resume (no last.pt)" in result.output
