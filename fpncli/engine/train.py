@@ -46,7 +46,7 @@ from fpncli.engine.trainer import (
     Trainer,
     json_safe,
 )
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, first_line
 from fpncli.modeling.detector import FPNFasterRCNN
 from fpncli.outputs import check_outputs
 
@@ -359,7 +359,14 @@ def _train(
         ts = resume_state.get("train_state")
         if not ts:
             raise FpnError(f"{run / 'last.pt'}: has no training state to resume from")
-        optimizer.load_state_dict(ts["optimizer"])
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+        except ValueError as exc:  # e.g. a c4 run of a version that still trained the unused conv5
+            raise FpnError(
+                f"{run / 'last.pt'}: its optimizer state does not fit this model's trainable "
+                f"parameters ({first_line(exc)}); it was saved by another fpncli version: start "
+                "a new run from it with --weights"
+            ) from None
         scheduler.load_state_dict(ts["scheduler"])
         # The schedule's length may have changed (extended run): the lambda reads `total`.
         if ts.get("scaler"):

@@ -94,6 +94,16 @@ class ResNetBottomUp(nn.Module):
             if not any(module_name.startswith(prefix) for prefix in trainable):
                 param.requires_grad_(False)
 
+    def freeze_after(self, last: str) -> None:
+        """Freeze the stages after level ``last``: a neck that reads only up to ``last`` (the
+        c4 baseline) never runs them, so they never get a gradient. Frozen, they stay in the
+        state dict (checkpoints and ImageNet weights load as before) but out of the optimizer
+        and of DistributedDataParallel, whose reducer would otherwise wait for their
+        gradients and stop with its unused-parameters error."""
+        for k, stage in zip(range(2, 6), _STAGES):
+            if k > int(last[1:]):
+                getattr(self, stage).requires_grad_(False)
+
     def forward(self, x: Tensor, last: str = "c5") -> OrderedDict[str, Tensor]:
         """``x``: ``Tensor[B, 3, H, W]`` -> ``{"c2": [B, C2, H/4, W/4], ..., "c5": [B, C5, H/32, W/32]}``
         (sizes rounded up at each stride-2 step). ``last``: stop after this level (the

@@ -42,6 +42,9 @@ class BackboneWithNeck(nn.Module):
         self.bottom_up = ResNetBottomUp(**bottom_up_kwargs(cfg))
         self.neck = build_neck(cfg.neck, self.bottom_up.output_specs, cfg)
         self.out_channels = self.neck.out_channels  # read by torchvision's FasterRCNN
+        # Exact, rather than DDP's find_unused_parameters (a graph walk every step): these
+        # stages are unused in every iteration, not just in some.
+        self.bottom_up.freeze_after(self.neck.in_names[-1])
         for recursive in self.neck.backbone_copies():
             # RFP's recursive ResNets start as the first one (then an untrained RFP is the FPN).
             recursive.load_state_dict(self.bottom_up.state_dict())
