@@ -8,6 +8,7 @@ process and every helper here is a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class DistInfo:
         return self.world_size > 1
 
 
+_groups_made = 0  # process groups this process has made (the same count on every rank)
+
+
 def setup(device_spec: str = "auto") -> DistInfo:
     """Join the torchrun process group when launched by torchrun; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -49,16 +53,34 @@ def setup(device_spec: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     initialized = False
     if not dist.is_initialized():
+        global _groups_made
+        _groups_made += 1
+        # torchrun's store outlives a group: each group of this process gets keys of its own,
+        # or a second train() in the same processes could read the first group's addresses.
+        store, _, _ = next(dist.rendezvous("env://", rank, world))
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             device_id=device if device.type == "cuda" else None,
+            store=dist.PrefixStore(f"fpncli/group{_groups_made}", store),
+            rank=rank,
+            world_size=world,
         )
         initialized = True
     return DistInfo(rank, world, local_rank, device, initialized)
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group this process made, for certain, here and now.
+
+    ``destroy_process_group`` only forgets the group: gloo's threads and connections live on
+    while anything references it, and DDP's reducer does (the wrapper sits in a reference
+    cycle with the trainer's hooks). Freed later by the cycle collector, possibly during
+    interpreter shutdown while the other rank closes its end, they abort the process
+    ("terminate called without an active exception"). Collecting first frees them with the
+    group, on this thread; the caller drops its own references (a traceback's frames too).
+    """
     if info.initialized_here and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

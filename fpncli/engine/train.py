@@ -20,6 +20,7 @@ import random
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,6 +242,11 @@ def train(
     info = D.setup(cfg.device)
     try:
         return _train(cfg, info, progress, hooks)
+    except BaseException as exc:
+        # The traceback's frames hold the DDP wrapper, and it the process group: let go of
+        # them, so that the group really ends in cleanup (see D.cleanup).
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         D.cleanup(info)
 

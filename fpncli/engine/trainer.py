@@ -168,6 +168,9 @@ class Trainer:
                 t_data, cpu_data = time.perf_counter(), time.process_time()
         finally:
             del data_iter
+            # The DDP wrapper holds the process group; hooks (the caller's too) keep this
+            # trainer, so let go of it here for the group to end with the run (D.cleanup).
+            self.ddp_model = self.model
         for hook in self.hooks:
             hook.after_train()
 
