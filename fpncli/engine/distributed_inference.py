@@ -75,6 +75,13 @@ def local_world_size() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use: its share of the machine's among torchrun's
+    processes there (all of them in a single process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // local_world_size())
+
+
 def inference_device(spec: str = "auto") -> torch.device:
     """The device of this process: :func:`~fpncli.device.resolve_device`, and under torchrun a
     bare ``cuda`` becomes ``cuda:<local rank>`` (ranks take GPUs round-robin when there are
@@ -112,6 +119,10 @@ def _result_group() -> Any:
 
 
 def _destroy() -> None:
+    global _group
+    # Ours is the last reference besides torch's: dropped, the group's gloo threads end in
+    # destroy_process_group, not in the interpreter's shutdown (an abort; see distributed.cleanup).
+    _group = None
     if dist.is_initialized():
         dist.destroy_process_group()
 

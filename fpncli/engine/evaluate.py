@@ -375,6 +375,7 @@ def evaluate_model(
     half: bool = False,
     sharded: bool = False,
     inference: dict[str, Any] | None = None,
+    cpu_replicas: int = 0,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -395,6 +396,9 @@ def evaluate_model(
             see :func:`~fpncli.engine.distributed_inference.predict_sharded`); rank 0
             evaluates and writes, the others return None.
         inference: recorded in the metrics as ``inference`` (e.g. slicing and TTA settings).
+        cpu_replicas: on the CPU, this many single-threaded model replicas detect whole
+            images (``batch_size`` and ``workers`` are then unused; see ``predict_images``):
+            every image is computed alike however the run is split (0: batched, one process).
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -442,6 +446,8 @@ def evaluate_model(
                 batch_size=batch_size,
                 workers=workers,
                 half=half,
+                cpu_processes=cpu_replicas,
+                threads_per_image=1 if cpu_replicas else None,
             ),
         ),
         start=1,
@@ -620,7 +626,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         return evaluate_results(
             options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
         )
-    from fpncli.engine.distributed_inference import inference_device
+    from fpncli.engine.distributed_inference import cpu_cores, inference_device
     from fpncli.modeling.exported import exported_format, load_for_inference
 
     resolve_backend(options.backend)  # fail before loading a model
@@ -650,6 +656,10 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         sharded=True,
         progress=progress,
         inference=_inference_settings(options),
+        # A convolution's float sums depend on its thread count: one thread per image, the
+        # cores used by image-level replicas, makes every layout (one process, torchrun on
+        # any number of processes) compute each image alike, so results are byte-identical.
+        cpu_replicas=cpu_cores() if device.type == "cpu" else 0,
     )
 
 

@@ -192,6 +192,7 @@ def predict_images(
     keep_images: bool = False,
     lookahead: int | None = None,
     cpu_processes: int = 0,
+    threads_per_image: int | None = None,
 ) -> Iterator[ImageResult]:
     """Run ``model`` over ``paths`` in batches, yielding one :class:`ImageResult` per path, in order.
 
@@ -218,6 +219,10 @@ def predict_images(
             beats one process using all threads: the serial parts of the detector (RoIAlign,
             NMS, box decoding) no longer leave cores idle, and no op waits at a thread
             barrier. 0 = one process (the only mode on CUDA).
+        threads_per_image: with ``cpu_processes``, each replica's torch threads instead of
+            ``torch threads // cpu_processes``. A convolution's float sums depend on its
+            thread count, so a fixed count computes every image alike, however the images
+            are split over processes (``fpn eval`` under torchrun: byte-identical results).
     """
     device = torch.device(device)
     if half and device.type != "cuda":
@@ -238,7 +243,7 @@ def predict_images(
         if getattr(model, "runs_in_threads", False):
             yield from _predict_in_threads(model, dataset, cpu_processes, on_result)
         else:
-            yield from _predict_in_processes(model, dataset, cpu_processes, on_result)
+            yield from _predict_in_processes(model, dataset, cpu_processes, on_result, threads_per_image)
         return
     loader = DataLoader(
         dataset,
@@ -326,8 +331,9 @@ def _predict_in_processes(
     files: _ImageFiles,
     processes: int,
     on_result: Callable[[ImageResult], None] | None,
+    threads: int | None = None,
 ) -> Iterator[ImageResult]:
-    threads = max(1, torch.get_num_threads() // processes)
+    threads = threads or max(1, torch.get_num_threads() // processes)
     # Workers are forked: each gets the model copy-on-write, no pickling of weights.
     loader = DataLoader(
         _DetectInWorker(files, model, threads),
