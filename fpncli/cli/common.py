@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fpncli.errors import FpnError
+from fpncli.errors import FpnError, OtherRankFailed, first_line
 from fpncli.modeling.necks.registry import neck_names
 
 console = Console()
@@ -118,15 +119,33 @@ TTAOption = Annotated[
 
 class _State:
     debug = False
+    commands = 0  # commands run by this process (torchrun's ranks count alike)
 
 
 state = _State()
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` on stderr (one line) and return the Exit to raise."""
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def fail(message: str, code: int = 1, *, consequence: bool = False) -> typer.Exit:
+    """Print ``error: message`` on stderr (one line) and return the Exit to raise.
+
+    Under torchrun the run prints one error line, on rank 0, naming the rank that raised it
+    (``error (rank 1): ...``; see :mod:`fpncli.engine.rank_errors`); ``consequence``: the
+    error only says that another rank stopped.
+    """
+    label = "error"
+    if _under_torchrun():
+        from fpncli.engine.rank_errors import rank_error
+
+        line = rank_error(message, state.commands, consequence)
+        if line is None:
+            return typer.Exit(code)  # another rank prints the run's error
+        label, message = line
     # The message quotes user input (file names like "shot[1].jpg"): never read it as markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -169,13 +188,14 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state.commands += 1
         try:
             with sigterm_as_sigint():
                 return fn(*args, **kwargs)
         except FpnError as exc:
             if state.debug:
                 raise
-            raise fail(str(exc)) from None
+            raise fail(str(exc), consequence=isinstance(exc, OtherRankFailed)) from None
         except OSError as exc:
             # The environment, not a bug: a full disk, a read-only or foreign folder.
             if state.debug:
@@ -184,10 +204,30 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             if state.debug:
                 raise
+            if _under_torchrun() and _other_rank_failed():
+                raise typer.Exit(1) from None  # torchrun stopped this rank: another one failed
             err_console.print("interrupted", style="yellow")
             raise typer.Exit(130) from None
+        except RuntimeError as exc:
+            # Under torchrun, a collective that fails because another rank stopped (gloo:
+            # "Connection closed by peer"): that rank's error is the run's, printed once.
+            if state.debug or not _under_torchrun() or not _peer_gone(exc):
+                raise
+            raise fail(first_line(exc), consequence=True) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _peer_gone(exc: RuntimeError) -> bool:
+    """A distributed runtime error saying a peer process went away (gloo / c10d wording)."""
+    text = str(exc).lower()
+    return any(words in text for words in ("connection closed", "connection reset", "broken pipe"))
+
+
+def _other_rank_failed() -> bool:
+    from fpncli.engine.rank_errors import other_rank_failed
+
+    return other_rank_failed(state.commands)
 
 
 def sac_overrides(sac: bool, sac_deform: bool, sac_stages: str | None) -> dict[str, Any]:

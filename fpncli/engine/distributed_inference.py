@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from fpncli.errors import FpnError, first_line
+from fpncli.errors import FpnError, OtherRankFailed, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
@@ -230,7 +230,7 @@ def _send_all(
             for w in works[:2]:
                 w.wait()
         except RuntimeError as exc:
-            raise FpnError(
+            raise OtherRankFailed(
                 f"rank {rank}: rank 0 stopped, results can no longer be sent ({_short(exc)})"
             ) from None
 
@@ -359,7 +359,7 @@ class _Gatherer:
 
         def on_sigterm(signum: int, frame: Any) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the caller flush its outputs
-            raise FpnError(self._message(wait=2.0))
+            raise OtherRankFailed(self._message(wait=2.0))
 
         if previous is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
@@ -381,7 +381,7 @@ class _Gatherer:
                                     continue
                                 packed = take(owner, block=True)
                         except _RankStopped:
-                            raise FpnError(self._message()) from None
+                            raise OtherRankFailed(self._message()) from None
                         if packed is not None:
                             break
                     index, width, height, boxes, scores, labels, error = packed
