@@ -26,8 +26,8 @@ from fpncli.engine.distributed_inference import predict_sharded
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Each process runs `python -m fpncli ARGS` for each command line in turn (exit codes saved);
-# in the third run rank 1 is given other images; in the fourth it crashes after sending its
-# first two results.
+# in the third run rank 1 is given other images; the fourth fails on every rank (no annotation
+# file); in the fifth rank 1 crashes after sending its first two results.
 SCRIPT = textwrap.dedent("""
     import json, os, runpy, sys, time
     commands, codes_file = json.loads(sys.argv[1]), sys.argv[2]
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     for n, args in enumerate(commands):
         if n == 2 and rank == 1:
             args = [a.replace("/val", "/val_few") for a in args]
-        if n == 3 and rank == 1:
+        if n == 4 and rank == 1:
             import fpncli.engine.predict as P
             real = P.predict_images
             def dying(*a, **k):
@@ -96,6 +96,7 @@ def _commands(root: Path, weights: Path, tag: str) -> list[list[str]]:
         [*detect, "--out", str(root / f"det-{tag}"), *coco],
         [*evaluate, "--device", "cpu", "--batch-size", "1", "--out", str(root / f"eval-{tag}")],
         [*detect, "--out", str(root / f"other-{tag}"), "--no-draw", "--quiet"],
+        ["eval", "--coco", str(root / "missing.json"), "--images", str(val), "--weights", str(weights)],
         [*detect, "--out", str(root / f"die-{tag}"), "--no-draw", "--quiet"],
     ]
 
@@ -108,6 +109,9 @@ def runs(data):
     torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): same float results
     try:
         single = [runner_exit(args) for args in _commands(root, weights, "single")[:2]]
+        # eval computes each image with one thread whatever the process's thread count
+        torch.set_num_threads(2)
+        single.append(runner_exit(_commands(root, weights, "threads")[1]))
     finally:
         torch.set_num_threads(threads)  # later tests expect conftest's setting
     script = root / "run_commands.py"
@@ -159,14 +163,22 @@ def test_eval_under_torchrun_gives_the_single_process_numbers(runs):
     )
     dets = _json(root / "eval-dist" / "detections.json")
     assert dets == _json(root / "eval-single" / "detections.json") and len(dets) > 0
+    # byte-identical also to a single process with more threads (a convolution's float sums
+    # depend on its thread count: eval runs every image on one)
+    assert (
+        single[2] == 0
+        and (root / "eval-threads" / "detections.json").read_bytes()
+        == (root / "eval-dist" / "detections.json").read_bytes()
+    )
     assert proc.stdout.count("COCO box metrics") == 1
 
 
 def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     root, _, proc, codes = runs
-    assert proc.returncode != 0 and codes[0][3:] == [1], proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert any("rank 1 of 2 stopped" in line for line in errors), proc.stderr[-3000:]
+    assert proc.returncode != 0 and codes[0][4:] == [1], proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "rank 1 of 2 stopped" in line]
+    # rank 1 died without a word: rank 0's own error is the run's, printed once
+    assert len(errors) == 1 and errors[0].startswith("error (rank 0): "), proc.stderr[-3000:]
     kept = _json(root / "die-dist" / "predictions.json")
     one = _json(root / "det-single" / "predictions.json")
     # Rank 1 sent images 1 and 3 before it died: images 0-4 are kept, in order; 5 never came.
@@ -180,7 +192,9 @@ def test_ranks_given_different_inputs_refuse_before_any_work(runs):
     root, _, proc, codes = runs
     assert codes[0][2] == 1 and codes[1][2] == 1, proc.stderr[-3000:]  # both ranks refuse
     errors = [line for line in proc.stderr.splitlines() if "were given different inputs" in line]
-    assert errors and "rank 0: 8, rank 1: 2" in errors[0], proc.stderr[-3000:]
+    # printed once, by rank 0, naming both ranks (each raised it)
+    assert len(errors) == 1 and "rank 0: 8, rank 1: 2" in errors[0], proc.stderr[-3000:]
+    assert errors[0].startswith("error (ranks 0, 1): the 2 processes"), errors
     assert _json(root / "other-dist" / "predictions.json") == {"images": [], "errors": []}  # no image ran
 
 
@@ -196,3 +210,10 @@ def test_single_process_is_predict_images_with_the_local_hook(tiny_model, tmp_pa
     assert [r.path for r in results] == paths and seen == results
     assert results[0].image is not None and results[0].image.shape == (3, 30, 40)
     assert list(predict_sharded(tiny_model, [])) == []
+
+
+def test_an_eval_error_under_torchrun_is_printed_once(runs):
+    _, _, proc, codes = runs
+    assert codes[0][3] == 1 and codes[1][3] == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "missing.json" in line]
+    assert len(errors) == 1 and errors[0].startswith("error (ranks 0, 1): "), proc.stderr[-3000:]
