@@ -49,6 +49,8 @@ from fpncli.engine.trainer import (
 )
 from fpncli.errors import FpnError, first_line
 from fpncli.modeling.detector import FPNFasterRCNN
+from fpncli.modeling.necks.registry import neck_options
+from fpncli.modeling.options import owned_elsewhere
 from fpncli.outputs import check_outputs
 
 SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
@@ -166,6 +168,10 @@ def _build_model(cfg: TrainConfig, categories: Any) -> tuple[FPNFasterRCNN, str]
     ):
         return model, loaded.source
     config = _switch_neck(model.config, overrides).replace(class_names=names, category_ids=ids, **overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    foreign = owned_elsewhere(given, neck_options(), config.neck)  # e.g. --rfp-steps on an fpn run
+    if foreign is not None:
+        raise FpnError(foreign)
     config = config.replace(roi_pooling=config.resolved_roi_pooling())  # compared with the file's below
     new = build_model(config, pretrained_backbone=model.norm == "frozen_bn")
     if _other_architecture(model.config, config):
@@ -191,7 +197,7 @@ def _switch_neck(old: Any, overrides: dict[str, Any]) -> Any:
     if neck is None or neck == old.neck:
         return old
     defaults = ModelConfig()
-    reset = {k: getattr(defaults, k) for k in get_neck(old.neck).options if overrides.get(k) is None}
+    reset = {k: getattr(defaults, k) for k in get_neck(old.neck).option_fields if overrides.get(k) is None}
     if overrides.get("roi_pooling") is None and old.roi_pooling == get_neck(old.neck).roi_pooling:
         reset["roi_pooling"] = "auto"
     return old.replace(**reset)
@@ -201,7 +207,7 @@ def _other_architecture(old, new) -> bool:
     """Whether ``new`` (a ModelConfig) changes the neck, the RoI pooling or SAC of ``old``."""
     from fpncli.modeling.necks.registry import get_neck
 
-    options = set(get_neck(old.neck).options) | set(get_neck(new.neck).options)
+    options = set(get_neck(old.neck).option_fields) | set(get_neck(new.neck).option_fields)
     fields = ("neck", "roi_pooling", "sac", "sac_deform", "sac_stages", *sorted(options))
     return any(getattr(old, f) != getattr(new, f) for f in fields)
 
