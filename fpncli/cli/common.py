@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fpncli.cli.display import make_console
 from fpncli.errors import FpnError, OtherRankFailed, first_line
-from fpncli.modeling.necks.registry import neck_names
 
-console = Console()
-err_console = Console(stderr=True)
+# Wrapped to a terminal; unwrapped and colourless in a log (see display.py).
+console = make_console()
+err_console = make_console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,65 +32,26 @@ DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present, else C
 BackendOption = Annotated[
     str, typer.Option(help="COCO evaluation backend: auto, pycocotools or faster-coco-eval.")
 ]
-NeckOption = Annotated[
-    str | None, typer.Option(help=f"Neck: {', '.join(neck_names())} (default: the preset's, fpn).")
+# --weights wherever a trained model is loaded: one shape (an option), one help text.
+WEIGHTS_HELP = (
+    "The model: coco (torchvision's COCO_V1 weights), a checkpoint from fpn train, a torchvision "
+    "state dict, or a file from fpn export (.onnx, TorchScript; detect and eval run these); "
+    "none: random weights (info, inspect-levels)."
+)
+WeightsOption = Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP, show_default=False)]
+OptionalWeightsOption = Annotated[
+    str | None, typer.Option("--weights", help=WEIGHTS_HELP, show_default=False)
 ]
-RoIPoolingOption = Annotated[
-    str | None,
-    typer.Option(
-        help="RoI pooling: level (FPN's Eqn. (1), the default), afp (PANet's adaptive feature "
-        "pooling: every RoI from every level, per-level fc6, element-wise max) or soft (AugFPN's "
-        "soft RoI selection: every level weighted by learned spatial attention, the default with "
-        "--neck augfpn)."
-    ),
+# A default of "none" (info, inspect-levels) is shown.
+ModelWeightsOption = Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)]
+MinSizeOption = Annotated[
+    int | None, typer.Option(help="Resize the shorter image side to this many pixels (default: the model's).")
 ]
-NoRFAOption = Annotated[
-    bool,
-    typer.Option(
-        "--no-rfa", help="AugFPN: switch off residual feature augmentation (the C5 context branch)."
-    ),
+MaxSizeOption = Annotated[
+    int | None, typer.Option(help="Cap the longer image side at this many pixels (default: the model's).")
 ]
-NoConsistentSupervisionOption = Annotated[
-    bool,
-    typer.Option(
-        "--no-consistent-supervision",
-        help="AugFPN: switch off consistent supervision (the training-only auxiliary head on the raw laterals).",
-    ),
-]
-NASFPNStacksOption = Annotated[
-    int | None, typer.Option(help="NAS-FPN: stacked merging-cell stages (default 7, the paper's).")
-]
-NASFPNNormOption = Annotated[
-    str | None,
-    typer.Option(help="NAS-FPN: norm after each cell conv: gn (default), bn (the paper's), frozen_bn, none."),
-]
-RFPStepsOption = Annotated[
-    int | None,
-    typer.Option(
-        help="RFP (--neck rfp): bottom-up + FPN passes, each after the first with its own ResNet (default 2, the paper's)."
-    ),
-]
-SACOption = Annotated[
-    bool,
-    typer.Option(
-        "--sac",
-        help="DetectoRS's Switchable Atrous Convolution: every 3x3 conv of the --sac-stages ResNet "
-        "stages switches per position between dilation 1 and 3 (starts equal to the plain conv).",
-    ),
-]
-SACDeformOption = Annotated[
-    bool,
-    typer.Option("--sac-deform", help="SAC with deformable convolutions (the reference's; implies --sac)."),
-]
-SACStagesOption = Annotated[
-    str | None,
-    typer.Option(help="SAC: ResNet stages to convert, from 2,3,4,5 (c2..c5; default 3,4,5 = res3-res5)."),
-]
-ModelWeightsOption = Annotated[
-    str,
-    typer.Option(
-        help="coco (torchvision COCO_V1), none, or an fpncli checkpoint / torchvision state-dict path."
-    ),
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")
 ]
 
 # Sliced inference and test-time augmentation (fpn detect, fpn eval; see engine/augment.py).
@@ -228,24 +189,3 @@ def _other_rank_failed() -> bool:
     from fpncli.engine.rank_errors import other_rank_failed
 
     return other_rank_failed(state.commands)
-
-
-def sac_overrides(sac: bool, sac_deform: bool, sac_stages: str | None) -> dict[str, Any]:
-    """ModelConfig overrides of the SAC options (only those given: an unset option keeps the
-    preset's or the checkpoint's value). ``--sac-stages`` alone is an error (it needs --sac)."""
-    out: dict[str, Any] = {}
-    if sac or sac_deform:
-        out["sac"] = True
-    if sac_deform:
-        out["sac_deform"] = True
-    if sac_stages is not None:
-        try:
-            stages = tuple(int(v) for v in sac_stages.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise FpnError(
-                f"--sac-stages: expected comma-separated stages like 3,4,5, got {sac_stages!r}"
-            ) from None
-        if "sac" not in out:
-            raise FpnError("--sac-stages chooses where SAC goes: add --sac (or --sac-deform)")
-        out["sac_stages"] = stages
-    return out

@@ -11,9 +11,13 @@ from rich.markup import escape as esc
 
 from fpncli.cli.common import (
     DeviceOption,
+    JsonOption,
+    MaxSizeOption,
+    MinSizeOption,
     SliceOption,
     SliceOverlapOption,
     TTAOption,
+    WeightsOption,
     console,
     err_console,
     handle_errors,
@@ -47,13 +51,7 @@ def detect(
             show_default=False,
         ),
     ],
-    weights: Annotated[
-        str,
-        typer.Option(
-            help="coco, or an fpncli checkpoint / torchvision state-dict path, or a file from fpn export "
-            "(.onnx, TorchScript)."
-        ),
-    ],
+    weights: WeightsOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
     score_thr: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
@@ -67,10 +65,8 @@ def detect(
         list[str] | None,
         typer.Option(help="Only these classes: names or category ids, comma-separated or repeated."),
     ] = None,
-    min_size: Annotated[
-        int | None, typer.Option(help="Resize the shorter side to this (model default).")
-    ] = None,
-    max_size: Annotated[int | None, typer.Option(help="Cap the longer side at this (model default).")] = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -120,9 +116,7 @@ def detect(
     tta: TTAOption = None,
     vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print predictions.json to stdout at the end.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     import json
 
@@ -210,7 +204,6 @@ def _progress():
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
@@ -226,7 +219,9 @@ def _progress():
             rate = task.completed / elapsed if elapsed > 0 else 0.0
             return Text(f"{rate:.2f} {task.fields.get('unit', 'img')}/s", style="cyan")
 
-    return Progress(
+    from fpncli.cli.display import make_progress
+
+    return make_progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -236,8 +231,6 @@ def _progress():
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err_console,
-        transient=False,
-        refresh_per_second=4,
     )
 
 

@@ -12,6 +12,8 @@ from rich.markup import escape as esc
 from fpncli.cli.common import (
     BackendOption,
     DeviceOption,
+    JsonOption,
+    OptionalWeightsOption,
     SliceOption,
     SliceOverlapOption,
     TTAOption,
@@ -48,13 +50,7 @@ def eval_coco(
     images: Annotated[
         Path | None, typer.Option(help="Folder the annotation file names are relative to.")
     ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Model to run: an fpncli checkpoint, a torchvision state dict, 'coco' (COCO_V1), or a "
-            "file from fpn export (.onnx, TorchScript)."
-        ),
-    ] = None,
+    weights: OptionalWeightsOption = None,
     out: Annotated[
         Path, typer.Option(help="Output folder for metrics.json, detections.json and plots.")
     ] = Path("runs/eval"),
@@ -72,12 +68,11 @@ def eval_coco(
     slice_size: SliceOption = None,
     slice_overlap: SliceOverlapOption = None,
     tta: TTAOption = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+    from fpncli.cli.display import make_progress
     from fpncli.engine.evaluate import EvalOptions, run_eval
 
     options = EvalOptions(
@@ -97,17 +92,11 @@ def eval_coco(
         slice_overlap=slice_overlap,
         tta=tta,
     )
-    with Progress(
-        TextColumn("detecting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        # One progress display under torchrun (read from the environment: results mode
-        # must not import torch).
-        disable=results is not None or int(os.environ.get("RANK", "0")) != 0,
-    ) as bar:
+    # One progress display under torchrun (read from the environment: results mode must
+    # not import torch), and none when a results file is evaluated.
+    quiet = results is not None or int(os.environ.get("RANK", "0")) != 0
+    columns = (TextColumn("detecting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with make_progress(*columns, console=err_console, transient=True) if not quiet else _NoProgress() as bar:
         task = bar.add_task("detect", total=None)
         metrics = run_eval(options, progress=lambda event: _show(event, bar, task))
     if metrics is None:
@@ -125,6 +114,22 @@ def eval_coco(
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
+
+
+class _NoProgress:
+    """A progress display that shows nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _show(event: dict[str, Any], bar: Any, task: Any) -> None:

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import console, err_console, handle_errors
+from fpncli.cli.common import (
+    MaxSizeOption,
+    MinSizeOption,
+    WeightsOption,
+    console,
+    err_console,
+    handle_errors,
+)
 
 HELP = (
     "Export a detector to ONNX or TorchScript: RGB uint8 image of any size in, boxes in its pixels "
@@ -16,8 +23,8 @@ HELP = (
 )
 EPILOG = (
     "Examples:\n\n"
-    "  fpn export runs/exp/best.pt --format onnx --out model.onnx\n\n"
-    "  fpn export coco --format torchscript --out frcnn.torchscript --check-images photos/\n\n"
+    "  fpn export --weights runs/exp/best.pt --format onnx --out model.onnx\n\n"
+    "  fpn export --weights coco --format torchscript --out frcnn.torchscript --check-images photos/\n\n"
     "  fpn detect photos/ --weights model.onnx --out out/\n\n"
     "The thresholds and sizes below are fixed in the file; a run of the file may only raise "
     "--score-thr or lower --max-dets. Exit code 1 (and no file) when the exported model differs "
@@ -27,12 +34,7 @@ EPILOG = (
 
 @handle_errors
 def export(
-    weights: Annotated[
-        str,
-        typer.Argument(
-            help="coco, or an fpncli checkpoint / torchvision state-dict path.", show_default=False
-        ),
-    ],
+    weights: WeightsOption,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (.onnx for onnx).")],
     check_images: Annotated[
@@ -46,10 +48,8 @@ def export(
     max_dets: Annotated[
         int | None, typer.Option(help="At most this many detections per image (model default 100).")
     ] = None,
-    min_size: Annotated[
-        int | None, typer.Option(help="Resize the shorter side to this (model default).")
-    ] = None,
-    max_size: Annotated[int | None, typer.Option(help="Cap the longer side at this (model default).")] = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     winograd: Annotated[
         bool | None,
         typer.Option(

@@ -6,7 +6,12 @@ from typing import Annotated
 
 import typer
 
-from fpncli.cli.common import ModelWeightsOption, console, handle_errors
+from fpncli.cli.common import (
+    JsonOption,
+    ModelWeightsOption,
+    console,
+    handle_errors,
+)
 from fpncli.cli.params import ModelArgs, model_options
 
 HELP = "Show the model architecture: levels, strides, channels, anchors, parameters, weights."
@@ -31,7 +36,7 @@ def info(
     ] = "default",
     model: ModelArgs | None = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the architecture as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     import json
 

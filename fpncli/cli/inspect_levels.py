@@ -11,7 +11,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, ModelWeightsOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    JsonOption,
+    MaxSizeOption,
+    MinSizeOption,
+    ModelWeightsOption,
+    console,
+    err_console,
+    handle_errors,
+)
 from fpncli.cli.params import ModelArgs, model_options
 from fpncli.errors import FpnError
 
@@ -71,10 +80,8 @@ def inspect_levels(
     model: ModelArgs | None = None,
     num_classes: Annotated[int, typer.Option(help="Foreground classes for --weights none.")] = 80,
     device: DeviceOption = "auto",
-    min_size: Annotated[
-        int | None, typer.Option(help="Resize the shorter image side to this (pixels).")
-    ] = None,
-    max_size: Annotated[int | None, typer.Option(help="Cap the longer image side at this (pixels).")] = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     score_thr: Annotated[float, typer.Option(help="Keep detections with at least this score.")] = 0.5,
     anchor_sizes: Annotated[
         str | None, typer.Option(help="Anchor sizes, one per RPN level, e.g. 16,32,64,128,256.")
@@ -84,9 +91,7 @@ def inspect_levels(
         bool, typer.Option("--compare-bottom-up", help="Also draw C2..C5 next to the pyramid levels.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Folder for the pictures and the JSON report.")] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
-    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     if (image is None) == (coco is None):
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape as esc
 
-from fpncli.cli.common import DeviceOption, console, err_console, handle_errors
+from fpncli.cli.common import (
+    DeviceOption,
+    MaxSizeOption,
+    MinSizeOption,
+    console,
+    err_console,
+    handle_errors,
+)
 from fpncli.cli.params import ModelArgs, model_options
 from fpncli.errors import FpnError
 
@@ -103,10 +110,8 @@ def train(
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 1e-4).")] = None,
     warmup_iters: Annotated[int | None, typer.Option(help="Linear warm-up iterations.")] = None,
     clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = off).")] = 10.0,
-    min_size: Annotated[int | None, typer.Option(help="Shorter image side (default: the preset's).")] = None,
-    max_size: Annotated[
-        int | None, typer.Option(help="Longer image side cap (default: the preset's).")
-    ] = None,
+    min_size: MinSizeOption = None,
+    max_size: MaxSizeOption = None,
     train_sizes: Annotated[
         str | None,
         typer.Option(help="Multi-scale training: shorter sides to draw from, e.g. 640,672,704,736,768,800."),
@@ -239,16 +244,17 @@ class TrainDisplay:
     printed above it."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(
+        from fpncli.cli.display import make_progress
+
+        self.progress = make_progress(
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
             console=console,
-            transient=False,
         )
         self.task: TaskID | None = None
 
