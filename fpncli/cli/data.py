@@ -47,8 +47,6 @@ def synth(
         ),
     ] = None,
 ) -> None:
-    from rich.progress import Progress
-
     from fpncli.data.synth import SIZES, synthesize
     from fpncli.errors import FpnError
 
@@ -59,7 +57,9 @@ def synth(
         except ValueError:
             raise FpnError(f"--size: expected WxH in pixels, e.g. 1024x768 (got {', '.join(size)})") from None
 
-    with Progress(console=console, transient=True) as bar:
+    from fpncli.cli.display import make_progress
+
+    with make_progress(console=console, transient=True) as bar:
         task = bar.add_task("drawing", total=train + val)
         summary = synthesize(
             out,
