@@ -134,11 +134,21 @@ def _json(path: Path):
     return json.loads(path.read_text())
 
 
+def _predictions(out: Path):
+    """predictions.json of a run into ``out``, each annotated copy's path relative to ``out``
+    (two runs into two folders name the same copies)."""
+    data = _json(out / "predictions.json")
+    for record in data["images"]:
+        if "annotated" in record:
+            record["annotated"] = str(Path(record["annotated"]).relative_to(out))
+    return data
+
+
 def test_detect_under_torchrun_writes_what_one_process_writes(runs):
     root, single, proc, codes = runs
     # The unreadable image makes both runs exit 1, as documented; rank 1 prints nothing.
     assert single[0] == 1 and codes[0][0] == 1 and codes[1][0] == 0, proc.stderr[-3000:]
-    one, two = _json(root / "det-single" / "predictions.json"), _json(root / "det-dist" / "predictions.json")
+    one, two = _predictions(root / "det-single"), _predictions(root / "det-dist")
     assert len(one["images"]) == 7 and sum(len(r["detections"]) for r in one["images"]) > 0
     assert [e["file"] for e in one["errors"]] == [str(root / "data" / "val" / "000001.png")]
     assert two == one  # same records, same order, same numbers; the error reported the same way
@@ -179,12 +189,13 @@ def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     errors = [line for line in proc.stderr.splitlines() if "rank 1 of 2 stopped" in line]
     # rank 1 died without a word: rank 0's own error is the run's, printed once
     assert len(errors) == 1 and errors[0].startswith("error (rank 0): "), proc.stderr[-3000:]
-    kept = _json(root / "die-dist" / "predictions.json")
-    one = _json(root / "det-single" / "predictions.json")
+    kept = _predictions(root / "die-dist")
+    one = _predictions(root / "det-single")
     # Rank 1 sent images 1 and 3 before it died: images 0-4 are kept, in order; 5 never came.
     files = sorted([r["file"] for r in kept["images"]] + [e["file"] for e in kept["errors"]])
     assert files == [str(root / "data" / "val" / f"00000{i}.png") for i in range(5)]
-    without_ids = [{k: v for k, v in r.items() if k != "image_id"} for r in one["images"]]
+    # (this run draws nothing: no "annotated" entries)
+    without_ids = [{k: v for k, v in r.items() if k not in ("image_id", "annotated")} for r in one["images"]]
     assert kept["images"] == [r for r in without_ids if r["file"] in files]
 
 
