@@ -17,8 +17,8 @@ import time
 def measure(row: str, steps: int, size: int, batch: int) -> dict:
     import torch
 
+    from fpncli.analysis.ablation import parse_row
     from fpncli.config import preset_config
-    from fpncli.engine.ablation import parse_row
     from fpncli.modeling.detector import build_model
 
     neck, overrides = parse_row(row)

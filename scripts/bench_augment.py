@@ -16,8 +16,8 @@ import argparse
 import json
 import time
 
-from fpncli.engine.augment import AugmentedDetector, check_slice, parse_tta
-from fpncli.engine.evaluate import evaluate_model
+from fpncli.evaluation.evaluate import evaluate_model
+from fpncli.inference.augment import AugmentedDetector, check_slice, parse_tta
 from fpncli.modeling.weights import load_detector
 
 

@@ -8,7 +8,7 @@ other work hits both alike.
     (a) stock: ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)``, load the
         state dict, then per image: PIL open, ``to_tensor``, ``model([x])`` under
         ``torch.no_grad()``, keep scores >= --score-thr;
-    (b) fpn detect: :func:`fpncli.engine.detect.run_detect` end to end with its defaults
+    (b) fpn detect: :func:`fpncli.inference.detect.run_detect` end to end with its defaults
         (model loading, BatchNorm folded into the convolutions, Winograd 3x3 convolutions,
         one single-threaded model replica per core decoding and detecting whole images,
         annotated images written).
@@ -207,7 +207,7 @@ def fpn_detect(
     device: str,
     workers: int | None = None,
 ) -> list[list[tuple[int, float, list[float]]]]:
-    from fpncli.engine.detect import DetectOptions, run_detect
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     exported = weights.suffix in (".onnx", ".torchscript")
     summary = run_detect(
@@ -290,7 +290,7 @@ def compare(ref: list, got: list, score_thr: float, tol: float = 5e-3) -> dict:
 
 def ablation(weights: Path, paths: list[Path], size: int, max_size: int, rounds: int) -> list[dict]:
     """Each optimisation alone, on the same images, arms alternating within each round."""
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
     from fpncli.modeling.optimize import fold_batchnorm, use_channels_last, use_winograd
     from fpncli.modeling.weights import load_detector
 
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         if args.export != "none":
-            from fpncli.engine.export import ExportOptions, run_export
+            from fpncli.deploy.export import ExportOptions, run_export
 
             exported = Path(tmp) / f"model.{args.export}"
             with Timed() as t:

@@ -7,7 +7,7 @@
 Writes a synthetic COCO annotation file (80 categories with COCO's non-contiguous ids,
 crowd regions, images without objects) and a results file made from it (seeded jitter,
 dropped boxes, duplicates, false positives) into a temporary folder. Each backend then runs
-`fpncli.engine.evaluate.evaluate_results` in a fresh Python process, so the times include
+`fpncli.evaluation.evaluate.evaluate_results` in a fresh Python process, so the times include
 everything a user waits for (JSON loading, indexing, matching, accumulation, per-class
 table) and one backend's warm caches never help the other. Prints both times, the ratio,
 and whether the 12 numbers are equal.
@@ -100,8 +100,8 @@ def synthesise(folder: Path, images: int, boxes_per_image: float, seed: int) -> 
 def worker(backend: str, ann: str, res: str) -> None:
     """Runs in the child process: one evaluation, its time and numbers as JSON on stdout."""
     t0 = time.perf_counter()
-    from fpncli.engine.coco_eval import METRIC_KEYS
-    from fpncli.engine.evaluate import evaluate_results
+    from fpncli.evaluation.coco_eval import METRIC_KEYS
+    from fpncli.evaluation.evaluate import evaluate_results
 
     metrics = evaluate_results(ann, res, backend=backend)
     elapsed = time.perf_counter() - t0
@@ -139,7 +139,7 @@ def main() -> None:
         worker(*args.worker)
         return
 
-    from fpncli.engine.coco_eval import available_backends
+    from fpncli.evaluation.coco_eval import available_backends
 
     if "faster-coco-eval" not in available_backends():
         sys.exit('faster-coco-eval is not installed: pip install "fpncli[fast]"')

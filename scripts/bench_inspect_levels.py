@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     args = parser.parse_args()
 
+    from fpncli.analysis.anchor_fit import anchor_layout, best_anchor_iou, inspect_dataset
     from fpncli.config import preset_config
-    from fpncli.engine.anchor_fit import anchor_layout, best_anchor_iou, inspect_dataset
 
     cfg = preset_config(args.preset, class_names=["thing"], category_ids=[1])
     anchor_layout(cfg)  # first build imports torchvision's detection modules; not what we time

@@ -37,8 +37,8 @@ def _peak_mb(device: str) -> float:
 
 
 def run_ours(args) -> dict:
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import train
 
     out = Path(tempfile.mkdtemp(prefix="bench_fpn_")) / "run"
     cfg = TrainConfig(

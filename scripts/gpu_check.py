@@ -112,7 +112,7 @@ def _data(tmp: Path, quick: bool) -> tuple[Path, list[Path], str]:
 
 def _detect(weights: Path, paths: list[Path], out: Path, size: int, thr: float, **options) -> list:
     """fpn detect's detections per image as ``[(category_id, score, box)]``."""
-    from fpncli.engine.detect import DetectOptions, run_detect
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     summary = run_detect(
         [str(p) for p in paths],
@@ -193,8 +193,8 @@ def _torchrun_detect(weights: Path, paths: list[Path], out: Path, size: int, thr
 
 def _train(data: Path, out: Path, dev: str, amp_dtype: str, iters: int, size: int) -> tuple[bool, str]:
     from fpncli.checkpoint import read_checkpoint
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import train
 
     cfg = TrainConfig(
         data=str(data),

@@ -33,7 +33,7 @@ def main() -> None:
         import torch
 
         from fpncli.config import preset_config
-        from fpncli.engine.predict import predict_images
+        from fpncli.inference.predict import predict_images
         from fpncli.modeling.detector import build_model
 
         torch.set_num_threads(1)

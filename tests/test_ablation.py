@@ -20,7 +20,7 @@ DATASET = {
 
 
 def test_proposal_recall_is_class_agnostic_and_cut_at_max_dets():
-    from fpncli.engine.coco_eval import proposal_recall
+    from fpncli.evaluation.coco_eval import proposal_recall
 
     exact = proposal_recall(DATASET, {1: [[10, 10, 30, 30]], 2: [[0, 0, 60, 50]]})
     assert exact["AR100"] == exact["AR1k"] == exact["AR1k_s"] == exact["AR1k_m"] == 1.0
@@ -31,7 +31,7 @@ def test_proposal_recall_is_class_agnostic_and_cut_at_max_dets():
 
 
 def test_proposal_recall_empty_and_partial():
-    from fpncli.engine.coco_eval import proposal_recall
+    from fpncli.evaluation.coco_eval import proposal_recall
 
     none = proposal_recall(DATASET, {})
     assert none["AR1k"] == 0.0 and none["num_proposals"] == 0
@@ -44,7 +44,7 @@ def test_proposal_recall_empty_and_partial():
 def test_proposal_recall_same_on_every_backend(backend):
     """The ablation's recall goes through the same COCOeval driver as `fpn eval`, so
     --backend applies to it too; both backends give the same numbers."""
-    from fpncli.engine.coco_eval import available_backends, proposal_recall
+    from fpncli.evaluation.coco_eval import available_backends, proposal_recall
 
     if backend not in available_backends():
         pytest.skip(f"{backend} not installed")
@@ -65,7 +65,7 @@ def test_proposal_recall_same_on_every_backend(backend):
 
 
 def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
-    from fpncli.engine.ablation import rpn_proposals
+    from fpncli.analysis.ablation import rpn_proposals
 
     before = dict(tiny_model.rpn._post_nms_top_n), dict(tiny_model.rpn._pre_nms_top_n)
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_rpn_proposals_in_image_pixels_and_settings_restored(tiny_model):
 
 
 def test_single_level_necks_get_the_pyramids_rpn_candidates(tiny_config):
-    from fpncli.engine.ablation import equal_pre_nms
+    from fpncli.analysis.ablation import equal_pre_nms
     from fpncli.modeling.detector import build_model
 
     fpn, c4 = build_model(tiny_config).eval(), build_model(tiny_config.replace(neck="c4")).eval()
@@ -93,7 +93,7 @@ def test_single_level_necks_get_the_pyramids_rpn_candidates(tiny_config):
 
 
 def test_budget_plan_scales_and_rejects_nonpositive():
-    from fpncli.engine.ablation import budget_plan
+    from fpncli.analysis.ablation import budget_plan
 
     one, ten = budget_plan(1.0), budget_plan(10)
     assert ten["iters"] == 10 * one["iters"] and ten["train_images"] == 10 * one["train_images"]
@@ -107,7 +107,7 @@ def _row(neck, s, m, large, aps, apm, apl):
 
 
 def test_small_object_claim_from_the_numbers():
-    from fpncli.engine.ablation import claim_sentence, small_object_claim
+    from fpncli.analysis.ablation import claim_sentence, small_object_claim
 
     rows = [
         _row("c4", 0.30, 0.50, 0.60, 0.10, 0.30, 0.40),
@@ -126,7 +126,7 @@ def test_small_object_claim_from_the_numbers():
 
 
 def test_bad_arguments_are_user_errors(tmp_path):
-    from fpncli.engine.ablation import run_ablation
+    from fpncli.analysis.ablation import run_ablation
 
     with pytest.raises(FpnError, match="unknown neck 'fpx'"):
         run_ablation(tmp_path / "a", ["fpn", "fpx"])
@@ -167,7 +167,7 @@ def test_cli_reports_a_bad_neck_in_one_line():
 def test_ablation_end_to_end(tmp_path):
     """Two necks, two training iterations each: the table, its files, checkpoints that reload,
     and a second call that reuses the finished necks instead of retraining."""
-    from fpncli.engine.ablation import run_ablation
+    from fpncli.analysis.ablation import run_ablation
     from fpncli.modeling.weights import load_detector
 
     events = []
@@ -203,7 +203,7 @@ def test_ablation_end_to_end(tmp_path):
 
 
 def test_rows_name_a_neck_and_its_roi_pooling():
-    from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS, _train_key, parse_row
+    from fpncli.analysis.ablation import DEFAULT_ROWS, SURVEY_ROWS, _train_key, parse_row
 
     assert parse_row("panet+afp") == ("panet", {"roi_pooling": "afp"}) and parse_row("nasfpn") == (
         "nasfpn",
@@ -236,8 +236,8 @@ def test_backbone_weights_reach_every_rows_training_and_its_cache_key(tmp_path, 
     the key that decides whether a finished row is reused; from scratch, the key is as before."""
     import torchvision
 
-    import fpncli.engine.train as train_module
-    from fpncli.engine.ablation import _train_key, run_ablation
+    import fpncli.training.train as train_module
+    from fpncli.analysis.ablation import _train_key, run_ablation
 
     with pytest.raises(FpnError, match=r"missing\.pt: --backbone-weights must be none, imagenet or a file"):
         run_ablation(tmp_path / "a", ["fpn"], backbone_weights=str(tmp_path / "missing.pt"))

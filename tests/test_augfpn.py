@@ -202,7 +202,7 @@ def test_alpha_scales_every_auxiliary_loss(make_targets, tiny_config, one_thread
     ],
 )
 def test_each_part_switches_off_on_its_own(make_targets, tiny_config, parts, one_thread):
-    from fpncli.engine.describe import describe_model
+    from fpncli.analysis.describe import describe_model
     from fpncli.modeling.consistent_supervision import ConsistentSupervisionRoIHeads
     from fpncli.modeling.soft_roi import SoftRoISelection
 
@@ -259,9 +259,9 @@ def test_checkpoint_round_trip_inference_drops_the_auxiliary_head(tiny_config, t
 
 def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(tiny_config, tmp_path, one_thread):
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.train import _build_model
-    from fpncli.engine.train_config import TrainConfig
     from fpncli.modeling.detector import build_model
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import _build_model
 
     aug = _build(tiny_config)
     path = save_checkpoint(tmp_path / "aug.pt", aug)
@@ -344,7 +344,7 @@ def test_info_lists_the_parts_and_the_training_only_head():
 def test_inspect_levels_soft_view(tiny_config, tmp_path, one_thread):
     from PIL import Image
 
-    from fpncli.engine.inspect_image import SIZE_BUCKETS, inspect_image
+    from fpncli.analysis.inspect_image import SIZE_BUCKETS, inspect_image
     from fpncli.viz.levels import save_soft_levels
 
     model = _build(tiny_config)
@@ -377,7 +377,7 @@ def test_inspect_levels_soft_view(tiny_config, tmp_path, one_thread):
 
 
 def test_ablation_rows_for_the_parts():
-    from fpncli.engine.ablation import SURVEY_ROWS, _train_key, parse_row, row_pooling
+    from fpncli.analysis.ablation import SURVEY_ROWS, _train_key, parse_row, row_pooling
 
     assert parse_row("augfpn") == ("augfpn", {}) and row_pooling("augfpn") == "soft"
     assert parse_row("fpn+cs") == ("augfpn", {"roi_pooling": "level", "augfpn_rfa": False})

@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.augment import (
+from fpncli.errors import FpnError
+from fpncli.inference.augment import (
     MAX_VIEWS,
     AugmentedDetector,
     SliceSpec,
@@ -24,8 +25,7 @@ from fpncli.engine.augment import (
     tile_windows,
     view_count,
 )
-from fpncli.engine.detect import DetectOptions, run_detect
-from fpncli.errors import FpnError
+from fpncli.inference.detect import DetectOptions, run_detect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -91,7 +91,7 @@ def test_bad_options_are_one_line_errors():
 
 
 def test_boxes_a_tile_cuts_are_dropped_and_mapped_back():
-    from fpncli.engine.augment import View, _to_image
+    from fpncli.inference.augment import View, _to_image
 
     out = {
         "boxes": torch.tensor([[0.0, 10, 20, 30], [10, 10, 20, 20], [25, 5, 35, 39.5], [5, 0, 15, 8]]),

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.demo import DemoConfig, _prepare
 from fpncli.errors import FpnError
+from fpncli.workflows.demo import DemoConfig, _prepare
 
 
 @pytest.mark.slow

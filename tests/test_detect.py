@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
-from fpncli.engine.detect import DetectOptions, output_paths, resolve_classes, run_detect
 from fpncli.errors import FpnError
+from fpncli.inference.detect import DetectOptions, output_paths, resolve_classes, run_detect
 from fpncli.outputs import LEDGER_NAME
 
 runner = CliRunner()

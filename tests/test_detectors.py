@@ -387,9 +387,9 @@ def test_info_shows_sac_stages_rfp_steps_and_the_cost_by_part():
 
 def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one_thread):
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.train import _build_model
-    from fpncli.engine.train_config import TrainConfig
     from fpncli.modeling.weights import load_detector
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import _build_model
 
     torch.manual_seed(7)
     resnet = _build(tiny_config).backbone.bottom_up.state_dict()
@@ -426,7 +426,7 @@ def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one
 def test_inspect_levels_rfp_view(tiny_config, tmp_path, one_thread):
     from PIL import Image
 
-    from fpncli.engine.inspect_image import inspect_image
+    from fpncli.analysis.inspect_image import inspect_image
     from fpncli.viz.levels import save_rfp_steps
 
     image = tmp_path / "img.png"
@@ -454,7 +454,7 @@ def test_inspect_levels_rfp_view(tiny_config, tmp_path, one_thread):
 
 
 def test_ablation_rows_for_detectors():
-    from fpncli.engine.ablation import SURVEY_ROWS, _train_key, parse_row
+    from fpncli.analysis.ablation import SURVEY_ROWS, _train_key, parse_row
 
     assert parse_row("rfp") == ("rfp", {})
     assert parse_row("sac") == ("fpn", {"sac": True})

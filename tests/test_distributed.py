@@ -17,8 +17,8 @@ from fpncli.modeling.necks.registry import neck_names
 
 SCRIPT = textwrap.dedent("""
     import os, sys, torch
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.train import train
+    from fpncli.training.config import TrainConfig
     root, out, dump = sys.argv[1:4]
     small = {"min_size": 64, "max_size": 96, "fpn_channels": 16, "box_head_dim": 32,
              "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32}

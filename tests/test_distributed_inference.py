@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from fpncli.cli.app import app
-from fpncli.engine.coco_eval import METRIC_KEYS
-from fpncli.engine.distributed_inference import predict_sharded
+from fpncli.evaluation.coco_eval import METRIC_KEYS
+from fpncli.inference.sharded import predict_sharded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
         if n == 2 and rank == 1:
             args = [a.replace("/val", "/val_few") for a in args]
         if n == 4 and rank == 1:
-            import fpncli.engine.predict as P
+            import fpncli.inference.predict as P
             real = P.predict_images
             def dying(*a, **k):
                 for i, result in enumerate(real(*a, **k)):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fpncli.engine.coco_eval import METRIC_KEYS, resolve_backend
-from fpncli.engine.evaluate import evaluate_results
 from fpncli.errors import FpnError
+from fpncli.evaluation.coco_eval import METRIC_KEYS, resolve_backend
+from fpncli.evaluation.evaluate import evaluate_results
 
 runner = CliRunner()
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fpncli.engine.coco_eval import METRIC_KEYS
-from fpncli.engine.evaluate import evaluate_model, evaluate_results
 from fpncli.errors import FpnError
+from fpncli.evaluation.coco_eval import METRIC_KEYS
+from fpncli.evaluation.evaluate import evaluate_model, evaluate_results
 
 
 def _val(coco_tiny):
@@ -158,7 +158,7 @@ def _gt_results(ann_file):
 @pytest.mark.parametrize("label_space", ["dataset", "coco_v1"])
 def test_model_labels_map_to_dataset_category_ids(coco_tiny, monkeypatch, tmp_path, label_space):
     from fpncli.config import ModelConfig
-    from fpncli.engine import predict
+    from fpncli.inference import predict
     from fpncli.modeling.weights import COCO_V1_CATEGORIES, coco_v1_config
 
     ann = _val(coco_tiny)
@@ -197,7 +197,7 @@ def test_model_labels_map_to_dataset_category_ids(coco_tiny, monkeypatch, tmp_pa
 
 def test_model_with_foreign_category_ids_is_one_clear_error(coco_tiny, monkeypatch):
     from fpncli.config import ModelConfig
-    from fpncli.engine import predict
+    from fpncli.inference import predict
 
     monkeypatch.setattr(predict, "predict_images", _fake_predict(_val(coco_tiny), lambda c: 1))
     model = SimpleNamespace(config=ModelConfig(class_names=["a", "b"], category_ids=[1000, 1001]))

@@ -24,7 +24,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
 def exported(tmp_path_factory, export_config):
     """A seeded tiny checkpoint exported to both formats: ``(checkpoint, {format: summary})``."""
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
     from fpncli.modeling.detector import build_model
 
     old = torch.get_num_threads()
@@ -44,7 +44,7 @@ def exported(tmp_path_factory, export_config):
 def test_export_checks_many_sizes_and_writes_metadata(exported, fmt):
     from fpncli.checkpoint import read_checkpoint
     from fpncli.config import ModelConfig
-    from fpncli.engine.export import BOX_TOL, SCORE_TOL
+    from fpncli.deploy.export import BOX_TOL, SCORE_TOL
     from fpncli.modeling.exported import exported_format, read_metadata
 
     ckpt, summaries = exported
@@ -82,7 +82,7 @@ def test_detect_with_exported_file_equals_pytorch_on_real_images(exported, fmt, 
     """fpn detect --weights model.onnx: the PyTorch path's detections on odd-sized COCO images,
     through the same pipeline (two replicas: threads sharing one session for ONNX, forked
     processes for TorchScript; input order, an unreadable file)."""
-    from fpncli.engine.detect import DetectOptions, run_detect
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     ckpt, summaries = exported
     # 500x333, 500x375 (landscape) and 358x640 (portrait): none pads to the traced grid.
@@ -119,7 +119,7 @@ def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monke
     from PIL import Image
 
     import fpncli.modeling.exported as X
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
     from fpncli.modeling.exported import load_exported
 
     _, summaries = exported
@@ -172,7 +172,7 @@ def test_onnx_replicas_are_threads_sharing_one_session(exported, tmp_path, monke
 def test_eval_runs_exported_file(exported, tmp_path):
     """fpn eval --weights model.onnx evaluates the graph's detections like the checkpoint's."""
     from fpncli.data.synth import synthesize
-    from fpncli.engine.evaluate import EvalOptions, run_eval
+    from fpncli.evaluation.evaluate import EvalOptions, run_eval
 
     ckpt, summaries = exported
     synthesize(tmp_path / "data", train=0, val=2, seed=0)
@@ -223,7 +223,7 @@ def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exporte
 def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypatch):
     """A graph whose boxes are 0.05 px off on one image is refused, naming that image, and
     nothing is written (what a graph with a frozen anchor grid would get)."""
-    import fpncli.engine.export as E
+    import fpncli.deploy.export as E
 
     ckpt, _ = exported
     real = E._runner
@@ -248,7 +248,7 @@ def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypat
 
 
 def test_compare_detections_tolerances():
-    from fpncli.engine.export import compare_detections
+    from fpncli.deploy.export import compare_detections
 
     ref = {
         "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0], [1.0, 1.0, 3.0, 3.0]]),
@@ -307,19 +307,17 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(
     landscape and a portrait image, or is refused (REFUSED) with a one-line reason. ONNX as
     ``fpn export`` writes it: with Winograd 3x3 convolutions, here on every eligible conv of
     the narrow test model (a real one swaps its 256-channel ones)."""
-    import dataclasses
-
     import fpncli.modeling.winograd_graph as W
 
     monkeypatch.setattr(W, "MIN_CHANNELS", 1)
     monkeypatch.setattr(W, "MAX_CHANNELS", 10_000)
 
-    from fpncli.config import ModelConfig
-    from fpncli.engine.export import REFUSED, _export_bytes, _reference, _runner, compare_detections
+    from fpncli.deploy.export import REFUSED, _export_bytes, _reference, _runner, compare_detections
     from fpncli.modeling.detector import build_model
+    from fpncli.modeling.necks.registry import get_neck
 
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    small = {k: v for k, v in _SMALL.items() if k in fields}
+    # Only this neck's own (another neck's option would do nothing, and is refused).
+    small = {k: v for k, v in _SMALL.items() if k in get_neck(neck).option_fields}
     cfg = export_config(neck=neck, roi_pooling=pooling, box_score_thresh=0.0, **small)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
@@ -329,7 +327,7 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(
         refused = [r for (k, v), (fmts, r) in REFUSED.items() if getattr(cfg, k, None) == v and fmt in fmts]
         if refused:  # refused before any work: one line with the reason, no file
             from fpncli.checkpoint import save_checkpoint
-            from fpncli.engine.export import ExportOptions, run_export
+            from fpncli.deploy.export import ExportOptions, run_export
 
             ckpt = save_checkpoint(tmp_path / "m.pt", model)
             with pytest.raises(FpnError, match=re.escape(refused[0])) as info:
@@ -349,7 +347,7 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(
 
 
 def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatch):
-    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
 
     cases = [
         (
@@ -414,7 +412,7 @@ def test_exported_file_refused_where_pytorch_weights_are_needed(exported):
 
 
 def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path, tiny_checkpoint):
-    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
     from fpncli.modeling.exported import load_exported
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
@@ -450,7 +448,7 @@ def test_broken_onnxruntime_is_not_called_missing(monkeypatch):
 
 def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint, monkeypatch):
     """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
-    import fpncli.engine.export as E
+    import fpncli.deploy.export as E
 
     monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): (("onnx",), "its resize op has no ONNX form")})
     monkeypatch.setattr(E, "_export_bytes", lambda *a: pytest.fail("exported a refused model"))
@@ -502,7 +500,7 @@ def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tm
     PyTorch on an image whose res4 maps reflect, as the traced one's do, and on a thin one
     whose res4 maps have 2 rows and replicate; ONNX refuses the deformable one in one line."""
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.export import ExportOptions, _export_bytes, _reference, _runner, compare_detections
+    from fpncli.deploy.export import ExportOptions, _export_bytes, _reference, _runner, compare_detections
     from fpncli.modeling.detector import build_model
 
     options = {"sac": True} if fmt == "onnx" else {"sac": True, "sac_deform": True}
@@ -518,7 +516,7 @@ def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tm
         )
         assert checked.detections > 0
     if fmt == "onnx":
-        from fpncli.engine.export import run_export
+        from fpncli.deploy.export import run_export
 
         deform = save_checkpoint(tmp_path / "d.pt", build_model(export_config(sac=True, sac_deform=True)))
         with pytest.raises(FpnError, match="sac_deform True cannot be exported to onnx: ONNX has no") as info:
@@ -531,7 +529,7 @@ def test_an_existing_out_is_replaced_only_when_it_is_an_earlier_export(exported,
     a check image, a document, a foreign .onnx) is kept and the export refused in one line."""
     from PIL import Image
 
-    from fpncli.engine.export import ExportOptions, _check_replaceable, run_export
+    from fpncli.deploy.export import ExportOptions, _check_replaceable, run_export
 
     ckpt, summaries = exported
     for summary in summaries.values():

@@ -13,10 +13,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from fpncli.analysis.anchor_fit import (
+    POSITIVE_IOU,
+    USABLE_IOU,
+    anchor_layout,
+    best_anchor_iou,
+    inspect_dataset,
+)
+from fpncli.analysis.inspect_image import inspect_image
 from fpncli.cli.app import app
 from fpncli.config import NECKS, preset_config
-from fpncli.engine.anchor_fit import POSITIVE_IOU, USABLE_IOU, anchor_layout, best_anchor_iou, inspect_dataset
-from fpncli.engine.inspect_image import inspect_image
 from fpncli.errors import FpnError
 from fpncli.modeling.detector import build_model
 from fpncli.modeling.levels import assign_level, level_boundaries, padded_size, resized_size

@@ -285,8 +285,8 @@ def test_old_configs_without_the_new_fields_keep_the_old_behaviour(tiny_config):
 
 def test_fpn_weights_into_nasfpn_and_afp_report_what_is_fresh(tiny_config, tmp_path, one_thread):
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.train import _build_model
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import _build_model
 
     fpn = _build(tiny_config)
     path = save_checkpoint(tmp_path / "fpn.pt", fpn)
@@ -333,7 +333,7 @@ def test_info_shows_pooling_levels_and_parameters():
 def test_inspect_levels_afp_view(tiny_config, tmp_path, one_thread):
     from PIL import Image
 
-    from fpncli.engine.inspect_image import SIZE_BUCKETS, inspect_image
+    from fpncli.analysis.inspect_image import SIZE_BUCKETS, inspect_image
     from fpncli.viz.levels import save_afp_levels
 
     model = _build(tiny_config, neck="panet", roi_pooling="afp")

@@ -31,9 +31,9 @@ def test_every_neck_is_registered():
 def test_registry_feeds_config_cli_info_and_ablation(tiny_config):
     from typer.testing import CliRunner
 
+    from fpncli.analysis.ablation import DEFAULT_NECKS, SINGLE_SCALE
+    from fpncli.analysis.describe import describe_model
     from fpncli.cli.app import app
-    from fpncli.engine.ablation import DEFAULT_NECKS, SINGLE_SCALE
-    from fpncli.engine.describe import describe_model
     from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 
     assert list(NECKS) == list(NECK_REGISTRY) and set(DEFAULT_NECKS) <= set(NECK_REGISTRY)
@@ -83,7 +83,7 @@ def test_declared_strides_match_real_shapes(tiny_config, neck):
 
 
 def test_levels_and_anchors_per_neck(tiny_config):
-    from fpncli.engine.describe import describe_model
+    from fpncli.analysis.describe import describe_model
 
     for neck in ("fpn", "panet", "bifpn", "nasfpn", "augfpn"):
         model = _build(tiny_config, neck)
@@ -156,10 +156,10 @@ def test_neck_trains_reloads_and_predicts(make_targets, tiny_config, neck, tmp_p
     pooling), through the same commands."""
     from PIL import Image
 
+    from fpncli.analysis.inspect_image import inspect_image
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.engine.evaluate import evaluate_model
-    from fpncli.engine.inspect_image import inspect_image
-    from fpncli.engine.predict import predict_images
+    from fpncli.evaluation.evaluate import evaluate_model
+    from fpncli.inference.predict import predict_images
     from fpncli.modeling.necks.registry import get_neck
     from fpncli.modeling.weights import load_detector
 

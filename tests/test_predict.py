@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from fpncli.engine.predict import predict_images
 from fpncli.errors import FpnError
+from fpncli.inference.predict import predict_images
 from fpncli.modeling.optimize import (
     WinogradConv2d,
     fold_batchnorm,

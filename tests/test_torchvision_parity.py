@@ -332,7 +332,7 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
 
     (Batching equal padded sizes, the CUDA path, changes float rounding the same way; its
     detections are checked against unbatched ones in ``tests/test_predict.py``.)"""
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
 
     reference = _reference(
         _trained_like(_seeded_state_dict(_reference_shell())), min_size=SIZE, max_size=MAX_SIZE
@@ -402,7 +402,7 @@ def test_eval_matches_pycocotools_on_torchvisions_own_detections(coco_tiny, tmp_
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from fpncli.engine.evaluate import METRIC_KEYS, evaluate_model
+    from fpncli.evaluation.evaluate import METRIC_KEYS, evaluate_model
 
     size, n = 256, 3
     state = _trained_like(_seeded_state_dict(_reference_shell()))

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from fpncli.checkpoint import read_checkpoint
 from fpncli.cli.app import app
 from fpncli.data.synth import synthesize
-from fpncli.engine.train import lr_factor, train
-from fpncli.engine.train_config import TrainConfig
-from fpncli.engine.trainer import TrainingDiverged
 from fpncli.errors import FpnError
+from fpncli.training.config import TrainConfig
+from fpncli.training.train import lr_factor, train
+from fpncli.training.trainer import TrainingDiverged
 
 SMALL = {
     "min_size": 64,
@@ -116,7 +116,7 @@ def test_resume_after_ctrl_c_is_exact(shapes, tmp_path):
 
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_good(shapes, tmp_path, monkeypatch):
-    import fpncli.engine.train as engine
+    import fpncli.training.train as engine
 
     real = engine.D.all_reduce_mean
     calls = {"n": 0}

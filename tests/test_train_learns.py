@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from fpncli.data.synth import synthesize
-from fpncli.engine.train import train
-from fpncli.engine.train_config import TrainConfig
+from fpncli.training.config import TrainConfig
+from fpncli.training.train import train
 
 
 @pytest.mark.slow
 def test_short_training_run_learns(tmp_path, one_thread):
-    from fpncli.engine.evaluate import evaluate_model
+    from fpncli.evaluation.evaluate import evaluate_model
 
     synthesize(tmp_path / "data", train=12, val=0, seed=4)
     ann = tmp_path / "data" / "annotations" / "instances_train.json"

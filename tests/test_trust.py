@@ -96,7 +96,7 @@ def test_eval_out_may_not_replace_its_annotation_file(tmp_path):
 
 
 def test_elongated_image_is_a_per_image_error_and_the_rest_is_processed(tmp_path, tiny_model):
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
 
     thin = tmp_path / "thin.png"
     Image.new("RGB", (3000, 1)).save(thin)
@@ -166,7 +166,7 @@ def shapes(tmp_path):
 
 
 def _train_cfg(shapes, out, **kw):
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.config import TrainConfig
 
     return TrainConfig(
         data=str(shapes), preset="tiny", out=str(out), model=dict(SMALL), batch_size=2, workers=0, **kw
@@ -174,7 +174,7 @@ def _train_cfg(shapes, out, **kw):
 
 
 def test_training_reports_unreadable_images_in_console_and_run_folder(shapes, tmp_path):
-    from fpncli.engine.train import train
+    from fpncli.training.train import train
 
     bad = sorted((shapes / "train").glob("*.png"))[:2]
     for p in bad:
@@ -189,7 +189,7 @@ def test_training_reports_unreadable_images_in_console_and_run_folder(shapes, tm
 
 
 def test_training_with_no_readable_image_fails_and_claims_no_checkpoint(shapes, tmp_path):
-    from fpncli.engine.train import train
+    from fpncli.training.train import train
 
     for p in (shapes / "train").glob("*.png"):
         p.write_bytes(b"")
@@ -236,8 +236,8 @@ def test_unwritable_output_folder(tmp_path, weights, monkeypatch):
 
 
 def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, weights, monkeypatch):
-    import fpncli.engine.detect as detect_mod
-    from fpncli.engine.detect import DetectOptions, run_detect
+    import fpncli.inference.detect as detect_mod
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     src = [_image(tmp_path / "src" / f"{i}.png", seed=i) for i in range(3)]
     calls = []
@@ -307,7 +307,7 @@ def test_one_image_id_for_two_files_is_refused(tmp_path):
 
 @pytest.mark.parametrize("wanted", [[""], [","], [" , "]])
 def test_empty_class_filter_is_refused(wanted):
-    from fpncli.engine.detect import resolve_classes
+    from fpncli.inference.detect import resolve_classes
 
     with pytest.raises(FpnError, match="--classes: no class given"):
         resolve_classes(["a", "b"], [1, 2], wanted)
@@ -404,7 +404,7 @@ def test_glob_sources_skip_earlier_outputs_under_out(tmp_path):
 
 
 def test_out_equal_to_the_input_folder_writes_det_copies_and_reruns(tmp_path, weights):
-    from fpncli.engine.detect import DetectOptions, run_detect
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     src = tmp_path / "src"
     a = _image(src / "a.png")
@@ -446,7 +446,7 @@ def test_default_pixel_limit_names_the_limit_and_how_to_raise_it(tmp_path, monke
 
 
 def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_model, monkeypatch):
-    import fpncli.engine.predict as predict_mod
+    import fpncli.inference.predict as predict_mod
 
     paths = [_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
     real = predict_mod._forward

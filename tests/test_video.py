@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
 from fpncli.data.video import is_stream, stream_output_name
-from fpncli.engine.detect import DetectOptions, run_detect
 from fpncli.errors import FpnError
+from fpncli.inference.detect import DetectOptions, run_detect
 
 av = pytest.importorskip("av", reason='video tests need PyAV (pip install "fpncli[video]")')
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -146,7 +146,7 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
 ):
     """The default ONNX export passes its self-check with every 3x3 conv as Winograd, and
     says how many in its metadata; without it the graph has direct convolutions."""
-    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
     from fpncli.modeling.export import onnx_bytes
     from fpncli.modeling.exported import read_metadata
     from fpncli.modeling.weights import load_detector
@@ -165,7 +165,7 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
 
 
 def test_a_failed_winograd_check_names_the_way_out(small_checkpoint, tmp_path, wide_enough, monkeypatch):
-    import fpncli.engine.export as E
+    import fpncli.deploy.export as E
 
     real = E._runner
 
@@ -199,7 +199,7 @@ def test_torchscript_winograd_is_fpn_detects_model_and_off_by_default(small_chec
     """TorchScript --winograd traces the model as fpn detect runs it (BatchNorm folded, NNPACK
     Winograd), passes the self-check and says so in its metadata; by default the file keeps
     plain convolutions (it may run on a GPU)."""
-    from fpncli.engine.export import ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
     from fpncli.modeling.exported import read_metadata
 
     fast = run_export(ExportOptions(str(small_checkpoint), "torchscript", tmp_path / "f.pt", winograd=True))

@@ -1,1 +1,1 @@
-"""The `fpn` command line: one thin module per command over :mod:`fpncli.engine`."""
+"""The `fpn` command line: one thin module per command over the services in fpncli.inference, .evaluation, .training, .analysis, .deploy and .workflows."""

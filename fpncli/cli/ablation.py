@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape as esc
 
+from fpncli.analysis.ablation import DEFAULT_ROWS, SURVEY_ROWS
 from fpncli.cli.common import BackendOption, DeviceOption, console, err_console, handle_errors
 from fpncli.cli.params import ModelArgs, neck_options
-from fpncli.engine.ablation import DEFAULT_ROWS, SURVEY_ROWS
 
 HELP = (
     f"Train every row (default {', '.join(DEFAULT_ROWS)}; also {', '.join(r for r in SURVEY_ROWS if r not in DEFAULT_ROWS)}: "
@@ -85,7 +85,7 @@ def ablation(
     from rich import box
     from rich.table import Table
 
-    from fpncli.engine.ablation import claim_sentence, format_row, header, run_ablation
+    from fpncli.analysis.ablation import claim_sentence, format_row, header, run_ablation
 
     if threads:
         torch.set_num_threads(threads)

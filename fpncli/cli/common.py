@@ -54,7 +54,7 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")
 ]
 
-# Sliced inference and test-time augmentation (fpn detect, fpn eval; see engine/augment.py).
+# Sliced inference and test-time augmentation (fpn detect, fpn eval; see inference/augment.py).
 SliceOption = Annotated[
     int | None,
     typer.Option(
@@ -94,12 +94,12 @@ def fail(message: str, code: int = 1, *, consequence: bool = False) -> typer.Exi
     """Print ``error: message`` on stderr (one line) and return the Exit to raise.
 
     Under torchrun the run prints one error line, on rank 0, naming the rank that raised it
-    (``error (rank 1): ...``; see :mod:`fpncli.engine.rank_errors`); ``consequence``: the
+    (``error (rank 1): ...``; see :mod:`fpncli.runtime.rank_errors`); ``consequence``: the
     error only says that another rank stopped.
     """
     label = "error"
     if _under_torchrun():
-        from fpncli.engine.rank_errors import rank_error
+        from fpncli.runtime.rank_errors import rank_error
 
         line = rank_error(message, state.commands, consequence)
         if line is None:
@@ -186,6 +186,6 @@ def _peer_gone(exc: RuntimeError) -> bool:
 
 
 def _other_rank_failed() -> bool:
-    from fpncli.engine.rank_errors import other_rank_failed
+    from fpncli.runtime.rank_errors import other_rank_failed
 
     return other_rank_failed(state.commands)

@@ -34,7 +34,7 @@ def demo(
     device: DeviceOption = "cpu",
 ) -> None:
     from fpncli.cli.train import TrainDisplay
-    from fpncli.engine.demo import DemoConfig, run_demo
+    from fpncli.workflows.demo import DemoConfig, run_demo
 
     display = TrainDisplay()
 

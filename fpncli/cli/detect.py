@@ -120,8 +120,8 @@ def detect(
 ) -> None:
     import json
 
-    from fpncli.engine.detect import DetectOptions, run_detect
     from fpncli.errors import FpnError
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     if coco_annotations is not None and coco_results is None:
         raise FpnError("--coco-annotations only names image ids for --coco-results; add --coco-results FILE")

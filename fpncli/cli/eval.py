@@ -73,7 +73,7 @@ def eval_coco(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from fpncli.cli.display import make_progress
-    from fpncli.engine.evaluate import EvalOptions, run_eval
+    from fpncli.evaluation.evaluate import EvalOptions, run_eval
 
     options = EvalOptions(
         annotations=coco,
@@ -148,7 +148,7 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
     from rich import box
     from rich.table import Table
 
-    from fpncli.engine.coco_eval import METRIC_DESCRIPTIONS, METRIC_KEYS
+    from fpncli.evaluation.coco_eval import METRIC_DESCRIPTIONS, METRIC_KEYS
 
     for line in metrics.get("problems", [])[:8]:
         err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)

@@ -63,7 +63,7 @@ def export(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-image check lines.")] = False,
 ) -> None:
-    from fpncli.engine.export import BOX_TOL, SCORE_TOL, ExportOptions, run_export
+    from fpncli.deploy.export import BOX_TOL, SCORE_TOL, ExportOptions, run_export
     from fpncli.errors import FpnError
 
     if score_thr is not None and not 0.0 <= score_thr <= 1.0:

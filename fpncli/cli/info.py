@@ -40,7 +40,7 @@ def info(
 ) -> None:
     import json
 
-    from fpncli.engine.describe import describe_weights
+    from fpncli.analysis.describe import describe_weights
 
     assert model is not None  # model_options passes it
     model.refuse_with_weights(weights)

@@ -97,7 +97,7 @@ def inspect_levels(
         raise FpnError("give either an IMAGE or --coco ANNOTATIONS.json (exactly one)")
     sizes = _numbers(anchor_sizes, int, "--anchor-sizes")
     ratios = _numbers(aspect_ratios, float, "--aspect-ratios")
-    from fpncli.engine.inspect_levels import InspectOptions, run_anchor_fit, run_inspect_image
+    from fpncli.analysis.inspect_levels import InspectOptions, run_anchor_fit, run_inspect_image
 
     assert model is not None  # model_options passes it
     model.refuse_with_weights(weights)

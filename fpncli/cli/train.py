@@ -136,8 +136,8 @@ def train(
 ) -> None:
     import os
 
-    from fpncli.engine.train import train as run_training
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import train as run_training
 
     assert model is not None  # model_options passes it
     given = dict(model.given)
@@ -233,7 +233,7 @@ def train(
 def _other_losses(event: dict[str, Any]) -> str:
     """`` aux 0.123``: the sum of the losses beyond torchvision's four (AugFPN's auxiliary
     head), or nothing."""
-    from fpncli.engine.trainer import LOSS_KEYS
+    from fpncli.training.trainer import LOSS_KEYS
 
     other = [v for k, v in event.items() if k.startswith("loss_") and k not in LOSS_KEYS]
     return f" aux {sum(other):.3f}" if other else ""
@@ -323,7 +323,7 @@ def _refuse_on_resume(ctx: typer.Context, run: Path) -> None:
 
 def _say_resume_changes(ctx: typer.Context, run: Path) -> None:
     """Name the options a resumed run takes from this command line, with the run's values."""
-    from fpncli.engine.train_config import read_run_config
+    from fpncli.training.config import read_run_config
 
     try:
         old = read_run_config(run)

@@ -170,7 +170,7 @@ def onnx_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: bool = 
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
     # Tracing warns about every Python number it freezes and that torch.jit is deprecated;
-    # the graph is checked against eager PyTorch instead (fpncli.engine.export).
+    # the graph is checked against eager PyTorch instead (fpncli.deploy.export).
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -230,7 +230,7 @@ def torchscript_bytes(model: FPNFasterRCNN, metadata: dict[str, Any], winograd: 
     wrapper = ExportableDetector(model).eval()
     buffer = io.BytesIO()
     # Tracing warns about every Python number it freezes and that torch.jit is deprecated;
-    # the graph is checked against eager PyTorch instead (fpncli.engine.export).
+    # the graph is checked against eager PyTorch instead (fpncli.deploy.export).
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, (_example_image(),), check_trace=False)

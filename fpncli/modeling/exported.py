@@ -1,7 +1,7 @@
 """An exported model (``fpn export``: ONNX or TorchScript) where a PyTorch detector is expected.
 
 :class:`ExportedDetector` offers the part of ``FPNFasterRCNN``'s inference API that the
-batched pipeline (:func:`fpncli.engine.predict.predict_images`) uses, so ``fpn detect`` and
+batched pipeline (:func:`fpncli.inference.predict.predict_images`) uses, so ``fpn detect`` and
 ``fpn eval`` run an exported file through the same workers, ordering, per-image errors and
 outputs as a checkpoint. The file holds the whole detector (resize, normalise, NMS,
 thresholds), so thresholds and sizes were fixed at export: a run may only ask for a stricter

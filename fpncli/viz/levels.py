@@ -2,8 +2,8 @@
 level, bottom-up vs top-down maps, adaptive feature pooling's and soft RoI selection's levels (one image), and box sizes vs anchors, coverage per level
 (a dataset). All saved as PNG with matplotlib's Agg backend (no display needed).
 
-Inputs are :class:`fpncli.engine.inspect_image.ImageInspection` and
-:class:`~fpncli.engine.anchor_fit.AnchorFitReport`; every function returns the paths written.
+Inputs are :class:`fpncli.analysis.inspect_image.ImageInspection` and
+:class:`~fpncli.analysis.anchor_fit.AnchorFitReport`; every function returns the paths written.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fpncli.engine.anchor_fit import AnchorFitReport
-    from fpncli.engine.inspect_image import ImageInspection
+    from fpncli.analysis.anchor_fit import AnchorFitReport
+    from fpncli.analysis.inspect_image import ImageInspection
 
 DPI = 100
 AFP_MAX_BARS = 40
@@ -403,7 +403,7 @@ def save_box_size_histogram(report: AnchorFitReport, path: str | Path) -> Path:
     """Histogram of box sizes sqrt(w*h) in the model's input pixels (log scale), stacked by
     the best anchor IoU (positive / usable / none), with Eqn. (1)'s level boundaries (solid)
     and the anchor sizes (dashed, coloured by level) marked."""
-    from fpncli.engine.anchor_fit import POSITIVE_IOU, USABLE_IOU
+    from fpncli.analysis.anchor_fit import POSITIVE_IOU, USABLE_IOU
     from fpncli.modeling.levels import level_boundaries, level_range
 
     plt = _plt()

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
 from fpncli.data.coco import CocoAnnotations, load_coco, read_json, safe_image_path
-from fpncli.engine.coco_eval import (
+from fpncli.errors import FpnError
+from fpncli.evaluation.coco_eval import (
     METRIC_KEYS,
     CocoEvaluation,
     detections_to_coco,
     resolve_backend,
     run_cocoeval,
 )
-from fpncli.engine.events import ProgressFn
-from fpncli.errors import FpnError
+from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -381,7 +381,7 @@ def evaluate_model(
 
     Args:
         model: an :class:`~fpncli.modeling.detector.FPNFasterRCNN` (anything with
-            ``.config.category_ids`` that :func:`~fpncli.engine.predict.predict_images` runs).
+            ``.config.category_ids`` that :func:`~fpncli.inference.predict.predict_images` runs).
         annotation_file: COCO annotations of the images.
         images_dir: the folder the ``file_name`` entries are relative to.
         out_dir: when given, ``detections.json`` (COCO results) and ``metrics.json`` go there.
@@ -393,7 +393,7 @@ def evaluate_model(
         max_images: evaluate only the first N images of the file (quick checks).
         half: float16 autocast for the forward pass (CUDA only; see ``predict_images``).
         sharded: under torchrun, split the images over the processes (every rank calls this;
-            see :func:`~fpncli.engine.distributed_inference.predict_sharded`); rank 0
+            see :func:`~fpncli.inference.sharded.predict_sharded`); rank 0
             evaluates and writes, the others return None.
         inference: recorded in the metrics as ``inference`` (e.g. slicing and TTA settings).
         cpu_replicas: on the CPU, this many single-threaded model replicas detect whole
@@ -405,8 +405,8 @@ def evaluate_model(
         found on disk), ``skipped_images`` (``"file: reason"`` for unreadable images or bad
         paths); those images are left out of the evaluation, the rest are evaluated.
     """
-    from fpncli.engine.distributed_inference import is_main, predict_sharded
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
+    from fpncli.inference.sharded import is_main, predict_sharded
 
     gt = _load_ground_truth(annotation_file)
     coco = gt.coco
@@ -558,14 +558,14 @@ class EvalOptions:
     workers: int = 0
     max_images: int | None = None
     half: bool = False
-    # Sliced inference and test-time augmentation (see engine/augment.py).
+    # Sliced inference and test-time augmentation (see inference/augment.py).
     slice_size: int | None = None
     slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
 
     def check(self) -> list[str]:
         """Raise on contradictory options; returns notes (ignored options)."""
-        from fpncli.engine.augment import check_slice, parse_tta
+        from fpncli.inference.augment import check_slice, parse_tta
 
         check_slice(self.slice_size, self.slice_overlap)
         parse_tta(self.tta)
@@ -626,7 +626,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         return evaluate_results(
             options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
         )
-    from fpncli.engine.distributed_inference import cpu_cores, inference_device
+    from fpncli.inference.sharded import cpu_cores, inference_device
     from fpncli.modeling.exported import exported_format, load_for_inference
 
     resolve_backend(options.backend)  # fail before loading a model
@@ -637,7 +637,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
     assert weights is not None and options.images is not None  # check() made sure
     model, source = load_for_inference(weights)
-    from fpncli.engine.augment import augmented, check_slice, parse_tta
+    from fpncli.inference.augment import augmented, check_slice, parse_tta
 
     model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
     return evaluate_model(
@@ -669,7 +669,7 @@ def _inference_settings(options: EvalOptions) -> dict[str, Any] | None:
         return None
     out: dict[str, Any] = {"tta": options.tta}
     if options.slice_size is not None:
-        from fpncli.engine.augment import check_slice
+        from fpncli.inference.augment import check_slice
 
         spec = check_slice(options.slice_size, options.slice_overlap)
         assert spec is not None

@@ -1,7 +1,7 @@
 """The training engine behind `fpn train`: plain Python, progress through a callback.
 
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.training.train import train
+    from fpncli.training.config import TrainConfig
     summary = train(TrainConfig(data="data/shapes", preset="tiny", out="runs/shapes", iters=300))
 
 The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
@@ -35,10 +35,15 @@ from fpncli.checkpoint import read_checkpoint, unwrap
 from fpncli.config import preset_config
 from fpncli.data.dataset import DetectionDataset, collate
 from fpncli.data.sampler import GroupedBatches
-from fpncli.engine import distributed as D
-from fpncli.engine.events import ProgressFn
-from fpncli.engine.train_config import TrainConfig, read_run_config
-from fpncli.engine.trainer import (
+from fpncli.errors import FpnError, first_line
+from fpncli.modeling.detector import FPNFasterRCNN
+from fpncli.modeling.necks.registry import neck_options
+from fpncli.modeling.options import owned_elsewhere
+from fpncli.outputs import check_outputs
+from fpncli.runtime import distributed as D
+from fpncli.runtime.events import ProgressFn
+from fpncli.training.config import TrainConfig, read_run_config
+from fpncli.training.trainer import (
     BestCheckpointer,
     HookBase,
     IterationLogger,
@@ -47,11 +52,6 @@ from fpncli.engine.trainer import (
     Trainer,
     json_safe,
 )
-from fpncli.errors import FpnError, first_line
-from fpncli.modeling.detector import FPNFasterRCNN
-from fpncli.modeling.necks.registry import neck_options
-from fpncli.modeling.options import owned_elsewhere
-from fpncli.outputs import check_outputs
 
 SKIPPED_FILE = "skipped_images.txt"  # in the run folder: every training image left out, one per line
 MAX_WARNED = 10  # unreadable training images named on the console; the file lists all
@@ -233,7 +233,7 @@ def train(
             ``cfg`` may extend it).
         progress: called with event dicts: ``{"event": "start"|"iter"|"eval"|"warning"|
             "checkpoint"|"end", ...}`` (only on rank 0).
-        hooks: extra :class:`~fpncli.engine.trainer.HookBase` objects, called after the
+        hooks: extra :class:`~fpncli.training.trainer.HookBase` objects, called after the
             built-in ones (logging, evaluation, ``best.pt``, ``last.pt``) at every step.
 
     Returns:
@@ -583,7 +583,7 @@ def _validate(
     (and None when it fails: a warning, never the end of the run)."""
     metrics = None
     if info.is_main:
-        from fpncli.engine.evaluate import evaluate_model
+        from fpncli.evaluation.evaluate import evaluate_model
 
         try:
             metrics = evaluate_model(

@@ -1,7 +1,7 @@
 """`fpn demo`: the whole job end to end, offline, on a CPU in a few minutes.
 
 Synthesise a shapes dataset (:mod:`fpncli.data.synth`), train the ``tiny`` preset on it from
-scratch (:func:`fpncli.engine.train.train`), evaluate on the held-out images with the same
+scratch (:func:`fpncli.training.train.train`), evaluate on the held-out images with the same
 COCO evaluation as `fpn eval`, detect on a few held-out images, and inspect the pyramid
 levels of one of them. Every step writes into one folder::
 
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import write_json
-from fpncli.engine.events import ProgressFn, emitter
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
+from fpncli.runtime.events import ProgressFn, emitter
 
 MARKER = "demo.json"
 STEPS = ("data", "run", "eval", "detect", "levels")
@@ -63,9 +63,9 @@ def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> dict[str, A
     and the training engine's events (``"event": "iter"`` etc.) during training.
     """
     from fpncli.data.synth import synthesize
-    from fpncli.engine.evaluate import evaluate_model
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.evaluation.evaluate import evaluate_model
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import train
 
     emit = emitter(progress)
     out = Path(cfg.out)
@@ -165,7 +165,7 @@ def run_demo(cfg: DemoConfig, progress: ProgressFn | None = None) -> dict[str, A
 
 def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str:
     """Annotated images + predictions.json through the `fpn detect` engine."""
-    from fpncli.engine.detect import DetectOptions, run_detect
+    from fpncli.inference.detect import DetectOptions, run_detect
 
     run_detect(
         [str(p) for p in images],
@@ -176,7 +176,7 @@ def _detect(checkpoint: Path, images: list[Path], out: Path, device: str) -> str
 
 def _inspect(model, image: Path, out: Path, device: str, emit) -> str | None:
     """`fpn inspect-levels` on one held-out image."""
-    from fpncli.engine.inspect_image import inspect_image
+    from fpncli.analysis.inspect_image import inspect_image
     from fpncli.viz.levels import save_image_figures
 
     emit({"event": "step", "step": "levels", "message": f"inspecting pyramid levels on {image.name}"})

@@ -6,7 +6,7 @@ place that knows about it:
 
 * the ordered input list is split by striding: rank ``r`` of ``W`` takes images ``r, r + W,
   r + 2W, ...`` (each image exactly once, no padding duplicates), and runs the normal
-  pipeline (:func:`~fpncli.engine.predict.predict_images`) on them;
+  pipeline (:func:`~fpncli.inference.predict.predict_images`) on them;
 * ranks other than 0 send their results (no pixels) to rank 0 in chunks as they come;
 * rank 0 yields every result in the single-process order, so whatever consumes them writes
   exactly what a single process writes, while the run goes on. The other ranks yield
@@ -21,7 +21,7 @@ caller's outputs keep what was finished). A rank that hangs is reported after th
 process-group timeout (``FPN_DIST_TIMEOUT`` seconds, default 1800).
 
 Without torchrun (``WORLD_SIZE`` unset or 1) :func:`predict_sharded` is
-:func:`~fpncli.engine.predict.predict_images` plus the ``on_local`` hook.
+:func:`~fpncli.inference.predict.predict_images` plus the ``on_local`` hook.
 """
 
 from __future__ import annotations
@@ -135,10 +135,10 @@ def predict_sharded(
     on_result: Callable[[Any], None] | None = None,
     **kwargs: Any,
 ) -> Iterator[Any]:
-    """:func:`~fpncli.engine.predict.predict_images` over all torchrun processes.
+    """:func:`~fpncli.inference.predict.predict_images` over all torchrun processes.
 
     Every rank calls it with the same ``paths`` (checked) and options. Rank 0 yields one
-    :class:`~fpncli.engine.predict.ImageResult` per path in input order (``image`` is None
+    :class:`~fpncli.inference.predict.ImageResult` per path in input order (``image`` is None
     for images of other ranks; they never travel); the other ranks yield nothing. In a
     single process it is ``predict_images``.
 
@@ -153,7 +153,7 @@ def predict_sharded(
         FpnError: the ranks were given different inputs, or a rank died or stopped answering
             (on rank 0, after yielding the results that had arrived in order).
     """
-    from fpncli.engine.predict import predict_images
+    from fpncli.inference.predict import predict_images
 
     rank, size = world()
     files = [Path(p) for p in paths]
@@ -320,7 +320,7 @@ class _Gatherer:
         on_local: Callable[[Any], None] | None,
         on_result: Callable[[Any], None] | None,
     ) -> Iterator[Any]:
-        from fpncli.engine.predict import ImageResult
+        from fpncli.inference.predict import ImageResult
 
         threads = [threading.Thread(target=self._receive, args=(r,), daemon=True) for r in self.queues]
         for t in threads:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from fpncli.config import ModelConfig
-from fpncli.engine.events import ProgressFn, step
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
     LevelSpec,
@@ -44,6 +43,7 @@ from fpncli.modeling.levels import (
     padded_size,
     resized_size,
 )
+from fpncli.runtime.events import ProgressFn, step
 
 # The RPN's labelling thresholds (the paper's and torchvision's): IoU >= 0.7 makes an anchor
 # positive; below 0.3 it is background. A box whose best anchor reaches 0.3 can still be

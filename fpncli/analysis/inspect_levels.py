@@ -3,7 +3,7 @@
 (whether a dataset's boxes fit the pyramid's anchors). Each checks its outputs before any
 work, builds or reads the model configuration, runs the analysis and writes the report and
 pictures when an output folder is given; the analyses themselves are
-:mod:`fpncli.engine.inspect_image` and :mod:`fpncli.engine.anchor_fit`.
+:mod:`fpncli.analysis.inspect_image` and :mod:`fpncli.analysis.anchor_fit`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
-from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs
+from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fpncli.analysis.anchor_fit import AnchorFitReport
+    from fpncli.analysis.inspect_image import ImageInspection
     from fpncli.config import ModelConfig
-    from fpncli.engine.anchor_fit import AnchorFitReport
-    from fpncli.engine.inspect_image import ImageInspection
 
 IMAGE_FILES = (
     "levels.json",
@@ -83,8 +83,8 @@ def run_inspect_image(
         check_outputs(folders=[out], files=[out / n for n in names], inputs=[image, options.weights_input()])
     import torch
 
+    from fpncli.analysis.inspect_image import inspect_image
     from fpncli.device import resolve_device
-    from fpncli.engine.inspect_image import inspect_image
     from fpncli.modeling.weights import load_detector
 
     device = resolve_device(options.device)
@@ -135,7 +135,7 @@ def run_anchor_fit(
             files=[out / n for n in DATASET_FILES],
             inputs=[annotations, options.weights_input()],
         )
-    from fpncli.engine.anchor_fit import inspect_dataset
+    from fpncli.analysis.anchor_fit import inspect_dataset
     from fpncli.modeling.weights import weights_config
 
     cfg = weights_config(

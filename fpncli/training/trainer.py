@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from fpncli.checkpoint import save_checkpoint
-from fpncli.engine import distributed as D
-from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
+from fpncli.runtime import distributed as D
+from fpncli.runtime.events import ProgressFn
 
 # torchvision's four Faster R-CNN losses, logged first and in this order; any other loss a
 # model returns (e.g. an auxiliary head's) is logged after them under its own name.

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import atomic_write
-from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError, first_line
 from fpncli.outputs import check_outputs
+from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor

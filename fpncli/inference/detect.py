@@ -34,9 +34,9 @@ from typing import Any
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.data.sources import expand_sources
 from fpncli.data.video import is_stream, is_video_file, stream_output_name
-from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
 from fpncli.outputs import check_outputs, read_ledger, record_outputs, safe_targets
+from fpncli.runtime.events import ProgressFn
 
 PREDICTIONS_FILE = "predictions.json"
 # Rewriting predictions.json at most this often (and less often as it grows, see run_detect)
@@ -70,7 +70,7 @@ class DetectOptions:
     coco_annotations: Path | None = None
     max_pixels: int | None = None  # None: default_max_pixels()
     optimize: bool = True
-    # Sliced inference and test-time augmentation (see engine/augment.py).
+    # Sliced inference and test-time augmentation (see inference/augment.py).
     slice_size: int | None = None
     slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
@@ -235,7 +235,7 @@ def validate_options(options: DetectOptions) -> None:
         raise FpnError(f"--workers must be 0 or more, got {options.workers}")
     if options.max_pixels is not None and options.max_pixels < 1:
         raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
-    from fpncli.engine.augment import check_slice, parse_tta
+    from fpncli.inference.augment import check_slice, parse_tta
 
     check_slice(options.slice_size, options.slice_overlap)
     parse_tta(options.tta)
@@ -292,8 +292,8 @@ def run_detect(
 
     import torch
 
-    from fpncli.engine import distributed_inference as DI
-    from fpncli.engine.coco_eval import detections_to_coco
+    from fpncli.evaluation.coco_eval import detections_to_coco
+    from fpncli.inference import sharded as DI
     from fpncli.modeling.exported import exported_format, load_for_inference
 
     # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
@@ -326,7 +326,7 @@ def run_detect(
         model = optimize_for_inference(
             model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
         )
-    from fpncli.engine.augment import augmented, check_slice, parse_tta
+    from fpncli.inference.augment import augmented, check_slice, parse_tta
 
     model = augmented(
         model,
@@ -570,7 +570,7 @@ def _detect_video(source: str, target: Path | None, run: _VideoRun) -> None:
     from PIL import Image
 
     from fpncli.data.video import VideoReader, VideoWriter
-    from fpncli.engine.predict import ImageResult
+    from fpncli.inference.predict import ImageResult
     from fpncli.viz.draw import draw_detections
 
     summary, progress = run.summary, run.progress

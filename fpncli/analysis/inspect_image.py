@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from fpncli.config import ModelConfig
-from fpncli.engine.events import ProgressFn, step
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
     LevelSpec,
@@ -34,6 +33,7 @@ from fpncli.modeling.levels import (
     level_range,
     resized_size,
 )
+from fpncli.runtime.events import ProgressFn, step
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN

@@ -20,7 +20,7 @@ merged by class-wise NMS (``torchvision.ops.batched_nms`` at the model's own NMS
 
 :class:`AugmentedDetector` wraps a detector behind the inference API the pipeline uses
 (``prepare_image``, ``padded_size``, ``detect_prepared``, ``size_problem``), so
-:func:`~fpncli.engine.predict.predict_images`, its CPU worker processes and the torchrun
+:func:`~fpncli.inference.predict.predict_images`, its CPU worker processes and the torchrun
 sharding run it unchanged.
 """
 
@@ -226,7 +226,7 @@ class AugmentedDetector:
     """A detector seen through several views per image (see the module docstring).
 
     It offers the inference API of :class:`~fpncli.modeling.detector.FPNFasterRCNN` that
-    :func:`~fpncli.engine.predict.predict_images` uses: ``prepare_image`` only converts
+    :func:`~fpncli.inference.predict.predict_images` uses: ``prepare_image`` only converts
     (the views are made from the full image in ``detect_prepared``), so the pipeline,
     its workers and torchrun sharding need no change. (Not an ``nn.Module``: this module
     stays importable without torch, for checking options before a run.)

@@ -7,7 +7,7 @@ the model's own inference settings), parameters and inference time per image.
 
 Proposal recall is COCOeval's average recall with the proposals as class-agnostic
 detections (``useCats = 0``, ``maxDets = [100, 1000]``, IoU 0.50:0.95), the usual way to
-score proposals on COCO. Training goes through :func:`fpncli.engine.train.train`; the
+score proposals on COCO. Training goes through :func:`fpncli.training.train.train`; the
 default data is :mod:`fpncli.data.synth`'s multi-scale shapes.
 
 This module returns data and reports progress through a callback; printing is the CLI's.
@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import write_json, write_text
-from fpncli.engine.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
-from fpncli.engine.events import ProgressFn
 from fpncli.errors import FpnError
+from fpncli.evaluation.coco_eval import RECALL_KEYS, proposal_recall, resolve_backend
 from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 from fpncli.outputs import check_outputs
+from fpncli.runtime.events import ProgressFn
 
 # The rows, in table order, come from the neck registry: the paper's single-scale
 # baselines, then FPN, then the later necks; then the RoI-pooling rows ("neck+afp": that
@@ -330,11 +330,11 @@ def _neck_result(
     backend: str = "auto",
 ) -> dict[str, Any]:
     from fpncli.device import resolve_device
-    from fpncli.engine.evaluate import evaluate_model
-    from fpncli.engine.train import train
-    from fpncli.engine.train_config import TrainConfig
+    from fpncli.evaluation.evaluate import evaluate_model
     from fpncli.modeling.detector import count_parameters
     from fpncli.modeling.weights import load_detector
+    from fpncli.training.config import TrainConfig
+    from fpncli.training.train import train
 
     neck, overrides = parse_row(row)
     pooling = row_pooling(row)
@@ -445,7 +445,7 @@ def run_ablation(
             ResNet state dict path: the bottom-up ResNet of every row (both of RFP's) starts
             from it, as ``fpn train --backbone-weights`` does.
         backend: COCO evaluation backend for recall and AP (see
-            :func:`fpncli.engine.coco_eval.resolve_backend`).
+            :func:`fpncli.evaluation.coco_eval.resolve_backend`).
         fresh: retrain and re-measure every neck. Otherwise a neck whose ``result.json`` was
             made with the same settings is reused, and a neck whose training finished with the
             same training settings is only re-measured (an interrupted ablation continues

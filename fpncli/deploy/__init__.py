@@ -1,0 +1,1 @@
+"""Deployment: fpn export's service (graph export and its self-check)."""

@@ -1,1 +1,0 @@
-"""Plain-Python engines behind the commands: each returns data and takes a progress callback."""

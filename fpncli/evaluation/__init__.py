@@ -1,0 +1,1 @@
+"""Evaluation services: the COCOeval driver and fpn eval."""

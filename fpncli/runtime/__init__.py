@@ -1,0 +1,1 @@
+"""Process runtime shared by the services: torchrun process groups, errors across ranks, progress events."""

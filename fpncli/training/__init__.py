@@ -1,0 +1,1 @@
+"""Training services: fpn train's run setup, the training loop and its configuration."""

@@ -1,0 +1,1 @@
+"""Workflows that chain the services: fpn demo."""
