@@ -112,6 +112,11 @@ def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict
         import warnings
 
         extra = {TORCHSCRIPT_METADATA: ""}
+        # A file exported with --winograd calls NNPACK's convolution, which fails ("NNPACK
+        # SpatialConvolution_updateOutput failed") until NNPACK is initialised, and a fresh
+        # process has not done that: this call does it (cheap, and harmless for other files).
+        if hasattr(torch, "_nnpack_available"):
+            torch._nnpack_available()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
