@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fpncli.analysis.level_views import base_anchors
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
@@ -106,7 +107,7 @@ def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
     sizes = {name: [int(s) for s in group] for name, group in zip(model.rpn_levels, model.anchor_sizes())}
     shapes = []
     for name in model.rpn_levels:
-        base = model.base_anchors(name)  # ratio-major: all sizes of ratio 0, then ratio 1, ...
+        base = base_anchors(model, name)  # ratio-major: all sizes of ratio 0, then ratio 1, ...
         combos = [(ratio, size) for ratio in cfg.aspect_ratios for size in sizes[name]]
         for (ratio, size), row in zip(combos, base.tolist()):
             shapes.append(AnchorShape(name, levels[name].stride, size, float(ratio), tuple(row)))

@@ -4,9 +4,9 @@ Everything here returns plain data (dataclasses with ``to_json()``); pictures ar
 :mod:`fpncli.viz.levels` and tables by the CLI.
 
 One image (:func:`inspect_image`) runs the model's own forward pass once, through
-``FPNFasterRCNN.trace``, which keeps the transform's, the neck's and (optionally) the
+``level_views.trace``, which keeps the transform's, the neck's and (optionally) the
 bottom-up ResNet's outputs and the RPN's proposal-filter call; the RPN proposals per level,
-before and after NMS, come from ``FPNFasterRCNN.proposals_per_level`` (exact: NMS never
+before and after NMS, come from ``level_views.proposals_per_level`` (exact: NMS never
 compares boxes of different levels, so ranking each level's survivors reproduces the
 model's cut, ties at the cut aside).
 """
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fpncli.analysis import level_views
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
@@ -328,7 +329,7 @@ def inspect_image(
     model.eval().to(device)
     step(progress, f"running the model on {path.name}")
     with torch.inference_mode():
-        trace = model.trace(tensor.to(device).float().div_(255), bottom_up=bottom_up)
+        trace = level_views.trace(model, tensor.to(device).float().div_(255), bottom_up=bottom_up)
     output = trace.output
     image_list = trace.transformed[0]
     input_size = (int(image_list.image_sizes[0][0]), int(image_list.image_sizes[0][1]))
@@ -340,7 +341,7 @@ def inspect_image(
     step(progress, "counting proposals per level")
     call = trace.rpn_calls[-1]
     with torch.inference_mode():
-        pre, post = model.proposals_per_level(call)
+        pre, post = level_views.proposals_per_level(model, call)
     if len(call.num_anchors_per_level) != len(rpn_levels):
         raise RuntimeError(
             f"the RPN saw {len(call.num_anchors_per_level)} maps but the model declares {rpn_levels}"
@@ -488,7 +489,9 @@ def afp_level_selection(
     if detections:
         device = next(iter(features.values())).device
         with torch.inference_mode():
-            shares = model.afp_level_wins(features, input_boxes.to(device), image_sizes).float().cpu()
+            shares = (
+                level_views.afp_level_wins(model, features, input_boxes.to(device), image_sizes).float().cpu()
+            )
         for det, row in zip(detections, shares.tolist()):
             det.afp_shares = row
             det.afp_level = roi_levels[max(range(len(row)), key=lambda i: row[i])]
@@ -523,7 +526,7 @@ def soft_level_selection(
 
     Each detection's box (``input_boxes``: ``Tensor[N, 4]`` xyxy in model-input pixels) is
     pooled from every RoI level and the soft RoI selection's attention weights each level
-    (``FPNFasterRCNN.soft_level_weights``); the detection's level is the one weighted most.
+    (``level_views.soft_level_weights``); the detection's level is the one weighted most.
     As for AFP, the head saw the detection's proposal, not its regressed box.
     """
     roi_levels = model.roi_levels
@@ -532,7 +535,11 @@ def soft_level_selection(
     if detections:
         device = next(iter(features.values())).device
         with torch.inference_mode():
-            weights = model.soft_level_weights(features, input_boxes.to(device), image_sizes).float().cpu()
+            weights = (
+                level_views.soft_level_weights(model, features, input_boxes.to(device), image_sizes)
+                .float()
+                .cpu()
+            )
         mean = dict(zip(roi_levels, weights.mean(dim=0).tolist()))
         for det, row in zip(detections, weights.tolist()):
             det.soft_weights = row
