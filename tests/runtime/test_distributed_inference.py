@@ -116,7 +116,7 @@ def runs(data):
         torch.set_num_threads(threads)  # later tests expect conftest's setting
     script = root / "run_commands.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     cmd += [json.dumps(_commands(root, weights, "dist")), str(root / "codes-%s.json")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
