@@ -1,4 +1,5 @@
-"""COCO-format annotation files: reading, checking, category mapping, safe image paths.
+"""COCO-format annotation files: reading, checking, category mapping, safe image paths, and
+which image of a file each input picture is.
 
 COCO category ids are not contiguous (1..90 with gaps in COCO itself); the model predicts
 contiguous labels 1..K. :class:`CategoryMap` converts both ways.
@@ -176,3 +177,30 @@ def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
     """``[x1, y1, x2, y2]`` -> COCO ``[x, y, w, h]`` (pixels)."""
     x1, y1, x2, y2 = box
     return [x1, y1, x2 - x1, y2 - y1]
+
+
+def coco_image_ids(paths: Sequence[Path], annotations: Path | None) -> tuple[dict[int, int], list[str]]:
+    """Input index -> COCO image id, and the files the annotation file does not list.
+
+    With an annotation file an image matches the entry whose ``file_name`` ends its path
+    (so ``val2017/x.jpg`` and ``x.jpg`` both work); otherwise ids are 1..N in input order.
+    """
+    if annotations is None:
+        return {i: i + 1 for i in range(len(paths))}, []
+    data = read_json(annotations)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise FpnError(f"{annotations}: not a COCO annotation file (no 'images' list)")
+    by_name: dict[str, list[tuple[str, int]]] = {}
+    for entry in data["images"]:
+        if isinstance(entry, dict) and "file_name" in entry and "id" in entry:
+            name = str(entry["file_name"]).replace("\\", "/")
+            by_name.setdefault(name.rsplit("/", 1)[-1], []).append((name, entry["id"]))
+    ids, unmatched = {}, []
+    for i, p in enumerate(paths):
+        posix = Path(os.path.abspath(p)).as_posix()
+        candidates = [c for c in by_name.get(p.name, []) if posix.endswith("/" + c[0]) or posix == c[0]]
+        if candidates:
+            ids[i] = candidates[0][1]
+        else:
+            unmatched.append(str(p))
+    return ids, unmatched

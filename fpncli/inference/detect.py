@@ -25,17 +25,21 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
+from fpncli.atomic import remove_stale_temporaries, write_json
+from fpncli.data.coco import coco_image_ids
 from fpncli.data.sources import expand_sources
-from fpncli.data.video import is_stream, is_video_file, stream_output_name
+from fpncli.data.video import is_stream, is_video_file
 from fpncli.errors import FpnError
-from fpncli.outputs import check_outputs, read_ledger, record_outputs, safe_targets
+from fpncli.inference.annotated import output_paths, save_annotated
+from fpncli.inference.classes import resolve_classes
+from fpncli.inference.video_detect import VideoRun, detect_video
+from fpncli.outputs import check_outputs, record_outputs
 from fpncli.runtime.events import ProgressFn
 
 PREDICTIONS_FILE = "predictions.json"
@@ -106,114 +110,6 @@ class DetectSummary:
     def images_per_second(self) -> float:
         done = self.images_read + self.images_failed
         return done / self.seconds if self.seconds > 0 else 0.0
-
-
-def output_paths(
-    paths: Sequence[Path],
-    out_dir: Path,
-    streams: Sequence[str] = (),
-    reserved: Sequence[Path | str | None] = (),
-) -> tuple[list[Path], list[tuple[Path, Path]]]:
-    """Where the annotated copy of each input file, then of each stream, goes; and the
-    copies given another name than the natural one. ``reserved``: the run's other
-    inputs and output files.
-
-    A file's copy goes to its path relative to the inputs' common folder, under
-    ``out_dir`` (equal names in different folders never collide); a stream's to
-    ``out_dir/<stream_output_name>``. A copy never replaces an input of the run
-    (``paths`` and ``reserved``), another copy, or a file that ``out_dir``'s ledger does
-    not list as ours: it becomes ``<stem>_det<suffix>`` (or ``_det2``, ...) instead, see
-    :func:`fpncli.outputs.safe_targets`.
-    """
-    absolute = [Path(os.path.abspath(p)) for p in paths]
-    wanted: list[Path] = []
-    if absolute:
-        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-        wanted = [out_dir / p.relative_to(common) for p in absolute]
-    wanted += [out_dir / stream_output_name(s) for s in streams]
-    others = [Path(p) for p in reserved if p is not None]
-    return safe_targets(wanted, [*absolute, *others], owned=read_ledger(out_dir))
-
-
-# --------------------------------------------------------------------------- classes
-
-
-def resolve_classes(
-    class_names: Sequence[str], category_ids: Sequence[int], wanted: Sequence[str] | None
-) -> set[int]:
-    """The model labels (1..K) to report: ``wanted`` names or category ids (comma-separated
-    items allowed), or all; placeholder classes (``N/A`` in torchvision's COCO_V1) never."""
-    from fpncli.modeling.weights import UNUSED_CLASS
-
-    usable = {i + 1 for i, name in enumerate(class_names) if name != UNUSED_CLASS}
-    if not wanted:
-        return usable
-    by_name = {name.lower(): i + 1 for i, name in enumerate(class_names) if name != UNUSED_CLASS}
-    by_id = {cid: i + 1 for i, cid in enumerate(category_ids) if i + 1 in usable}
-    labels: set[int] = set()
-    named = False
-    for item in wanted:
-        for token in (t.strip() for t in str(item).split(",")):
-            if not token:
-                continue
-            named = True
-            if token.lower() in by_name:
-                labels.add(by_name[token.lower()])
-            elif token.lstrip("-").isdigit() and int(token) in by_id:
-                labels.add(by_id[int(token)])
-            else:
-                examples = ", ".join([n for n in class_names if n != UNUSED_CLASS][:8])
-                raise FpnError(
-                    f"--classes: {token!r} is neither a class name nor a category id of "
-                    f"this model (classes include: {examples}...)"
-                )
-    if not named:
-        # An empty --classes would silently drop every detection.
-        raise FpnError(f"--classes: no class given (got {', '.join(repr(str(w)) for w in wanted)})")
-    return labels
-
-
-# --------------------------------------------------------------------------- writing
-def _coco_image_ids(paths: Sequence[Path], annotations: Path | None) -> tuple[dict[int, int], list[str]]:
-    """Input index -> COCO image id, and the files the annotation file does not list.
-
-    With an annotation file an image matches the entry whose ``file_name`` ends its path
-    (so ``val2017/x.jpg`` and ``x.jpg`` both work); otherwise ids are 1..N in input order.
-    """
-    if annotations is None:
-        return {i: i + 1 for i in range(len(paths))}, []
-    from fpncli.data.coco import read_json
-
-    data = read_json(annotations)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise FpnError(f"{annotations}: not a COCO annotation file (no 'images' list)")
-    by_name: dict[str, list[tuple[str, int]]] = {}
-    for entry in data["images"]:
-        if isinstance(entry, dict) and "file_name" in entry and "id" in entry:
-            name = str(entry["file_name"]).replace("\\", "/")
-            by_name.setdefault(name.rsplit("/", 1)[-1], []).append((name, entry["id"]))
-    ids, unmatched = {}, []
-    for i, p in enumerate(paths):
-        posix = Path(os.path.abspath(p)).as_posix()
-        candidates = [c for c in by_name.get(p.name, []) if posix.endswith("/" + c[0]) or posix == c[0]]
-        if candidates:
-            ids[i] = candidates[0][1]
-        else:
-            unmatched.append(str(p))
-    return ids, unmatched
-
-
-def _save_annotated(result, target: Path, names: list[str], keys: list[int]) -> None:
-    from PIL import Image
-
-    from fpncli.viz.draw import draw_detections
-
-    image = Image.fromarray(result.image.permute(1, 2, 0).numpy())
-    drawn = draw_detections(image, result.boxes.tolist(), names, result.scores.tolist(), keys)
-    fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-    params = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
-    # Atomic: a full disk or a kill leaves no partial picture and no temporary behind.
-    atomic_write(target, lambda f: drawn.save(f, format=fmt, **params), binary=True, clean_stale=False)
 
 
 # --------------------------------------------------------------------------- the run
@@ -361,7 +257,7 @@ def run_detect(
     image_ids: dict[int, int] = {}
     unmatched: list[str] = []
     if options.coco_results is not None:
-        image_ids, unmatched = _coco_image_ids(paths, options.coco_annotations)
+        image_ids, unmatched = coco_image_ids(paths, options.coco_annotations)
     predictions_path = out_dir / PREDICTIONS_FILE
     summary = DetectSummary(
         images_total=len(paths),
@@ -428,7 +324,7 @@ def run_detect(
         names = [cfg.class_names[label - 1] for label in labels.tolist()]
         cat_ids = [cfg.category_ids[label - 1] for label in labels.tolist()]
         drawn = dataclasses.replace(result, boxes=boxes, scores=scores)
-        pending.append(drawer.submit(_save_annotated, drawn, targets[index[result.path]], names, cat_ids))
+        pending.append(drawer.submit(save_annotated, drawn, targets[index[result.path]], names, cat_ids))
         while pending and (pending[0].done() or len(pending) > _MAX_PENDING_DRAWS):
             pending.pop(0).result()  # re-raises a failed write
 
@@ -444,7 +340,7 @@ def run_detect(
             # A big run's file takes long to rewrite: keep that under ~10% of the time.
             flush_every = max(_FLUSH_SECONDS, 10 * (last_flush - t0))
 
-    video_state = _VideoRun(
+    video_state = VideoRun(
         model=model,
         device=device,
         half=options.half,
@@ -515,7 +411,7 @@ def run_detect(
                 progress({"event": "image", "record": record, "summary": summary})
             maybe_flush()
         for source, target in zip(videos, video_targets):
-            _detect_video(source, target, video_state)
+            detect_video(source, target, video_state)
     except KeyboardInterrupt:
         summary.interrupted = True
     except BaseException:
@@ -538,114 +434,3 @@ def _finish(drawer: ThreadPoolExecutor | None, summary: DetectSummary, start: fl
     if drawer is not None:
         drawer.shutdown(wait=True)
     summary.seconds = time.perf_counter() - start
-
-
-# --------------------------------------------------------------------------- videos
-
-
-@dataclass
-class _VideoRun:
-    """What :func:`_detect_video` shares with :func:`run_detect`'s image loop."""
-
-    model: Any
-    device: Any
-    half: bool
-    stride: int
-    summary: DetectSummary
-    records: list[dict[str, Any]]
-    select: Callable[[Any], tuple[Any, Any, Any]]
-    detection_records: Callable[..., tuple[list[dict[str, Any]], list[str], list[int]]]
-    progress: ProgressFn | None
-    after_frame: Callable[[], None]
-    start: float
-
-
-def _detect_video(source: str, target: Path | None, run: _VideoRun) -> None:
-    """Detect in every ``stride``-th frame of a video file or stream; its ``videos`` entry in
-    predictions.json grows frame by frame, and the annotated video (when ``target``) gets
-    every frame. A source that cannot be opened, or a decoding fault, is one entry in
-    ``errors``; the frames before the fault are kept. Ctrl-C leaves a finished video."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from fpncli.data.video import VideoReader, VideoWriter
-    from fpncli.inference.predict import ImageResult
-    from fpncli.viz.draw import draw_detections
-
-    summary, progress = run.summary, run.progress
-    try:
-        reader = VideoReader(source)
-    except FpnError as exc:
-        summary.errors.append({"file": source, "error": str(exc)})
-        summary.videos_failed += 1
-        if progress is not None:
-            progress({"event": "video_error", "file": source, "error": str(exc), "summary": summary})
-        return
-    record: dict[str, Any] = {
-        "file": source,
-        "width": reader.width,
-        "height": reader.height,
-        "fps": round(float(reader.rate), 3),
-        "frames_total": reader.frames_total,
-        "vid_stride": run.stride,
-        "annotated": None,
-        "frames": [],
-    }
-    run.records.append(record)
-    writer: VideoWriter | None = None
-    try:
-        if target is not None:
-            writer = VideoWriter(target, reader.width, reader.height, reader.rate)
-        if progress is not None:
-            progress({"event": "video", "file": source, "frames_total": reader.frames_total})
-        run.model.eval().to(run.device)
-        shown: tuple[list, list, list, list] = ([], [], [], [])  # drawn on the frames in between
-        for frame in reader:
-            if frame.index % run.stride == 0:
-                height, width = frame.rgb.shape[:2]
-                pixels = torch.from_numpy(frame.rgb).to(run.device).permute(2, 0, 1).float().div_(255)
-                with torch.inference_mode():
-                    prepared = run.model.prepare_image(pixels, inplace=True)
-                    out = run.model.detect_prepared([prepared], [(height, width)], half=run.half)[0]
-                result = ImageResult(
-                    Path(source),
-                    width,
-                    height,
-                    out["boxes"].float().cpu(),
-                    out["scores"].float().cpu(),
-                    out["labels"].cpu(),
-                )
-                boxes, scores, labels = run.select(result)
-                detections, names, cat_ids = run.detection_records(boxes, scores, labels)
-                record["frames"].append(
-                    {"frame": frame.index, "time": round(frame.time, 4), "detections": detections}
-                )
-                summary.frames += 1
-                summary.detections += len(detections)
-                summary.per_class.update(names)
-                shown = (boxes.tolist(), names, scores.tolist(), cat_ids)
-            if writer is not None:
-                drawn = draw_detections(Image.fromarray(frame.rgb), shown[0], shown[1], shown[2], shown[3])
-                writer.write(np.asarray(drawn))
-            summary.seconds = time.perf_counter() - run.start
-            if progress is not None:
-                progress(
-                    {
-                        "event": "frame",
-                        "file": source,
-                        "frame": frame.index,
-                        "frames_total": reader.frames_total,
-                        "detected": frame.index % run.stride == 0,
-                        "summary": summary,
-                    }
-                )
-            run.after_frame()
-        if reader.error is not None:
-            summary.errors.append({"file": source, "error": reader.error})
-            summary.videos_failed += 1
-    finally:
-        reader.close()
-        if writer is not None:
-            done = writer.close()
-            record["annotated"] = str(done) if done is not None else None

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
 from fpncli.errors import FpnError
-from fpncli.inference.detect import DetectOptions, output_paths, resolve_classes, run_detect
+from fpncli.inference.annotated import output_paths
+from fpncli.inference.classes import resolve_classes
+from fpncli.inference.detect import DetectOptions, run_detect
 from fpncli.outputs import LEDGER_NAME
 
 runner = CliRunner()

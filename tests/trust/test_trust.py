@@ -236,7 +236,7 @@ def test_unwritable_output_folder(tmp_path, weights, monkeypatch):
 
 
 def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, weights, monkeypatch):
-    import fpncli.inference.detect as detect_mod
+    import fpncli.inference.annotated as detect_mod
     from fpncli.inference.detect import DetectOptions, run_detect
 
     src = [_image(tmp_path / "src" / f"{i}.png", seed=i) for i in range(3)]
@@ -307,7 +307,7 @@ def test_one_image_id_for_two_files_is_refused(tmp_path):
 
 @pytest.mark.parametrize("wanted", [[""], [","], [" , "]])
 def test_empty_class_filter_is_refused(wanted):
-    from fpncli.inference.detect import resolve_classes
+    from fpncli.inference.classes import resolve_classes
 
     with pytest.raises(FpnError, match="--classes: no class given"):
         resolve_classes(["a", "b"], [1, 2], wanted)
