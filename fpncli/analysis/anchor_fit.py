@@ -1,7 +1,7 @@
 """`fpn inspect-levels --dataset`: whether a dataset's boxes fit the pyramid's anchors and levels.
 
-Everything here returns plain data (dataclasses with ``to_json()``); pictures are drawn by
-:mod:`fpncli.viz.levels` and tables by the CLI.
+Everything here returns the plain-data reports of :mod:`fpncli.viz.reports` (dataclasses
+with ``to_json()``); pictures are drawn by :mod:`fpncli.viz.levels` and tables by the CLI.
 
 A dataset (:func:`inspect_dataset`) needs no weights: the configuration's model skeleton is
 built on PyTorch's ``meta`` device (no memory, no initialisation) only to read the levels,
@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +34,6 @@ from fpncli.analysis.level_views import base_anchors
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.levels import (
-    LevelSpec,
     assign_level,
     level_name,
     level_range,
@@ -45,13 +41,15 @@ from fpncli.modeling.levels import (
     resized_size,
 )
 from fpncli.runtime.events import ProgressFn, step
+from fpncli.viz.reports import (
+    POSITIVE_IOU,
+    USABLE_IOU,
+    AnchorFitReport,
+    AnchorLayout,
+    AnchorShape,
+    Coverage,
+)
 
-# The RPN's labelling thresholds (the paper's and torchvision's): IoU >= 0.7 makes an anchor
-# positive; below 0.3 it is background. A box whose best anchor reaches 0.3 can still be
-# learnt (torchvision also keeps each box's best anchor as a low-quality positive), one
-# whose best anchor stays below 0.3 can hardly be proposed.
-POSITIVE_IOU = 0.7
-USABLE_IOU = 0.3
 # COCO's size buckets, on the annotation's area in original image pixels.
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, math.inf))
 # A verdict line is written when a cause leaves at least this share of boxes without a
@@ -62,31 +60,6 @@ VERDICT_SHARE = 0.05
 # --------------------------------------------------------------------------------------
 # A dataset
 # --------------------------------------------------------------------------------------
-
-
-@dataclass
-class AnchorShape:
-    """One base anchor of one RPN level: offsets from its centre (xyxy, input pixels), as
-    torchvision's ``AnchorGenerator.generate_anchors`` rounds them."""
-
-    level: str
-    stride: int
-    size: int
-    ratio: float
-    offsets: tuple[float, float, float, float]
-
-
-@dataclass
-class AnchorLayout:
-    """The anchors and levels a configuration implies, without weights."""
-
-    config: ModelConfig
-    levels: OrderedDict[str, LevelSpec]
-    rpn_levels: list[str]
-    roi_levels: list[str]
-    anchor_sizes: dict[str, list[int]]
-    shapes: list[AnchorShape]
-    size_divisible: int
 
 
 def anchor_layout(cfg: ModelConfig) -> AnchorLayout:
@@ -174,85 +147,8 @@ def best_anchor_iou(
     return best, which
 
 
-@dataclass
-class Coverage:
-    """How many boxes of a group have a positive (IoU >= 0.7) or usable (>= 0.3) anchor."""
-
-    name: str
-    boxes: int
-    positive: int
-    usable: int
-
-    def to_json(self) -> dict[str, Any]:
-        share = (lambda k: round(k / self.boxes, 4)) if self.boxes else (lambda k: None)
-        return {
-            "name": self.name,
-            "boxes": self.boxes,
-            "positive": self.positive,
-            "usable": self.usable,
-            "none": self.boxes - self.usable,
-            "share_positive": share(self.positive),
-            "share_usable": share(self.usable),
-            "share_none": share(self.boxes - self.usable),
-        }
-
-
 def _coverage(name: str, best: np.ndarray) -> Coverage:
     return Coverage(name, int(best.size), int((best >= POSITIVE_IOU).sum()), int((best >= USABLE_IOU).sum()))
-
-
-@dataclass
-class AnchorFitReport:
-    """What :func:`inspect_dataset` found. Per-box arrays (one entry per analysed box):
-
-    Attributes:
-        box_size: ``sqrt(w * h)`` in the model's input pixels.
-        area: the COCO area (``area`` field, else ``w * h``) in original pixels.
-        best_iou: best IoU with any anchor.
-        level: the level name Eqn. (1) assigns.
-        anchor_level: the level of the best anchor.
-        levels, buckets, overall: coverage summaries; ``skipped``: boxes not analysed, by reason.
-        verdict: plain-language lines; ``fits`` is False when any names a setting to change.
-    """
-
-    annotations: Path
-    images: int
-    layout: AnchorLayout
-    box_size: np.ndarray
-    area: np.ndarray
-    best_iou: np.ndarray
-    level: np.ndarray
-    anchor_level: np.ndarray
-    levels: list[dict[str, Any]]
-    buckets: list[Coverage]
-    overall: Coverage
-    skipped: dict[str, int]
-    skipped_examples: dict[str, list[str]]
-    verdict: list[str]
-    fits: bool
-
-    def to_json(self) -> dict[str, Any]:
-        cfg = self.layout.config
-        return {
-            "annotations": str(self.annotations),
-            "images": self.images,
-            "boxes": int(self.best_iou.size),
-            "config": {
-                "min_size": cfg.min_size,
-                "max_size": cfg.max_size,
-                "neck": cfg.neck,
-                "anchor_sizes": self.layout.anchor_sizes,
-                "aspect_ratios": list(cfg.aspect_ratios),
-            },
-            "thresholds": {"positive": POSITIVE_IOU, "usable": USABLE_IOU},
-            "overall": self.overall.to_json(),
-            "levels": self.levels,
-            "buckets": [b.to_json() for b in self.buckets],
-            "skipped": self.skipped,
-            "skipped_examples": self.skipped_examples,
-            "fits": self.fits,
-            "verdict": self.verdict,
-        }
 
 
 def inspect_dataset(

@@ -2,21 +2,18 @@
 level, bottom-up vs top-down maps, adaptive feature pooling's and soft RoI selection's levels (one image), and box sizes vs anchors, coverage per level
 (a dataset). All saved as PNG with matplotlib's Agg backend (no display needed).
 
-Inputs are :class:`fpncli.analysis.inspect_image.ImageInspection` and
-:class:`~fpncli.analysis.anchor_fit.AnchorFitReport`; every function returns the paths written.
+Inputs are the reports of :mod:`fpncli.viz.reports`; every function returns the paths written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fpncli.analysis.anchor_fit import AnchorFitReport
-    from fpncli.analysis.inspect_image import ImageInspection
+from fpncli.viz.reports import POSITIVE_IOU, USABLE_IOU, AnchorFitReport, ImageInspection
 
 DPI = 100
 AFP_MAX_BARS = 40
@@ -403,7 +400,6 @@ def save_box_size_histogram(report: AnchorFitReport, path: str | Path) -> Path:
     """Histogram of box sizes sqrt(w*h) in the model's input pixels (log scale), stacked by
     the best anchor IoU (positive / usable / none), with Eqn. (1)'s level boundaries (solid)
     and the anchor sizes (dashed, coloured by level) marked."""
-    from fpncli.analysis.anchor_fit import POSITIVE_IOU, USABLE_IOU
     from fpncli.modeling.levels import level_boundaries, level_range
 
     plt = _plt()
