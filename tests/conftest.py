@@ -1,9 +1,24 @@
-"""Shared fixtures: the real COCO slice, tiny seeded models, temporary checkpoints."""
+"""Shared fixtures and factories, one of each for the whole suite.
+
+- ``coco_tiny``: the real COCO slice (skips where absent; CI requires it)
+- ``tiny_config`` / ``export_config``: CPU-sized model configurations
+- ``build_model(**overrides)``: a seeded tiny detector in eval mode (``tiny_config`` + overrides)
+- ``tiny_model``, ``tiny_checkpoint``, ``detect_weights``: a model and its saved weights
+- ``make_image(path, size, seed)``: a seeded noise image file
+- ``write_coco(path, images, annotations, categories)``: a COCO annotation file
+- ``make_targets()``: training targets for two images
+- ``cli(args, **kwargs)``: ``fpn`` invoked in-process on a wide terminal, its result returned
+- ``train_then_reload(*train_args)``: the end-to-end scenario (train on a synthetic set, then
+  detect, eval, inspect-levels and info on the checkpoint), written once
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -81,12 +96,22 @@ def export_config():
 
 
 @pytest.fixture
-def tiny_model(tiny_config):
-    """A seeded, randomly initialised tiny detector in eval mode."""
-    from fpncli.modeling.detector import build_model
+def build_model(tiny_config):
+    """``build_model(**overrides)``: a seeded (``torch.manual_seed(0)``), randomly initialised
+    detector in eval mode, from ``tiny_config`` with ``overrides`` (any ModelConfig field)."""
+    from fpncli.modeling.detector import build_model as build
 
-    torch.manual_seed(0)
-    return build_model(tiny_config).eval()
+    def make(**overrides):
+        torch.manual_seed(0)
+        return build(tiny_config.replace(**overrides) if overrides else tiny_config).eval()
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(build_model):
+    """A seeded, randomly initialised tiny detector in eval mode."""
+    return build_model()
 
 
 @pytest.fixture
@@ -139,3 +164,89 @@ def make_image():
     """``make_image(path, size=(64, 48), seed=0)``: a seeded noise RGB image at ``path``
     (parent folders made, format from the suffix); returns ``path``."""
     return _write_image
+
+
+def _write_coco(
+    path: Path,
+    images: Sequence[dict] = (),
+    annotations: Sequence[dict] = (),
+    categories: Sequence[dict] = (),
+    **extra,
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"images": list(images), "annotations": list(annotations), "categories": list(categories)}
+    path.write_text(json.dumps({**data, **extra}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_coco():
+    """``write_coco(path, images=(), annotations=(), categories=(), **extra)``: a COCO
+    annotation file with these lists (and any ``extra`` top-level keys) at ``path``, parent
+    folders made; returns ``path``."""
+    return _write_coco
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(args, **kwargs)``: ``fpn <args>`` run in-process (typer's CliRunner) on a
+    400-column terminal, so that no line of the output wraps; returns the click Result.
+    ``kwargs`` go to ``CliRunner.invoke`` (``input``, ``env``, ``terminal_width``...)."""
+    from typer.testing import CliRunner
+
+    from fpncli.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(args: Sequence[str], **kwargs):
+        kwargs.setdefault("terminal_width", 400)
+        return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+    return invoke
+
+
+@pytest.fixture
+def train_then_reload(tmp_path, cli):
+    """The end-to-end scenario, once for every neck that wants it: ``fpn data synth`` (4 train,
+    2 val images), ``fpn train`` for one iteration at 64-96 px with ``train_args`` (e.g.
+    ``"--neck", "rfp"``), optionally resumed up to ``resume_iters``, then ``detect``, ``eval``,
+    ``inspect-levels`` and ``info --json`` on its ``last.pt``. Every command must succeed;
+    returns their results and paths for the test's own assertions."""
+    from fpncli.data.synth import synthesize
+
+    def run(*train_args: str, resume_iters: int | None = None) -> SimpleNamespace:
+        data = tmp_path / "data"
+        synthesize(data, train=4, val=2, seed=0)
+        run_dir = tmp_path / "run"
+        common = ["--workers", "0", "--min-size", "64", "--max-size", "96", "--batch-size", "2"]
+        args = ["train", "--data", data, "--preset", "tiny", "--out", run_dir, *common]
+        trained = cli([*args, "--iters", "1", "--eval-every", "-1", "--log-every", "1", *train_args])
+        assert trained.exit_code == 0, trained.output
+        resumed = None
+        if resume_iters is not None:
+            resumed = cli(["train", "--resume", run_dir, "--iters", str(resume_iters), "--workers", "0"])
+            assert resumed.exit_code == 0, resumed.output
+        ckpt = run_dir / "last.pt"
+        val = data / "val"
+        image = sorted(val.iterdir())[0]
+        ann = sorted((data / "annotations").glob("instances_val*.json"))[0]
+        detect = cli(["detect", val, "--weights", ckpt, "--out", tmp_path / "det"])
+        assert detect.exit_code == 0, detect.output
+        evaluated = cli(
+            ["eval", "--weights", ckpt, "--coco", ann, "--images", val, "--out", tmp_path / "eval"]
+        )
+        assert evaluated.exit_code == 0, evaluated.output
+        inspected = cli(
+            ["inspect-levels", image, "--weights", ckpt, "--score-thr", "0", "--out", tmp_path / "lv"],
+            terminal_width=200,
+        )
+        assert inspected.exit_code == 0, inspected.output
+        info = cli(["info", "--weights", ckpt, "--json"])
+        assert info.exit_code == 0, info.output
+        return SimpleNamespace(
+            data=data, run=run_dir, checkpoint=ckpt, image=image, train=trained, resume=resumed,
+            detect=detect, eval=evaluated, inspect=inspected, info=json.loads(info.output),
+            det_out=tmp_path / "det", levels_out=tmp_path / "lv",
+        )  # fmt: skip
+
+    return run

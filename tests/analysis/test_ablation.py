@@ -203,7 +203,8 @@ def test_ablation_end_to_end(tmp_path):
 
 
 def test_rows_name_a_neck_and_its_roi_pooling():
-    from fpncli.analysis.ablation import DEFAULT_ROWS, SURVEY_ROWS, _train_key, parse_row
+    from fpncli.analysis.ablation import DEFAULT_ROWS, SURVEY_ROWS, parse_row
+    from fpncli.analysis.ablation.run import _train_key
 
     assert parse_row("panet+afp") == ("panet", {"roi_pooling": "afp"}) and parse_row("nasfpn") == (
         "nasfpn",
@@ -237,7 +238,8 @@ def test_backbone_weights_reach_every_rows_training_and_its_cache_key(tmp_path, 
     import torchvision
 
     import fpncli.training.train as train_module
-    from fpncli.analysis.ablation import _train_key, run_ablation
+    from fpncli.analysis.ablation import run_ablation
+    from fpncli.analysis.ablation.run import _train_key
 
     with pytest.raises(FpnError, match=r"missing\.pt: --backbone-weights must be none, imagenet or a file"):
         run_ablation(tmp_path / "a", ["fpn"], backbone_weights=str(tmp_path / "missing.pt"))

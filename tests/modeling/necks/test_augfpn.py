@@ -377,7 +377,8 @@ def test_inspect_levels_soft_view(tiny_config, tmp_path, one_thread):
 
 
 def test_ablation_rows_for_the_parts():
-    from fpncli.analysis.ablation import SURVEY_ROWS, _train_key, parse_row, row_pooling
+    from fpncli.analysis.ablation import SURVEY_ROWS, parse_row, row_pooling
+    from fpncli.analysis.ablation.run import _train_key
 
     assert parse_row("augfpn") == ("augfpn", {}) and row_pooling("augfpn") == "soft"
     assert parse_row("fpn+cs") == ("augfpn", {"roi_pooling": "level", "augfpn_rfa": False})

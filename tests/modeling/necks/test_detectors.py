@@ -11,17 +11,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
-
-
-def _build(tiny_config, **overrides):
-    from fpncli.modeling.detector import build_model
-
-    torch.manual_seed(0)
-    return build_model(tiny_config.replace(**overrides)).eval()
 
 
 def _perturb(module: torch.nn.Module, names: tuple[str, ...], seed: int = 5) -> None:
@@ -114,14 +106,16 @@ def test_sac_loads_a_plain_conv_state_and_keeps_its_own():
 # ----------------------------------------------------------------------------- SAC in the model
 
 
-def test_sac_model_from_the_same_backbone_weights_gives_the_same_features(tiny_config, tmp_path, one_thread):
+def test_sac_model_from_the_same_backbone_weights_gives_the_same_features(
+    tiny_config, tmp_path, one_thread, build_model
+):
     """The issue's test: a --sac model built from (seeded random, standing in for ImageNet)
     ResNet weights computes what the model without SAC computes from them."""
     from fpncli.modeling.sac import SAConv2d
     from fpncli.modeling.weights import load_detector
 
     torch.manual_seed(3)
-    resnet = _build(tiny_config).backbone.bottom_up.state_dict()
+    resnet = build_model().backbone.bottom_up.state_dict()
     path = tmp_path / "resnet18.pth"
     torch.save(resnet, path)
     cfg = tiny_config.replace(norm="frozen_bn")  # as with ImageNet weights
@@ -164,12 +158,12 @@ def test_sac_replaces_the_bottleneck_3x3_only(tiny_config):
 # ----------------------------------------------------------------------------- RFP
 
 
-def test_untrained_rfp_computes_the_fpn_pyramid_exactly(tiny_config, one_thread):
+def test_untrained_rfp_computes_the_fpn_pyramid_exactly(build_model, one_thread):
     """Zero-initialised feedback and gate, and a recursive ResNet that starts as the first:
     the second pass repeats the first, the gate averages two equal pyramids, so the seeded
     RFP model's pyramid and detections are the seeded FPN model's, bit for bit."""
-    fpn = _build(tiny_config)
-    rfp = _build(tiny_config, neck="rfp")
+    fpn = build_model()
+    rfp = build_model(neck="rfp")
     neck = rfp.backbone.neck
     for key, value in fpn.state_dict().items():  # the same FPN, RPN and heads
         assert torch.equal(rfp.state_dict()[key], value), key
@@ -193,10 +187,10 @@ def test_untrained_rfp_computes_the_fpn_pyramid_exactly(tiny_config, one_thread)
                 assert torch.equal(g[key], e[key])
 
 
-def test_rfp_feeds_back_aspp_of_p3_p5_and_gates_the_second_pass(tiny_config, one_thread):
+def test_rfp_feeds_back_aspp_of_p3_p5_and_gates_the_second_pass(tiny_config, one_thread, build_model):
     from fpncli.modeling.necks.rfp import ASPP
 
-    rfp = _build(tiny_config, neck="rfp")
+    rfp = build_model(neck="rfp")
     neck = rfp.backbone.neck
     assert neck.feedback == {"c3": "p3", "c4": "p4", "c5": "p5"}
     assert isinstance(neck.aspp, ASPP) and neck.aspp.out_channels == tiny_config.fpn_channels
@@ -220,8 +214,8 @@ def test_rfp_feeds_back_aspp_of_p3_p5_and_gates_the_second_pass(tiny_config, one
             torch.testing.assert_close(rfp.backbone(x)[n], taken.output[n])
 
 
-def test_rfp_steps_build_one_resnet_per_extra_step(tiny_config, one_thread):
-    three = _build(tiny_config, neck="rfp", rfp_steps=3)
+def test_rfp_steps_build_one_resnet_per_extra_step(build_model, one_thread):
+    three = build_model(neck="rfp", rfp_steps=3)
     assert len(three.backbone.neck.rfp_backbones) == 2
     with torch.no_grad():
         steps = three.rfp_steps(torch.rand(1, 3, 64, 64))
@@ -232,8 +226,8 @@ def test_rfp_steps_build_one_resnet_per_extra_step(tiny_config, one_thread):
     "options", [{"neck": "rfp"}, {"sac": True}, {"neck": "rfp", "sac": True, "sac_deform": True}]
 )
 @pytest.mark.parametrize("size", [(64, 64), (97, 45), (33, 190)])
-def test_odd_input_sizes_give_the_fpn_level_shapes(tiny_config, options, size, one_thread):
-    model = _build(tiny_config, **options)
+def test_odd_input_sizes_give_the_fpn_level_shapes(tiny_config, options, size, one_thread, build_model):
+    model = build_model(**options)
     _perturb(model, ("rfp_convs", "weight_diff", "pre_context", "offset_"))
     with torch.no_grad():
         out = model.backbone(torch.rand(1, 3, *size))
@@ -250,8 +244,8 @@ def test_odd_input_sizes_give_the_fpn_level_shapes(tiny_config, options, size, o
 @pytest.mark.parametrize(
     "options", [{"neck": "rfp"}, {"sac": True, "sac_deform": True}, {"neck": "rfp", "sac": True}]
 )
-def test_a_training_step_moves_the_detectors_parameters(make_targets, tiny_config, options, one_thread):
-    model = _build(tiny_config, min_size=64, max_size=96, **options).train()
+def test_a_training_step_moves_the_detectors_parameters(make_targets, build_model, options, one_thread):
+    model = build_model(min_size=64, max_size=96, **options).train()
     watched = {
         name: p.detach().clone()
         for name, p in model.named_parameters()
@@ -278,11 +272,11 @@ def test_a_training_step_moves_the_detectors_parameters(make_targets, tiny_confi
 # ----------------------------------------------------------------------------- everywhere
 
 
-def test_checkpoint_round_trip_identical_outputs(tiny_config, tmp_path, one_thread):
+def test_checkpoint_round_trip_identical_outputs(build_model, tmp_path, one_thread):
     from fpncli.checkpoint import save_checkpoint
     from fpncli.modeling.weights import load_detector
 
-    model = _build(tiny_config, neck="rfp", sac=True, sac_deform=True, sac_stages=(4, 5), rfp_steps=2)
+    model = build_model(neck="rfp", sac=True, sac_deform=True, sac_stages=(4, 5), rfp_steps=2)
     _perturb(model, ("rfp_convs", "gate", "weight_diff", "switch", "context", "offset_"))
     with torch.no_grad():
         for m in model.modules():
@@ -334,13 +328,12 @@ def test_old_configs_without_the_fields_have_neither(tiny_config):
         ({"neck": "rfp", "fpn_channels": 2}, "needs at least 4"),
     ],
 )
-def test_bad_options_are_one_line_errors(tiny_config, overrides, message):
+def test_bad_options_are_one_line_errors(build_model, overrides, message):
     with pytest.raises(FpnError, match=message):
-        _build(tiny_config, **overrides)
+        build_model(**overrides)
 
 
-def test_cli_bad_options(tmp_path):
-    from fpncli.cli.app import app
+def test_cli_bad_options(tmp_path, cli):
 
     for args, message in (
         (["--neck", "rfp", "--rfp-steps", "0"], "rfp_steps must be at least 2"),
@@ -348,15 +341,14 @@ def test_cli_bad_options(tmp_path):
         (["--sac-stages", "3,4"], "--sac-stages chooses where SAC goes: add --sac"),
         (["--sac", "--sac-stages", "res3"], "expected comma-separated stages like 3,4,5"),
     ):
-        result = CliRunner().invoke(app, ["info", "--preset", "tiny", *args])
+        result = cli(["info", "--preset", "tiny", *args])
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
         assert "Traceback" not in result.output
-    bad = CliRunner().invoke(app, ["ablation", "--out", str(tmp_path / "a"), "--necks", "fpn+sad"])
+    bad = cli(["ablation", "--out", str(tmp_path / "a"), "--necks", "fpn+sad"])
     assert bad.exit_code == 1 and "unknown modifier 'sad'" in bad.output and "sac" in bad.output
 
 
-def test_info_shows_sac_stages_rfp_steps_and_the_cost_by_part():
-    from fpncli.cli.app import app
+def test_info_shows_sac_stages_rfp_steps_and_the_cost_by_part(cli):
 
     args = [
         "info",
@@ -370,7 +362,7 @@ def test_info_shows_sac_stages_rfp_steps_and_the_cost_by_part():
         "--sac-stages",
         "4,5",
     ]
-    result = CliRunner().invoke(app, [*args, "--json"])
+    result = cli([*args, "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["sac"] == {"stages": ["c4", "c5"], "deform": True, "layers": 8}
@@ -379,20 +371,20 @@ def test_info_shows_sac_stages_rfp_steps_and_the_cost_by_part():
     parts = info["parameters_by_part"]
     assert sum(parts.values()) == info["parameters"]
     assert parts["bottom-up, RFP passes"] > 2 * parts["bottom-up"] * 0.99  # two ResNets (+ feedback convs)
-    table = " ".join(CliRunner().invoke(app, args, terminal_width=200).output.split())
+    table = " ".join(cli(args, terminal_width=200).output.split())
     assert "RFP: 3 steps" in table and "SAC: 8 3x3 convs of c4, c5" in table and "(deformable)" in table
-    plain = " ".join(CliRunner().invoke(app, ["info", "--preset", "tiny"], terminal_width=200).output.split())
+    plain = " ".join(cli(["info", "--preset", "tiny"], terminal_width=200).output.split())
     assert "SAC: none" in plain and "RFP:" not in plain
 
 
-def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one_thread):
+def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one_thread, build_model):
     from fpncli.checkpoint import save_checkpoint
     from fpncli.modeling.weights import load_detector
     from fpncli.training.config import TrainConfig
     from fpncli.training.train import _build_model
 
     torch.manual_seed(7)
-    resnet = _build(tiny_config).backbone.bottom_up.state_dict()
+    resnet = build_model().backbone.bottom_up.state_dict()
     resnet = {k: v + 0.01 for k, v in resnet.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "resnet.pth"
     torch.save(resnet, path)
@@ -406,7 +398,7 @@ def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one
         assert float(recursive.rfp_convs["c4"].weight.detach().abs().sum()) == 0
 
     # An FPN run (or COCO) into --neck rfp --sac: its ResNet starts every pass.
-    fpn = _build(tiny_config)
+    fpn = build_model()
     ckpt = save_checkpoint(tmp_path / "fpn.pt", fpn)
     from types import SimpleNamespace
 
@@ -423,7 +415,7 @@ def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one
             torch.testing.assert_close(model.backbone(x)[name], fmap, rtol=1e-4, atol=1e-4)
 
 
-def test_inspect_levels_rfp_view(tiny_config, tmp_path, one_thread):
+def test_inspect_levels_rfp_view(build_model, tmp_path, one_thread):
     from PIL import Image
 
     from fpncli.analysis.inspect_image import inspect_image
@@ -432,7 +424,7 @@ def test_inspect_levels_rfp_view(tiny_config, tmp_path, one_thread):
     image = tmp_path / "img.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(100, 140, 3) * 255).byte().numpy()).save(image)
-    model = _build(tiny_config, neck="rfp")
+    model = build_model(neck="rfp")
     report = inspect_image(model, image, score_thr=0.5)
     rfp = report.rfp
     assert rfp is not None and rfp.levels == list(model.levels) and len(rfp.passes) == 2
@@ -448,13 +440,14 @@ def test_inspect_levels_rfp_view(tiny_config, tmp_path, one_thread):
     assert all(v > 0 for v in moved["change_from_first_pass"].values())
     assert all(abs(moved["gate"][0][n]["mean"] - 0.2689) < 0.02 for n in rfp.levels)  # sigmoid(-1) at start
     assert save_rfp_steps(report, tmp_path / "rfp.png").stat().st_size > 0
-    plain = inspect_image(_build(tiny_config), image, score_thr=0.5)
+    plain = inspect_image(build_model(), image, score_thr=0.5)
     assert plain.rfp is None and "rfp" not in plain.to_json()
     assert save_rfp_steps(plain, tmp_path / "none.png") is None
 
 
 def test_ablation_rows_for_detectors():
-    from fpncli.analysis.ablation import SURVEY_ROWS, _train_key, parse_row
+    from fpncli.analysis.ablation import SURVEY_ROWS, parse_row
+    from fpncli.analysis.ablation.run import _train_key
 
     assert parse_row("rfp") == ("rfp", {})
     assert parse_row("sac") == ("fpn", {"sac": True})
@@ -475,48 +468,15 @@ def test_ablation_rows_for_detectors():
 
 
 @pytest.mark.slow
-def test_cli_trains_detectors_and_every_command_reloads_it(tmp_path):
+def test_cli_trains_detectors_and_every_command_reloads_it(train_then_reload):
     """`fpn train --neck rfp --sac` (DetectoRS), then detect, eval, inspect-levels and info
     on its checkpoint, on the CPU."""
-    from fpncli.cli.app import app
-    from fpncli.data.synth import synthesize
-
-    synthesize(tmp_path / "data", train=4, val=2, seed=0)
-    run = tmp_path / "run"
-    common = ["--min-size", "64", "--max-size", "96"]
-    result = CliRunner().invoke(
-        app,
-        [
-            "train", "--data", str(tmp_path / "data"), "--preset", "tiny", "--out", str(run),
-            "--neck", "rfp", "--sac", "--sac-stages", "5", "--iters", "1", "--batch-size", "2",
-            "--workers", "0", "--eval-every", "-1", "--fpn-channels", "16", *common,
-        ],
-        env={"COLUMNS": "400"},
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    ckpt = run / "last.pt"
-    saved = json.loads((run / "config.json").read_text())
+    done = train_then_reload("--neck", "rfp", "--sac", "--sac-stages", "5", "--fpn-channels", "16")
+    saved = json.loads((done.run / "config.json").read_text())
     assert saved["model"]["sac"] is True and saved["model"]["neck"] == "rfp"
-    val = sorted((tmp_path / "data").glob("val*"))[0]
-    ann = sorted((tmp_path / "data" / "annotations").glob("instances_val*.json"))[0]
-    detect = CliRunner().invoke(
-        app, ["detect", str(val), "--weights", str(ckpt), "--out", str(tmp_path / "det")]
-    )
-    assert detect.exit_code == 0, detect.output
-    assert (tmp_path / "det" / "predictions.json").is_file()
-    evaluated = CliRunner().invoke(
-        app, ["eval", "--weights", str(ckpt), "--coco", str(ann), "--images", str(val), "--json"]
-    )
-    assert evaluated.exit_code == 0, evaluated.output
-    image = sorted(val.iterdir())[0]
-    inspected = CliRunner().invoke(
-        app, ["inspect-levels", str(image), "--weights", str(ckpt), "--out", str(tmp_path / "lv")],
-        terminal_width=200,
-    )  # fmt: skip
-    assert inspected.exit_code == 0, inspected.output
+    assert (done.det_out / "predictions.json").is_file()
     assert (
-        "Recursive Feature Pyramid: 2 steps" in inspected.output
-        and (tmp_path / "lv" / "rfp_steps.png").is_file()
+        "Recursive Feature Pyramid: 2 steps" in done.inspect.output
+        and (done.levels_out / "rfp_steps.png").is_file()
     )
-    info = CliRunner().invoke(app, ["info", "--weights", str(ckpt), "--json"])
-    assert info.exit_code == 0 and json.loads(info.output)["sac"]["stages"] == ["c5"]
+    assert done.info["sac"]["stages"] == ["c5"]
