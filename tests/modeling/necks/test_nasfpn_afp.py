@@ -19,13 +19,6 @@ from fpncli.modeling.levels import LevelSpec
 PYRAMID_NECKS = ["fpn", "panet", "bifpn", "nasfpn"]
 
 
-def _build(tiny_config, **overrides):
-    from fpncli.modeling.detector import build_model
-
-    torch.manual_seed(0)
-    return build_model(tiny_config.replace(**overrides)).eval()
-
-
 # ----------------------------------------------------------------------------- NAS-FPN
 
 
@@ -74,8 +67,8 @@ def test_resize_to_level_follows_the_resnet_size_chain():
 
 
 @pytest.mark.parametrize("size", [(64, 64), (97, 45), (333, 517), (33, 190)])
-def test_nasfpn_levels_for_odd_input_sizes(tiny_config, size, one_thread):
-    model = _build(tiny_config, neck="nasfpn", nasfpn_stacks=2)
+def test_nasfpn_levels_for_odd_input_sizes(tiny_config, size, one_thread, build_model):
+    model = build_model(neck="nasfpn", nasfpn_stacks=2)
     assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"] and model.roi_levels == ["p2", "p3", "p4", "p5"]
     with torch.no_grad():
         out = model.backbone(torch.rand(1, 3, *size))
@@ -88,15 +81,15 @@ def test_nasfpn_levels_for_odd_input_sizes(tiny_config, size, one_thread):
         )
 
 
-def test_nasfpn_options_stacks_and_norms(tiny_config):
+def test_nasfpn_options_stacks_and_norms(tiny_config, build_model):
     from fpncli.modeling.necks.nasfpn import FrozenStatsBatchNorm2d
 
     def count(model):
         return sum(p.numel() for p in model.backbone.neck.parameters())
 
     two, four = (
-        _build(tiny_config, neck="nasfpn", nasfpn_stacks=2),
-        _build(tiny_config, neck="nasfpn", nasfpn_stacks=4),
+        build_model(neck="nasfpn", nasfpn_stacks=2),
+        build_model(neck="nasfpn", nasfpn_stacks=4),
     )
     assert len(two.backbone.neck.stages) == 2 and len(four.backbone.neck.stages) == 4
     # Every stage has the same cells: 7 convs 3x3 d->d (no bias) + 7 GroupNorms.
@@ -104,7 +97,7 @@ def test_nasfpn_options_stacks_and_norms(tiny_config):
     assert count(four) - count(two) == 2 * 7 * (9 * d * d + 2 * d)
     kinds = {}
     for norm in ("gn", "bn", "frozen_bn", "none"):
-        neck = _build(tiny_config, neck="nasfpn", nasfpn_stacks=1, nasfpn_norm=norm).backbone.neck
+        neck = build_model(neck="nasfpn", nasfpn_stacks=1, nasfpn_norm=norm).backbone.neck
         kinds[norm] = type(neck.stages[0].cells[0].norm)
     assert kinds == {
         "gn": torch.nn.GroupNorm,
@@ -113,15 +106,13 @@ def test_nasfpn_options_stacks_and_norms(tiny_config):
         "none": torch.nn.Identity,
     }
     with pytest.raises(FpnError, match="nasfpn_stacks must be at least 1"):
-        _build(tiny_config, neck="nasfpn", nasfpn_stacks=0)
+        build_model(neck="nasfpn", nasfpn_stacks=0)
     with pytest.raises(FpnError, match="unknown nasfpn_norm 'ln'"):
-        _build(tiny_config, neck="nasfpn", nasfpn_norm="ln")
+        build_model(neck="nasfpn", nasfpn_norm="ln")
 
 
-def test_frozen_bn_keeps_its_statistics_while_training(make_targets, tiny_config, one_thread):
-    model = _build(
-        tiny_config, neck="nasfpn", nasfpn_stacks=1, nasfpn_norm="frozen_bn", min_size=64, max_size=96
-    )
+def test_frozen_bn_keeps_its_statistics_while_training(make_targets, build_model, one_thread):
+    model = build_model(neck="nasfpn", nasfpn_stacks=1, nasfpn_norm="frozen_bn", min_size=64, max_size=96)
     model.train()
     norms = [m for m in model.backbone.neck.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
@@ -135,12 +126,10 @@ def test_frozen_bn_keeps_its_statistics_while_training(make_targets, tiny_config
 
 
 @pytest.mark.parametrize("norm", ["gn", "bn"])
-def test_nasfpn_trains_with_one_image_per_batch(make_targets, tiny_config, norm, one_thread):
+def test_nasfpn_trains_with_one_image_per_batch(make_targets, build_model, norm, one_thread):
     """The batch size fpncli trains with: GroupNorm does not care; BatchNorm computes its
     statistics over one image's cells (noisy, but it runs)."""
-    model = _build(
-        tiny_config, neck="nasfpn", nasfpn_stacks=2, nasfpn_norm=norm, min_size=96, max_size=128
-    ).train()
+    model = build_model(neck="nasfpn", nasfpn_stacks=2, nasfpn_norm=norm, min_size=96, max_size=128).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = [p.detach().clone() for p in model.backbone.neck.parameters()]
     losses = model([torch.rand(3, 96, 128)], make_targets()[:1])
@@ -221,12 +210,11 @@ def test_level_wins_counts_which_level_gave_the_maximum():
 
 
 @pytest.mark.parametrize("neck", PYRAMID_NECKS)
-def test_afp_trains_with_every_pyramid_neck(make_targets, tiny_config, neck, one_thread):
+def test_afp_trains_with_every_pyramid_neck(make_targets, build_model, neck, one_thread):
     from fpncli.modeling.box_head import AFPBoxHead
     from fpncli.modeling.pooler import AllLevelRoIPooler
 
-    model = _build(
-        tiny_config,
+    model = build_model(
         neck=neck,
         roi_pooling="afp",
         min_size=64,
@@ -248,21 +236,21 @@ def test_afp_trains_with_every_pyramid_neck(make_targets, tiny_config, neck, one
     assert all(not torch.equal(a, b) for a, b in zip(before, model.roi_heads.box_head.fc6.parameters()))
 
 
-def test_afp_needs_a_pyramid(tiny_config):
+def test_afp_needs_a_pyramid(build_model):
     with pytest.raises(FpnError, match="the c4 neck has one"):
-        _build(tiny_config, neck="c4", roi_pooling="afp")
+        build_model(neck="c4", roi_pooling="afp")
     with pytest.raises(FpnError, match="unknown roi_pooling 'mean'"):
-        _build(tiny_config, roi_pooling="mean")
+        build_model(roi_pooling="mean")
 
 
 # ----------------------------------------------------------------------------- everywhere
 
 
-def test_checkpoint_round_trip_identical_outputs(tiny_config, tmp_path, one_thread):
+def test_checkpoint_round_trip_identical_outputs(build_model, tmp_path, one_thread):
     from fpncli.checkpoint import save_checkpoint
     from fpncli.modeling.weights import load_detector
 
-    model = _build(tiny_config, neck="nasfpn", nasfpn_stacks=2, nasfpn_norm="bn", roi_pooling="afp")
+    model = build_model(neck="nasfpn", nasfpn_stacks=2, nasfpn_norm="bn", roi_pooling="afp")
     path = save_checkpoint(tmp_path / "m.pt", model)
     loaded = load_detector(str(path)).model
     cfg = loaded.config
@@ -283,12 +271,12 @@ def test_old_configs_without_the_new_fields_keep_the_old_behaviour(tiny_config):
     assert cfg.roi_pooling == "level" and cfg.neck == "fpn"
 
 
-def test_fpn_weights_into_nasfpn_and_afp_report_what_is_fresh(tiny_config, tmp_path, one_thread):
+def test_fpn_weights_into_nasfpn_and_afp_report_what_is_fresh(tiny_config, tmp_path, one_thread, build_model):
     from fpncli.checkpoint import save_checkpoint
     from fpncli.training.config import TrainConfig
-    from fpncli.training.train import _build_model
+    from fpncli.training.model_setup import build_training_model as _build_model
 
-    fpn = _build(tiny_config)
+    fpn = build_model()
     path = save_checkpoint(tmp_path / "fpn.pt", fpn)
     categories = SimpleNamespace(names=tiny_config.class_names, category_ids=tiny_config.category_ids)
 
@@ -310,33 +298,30 @@ def test_fpn_weights_into_nasfpn_and_afp_report_what_is_fresh(tiny_config, tmp_p
     assert "\n" not in source
 
 
-def test_info_shows_pooling_levels_and_parameters():
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
+def test_info_shows_pooling_levels_and_parameters(cli):
 
     args = ["info", "--preset", "tiny", "--neck", "nasfpn", "--nasfpn-stacks", "2", "--roi-pooling", "afp"]
-    result = CliRunner().invoke(app, [*args, "--json"])
+    result = cli([*args, "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["roi_pooling"] == "afp" and info["neck_options"] == {"nasfpn_stacks": 2, "nasfpn_norm": "gn"}
     assert [lv["name"] for lv in info["levels"]] == ["p2", "p3", "p4", "p5", "p6"]
     assert sum(info["parameters_by_part"].values()) == info["parameters"]
-    table = CliRunner().invoke(app, args, terminal_width=200)
+    table = cli(args, terminal_width=200)
     assert "one fc6 per level, element-wise max" in table.output and "neck " in table.output
-    bad = CliRunner().invoke(app, ["info", "--preset", "tiny", "--roi-pooling", "mean"])
+    bad = cli(["info", "--preset", "tiny", "--roi-pooling", "mean"])
     assert bad.exit_code == 1 and "unknown roi_pooling 'mean'" in bad.output and "Traceback" not in bad.output
-    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    help_text = " ".join(cli(["train", "--help"], terminal_width=400).output.split())
     assert "--roi-pooling" in help_text and "--nasfpn-stacks" in help_text and "--nasfpn-norm" in help_text
 
 
-def test_inspect_levels_afp_view(tiny_config, tmp_path, one_thread):
+def test_inspect_levels_afp_view(build_model, tmp_path, one_thread):
     from PIL import Image
 
     from fpncli.analysis.inspect_image import SIZE_BUCKETS, inspect_image
     from fpncli.viz.levels import save_afp_levels
 
-    model = _build(tiny_config, neck="panet", roi_pooling="afp")
+    model = build_model(neck="panet", roi_pooling="afp")
     image = tmp_path / "img.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(120, 150, 3) * 255).byte().numpy()).save(image)
@@ -357,25 +342,20 @@ def test_inspect_levels_afp_view(tiny_config, tmp_path, one_thread):
     empty = inspect_image(model, image, score_thr=1.1)
     assert empty.afp.total == 0 and empty.afp.agree == 0
     assert save_afp_levels(empty, tmp_path / "empty.png").stat().st_size > 0
-    plain = inspect_image(_build(tiny_config), image, score_thr=0.5)
+    plain = inspect_image(build_model(), image, score_thr=0.5)
     assert plain.afp is None and "afp" not in plain.to_json()
     assert save_afp_levels(plain, tmp_path / "plain.png") is None
 
 
-def test_cli_inspect_levels_prints_the_afp_table(tmp_path, one_thread):
+def test_cli_inspect_levels_prints_the_afp_table(tmp_path, one_thread, cli):
     from PIL import Image
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
 
     image = tmp_path / "img.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(100, 120, 3) * 255).byte().numpy()).save(image)
     args = ["inspect-levels", str(image), "--preset", "tiny", "--roi-pooling", "afp", "--score-thr", "0"]
-    result = CliRunner().invoke(app, [*args, "--min-size", "128", "--max-size", "160"], terminal_width=200)
+    result = cli([*args, "--min-size", "128", "--max-size", "160"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "AFP | Eq.1" in result.output and "detections agree" in result.output
-    bad = CliRunner().invoke(
-        app, ["inspect-levels", str(image), "--preset", "tiny", "--neck", "c5", "--roi-pooling", "afp"]
-    )
+    bad = cli(["inspect-levels", str(image), "--preset", "tiny", "--neck", "c5", "--roi-pooling", "afp"])
     assert bad.exit_code == 1 and "the c5 neck has one" in bad.output and "Traceback" not in bad.output

@@ -14,44 +14,36 @@ from fpncli.errors import FpnError
 ALL_NECKS = ["fpn", "panet", "bifpn", "nasfpn", "augfpn", "rfp", "c4", "c5"]
 
 
-def _build(tiny_config, neck: str, **overrides):
-    from fpncli.modeling.detector import build_model
-
-    torch.manual_seed(0)
-    if neck == "nasfpn":
-        # Two of the paper's seven stages: the same cells, a third of the test time.
-        overrides.setdefault("nasfpn_stacks", 2)
-    return build_model(tiny_config.replace(neck=neck, **overrides)).eval()
+# Two of NAS-FPN's seven stages: the same cells, a third of the test time.
+FAST = {"nasfpn": {"nasfpn_stacks": 2}}
 
 
 def test_every_neck_is_registered():
     assert set(ALL_NECKS) == set(NECKS)
 
 
-def test_registry_feeds_config_cli_info_and_ablation(tiny_config):
-    from typer.testing import CliRunner
+def test_registry_feeds_config_cli_info_and_ablation(tiny_config, cli, build_model):
 
     from fpncli.analysis.ablation import DEFAULT_NECKS, SINGLE_SCALE
     from fpncli.analysis.describe import describe_model
-    from fpncli.cli.app import app
     from fpncli.modeling.necks.registry import NECK_REGISTRY, get_neck
 
     assert list(NECKS) == list(NECK_REGISTRY) and set(DEFAULT_NECKS) <= set(NECK_REGISTRY)
     assert SINGLE_SCALE == ("c4", "c5")
-    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    help_text = " ".join(cli(["train", "--help"], terminal_width=400).output.split())
     assert all(name in help_text for name in NECK_REGISTRY)
     with pytest.raises(FpnError, match="unknown neck 'fpx'; choose one of c4, c5, fpn"):
         get_neck("fpx")
     with pytest.raises(FpnError, match="unknown neck"):
         tiny_config.replace(neck="fpx").validate()
-    info = describe_model(_build(tiny_config, "bifpn", bifpn_repeats=3), "random")
+    info = describe_model(build_model(neck="bifpn", bifpn_repeats=3), "random")
     assert info["neck_options"] == {"bifpn_repeats": 3} and info["input_levels"] == ["c2", "c3", "c4", "c5"]
 
 
 @pytest.mark.parametrize("neck", ALL_NECKS)
-def test_neck_declares_the_bottom_up_levels_it_reads(tiny_config, neck):
+def test_neck_declares_the_bottom_up_levels_it_reads(build_model, neck):
     """The detector stops the ResNet after the neck's last declared input (c4 never runs conv5)."""
-    model = _build(tiny_config, neck)
+    model = build_model(neck=neck, **FAST.get(neck, {}))
     neck_module = model.backbone.neck
     assert model.input_levels == neck_module.in_names and set(neck_module.in_names) <= set(
         model.bottom_up_levels
@@ -68,8 +60,8 @@ def test_neck_declares_the_bottom_up_levels_it_reads(tiny_config, neck):
 
 
 @pytest.mark.parametrize("neck", ALL_NECKS)
-def test_declared_strides_match_real_shapes(tiny_config, neck):
-    model = _build(tiny_config, neck)
+def test_declared_strides_match_real_shapes(tiny_config, neck, build_model):
+    model = build_model(neck=neck, **FAST.get(neck, {}))
     model.backbone.neck.check_contract()
     with torch.no_grad():
         for height, width in ((64, 64), (333, 517), (97, 45)):
@@ -82,17 +74,17 @@ def test_declared_strides_match_real_shapes(tiny_config, neck):
                 assert tuple(fmap.shape[-2:]) == (-(-height // spec.stride), -(-width // spec.stride)), name
 
 
-def test_levels_and_anchors_per_neck(tiny_config):
+def test_levels_and_anchors_per_neck(tiny_config, build_model):
     from fpncli.analysis.describe import describe_model
 
     for neck in ("fpn", "panet", "bifpn", "nasfpn", "augfpn"):
-        model = _build(tiny_config, neck)
+        model = build_model(neck=neck, **FAST.get(neck, {}))
         assert model.rpn_levels == ["p2", "p3", "p4", "p5", "p6"]
         assert model.roi_levels == ["p2", "p3", "p4", "p5"]
         assert [s.stride for s in model.levels.values()] == [4, 8, 16, 32, 64]
         assert model.anchor_sizes() == [(s,) for s in tiny_config.anchor_sizes]
     for neck, stride in (("c4", 16), ("c5", 32)):
-        model = _build(tiny_config, neck)
+        model = build_model(neck=neck, **FAST.get(neck, {}))
         assert model.rpn_levels == model.roi_levels == [neck]
         assert model.levels[neck].stride == stride
         # All anchor scales on the one map, as in the paper's single-scale baselines.
@@ -102,8 +94,8 @@ def test_levels_and_anchors_per_neck(tiny_config):
         assert summary["levels"][0]["anchors_per_cell"] == 15
 
 
-def test_c4_does_not_run_conv5(tiny_config):
-    model = _build(tiny_config, "c4")
+def test_c4_does_not_run_conv5(build_model):
+    model = build_model(neck="c4")
     called = []
     model.backbone.bottom_up.layer4.register_forward_hook(lambda *a: called.append(1))
     with torch.no_grad():
@@ -111,8 +103,8 @@ def test_c4_does_not_run_conv5(tiny_config):
     assert called == []
 
 
-def test_panet_finest_level_is_fpn_p2(tiny_config):
-    model = _build(tiny_config, "panet")
+def test_panet_finest_level_is_fpn_p2(build_model):
+    model = build_model(neck="panet")
     neck = model.backbone.neck
     with torch.no_grad():
         features = model.backbone.bottom_up(torch.rand(1, 3, 96, 128))
@@ -135,21 +127,21 @@ def test_bifpn_fusion_weights_are_nonnegative_and_normalised():
     torch.testing.assert_close(fusion([a, b, c]), torch.full((1, 1, 2, 2), 7.0 / (4.0 + 1e-4)))
 
 
-def test_bifpn_repeats_are_configurable(tiny_config):
-    one = _build(tiny_config, "bifpn", bifpn_repeats=1)
-    three = _build(tiny_config, "bifpn", bifpn_repeats=3)
+def test_bifpn_repeats_are_configurable(build_model):
+    one = build_model(neck="bifpn", bifpn_repeats=1)
+    three = build_model(neck="bifpn", bifpn_repeats=3)
     assert len(one.backbone.neck.layers) == 1 and len(three.backbone.neck.layers) == 3
     with pytest.raises(FpnError, match="bifpn_repeats"):
-        _build(tiny_config, "bifpn", bifpn_repeats=0)
+        build_model(neck="bifpn", bifpn_repeats=0)
 
 
-def test_unknown_neck_is_a_user_error(tiny_config):
+def test_unknown_neck_is_a_user_error(build_model):
     with pytest.raises(FpnError, match="unknown neck 'fpn2'"):
-        _build(tiny_config, "fpn2")
+        build_model(neck="fpn2")
 
 
 @pytest.mark.parametrize("neck", [*ALL_NECKS, "panet+afp"])
-def test_neck_trains_reloads_and_predicts(make_targets, tiny_config, neck, tmp_path):
+def test_neck_trains_reloads_and_predicts(make_targets, build_model, neck, tmp_path):
     """Two training steps (finite losses, weights move), then a checkpoint that reloads with
     identical outputs, then the batched inference pipeline with a broken file among images,
     then what inspect-levels and eval run. ``panet+afp``: the full PANet (adaptive feature
@@ -166,7 +158,9 @@ def test_neck_trains_reloads_and_predicts(make_targets, tiny_config, neck, tmp_p
     # Inputs resized to 64..96 px: the smallest size at which every level still has cells.
     neck, _, pooling = neck.partition("+")
     # No pooling given: the neck's own (augfpn: soft RoI selection, with its auxiliary head).
-    model = _build(tiny_config, neck, min_size=64, max_size=96, roi_pooling=pooling or None).train()
+    model = build_model(
+        neck=neck, **FAST.get(neck, {}), min_size=64, max_size=96, roi_pooling=pooling or None
+    ).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     torch.manual_seed(1)
     images = [torch.rand(3, 64, 64), torch.rand(3, 60, 80)]
