@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fpncli.config import PRESETS
 from fpncli.errors import FpnError
@@ -219,3 +219,13 @@ def read_run_config(run: str | os.PathLike) -> TrainConfig:
         return TrainConfig.from_dict(data["train"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise FpnError(f"{path}: not a training config ({exc})") from None
+
+
+T = TypeVar("T")
+
+
+def filled(value: T | None) -> T:
+    """A :class:`TrainConfig` field that :meth:`TrainConfig.resolved` has filled in."""
+    if value is None:
+        raise RuntimeError("the training configuration was used before TrainConfig.resolved()")
+    return value

@@ -261,7 +261,7 @@ def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(tiny_con
     from fpncli.checkpoint import save_checkpoint
     from fpncli.modeling.detector import build_model
     from fpncli.training.config import TrainConfig
-    from fpncli.training.train import _build_model
+    from fpncli.training.model_setup import build_training_model as _build_model
 
     aug = _build(tiny_config)
     path = save_checkpoint(tmp_path / "aug.pt", aug)
