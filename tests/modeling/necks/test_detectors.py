@@ -381,7 +381,7 @@ def test_backbone_weights_fill_every_recursive_resnet(tiny_config, tmp_path, one
     from fpncli.checkpoint import save_checkpoint
     from fpncli.modeling.weights import load_detector
     from fpncli.training.config import TrainConfig
-    from fpncli.training.train import _build_model
+    from fpncli.training.model_setup import build_training_model as _build_model
 
     torch.manual_seed(7)
     resnet = build_model().backbone.bottom_up.state_dict()
