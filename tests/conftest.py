@@ -149,20 +149,26 @@ def detect_weights(tmp_path, tiny_model) -> str:
     return str(save_checkpoint(tmp_path / "tiny.pt", tiny_model))
 
 
-def _write_image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+def _write_image(
+    path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, mode: str = "RGB", **save
+) -> Path:
     from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    image = Image.fromarray(pixels)
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path, **save)
     return path
 
 
 @pytest.fixture(scope="session")
 def make_image():
-    """``make_image(path, size=(64, 48), seed=0)``: a seeded noise RGB image at ``path``
-    (parent folders made, format from the suffix); returns ``path``."""
+    """``make_image(path, size=(64, 48), seed=0, mode="RGB", **save)``: a seeded noise image
+    at ``path`` (converted to ``mode``; parent folders made; format from the suffix, ``save``
+    passed to ``PIL.Image.save``, e.g. ``exif=``); returns ``path``."""
     return _write_image
 
 

@@ -7,11 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
 from fpncli.errors import FpnError
 from fpncli.inference.annotated import output_paths
@@ -19,31 +16,8 @@ from fpncli.inference.classes import resolve_classes
 from fpncli.inference.detect import DetectOptions, run_detect
 from fpncli.outputs import LEDGER_NAME
 
-runner = CliRunner()
-
-
 # Tiny models: one thread is faster than two contending ones (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _image(path: Path, size=(64, 48), seed=0, mode="RGB", **save) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(arr)
-    if mode != "RGB":
-        img = img.convert(mode)
-    img.save(path, **save)
-    return path
-
-
-@pytest.fixture
-def weights(tmp_path, tiny_model) -> str:
-    """The tiny checkpoint with a 0 score threshold, so a random model yields detections."""
-    from fpncli.checkpoint import save_checkpoint
-
-    tiny_model.config = tiny_model.config.replace(box_score_thresh=0.0)
-    return str(save_checkpoint(tmp_path / "tiny.pt", tiny_model))
 
 
 def _run(sources, out, weights, **kw):
@@ -60,10 +34,10 @@ def _run(sources, out, weights, **kw):
 # ------------------------------------------------------------------ sources (no model)
 
 
-def test_expand_sources_files_folders_globs(tmp_path):
-    a = _image(tmp_path / "d" / "a.jpg")
-    b = _image(tmp_path / "d" / "b.PNG")
-    c = _image(tmp_path / "d" / "sub" / "c.webp")
+def test_expand_sources_files_folders_globs(tmp_path, make_image):
+    a = make_image(tmp_path / "d" / "a.jpg")
+    b = make_image(tmp_path / "d" / "b.PNG")
+    c = make_image(tmp_path / "d" / "sub" / "c.webp")
     (tmp_path / "d" / "notes.txt").write_text("x")
     assert expand_sources([tmp_path / "d"]) == [a, b]  # extension check is case-insensitive
     assert expand_sources([tmp_path / "d"], recursive=True) == [a, b, c]
@@ -72,9 +46,9 @@ def test_expand_sources_files_folders_globs(tmp_path):
     assert expand_sources([a, tmp_path / "d"]) == [a, b]  # a file given twice is read once
 
 
-def test_expand_sources_errors(tmp_path):
+def test_expand_sources_errors(tmp_path, make_image):
     (tmp_path / "empty").mkdir()
-    _image(tmp_path / "nested" / "deep" / "x.jpg")
+    make_image(tmp_path / "nested" / "deep" / "x.jpg")
     with pytest.raises(FpnError, match="no such file or folder"):
         expand_sources([tmp_path / "missing.jpg"])
     with pytest.raises(FpnError, match="pattern matches no images"):
@@ -87,10 +61,10 @@ def test_expand_sources_errors(tmp_path):
         expand_sources([])
 
 
-def test_output_paths_never_collide_nor_overwrite_inputs(tmp_path):
+def test_output_paths_never_collide_nor_overwrite_inputs(tmp_path, make_image):
     a, b = tmp_path / "x" / "img.jpg", tmp_path / "y" / "img.jpg"
     for p in (a, b):
-        _image(p)
+        make_image(p)
     out, renamed = output_paths([a, b], tmp_path / "out")
     assert out == [tmp_path / "out" / "x" / "img.jpg", tmp_path / "out" / "y" / "img.jpg"] and not renamed
     # Output folder = input folder: the annotated copy gets a new name, and says so.
@@ -113,10 +87,10 @@ def test_resolve_classes():
 # ------------------------------------------------------------------ runs
 
 
-def test_single_file_writes_json_and_annotated_image(tmp_path, weights):
-    src = _image(tmp_path / "in" / "a.jpg", size=(80, 60))
+def test_single_file_writes_json_and_annotated_image(tmp_path, detect_weights, make_image):
+    src = make_image(tmp_path / "in" / "a.jpg", size=(80, 60))
     before = src.read_bytes()
-    summary = _run([src], tmp_path / "out", weights)
+    summary = _run([src], tmp_path / "out", detect_weights)
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert data == summary.predictions
     assert data["errors"] == [] and len(data["images"]) == 1
@@ -137,10 +111,10 @@ def test_single_file_writes_json_and_annotated_image(tmp_path, weights):
     assert sum(summary.per_class.values()) == len(scores)
 
 
-def test_folder_recursive_and_equal_names(tmp_path, weights):
-    _image(tmp_path / "in" / "x" / "img.png", seed=1)
-    _image(tmp_path / "in" / "y" / "img.png", seed=2)
-    summary = _run([tmp_path / "in"], tmp_path / "out", weights, recursive=True, max_dets=3)
+def test_folder_recursive_and_equal_names(tmp_path, detect_weights, make_image):
+    make_image(tmp_path / "in" / "x" / "img.png", seed=1)
+    make_image(tmp_path / "in" / "y" / "img.png", seed=2)
+    summary = _run([tmp_path / "in"], tmp_path / "out", detect_weights, recursive=True, max_dets=3)
     files = [rec["file"] for rec in summary.predictions["images"]]
     assert files == [str(tmp_path / "in" / "x" / "img.png"), str(tmp_path / "in" / "y" / "img.png")]
     assert all(len(rec["detections"]) <= 3 for rec in summary.predictions["images"])
@@ -148,8 +122,8 @@ def test_folder_recursive_and_equal_names(tmp_path, weights):
     assert a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes()
 
 
-def test_exif_rotation_boxes_refer_to_the_upright_image(tmp_path, weights):
-    stored = _image(tmp_path / "raw.png", size=(64, 40), seed=3)
+def test_exif_rotation_boxes_refer_to_the_upright_image(tmp_path, detect_weights, make_image):
+    stored = make_image(tmp_path / "raw.png", size=(64, 40), seed=3)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to view"
     rotated = tmp_path / "in" / "exif.png"
@@ -157,14 +131,14 @@ def test_exif_rotation_boxes_refer_to_the_upright_image(tmp_path, weights):
     Image.open(stored).save(rotated, exif=exif)
     upright = tmp_path / "in" / "upright.png"
     Image.open(stored).transpose(Image.Transpose.ROTATE_270).save(upright)
-    summary = _run([rotated, upright], tmp_path / "out", weights, draw=False)
+    summary = _run([rotated, upright], tmp_path / "out", detect_weights, draw=False)
     a, b = summary.predictions["images"]
     assert (a["width"], a["height"]) == (40, 64) == (b["width"], b["height"])
     assert a["detections"] == b["detections"] and a["detections"]
 
 
-def test_colour_modes(tmp_path, weights):
-    base = _image(tmp_path / "rgb.png", size=(48, 40), seed=4)
+def test_colour_modes(tmp_path, detect_weights, make_image):
+    base = make_image(tmp_path / "rgb.png", size=(48, 40), seed=4)
     img = Image.open(base)
     (tmp_path / "in").mkdir()
     img.convert("L").save(tmp_path / "in" / "gray.png")
@@ -179,7 +153,7 @@ def test_colour_modes(tmp_path, weights):
 
     sixteen = np.asarray(gray).astype(np.uint16) * 257  # same grey levels in 16 bits
     Image.fromarray(sixteen).save(tmp_path / "in" / "gray16.png")
-    summary = _run([tmp_path / "in"], tmp_path / "out", weights)
+    summary = _run([tmp_path / "in"], tmp_path / "out", detect_weights)
     assert summary.images_failed == 0 and summary.images_read == 8
     recs = {Path(r["file"]).name: r for r in summary.predictions["images"]}
     assert all((r["width"], r["height"]) == (48, 40) for r in recs.values())
@@ -188,20 +162,20 @@ def test_colour_modes(tmp_path, weights):
     assert (tmp_path / "out" / "cmyk.jpg").is_file() and (tmp_path / "out" / "tiff.tif").is_file()
 
 
-def test_class_filter_applies_before_the_top_k_cut(tmp_path, weights):
-    src = _image(tmp_path / "a.png", size=(96, 80), seed=5)
-    full = _run([src], tmp_path / "o1", weights, draw=False, max_dets=1000)
+def test_class_filter_applies_before_the_top_k_cut(tmp_path, detect_weights, make_image):
+    src = make_image(tmp_path / "a.png", size=(96, 80), seed=5)
+    full = _run([src], tmp_path / "o1", detect_weights, draw=False, max_dets=1000)
     squares = [d for d in full.predictions["images"][0]["detections"] if d["label"] == "square"]
     assert len(squares) > 3
-    only = _run([src], tmp_path / "o2", weights, draw=False, max_dets=3, classes=["square"])
+    only = _run([src], tmp_path / "o2", detect_weights, draw=False, max_dets=3, classes=["square"])
     assert only.predictions["images"][0]["detections"] == squares[:3]
-    by_id = _run([src], tmp_path / "o3", weights, draw=False, max_dets=3, classes=["3"])
+    by_id = _run([src], tmp_path / "o3", detect_weights, draw=False, max_dets=3, classes=["3"])
     assert by_id.predictions["images"][0]["detections"] == squares[:3]
 
 
-def test_bad_input_folder(tmp_path, weights):
+def test_bad_input_folder(tmp_path, detect_weights, cli, make_image):
     folder = tmp_path / "mixed"
-    good = [_image(folder / "good1.jpg", seed=6), _image(folder / "good2.png", seed=7)]
+    good = [make_image(folder / "good1.jpg", seed=6), make_image(folder / "good2.png", seed=7)]
     (folder / "empty.jpg").write_bytes(b"")
     full = (folder / "good1.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(full[: len(full) // 2])
@@ -209,7 +183,7 @@ def test_bad_input_folder(tmp_path, weights):
     # Tests run as root, where chmod 000 does not stop reads: an unreadable entry that is
     # unreadable for root too is a symbolic link whose target is gone.
     os.symlink(tmp_path / "gone.jpg", folder / "dangling.jpg")
-    _image(folder / "huge.png", size=(200, 150), seed=8)  # "huge" for --max-pixels below
+    make_image(folder / "huge.png", size=(200, 150), seed=8)  # "huge" for --max-pixels below
     bad = {
         "empty.jpg": "empty",
         "truncated.jpg": "truncated",
@@ -218,16 +192,15 @@ def test_bad_input_folder(tmp_path, weights):
         "huge.png": "too large",
     }
     if os.geteuid() != 0:
-        _image(folder / "locked.jpg", seed=9).chmod(0)
+        make_image(folder / "locked.jpg", seed=9).chmod(0)
         bad["locked.jpg"] = "permission denied"
 
-    result = runner.invoke(
-        app,
+    result = cli(
         [
             "detect",
             str(folder),
             "--weights",
-            weights,
+            detect_weights,
             "--out",
             str(tmp_path / "out"),
             "--score-thr",
@@ -258,15 +231,14 @@ def test_bad_input_folder(tmp_path, weights):
     }
 
 
-def test_all_good_exits_zero_and_json_to_stdout(tmp_path, weights):
-    src = _image(tmp_path / "a.png", seed=10)
-    result = runner.invoke(
-        app,
+def test_all_good_exits_zero_and_json_to_stdout(tmp_path, detect_weights, cli, make_image):
+    src = make_image(tmp_path / "a.png", seed=10)
+    result = cli(
         [
             "detect",
             str(src),
             "--weights",
-            weights,
+            detect_weights,
             "--out",
             str(tmp_path / "out"),
             "--score-thr",
@@ -295,22 +267,21 @@ def test_all_good_exits_zero_and_json_to_stdout(tmp_path, weights):
         (["{src}", "--score-thr", "1.5"], "--score-thr"),
     ],
 )
-def test_cli_user_errors(tmp_path, weights, args, message):
-    src = _image(tmp_path / "a.png", seed=11)
+def test_cli_user_errors(tmp_path, detect_weights, args, message, cli, make_image):
+    src = make_image(tmp_path / "a.png", seed=11)
     args = [a.format(tmp=tmp_path, src=src) for a in args]
-    result = runner.invoke(
-        app,
-        ["detect", *args, "--weights", weights, "--out", str(tmp_path / "out"), "--workers", "0"],
+    result = cli(
+        ["detect", *args, "--weights", detect_weights, "--out", str(tmp_path / "out"), "--workers", "0"],
         terminal_width=200,
     )
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
-    a = _image(tmp_path / "val" / "000000000042.jpg", seed=12)
-    b = _image(tmp_path / "val" / "000000000007.jpg", seed=13)
-    extra = _image(tmp_path / "val" / "not_in_file.jpg", seed=14)
+def test_coco_results_with_and_without_annotation_file(tmp_path, detect_weights, make_image):
+    a = make_image(tmp_path / "val" / "000000000042.jpg", seed=12)
+    b = make_image(tmp_path / "val" / "000000000007.jpg", seed=13)
+    extra = make_image(tmp_path / "val" / "not_in_file.jpg", seed=14)
     ann = tmp_path / "instances.json"
     ann.write_text(
         json.dumps(
@@ -327,7 +298,7 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
     summary = _run(
         [tmp_path / "val"],
         tmp_path / "out",
-        weights,
+        detect_weights,
         draw=False,
         max_dets=5,
         coco_results=tmp_path / "res.json",
@@ -350,7 +321,7 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
     _run(
         [tmp_path / "val"],
         tmp_path / "out2",
-        weights,
+        detect_weights,
         draw=False,
         max_dets=1,
         coco_results=tmp_path / "r2.json",
@@ -359,14 +330,14 @@ def test_coco_results_with_and_without_annotation_file(tmp_path, weights):
     assert ids == [1, 2, 3]
 
 
-def test_ctrl_c_leaves_valid_predictions(tmp_path, weights):
-    sources = [_image(tmp_path / "in" / f"{i}.png", seed=20 + i) for i in range(3)]
+def test_ctrl_c_leaves_valid_predictions(tmp_path, detect_weights, make_image):
+    sources = [make_image(tmp_path / "in" / f"{i}.png", seed=20 + i) for i in range(3)]
 
     def interrupt(event):
         if event["event"] == "image" and event["summary"].images_read == 1:
             raise KeyboardInterrupt
 
-    options = DetectOptions(weights=weights, out_dir=tmp_path / "out", score_thr=0.0, workers=0)
+    options = DetectOptions(weights=detect_weights, out_dir=tmp_path / "out", score_thr=0.0, workers=0)
     summary = run_detect([str(s) for s in sources], options, progress=interrupt)
     assert summary.interrupted
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())

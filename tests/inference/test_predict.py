@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from fpncli.errors import FpnError
@@ -23,20 +22,13 @@ from fpncli.modeling.optimize import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _noise_image(path, size, seed):
-    g = torch.Generator().manual_seed(seed)
-    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
-    Image.fromarray(arr).save(path)
-    return path
-
-
 @pytest.fixture
-def images(tmp_path):
+def images(tmp_path, make_image):
     """Two landscape images of one size (batchable together) and a portrait one between them."""
     return [
-        _noise_image(tmp_path / "a.png", (120, 90), 1),
-        _noise_image(tmp_path / "b.png", (90, 120), 2),
-        _noise_image(tmp_path / "c.png", (120, 90), 3),
+        make_image(tmp_path / "a.png", (120, 90), 1),
+        make_image(tmp_path / "b.png", (90, 120), 2),
+        make_image(tmp_path / "c.png", (120, 90), 3),
     ]
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
 from fpncli.data.video import is_stream, stream_output_name
 from fpncli.errors import FpnError
@@ -19,7 +17,6 @@ from fpncli.inference.detect import DetectOptions, run_detect
 
 av = pytest.importorskip("av", reason='video tests need PyAV (pip install "fpncli[video]")')
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 RATE = 10
 
 
@@ -48,27 +45,19 @@ def _frames(path: Path) -> tuple[int, float]:
         return sum(1 for _ in container.decode(stream)), float(stream.average_rate)
 
 
-@pytest.fixture
-def weights(tmp_path, tiny_model) -> str:
-    from fpncli.checkpoint import save_checkpoint
-
-    tiny_model.config = tiny_model.config.replace(box_score_thresh=0.0)
-    return str(save_checkpoint(tmp_path / "tiny.pt", tiny_model))
-
-
 def _run(sources, out: Path, weights: str, progress=None, **kw):
     options = DetectOptions(weights=weights, out_dir=out, score_thr=kw.pop("score_thr", 0.0), workers=0, **kw)
     return run_detect([str(s) for s in sources], options, progress=progress)
 
 
-def test_folder_with_video_and_image_end_to_end(tmp_path, weights):
+def test_folder_with_video_and_image_end_to_end(tmp_path, detect_weights):
     from PIL import Image
 
     src = tmp_path / "src"
     _video(src / "clip.mp4", frames=6)
     Image.new("RGB", (40, 30), (90, 120, 200)).save(src / "still.png")
     events: list[dict] = []
-    summary = _run([src], tmp_path / "out", weights, progress=events.append)
+    summary = _run([src], tmp_path / "out", detect_weights, progress=events.append)
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [r["file"] for r in data["images"]] == [str(src / "still.png")]
     (video,) = data["videos"]
@@ -87,21 +76,21 @@ def test_folder_with_video_and_image_end_to_end(tmp_path, weights):
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary left behind
 
 
-def test_vid_stride_detects_every_nth_frame_and_keeps_every_frame(tmp_path, weights):
+def test_vid_stride_detects_every_nth_frame_and_keeps_every_frame(tmp_path, detect_weights):
     clip = _video(tmp_path / "clip.avi", frames=7)
-    _run([clip], tmp_path / "out", weights, vid_stride=3)
+    _run([clip], tmp_path / "out", detect_weights, vid_stride=3)
     (video,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["videos"]
     assert [f["frame"] for f in video["frames"]] == [0, 3, 6] and video["vid_stride"] == 3
     assert _frames(tmp_path / "out" / "clip.avi") == (7, RATE)  # the frames between show the last boxes
 
 
-def test_truncated_video_keeps_the_frames_before_the_fault(tmp_path, weights):
+def test_truncated_video_keeps_the_frames_before_the_fault(tmp_path, detect_weights):
     whole = _video(tmp_path / "whole.mp4", frames=12, options={"movflags": "faststart"})
     data = whole.read_bytes()
     cut = tmp_path / "src" / "cut.mp4"
     cut.parent.mkdir()
     cut.write_bytes(data[: len(data) * 55 // 100])
-    summary = _run([cut], tmp_path / "out", weights)
+    summary = _run([cut], tmp_path / "out", detect_weights)
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
     kept = len(predictions["videos"][0]["frames"])
     assert 0 < kept < 12
@@ -111,14 +100,14 @@ def test_truncated_video_keeps_the_frames_before_the_fault(tmp_path, weights):
     assert _frames(tmp_path / "out" / "cut.mp4")[0] == kept
 
 
-def test_ctrl_c_keeps_a_playable_video_and_valid_json(tmp_path, weights):
+def test_ctrl_c_keeps_a_playable_video_and_valid_json(tmp_path, detect_weights):
     clip = _video(tmp_path / "clip.mp4", frames=10)
 
     def stop_at_frame_3(event: dict) -> None:
         if event["event"] == "frame" and event["frame"] == 3:
             raise KeyboardInterrupt
 
-    summary = _run([clip], tmp_path / "out", weights, progress=stop_at_frame_3)
+    summary = _run([clip], tmp_path / "out", detect_weights, progress=stop_at_frame_3)
     assert summary.interrupted
     (video,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["videos"]
     assert [f["frame"] for f in video["frames"]] == [0, 1, 2, 3]
@@ -126,19 +115,18 @@ def test_ctrl_c_keeps_a_playable_video_and_valid_json(tmp_path, weights):
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
-def test_unreachable_stream_and_broken_video_are_one_line_each(tmp_path, weights):
+def test_unreachable_stream_and_broken_video_are_one_line_each(tmp_path, detect_weights, cli):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
     clip = _video(tmp_path / "ok.mp4", frames=2)
-    result = runner.invoke(
-        app,
+    result = cli(
         [
             "detect",
             str(broken),
             "rtsp://127.0.0.1:9/live",
             str(clip),
             "--weights",
-            weights,
+            detect_weights,
             "--out",
             str(tmp_path / "out"),
             "--score-thr",
@@ -156,15 +144,15 @@ def test_unreachable_stream_and_broken_video_are_one_line_each(tmp_path, weights
     assert _frames(tmp_path / "out" / "ok.mp4")[0] == 2  # the good video is still done
 
 
-def test_empty_cases(tmp_path, weights):
+def test_empty_cases(tmp_path, detect_weights):
     clip = _video(tmp_path / "clip.mp4", frames=3)
     # a video without detections: entries with empty lists, an annotated copy all the same
-    _run([clip], tmp_path / "out", weights, score_thr=1.0)
+    _run([clip], tmp_path / "out", detect_weights, score_thr=1.0)
     (video,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["videos"]
     assert [f["detections"] for f in video["frames"]] == [[], [], []]
     assert _frames(tmp_path / "out" / "clip.mp4")[0] == 3
     # --no-draw: JSON only
-    _run([clip], tmp_path / "nodraw", weights, draw=False)
+    _run([clip], tmp_path / "nodraw", detect_weights, draw=False)
     assert [p.name for p in (tmp_path / "nodraw").iterdir()] == ["predictions.json"]
     # a folder with neither images nor videos
     (tmp_path / "empty").mkdir()
@@ -190,11 +178,11 @@ def test_options_and_sources(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_video_named_like_an_output_is_kept(tmp_path, weights):
+def test_a_video_named_like_an_output_is_kept(tmp_path, detect_weights):
     """`fpn detect a.mp4 a_det.mp4 --out .` used to replace a_det.mp4 with a's copy."""
     a, a_det = _video(tmp_path / "a.mp4", frames=2), _video(tmp_path / "a_det.mp4", frames=3)
     before = [a.read_bytes(), a_det.read_bytes()]
-    summary = _run([a, a_det], tmp_path, weights)
+    summary = _run([a, a_det], tmp_path, detect_weights)
     assert [a.read_bytes(), a_det.read_bytes()] == before
     assert [v["annotated"] for v in summary.predictions["videos"]] == [
         str(tmp_path / "a_det2.mp4"),
@@ -205,7 +193,7 @@ def test_a_video_named_like_an_output_is_kept(tmp_path, weights):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_video_is_ctrl_c_a_playable_video_and_valid_json(tmp_path, weights):
+def test_sigterm_mid_video_is_ctrl_c_a_playable_video_and_valid_json(tmp_path, detect_weights):
     """Containers and schedulers stop jobs with SIGTERM: it used to leave a hidden 0-byte
     temporary and no video. Now it does what Ctrl-C does, in a real process."""
     import signal
@@ -215,7 +203,7 @@ def test_sigterm_mid_video_is_ctrl_c_a_playable_video_and_valid_json(tmp_path, w
     clip = _video(tmp_path / "clip.mp4", frames=600)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fpncli", "detect", str(clip), "--weights", weights, "--out", str(out)],
+        [sys.executable, "-m", "fpncli", "detect", str(clip), "--weights", detect_weights, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

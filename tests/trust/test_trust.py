@@ -17,35 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
-from fpncli.cli.app import app
 from fpncli.errors import FpnError
 from fpncli.outputs import LEDGER_NAME
 
-runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _image(path: Path, size=(64, 48), seed=0) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
-
-
-@pytest.fixture
-def weights(tmp_path, tiny_model) -> str:
-    from fpncli.checkpoint import save_checkpoint
-
-    tiny_model.config = tiny_model.config.replace(box_score_thresh=0.0)
-    return str(save_checkpoint(tmp_path / "tiny.pt", tiny_model))
-
-
-def _detect(args: list[str]):
-    return runner.invoke(app, ["detect", *map(str, args), "--workers", "0"], terminal_width=400)
+def _detect(cli, args: list[str]):
+    return cli(["detect", *map(str, args), "--workers", "0"], terminal_width=400)
 
 
 def _one_error_line(result, *needles: str) -> None:
@@ -60,31 +41,33 @@ def _one_error_line(result, *needles: str) -> None:
 # ----------------------------------------------------------- 1. outputs never replace inputs
 
 
-def test_detect_coco_results_may_not_replace_the_annotation_file_or_an_image(tmp_path, weights):
-    img = _image(tmp_path / "a.png")
+def test_detect_coco_results_may_not_replace_the_annotation_file_or_an_image(
+    tmp_path, detect_weights, make_image, cli
+):
+    img = make_image(tmp_path / "a.png")
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps({"images": [{"id": 5, "file_name": "a.png"}]}))
     before = ann.read_bytes(), img.read_bytes()
     out = tmp_path / "out"
     result = _detect(
-        [img, "--weights", weights, "--out", out, "--coco-results", ann, "--coco-annotations", ann]
+        cli,
+        [img, "--weights", detect_weights, "--out", out, "--coco-results", ann, "--coco-annotations", ann],
     )
     _one_error_line(result, str(ann), "also an input")
-    result = _detect([img, "--weights", weights, "--out", out, "--coco-results", img])
+    result = _detect(cli, [img, "--weights", detect_weights, "--out", out, "--coco-results", img])
     _one_error_line(result, str(img), "also an input")
     assert (ann.read_bytes(), img.read_bytes()) == before
     assert not out.exists()  # refused before anything was written
 
 
-def test_eval_out_may_not_replace_its_annotation_file(tmp_path):
+def test_eval_out_may_not_replace_its_annotation_file(tmp_path, cli):
     ann = tmp_path / "metrics.json"  # the annotation file sits where eval writes metrics.json
     data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}], "annotations": []}
     ann.write_text(json.dumps({**data, "categories": [{"id": 1, "name": "x"}]}))
     results = tmp_path / "res.json"
     results.write_text("[]")
     before = ann.read_bytes()
-    result = runner.invoke(
-        app,
+    result = cli(
         ["eval", "--coco", str(ann), "--results", str(results), "--out", str(tmp_path)],
         terminal_width=400,
     )
@@ -95,23 +78,23 @@ def test_eval_out_may_not_replace_its_annotation_file(tmp_path):
 # ----------------------------------------------------------- 2. one odd image never stops a run
 
 
-def test_elongated_image_is_a_per_image_error_and_the_rest_is_processed(tmp_path, tiny_model):
+def test_elongated_image_is_a_per_image_error_and_the_rest_is_processed(tmp_path, tiny_model, make_image):
     from fpncli.inference.predict import predict_images
 
     thin = tmp_path / "thin.png"
     Image.new("RGB", (3000, 1)).save(thin)
-    good = _image(tmp_path / "good.png")
+    good = make_image(tmp_path / "good.png")
     results = list(predict_images(tiny_model, [thin, good]))
     assert "too elongated" in results[0].error and "3000x1" in results[0].error
     assert results[1].error is None
 
 
-def test_training_dataset_drops_images_the_model_cannot_take(tmp_path):
+def test_training_dataset_drops_images_the_model_cannot_take(tmp_path, make_image):
     from fpncli.data.dataset import DetectionDataset
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (2000, 1)).save(tmp_path / "img" / "thin.png")
-    _image(tmp_path / "img" / "ok.png")
+    make_image(tmp_path / "img" / "ok.png")
     ann = tmp_path / "ann.json"
     images = [
         {"id": 1, "file_name": "thin.png", "width": 2000, "height": 1},
@@ -140,13 +123,13 @@ def test_training_dataset_drops_images_the_model_cannot_take(tmp_path):
 @pytest.mark.parametrize(
     "bad", [["--workers", "-1"], ["--classes", ""], ["--classes", ","], ["--batch-size", "0"]]
 )
-def test_a_rejected_rerun_leaves_the_previous_predictions(tmp_path, weights, bad):
-    img = _image(tmp_path / "a.png")
+def test_a_rejected_rerun_leaves_the_previous_predictions(tmp_path, detect_weights, bad, cli, make_image):
+    img = make_image(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.json").write_text('{"images": ["yesterday"], "errors": []}')
-    result = runner.invoke(
-        app, ["detect", str(img), "--weights", weights, "--out", str(out), *bad], terminal_width=400
+    result = cli(
+        ["detect", str(img), "--weights", detect_weights, "--out", str(out), *bad], terminal_width=400
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert json.loads((out / "predictions.json").read_text())["images"] == ["yesterday"]
@@ -202,24 +185,26 @@ def test_training_with_no_readable_image_fails_and_claims_no_checkpoint(shapes, 
 # ----------------------------------------------------------- 5. output-path problems are one line
 
 
-def test_out_that_is_a_file_or_a_folder_where_a_file_goes(tmp_path, weights):
-    img = _image(tmp_path / "a.png")
+def test_out_that_is_a_file_or_a_folder_where_a_file_goes(tmp_path, detect_weights, cli, make_image):
+    img = make_image(tmp_path / "a.png")
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     res = tmp_path / "res.json"
     res.write_text("[]")
-    result = runner.invoke(app, ["eval", "--coco", str(ann), "--results", str(res), "--out", str(a_file)])
+    result = cli(["eval", "--coco", str(ann), "--results", str(res), "--out", str(a_file)])
     _one_error_line(result, "not a folder")
-    result = runner.invoke(app, ["inspect-levels", str(img), "--preset", "tiny", "--out", str(a_file)])
+    result = cli(["inspect-levels", str(img), "--preset", "tiny", "--out", str(a_file)])
     _one_error_line(result, "not a folder")
-    result = _detect([img, "--weights", weights, "--out", tmp_path / "o", "--coco-results", tmp_path])
+    result = _detect(
+        cli, [img, "--weights", detect_weights, "--out", tmp_path / "o", "--coco-results", tmp_path]
+    )
     _one_error_line(result, "is a folder")
 
 
-def test_unwritable_output_folder(tmp_path, weights, monkeypatch):
-    img = _image(tmp_path / "a.png")
+def test_unwritable_output_folder(tmp_path, detect_weights, monkeypatch, make_image, cli):
+    img = make_image(tmp_path / "a.png")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -229,17 +214,19 @@ def test_unwritable_output_folder(tmp_path, weights, monkeypatch):
         real = os.access
         monkeypatch.setattr(fpncli.outputs.os, "access", lambda p, m: Path(p) != locked and real(p, m))
     try:
-        result = _detect([img, "--weights", weights, "--out", locked / "out"])
+        result = _detect(cli, [img, "--weights", detect_weights, "--out", locked / "out"])
         _one_error_line(result, str(locked / "out"), "permission denied")
     finally:
         locked.chmod(0o700)
 
 
-def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, weights, monkeypatch):
+def test_full_disk_while_drawing_keeps_the_finished_images_recorded(
+    tmp_path, detect_weights, monkeypatch, make_image
+):
     import fpncli.inference.annotated as detect_mod
     from fpncli.inference.detect import DetectOptions, run_detect
 
-    src = [_image(tmp_path / "src" / f"{i}.png", seed=i) for i in range(3)]
+    src = [make_image(tmp_path / "src" / f"{i}.png", seed=i) for i in range(3)]
     calls = []
 
     def full_on_second(path, write, binary=False, **kw):
@@ -257,7 +244,8 @@ def test_full_disk_while_drawing_keeps_the_finished_images_recorded(tmp_path, we
     out = tmp_path / "out"
     with pytest.raises(FpnError, match="No space left on device") as info:
         run_detect(
-            [str(p) for p in src], DetectOptions(weights=weights, out_dir=out, workers=0, score_thr=0.0)
+            [str(p) for p in src],
+            DetectOptions(weights=detect_weights, out_dir=out, workers=0, score_thr=0.0),
         )
     assert "1.png" in str(info.value)
     recorded = [r["file"] for r in json.loads((out / "predictions.json").read_text())["images"]]
@@ -281,12 +269,12 @@ def test_failed_torch_save_is_one_line_and_keeps_the_old_file(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["last.pt"]
 
 
-def test_os_errors_in_any_command_are_one_line(tmp_path, monkeypatch):
+def test_os_errors_in_any_command_are_one_line(tmp_path, monkeypatch, cli):
     def no_space(self, fp, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(fp))
 
     monkeypatch.setattr(Image.Image, "save", no_space)
-    result = runner.invoke(app, ["data", "synth", str(tmp_path / "d"), "--train", "1", "--val", "0"])
+    result = cli(["data", "synth", str(tmp_path / "d"), "--train", "1", "--val", "0"])
     _one_error_line(result, "No space left on device", "000000.png")
 
 
@@ -314,13 +302,13 @@ def test_empty_class_filter_is_refused(wanted):
 
 
 @pytest.mark.parametrize("ratios", ["nan,1", "inf", "1,-inf"])
-def test_non_finite_aspect_ratios_are_refused(tmp_path, ratios):
-    img = _image(tmp_path / "a.png")
-    result = runner.invoke(app, ["inspect-levels", str(img), "--preset", "tiny", "--aspect-ratios", ratios])
+def test_non_finite_aspect_ratios_are_refused(tmp_path, ratios, cli, make_image):
+    img = make_image(tmp_path / "a.png")
+    result = cli(["inspect-levels", str(img), "--preset", "tiny", "--aspect-ratios", ratios])
     _one_error_line(result, "--aspect-ratios")
 
 
-def test_newer_checkpoint_version_is_refused_by_every_loader(tmp_path, tiny_checkpoint):
+def test_newer_checkpoint_version_is_refused_by_every_loader(tmp_path, tiny_checkpoint, cli):
     from fpncli.modeling.weights import load_detector
 
     obj = torch.load(tiny_checkpoint, weights_only=True)
@@ -329,11 +317,9 @@ def test_newer_checkpoint_version_is_refused_by_every_loader(tmp_path, tiny_chec
     torch.save(obj, newer)
     with pytest.raises(FpnError, match="version 99 is newer"):
         load_detector(str(newer))  # detect, eval, info, ablation
-    result = runner.invoke(
-        app, ["inspect-levels", "--coco", str(tmp_path / "x.json"), "--weights", str(newer)]
-    )
+    result = cli(["inspect-levels", "--coco", str(tmp_path / "x.json"), "--weights", str(newer)])
     _one_error_line(result, "version 99 is newer")
-    _one_error_line(runner.invoke(app, ["info", "--weights", str(newer)]), "version 99 is newer")
+    _one_error_line(cli(["info", "--weights", str(newer)]), "version 99 is newer")
 
 
 # ----------------------------------------------------------- 7. leftovers and permissions
@@ -379,37 +365,39 @@ def test_written_files_follow_the_umask_or_the_replaced_files_mode(tmp_path, tin
 # ----------------------------------------------------------- 8. console text and own outputs
 
 
-def test_brackets_in_file_names_print_verbatim(tmp_path, weights):
+def test_brackets_in_file_names_print_verbatim(tmp_path, detect_weights, make_image, cli):
     missing = tmp_path / "shot[bad].jpg"
-    _one_error_line(_detect([missing, "--weights", weights, "--out", tmp_path / "o"]), "shot[bad].jpg")
+    _one_error_line(
+        _detect(cli, [missing, "--weights", detect_weights, "--out", tmp_path / "o"]), "shot[bad].jpg"
+    )
     broken = tmp_path / "src" / "shot[bold].png"
     broken.parent.mkdir()
     broken.write_bytes(b"not an image")
-    _image(tmp_path / "src" / "ok.png")
-    result = _detect([tmp_path / "src", "--weights", weights, "--out", tmp_path / "o"])
+    make_image(tmp_path / "src" / "ok.png")
+    result = _detect(cli, [tmp_path / "src", "--weights", detect_weights, "--out", tmp_path / "o"])
     assert result.exit_code == 1 and "shot[bold].png: not an image" in result.output
 
 
-def test_glob_sources_skip_earlier_outputs_under_out(tmp_path):
+def test_glob_sources_skip_earlier_outputs_under_out(tmp_path, make_image):
     from fpncli.data.sources import expand_sources
     from fpncli.outputs import record_outputs
 
-    a = _image(tmp_path / "src" / "a.png")
-    copy = _image(tmp_path / "src" / "det" / "a.png")  # an earlier run's annotated copy
-    nested = _image(tmp_path / "src" / "det" / "det" / "a.png")
-    user = _image(tmp_path / "src" / "det" / "b.png")  # the user's photo, not in the ledger
+    a = make_image(tmp_path / "src" / "a.png")
+    copy = make_image(tmp_path / "src" / "det" / "a.png")  # an earlier run's annotated copy
+    nested = make_image(tmp_path / "src" / "det" / "det" / "a.png")
+    user = make_image(tmp_path / "src" / "det" / "b.png")  # the user's photo, not in the ledger
     record_outputs(tmp_path / "src" / "det", [copy, nested])
     pattern = str(tmp_path / "src" / "**" / "*.png")
     assert expand_sources([pattern], recursive=True, exclude=tmp_path / "src" / "det") == [a, user]
 
 
-def test_out_equal_to_the_input_folder_writes_det_copies_and_reruns(tmp_path, weights):
+def test_out_equal_to_the_input_folder_writes_det_copies_and_reruns(tmp_path, detect_weights, make_image):
     from fpncli.inference.detect import DetectOptions, run_detect
 
     src = tmp_path / "src"
-    a = _image(src / "a.png")
+    a = make_image(src / "a.png")
     for _ in range(2):  # the rerun must not take a_det.png as an input
-        summary = run_detect([str(src)], DetectOptions(weights=weights, out_dir=src, workers=0))
+        summary = run_detect([str(src)], DetectOptions(weights=detect_weights, out_dir=src, workers=0))
         assert summary.images_total == 1 and summary.images_read == 1
     assert (src / "a_det.png").is_file() and a.is_file()
     assert not (src / "a_det_det.png").exists()
@@ -430,7 +418,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def test_default_pixel_limit_names_the_limit_and_how_to_raise_it(tmp_path, monkeypatch):
+def test_default_pixel_limit_names_the_limit_and_how_to_raise_it(tmp_path, monkeypatch, make_image):
     from fpncli.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
     assert DEFAULT_MAX_PIXELS <= 100_000_000  # ~2.2 GB peak per image, measured (README "Limits")
@@ -439,16 +427,16 @@ def test_default_pixel_limit_names_the_limit_and_how_to_raise_it(tmp_path, monke
         read_image(big)
     monkeypatch.setenv("FPN_MAX_PIXELS", "100")
     with pytest.raises(ImageReadError, match="limit is 100 pixels"):
-        read_image(_image(tmp_path / "small.png", size=(20, 10)))
+        read_image(make_image(tmp_path / "small.png", size=(20, 10)))
     monkeypatch.setenv("FPN_MAX_PIXELS", "lots")
     with pytest.raises(FpnError, match="FPN_MAX_PIXELS"):
         read_image(tmp_path / "small.png")
 
 
-def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_model, monkeypatch):
+def test_an_image_failing_in_the_forward_pass_is_its_own_error(tmp_path, tiny_model, monkeypatch, make_image):
     import fpncli.inference.predict as predict_mod
 
-    paths = [_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    paths = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
     real = predict_mod._forward
 
     def fails_on_image_1(model, items, device, half):
@@ -507,16 +495,14 @@ def test_full_disk_during_a_checkpoint_save_is_one_line_naming_the_file(tmp_path
     assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["last.pt"]
 
 
-def test_eval_may_rescore_its_own_detections_in_place(tmp_path):
+def test_eval_may_rescore_its_own_detections_in_place(tmp_path, cli):
     ann = tmp_path / "ann.json"
     images = [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}]
     ann.write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
     (tmp_path / "ev").mkdir()
     dets = tmp_path / "ev" / "detections.json"
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "score": 0.5}]))
-    result = runner.invoke(
-        app, ["eval", "--coco", str(ann), "--results", str(dets), "--out", str(tmp_path / "ev")]
-    )
+    result = cli(["eval", "--coco", str(ann), "--results", str(dets), "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
     assert json.loads(dets.read_text())[0]["score"] == 0.5 and (tmp_path / "ev" / "metrics.json").is_file()
 
