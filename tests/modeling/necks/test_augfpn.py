@@ -21,12 +21,8 @@ AUX_KEYS = {
 MAIN_KEYS = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
 
 
-def _build(tiny_config, **overrides):
-    from fpncli.modeling.detector import build_model
-
-    torch.manual_seed(0)
-    cfg = tiny_config.replace(neck="augfpn", min_size=64, max_size=96)
-    return build_model(cfg.replace(**overrides)).eval()
+# The model these tests build: tiny_config's AugFPN at 64-96 px.
+AUGFPN = {"neck": "augfpn", "min_size": 64, "max_size": 96}
 
 
 def _images():
@@ -62,8 +58,8 @@ def test_rfa_matches_a_direct_computation_on_any_size(size):
     torch.testing.assert_close(out, expected)
 
 
-def test_augfpn_neck_shapes_raw_laterals_and_rfa_residual(tiny_config):
-    model = _build(tiny_config)
+def test_augfpn_neck_shapes_raw_laterals_and_rfa_residual(build_model):
+    model = build_model(**AUGFPN)
     neck = model.backbone.neck
     for height, width in ((64, 64), (97, 45), (67, 131)):
         x = torch.rand(1, 3, height, width)
@@ -94,7 +90,7 @@ def test_augfpn_with_every_part_off_is_fpn(tiny_config, one_thread):
 
     torch.manual_seed(0)
     fpn = build_model(tiny_config.replace(min_size=64, max_size=96)).eval()
-    plain = _build(tiny_config, augfpn_rfa=False, augfpn_consistent_supervision=False, roi_pooling="level")
+    plain = build_model(**AUGFPN, augfpn_rfa=False, augfpn_consistent_supervision=False, roi_pooling="level")
     plain.load_state_dict(fpn.state_dict())  # strict: the same names and shapes
     with torch.no_grad():
         expected, got = fpn(_images()), plain(_images())
@@ -152,10 +148,10 @@ def test_soft_selection_works_on_every_pyramid_neck(make_targets, tiny_config, o
 # ----------------------------------------------------------------------------- consistent supervision
 
 
-def test_auxiliary_losses_in_training_absent_at_inference(make_targets, tiny_config, one_thread):
+def test_auxiliary_losses_in_training_absent_at_inference(make_targets, build_model, one_thread):
     from fpncli.modeling.consistent_supervision import ConsistentSupervisionRoIHeads
 
-    model = _build(tiny_config).train()
+    model = build_model(**AUGFPN).train()
     assert isinstance(model.roi_heads, ConsistentSupervisionRoIHeads)
     torch.manual_seed(2)
     losses = model(_images(), make_targets())
@@ -179,10 +175,10 @@ def test_auxiliary_losses_in_training_absent_at_inference(make_targets, tiny_con
     assert calls == [] and set(out[0]) == {"boxes", "scores", "labels"}
 
 
-def test_alpha_scales_every_auxiliary_loss(make_targets, tiny_config, one_thread):
+def test_alpha_scales_every_auxiliary_loss(make_targets, build_model, one_thread):
     values = {}
     for alpha in (0.25, 0.5):
-        model = _build(tiny_config, augfpn_cs_alpha=alpha).train()
+        model = build_model(**AUGFPN, augfpn_cs_alpha=alpha).train()
         torch.manual_seed(3)  # the same RPN and RoI sampling for both
         with torch.no_grad():
             values[alpha] = model(_images(), make_targets())
@@ -201,12 +197,12 @@ def test_alpha_scales_every_auxiliary_loss(make_targets, tiny_config, one_thread
         {"augfpn_rfa": False, "augfpn_consistent_supervision": False, "roi_pooling": "level"},
     ],
 )
-def test_each_part_switches_off_on_its_own(make_targets, tiny_config, parts, one_thread):
+def test_each_part_switches_off_on_its_own(make_targets, build_model, parts, one_thread):
     from fpncli.analysis.describe import describe_model
     from fpncli.modeling.consistent_supervision import ConsistentSupervisionRoIHeads
     from fpncli.modeling.soft_roi import SoftRoISelection
 
-    model = _build(tiny_config, **parts).train()
+    model = build_model(**AUGFPN, **parts).train()
     rfa = parts.get("augfpn_rfa", True)
     cs = parts.get("augfpn_consistent_supervision", True)
     soft = parts.get("roi_pooling", "soft") == "soft"
@@ -225,11 +221,11 @@ def test_each_part_switches_off_on_its_own(make_targets, tiny_config, parts, one
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def test_checkpoint_round_trip_inference_drops_the_auxiliary_head(tiny_config, tmp_path, one_thread):
+def test_checkpoint_round_trip_inference_drops_the_auxiliary_head(build_model, tmp_path, one_thread):
     from fpncli.checkpoint import read_checkpoint, save_checkpoint
     from fpncli.modeling.weights import load_detector
 
-    model = _build(tiny_config, augfpn_cs_alpha=0.5)
+    model = build_model(**AUGFPN, augfpn_cs_alpha=0.5)
     path = save_checkpoint(tmp_path / "aug.pt", model)
     saved = read_checkpoint(path)
     assert any(k.startswith("roi_heads.aux_head.") for k in saved["state_dict"])  # kept for resuming
@@ -257,13 +253,14 @@ def test_checkpoint_round_trip_inference_drops_the_auxiliary_head(tiny_config, t
     assert load_detector(str(light)).model.roi_heads.aux_head is None
 
 
-def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(tiny_config, tmp_path, one_thread):
+def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(
+    tiny_config, tmp_path, one_thread, build_model
+):
     from fpncli.checkpoint import save_checkpoint
-    from fpncli.modeling.detector import build_model
     from fpncli.training.config import TrainConfig
     from fpncli.training.model_setup import build_training_model as _build_model
 
-    aug = _build(tiny_config)
+    aug = build_model(**AUGFPN)
     path = save_checkpoint(tmp_path / "aug.pt", aug)
     two = SimpleNamespace(names=["a", "b"], category_ids=[4, 5])
     tuned, source = _build_model(TrainConfig(weights=str(path)), two)
@@ -273,8 +270,7 @@ def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(tiny_con
         tuned.roi_heads.aux_head.box_head.fc6.weight, aug.roi_heads.aux_head.box_head.fc6.weight
     )
 
-    torch.manual_seed(0)
-    fpn = build_model(tiny_config.replace(min_size=64, max_size=96))
+    fpn = build_model(min_size=64, max_size=96)
     fpn_path = save_checkpoint(tmp_path / "fpn.pt", fpn)
     categories = SimpleNamespace(names=tiny_config.class_names, category_ids=tiny_config.category_ids)
     into, source = _build_model(TrainConfig(weights=str(fpn_path), neck="augfpn"), categories)
@@ -287,11 +283,7 @@ def test_fine_tuning_an_augfpn_run_on_other_classes_and_from_an_fpn_run(tiny_con
 # ----------------------------------------------------------------------------- options and commands
 
 
-def test_bad_options_are_one_line_errors(tiny_config):
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-
+def test_bad_options_are_one_line_errors(tiny_config, cli):
     with pytest.raises(FpnError, match="soft pools from several levels; the c4 neck has one"):
         tiny_config.replace(neck="c4", roi_pooling="soft").validate()
     with pytest.raises(FpnError, match="--no-rfa: only for --neck augfpn"):
@@ -299,24 +291,18 @@ def test_bad_options_are_one_line_errors(tiny_config):
     for alpha in (0.0, -1.0, float("nan")):
         with pytest.raises(FpnError, match="augfpn_cs_alpha must be a positive number"):
             tiny_config.replace(neck="augfpn", augfpn_cs_alpha=alpha).validate()
-    runner = CliRunner()
     for args, message in (
         (["--neck", "c5", "--roi-pooling", "soft"], "soft pools from several levels; the c5 neck has one"),
         (["--no-consistent-supervision"], "--no-consistent-supervision: only for --neck augfpn"),
     ):
-        result = runner.invoke(app, ["info", "--preset", "tiny", *args])
+        result = cli(["info", "--preset", "tiny", *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1 or "error:" in result.output.splitlines()[0]
 
 
-def test_info_lists_the_parts_and_the_training_only_head():
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-
-    runner = CliRunner()
+def test_info_lists_the_parts_and_the_training_only_head(cli):
     args = ["info", "--preset", "tiny", "--neck", "augfpn", "--no-rfa"]
-    info = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    info = json.loads(cli([*args, "--json"]).output)
     assert info["augfpn"] == {
         "residual_feature_augmentation": False,
         "soft_roi_selection": True,
@@ -325,29 +311,29 @@ def test_info_lists_the_parts_and_the_training_only_head():
     }
     assert info["roi_pooling"] == "soft" and info["training_only_parameters"]["auxiliary box head"] > 0
     assert sum(info["parameters_by_part"].values()) == info["parameters"]  # inference parts only
-    table = " ".join(runner.invoke(app, args, terminal_width=200).output.split())
+    table = " ".join(cli(args, terminal_width=200).output.split())
     assert "residual feature augmentation off, soft RoI selection on, consistent supervision on" in table
     assert "training only: alpha 0.25" in table and "soft RoI selection" in table
-    plain = json.loads(runner.invoke(app, ["info", "--preset", "tiny", "--json"]).output)
+    plain = json.loads(cli(["info", "--preset", "tiny", "--json"]).output)
     assert (
         plain["augfpn"] is None
         and plain["training_only_parameters"] == {}
         and plain["roi_pooling"] == "level"
     )
-    help_text = " ".join(runner.invoke(app, ["train", "--help"], terminal_width=400).output.split())
+    help_text = " ".join(cli(["train", "--help"], terminal_width=400).output.split())
     # (rich cuts the long option name in an 80-column table: "--no-consistent-sup…")
     assert (
         "--no-rfa" in help_text and "--no-consistent-sup" in help_text and "soft RoI selection" in help_text
     )
 
 
-def test_inspect_levels_soft_view(tiny_config, tmp_path, one_thread):
+def test_inspect_levels_soft_view(build_model, tmp_path, one_thread):
     from PIL import Image
 
     from fpncli.analysis.inspect_image import SIZE_BUCKETS, inspect_image
     from fpncli.viz.levels import save_soft_levels
 
-    model = _build(tiny_config)
+    model = build_model(**AUGFPN)
     image = tmp_path / "img.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(90, 117, 3) * 255).byte().numpy()).save(image)
@@ -371,7 +357,7 @@ def test_inspect_levels_soft_view(tiny_config, tmp_path, one_thread):
     assert empty.soft.total == 0 and empty.soft.mean_weight == dict.fromkeys(model.roi_levels)
     assert save_soft_levels(empty, tmp_path / "empty.png").stat().st_size > 0
     assert (
-        save_soft_levels(inspect_image(_build(tiny_config, roi_pooling="level"), image), tmp_path / "x.png")
+        save_soft_levels(inspect_image(build_model(**AUGFPN, roi_pooling="level"), image), tmp_path / "x.png")
         is None
     )
 
@@ -443,77 +429,17 @@ def _three_panel_curves(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_train_augfpn_logs_aux_losses_resumes_and_runs_every_command(tmp_path, one_thread):
+def test_cli_train_augfpn_logs_aux_losses_resumes_and_runs_every_command(train_then_reload, one_thread):
     """`fpn train --neck augfpn` on a tiny synthetic set: the auxiliary losses in
     metrics.jsonl, resume, then detect / eval / inspect-levels / info on the checkpoint."""
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-    from fpncli.data.synth import synthesize
-
-    data = tmp_path / "shapes"
-    synthesize(data, train=4, val=2, seed=0)
-    runner = CliRunner()
-    run = tmp_path / "run"
-    common = [
-        "--workers",
-        "0",
-        "--min-size",
-        "64",
-        "--max-size",
-        "96",
-        "--batch-size",
-        "2",
-        "--log-every",
-        "1",
-    ]
-    args = [
-        "train",
-        "--data",
-        str(data),
-        "--preset",
-        "tiny",
-        "--neck",
-        "augfpn",
-        "--no-rfa",
-        "--out",
-        str(run),
-    ]
-    result = runner.invoke(app, [*args, *common, "--iters", "1", "--eval-every", "-1"])
-    assert result.exit_code == 0, result.output
-    resumed = runner.invoke(app, ["train", "--resume", str(run), "--iters", "2", "--workers", "0"])
-    assert resumed.exit_code == 0, resumed.output
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    done = train_then_reload("--neck", "augfpn", "--no-rfa", resume_iters=2)
+    records = [json.loads(line) for line in (done.run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"]
     assert [r["iter"] for r in train] == [1, 2] and all(set(r) >= AUX_KEYS for r in train)
     assert all(abs(r["loss"] - sum(r[k] for k in MAIN_KEYS | AUX_KEYS)) < 1e-4 for r in train)
-    checkpoint = str(run / "last.pt")
-    info = json.loads(runner.invoke(app, ["info", "--weights", checkpoint, "--json"]).output)
+    info = done.info
     assert info["augfpn"]["residual_feature_augmentation"] is False and info["roi_pooling"] == "soft"
-    image = next((data / "val").iterdir())
-    detect = runner.invoke(
-        app, ["detect", str(image), "--weights", checkpoint, "--out", str(tmp_path / "det")]
-    )
-    assert detect.exit_code == 0, detect.output
-    evaluated = runner.invoke(
-        app,
-        [
-            "eval",
-            "--weights",
-            checkpoint,
-            "--coco",
-            str(next((data / "annotations").glob("instances_val*"))),
-            "--images",
-            str(data / "val"),
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-    )
-    assert evaluated.exit_code == 0, evaluated.output
-    inspected = runner.invoke(
-        app, ["inspect-levels", str(image), "--weights", checkpoint, "--score-thr", "0"], terminal_width=200
-    )
-    assert inspected.exit_code == 0 and "Soft RoI selection" in inspected.output, inspected.output
+    assert "Soft RoI selection" in done.inspect.output, done.inspect.output
 
 
 @pytest.mark.parametrize("h,w", [(25, 34), (7, 3), (1, 1), (40, 9)])
