@@ -139,7 +139,7 @@ def make_weights(path: Path, seed: int) -> None:
     """Seeded random torchvision Faster R-CNN R50-FPN weights (see the module docstring)."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from fpncli.modeling.weights import COCO_V1_CATEGORIES, UNUSED_CLASS
+    from fpncli.modeling.coco_classes import COCO_V1_CATEGORIES, UNUSED_CLASS
 
     torch.manual_seed(seed)
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)

@@ -4,10 +4,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fpncli.checkpoint import FORMAT, atomic_torch_save, read_checkpoint, save_checkpoint
+from fpncli.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
 from fpncli.cli.app import app
 from fpncli.errors import FpnError
-from fpncli.modeling.weights import fpncli_to_torchvision, load_detector
+from fpncli.modeling.torchvision_keys import fpncli_to_torchvision
+from fpncli.modeling.weights import load_detector
+from fpncli.weight_files import FORMAT
 
 runner = CliRunner()
 

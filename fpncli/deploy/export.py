@@ -310,7 +310,7 @@ def _reference(model: FPNFasterRCNN, image: Tensor) -> dict[str, Tensor]:
 
 def _written_by_fpn_export(path: Path) -> bool:
     """Whether ``path`` is a model file ``fpn export`` wrote (its metadata is there)."""
-    from fpncli.modeling.exported import exported_format, onnx_metadata
+    from fpncli.weight_files import exported_format, onnx_metadata
 
     if exported_format(path) == "torchscript":  # recognised by its fpncli metadata only
         return True
@@ -366,7 +366,8 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
             "--weights none would export a random model; give a checkpoint, a state dict or 'coco'"
         )
     check_outputs(files=[out], inputs=[weights_file, options.check_images])
-    from fpncli.modeling.exported import exported_format, import_onnxruntime
+    from fpncli.modeling.exported import import_onnxruntime
+    from fpncli.weight_files import exported_format
 
     if weights_file is not None and exported_format(weights_file) is not None:
         raise FpnError(
@@ -377,7 +378,7 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         try:
             import onnx  # noqa: F401
         except ImportError:
-            from fpncli.modeling.exported import ONNX_INSTALL_HINT
+            from fpncli.weight_files import ONNX_INSTALL_HINT
 
             raise FpnError(f"exporting to ONNX needs the onnx package: {ONNX_INSTALL_HINT}") from None
     _check_replaceable(out)

@@ -203,7 +203,7 @@ def check_category_mapping(
     Ids are what count (names are only compared to warn): a model whose category ids share
     nothing with the dataset cannot be evaluated on it. torchvision's "N/A" slots are ignored.
     """
-    from fpncli.modeling.weights import UNUSED_CLASS  # model mode only: torch is loaded already
+    from fpncli.modeling.coco_classes import UNUSED_CLASS  # model mode only: torch is loaded already
 
     dataset = dict(zip(coco.categories.category_ids, coco.categories.names))
     model = {cid: name for cid, name in zip(category_ids, class_names) if name != UNUSED_CLASS}

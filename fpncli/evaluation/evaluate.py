@@ -419,7 +419,8 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
         )
     from fpncli.inference.sharded import cpu_cores, inference_device
-    from fpncli.modeling.exported import exported_format, load_for_inference
+    from fpncli.modeling.weights import load_for_inference
+    from fpncli.weight_files import exported_format
 
     resolve_backend(options.backend)  # fail before loading a model
     # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.

@@ -12,7 +12,7 @@ def resolve_classes(
 ) -> set[int]:
     """The model labels (1..K) to report: ``wanted`` names or category ids (comma-separated
     items allowed), or all; placeholder classes (``N/A`` in torchvision's COCO_V1) never."""
-    from fpncli.modeling.weights import UNUSED_CLASS
+    from fpncli.modeling.coco_classes import UNUSED_CLASS
 
     usable = {i + 1 for i, name in enumerate(class_names) if name != UNUSED_CLASS}
     if not wanted:

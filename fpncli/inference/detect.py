@@ -190,7 +190,8 @@ def run_detect(
 
     from fpncli.evaluation.coco_eval import detections_to_coco
     from fpncli.inference import sharded as DI
-    from fpncli.modeling.exported import exported_format, load_for_inference
+    from fpncli.modeling.weights import load_for_inference
+    from fpncli.weight_files import exported_format
 
     # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
     exported = weights_file is not None and exported_format(weights_file) is not None

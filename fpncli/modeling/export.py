@@ -32,6 +32,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from fpncli.errors import FpnError
+from fpncli.weight_files import ONNX_METADATA_KEY, TORCHSCRIPT_METADATA  # where the metadata goes
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
@@ -139,10 +140,6 @@ class ExportableDetector(nn.Module):
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 ONNX_OPSET = 17
-# TorchScript keeps the metadata in an extra file of its zip archive under this name.
-TORCHSCRIPT_METADATA = "fpncli_export.json"
-# ONNX keeps it in metadata_props under this key (plus a few plain keys for other tools).
-ONNX_METADATA_KEY = "fpncli_export"
 
 
 def _example_image() -> Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,11 @@ from torch import Tensor
 
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError, first_line
-from fpncli.modeling.export import INPUT_NAME, ONNX_METADATA_KEY, TORCHSCRIPT_METADATA
+from fpncli.modeling.export import INPUT_NAME
+from fpncli.weight_files import ONNX_INSTALL_HINT, TORCHSCRIPT_METADATA, exported_format, onnx_metadata
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 EXPORT_VERSION = 1  # layout of the metadata; a newer file is refused
-ONNX_INSTALL_HINT = 'pip install "fpncli[onnx]" (or: pip install onnx onnxruntime)'
-
-
-def exported_format(path: str | os.PathLike) -> str | None:
-    """``onnx`` (a ``.onnx`` file), ``torchscript`` (a TorchScript archive written by
-    ``fpn export``) or None (anything else: a checkpoint, a state dict, no such file)."""
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        return "onnx"
-    try:
-        if p.is_file() and zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                if any(n.endswith("/extra/" + TORCHSCRIPT_METADATA) for n in z.namelist()):
-                    return "torchscript"
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return None
 
 
 def import_onnxruntime() -> Any:
@@ -74,23 +57,6 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -
     opts.log_severity_level = 4
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def onnx_metadata(path: str | os.PathLike) -> str | None:
-    """The JSON ``fpn export`` stored in an ONNX file's ``metadata_props``, or None when the
-    file has none; a file that is not a readable ONNX graph is an :class:`FpnError`. Read
-    through the onnx package, without the weights' external data."""
-    try:
-        import onnx
-    except ImportError:
-        raise FpnError(f"reading ONNX models needs the onnx package: {ONNX_INSTALL_HINT}") from None
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own types for garbage
-        raise FpnError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-    if not len(proto.graph.node):
-        raise FpnError(f"{path}: not a readable ONNX model (no graph)")
-    return {p.key: p.value for p in proto.metadata_props}.get(ONNX_METADATA_KEY)
 
 
 def read_metadata(path: str | os.PathLike, fmt: str | None = None) -> tuple[dict[str, Any], Any]:
@@ -304,16 +270,3 @@ def exported_config(path: str | os.PathLike) -> ModelConfig:
     """The model configuration stored in an exported file."""
     meta, _ = read_metadata(path)
     return ModelConfig.from_dict(meta["model_config"])
-
-
-def load_for_inference(weights: str, **overrides: Any) -> tuple[Any, str]:
-    """``(model, description)`` for ``fpn detect`` / ``fpn eval``: an exported file through
-    :func:`load_exported`, anything else through :func:`fpncli.modeling.weights.load_detector`.
-    The model is an ``FPNFasterRCNN`` or an :class:`ExportedDetector` (the same inference API)."""
-    fmt = exported_format(weights) if weights not in ("coco", "none") else None
-    if fmt is not None:
-        return load_exported(weights, **overrides), f"exported {fmt} model {weights}"
-    from fpncli.modeling.weights import load_detector
-
-    loaded = load_detector(weights, **overrides)
-    return loaded.model, loaded.source

@@ -1,9 +1,12 @@
-"""Where a detector's weights come from, and how foreign state dicts are mapped onto ours.
+"""Loading a detector (or its ResNet backbone) from a weights source, and starting one
+architecture from another's weights.
 
-Detector weight sources (``--weights``):
+Detector weight sources (``--weights``; :mod:`fpncli.weight_files` tells them apart):
     ``coco``   torchvision's ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1`` (37.0 box AP on
-               COCO val2017), downloaded once into the torch hub cache;
-    a path     an fpncli checkpoint, or a plain torchvision Faster R-CNN state dict;
+               COCO val2017), downloaded once into the torch hub cache (:mod:`fpncli.modeling.hub`);
+    a path     an fpncli checkpoint, or a plain torchvision Faster R-CNN state dict
+               (:mod:`fpncli.modeling.torchvision_keys`); an ``fpn export`` file only for
+               :func:`load_for_inference`;
     ``none``   random initialisation.
 Backbone weight sources (``--backbone-weights``): ``imagenet`` (torchvision's
 IMAGENET1K_V1 ResNets, also through the hub cache), a path to a ResNet state dict, ``none``.
@@ -11,262 +14,26 @@ IMAGENET1K_V1 ResNets, also through the hub cache), a path to a ResNet state dic
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import urllib.error
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from fpncli.checkpoint import check_version, is_checkpoint, load_file
 from fpncli.config import ModelConfig
 from fpncli.errors import FpnError
 from fpncli.modeling.backbone import imagenet_state_dict_to_bottom_up
+from fpncli.modeling.coco_classes import coco_v1_config
 from fpncli.modeling.detector import FPNFasterRCNN, build_model
-
-COCO_WEIGHTS_URL = "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
-IMAGENET_URLS = {
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
-}
-
-# torchvision's COCO label space: 91 slots, index = COCO category id, "N/A" for the ids
-# COCO does not use. Kept as is, so label i of the COCO_V1 weights is COCO category i.
-COCO_V1_CATEGORIES = [
-    "__background__",
-    "person",
-    "bicycle",
-    "car",
-    "motorcycle",
-    "airplane",
-    "bus",
-    "train",
-    "truck",
-    "boat",
-    "traffic light",
-    "fire hydrant",
-    "N/A",
-    "stop sign",
-    "parking meter",
-    "bench",
-    "bird",
-    "cat",
-    "dog",
-    "horse",
-    "sheep",
-    "cow",
-    "elephant",
-    "bear",
-    "zebra",
-    "giraffe",
-    "N/A",
-    "backpack",
-    "umbrella",
-    "N/A",
-    "N/A",
-    "handbag",
-    "tie",
-    "suitcase",
-    "frisbee",
-    "skis",
-    "snowboard",
-    "sports ball",
-    "kite",
-    "baseball bat",
-    "baseball glove",
-    "skateboard",
-    "surfboard",
-    "tennis racket",
-    "bottle",
-    "N/A",
-    "wine glass",
-    "cup",
-    "fork",
-    "knife",
-    "spoon",
-    "bowl",
-    "banana",
-    "apple",
-    "sandwich",
-    "orange",
-    "broccoli",
-    "carrot",
-    "hot dog",
-    "pizza",
-    "donut",
-    "cake",
-    "chair",
-    "couch",
-    "potted plant",
-    "bed",
-    "N/A",
-    "dining table",
-    "N/A",
-    "N/A",
-    "toilet",
-    "N/A",
-    "tv",
-    "laptop",
-    "mouse",
-    "remote",
-    "keyboard",
-    "cell phone",
-    "microwave",
-    "oven",
-    "toaster",
-    "sink",
-    "refrigerator",
-    "N/A",
-    "book",
-    "clock",
-    "vase",
-    "scissors",
-    "teddy bear",
-    "hair drier",
-    "toothbrush",
-]
-UNUSED_CLASS = "N/A"
+from fpncli.modeling.exported import exported_config, load_exported
+from fpncli.modeling.hub import COCO_WEIGHTS_URL, IMAGENET_URLS, download_cached, is_coco_v1_file
+from fpncli.modeling.torchvision_keys import config_from_torchvision_state_dict, torchvision_to_fpncli
+from fpncli.weight_files import check_version, contents_kind, load_file, weights_kind
 
 
 @dataclass
 class LoadedModel:
     model: FPNFasterRCNN
     source: str  # human-readable: where the weights came from
-
-
-def coco_v1_config(**overrides: Any) -> ModelConfig:
-    """The configuration of torchvision's ``fasterrcnn_resnet50_fpn(weights=COCO_V1)``: its
-    classes, its anchor grid, and FrozenBatchNorm eps 0.0 (the builder's ``overwrite_eps``)."""
-    names = COCO_V1_CATEGORIES[1:]
-    return ModelConfig(
-        backbone="resnet50",
-        norm="frozen_bn",
-        frozen_bn_eps=0.0,
-        anchor_grid="torchvision",
-        class_names=names,
-        category_ids=list(range(1, len(names) + 1)),
-    ).replace(**overrides)
-
-
-def is_coco_v1_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is torchvision's COCO_V1 file itself (its SHA-256 starts with the
-    digits in its published name), e.g. passed as a path instead of ``--weights coco``."""
-    match = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(urlparse(COCO_WEIGHTS_URL).path))
-    assert match is not None  # the URL above carries the hash prefix
-    expected = match.group(1)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest().startswith(expected)
-
-
-def hub_cache_path(url: str) -> Path:
-    """Where ``torch.hub`` keeps the file of ``url`` (``$TORCH_HOME/hub/checkpoints/<name>``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-def download_cached(url: str) -> Path:
-    """The hub-cache path of ``url``, downloading it first when it is not there.
-
-    Offline, this raises one :class:`FpnError` that names the URL and the exact path where
-    the file can be placed by hand.
-    """
-    path = hub_cache_path(url)
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # torchvision's file names carry the first hex digits of their SHA-256.
-    match = re.search(r"-([a-f0-9]{6,})\.", path.name)
-    try:
-        torch.hub.download_url_to_file(
-            url, str(path), hash_prefix=match.group(1) if match else None, progress=True
-        )
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise FpnError(
-            f"cannot download {url} ({reason}); if this machine is offline, "
-            f"download it elsewhere and place it at {path}"
-        ) from None
-    return path
-
-
-def torchvision_to_fpncli(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a torchvision ``fasterrcnn_resnet50_fpn``-style state dict to our module names.
-
-    ``backbone.body.*`` -> ``backbone.bottom_up.*``; ``backbone.fpn.inner_blocks.i.0.*`` ->
-    ``backbone.neck.laterals.i.*``; ``backbone.fpn.layer_blocks.i.0.*`` ->
-    ``backbone.neck.outputs.i.*``; RPN and RoI-head names are already the same.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        key = key.replace("backbone.body.", "backbone.bottom_up.", 1)
-        key = re.sub(r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.neck.laterals.\1.", key)
-        key = re.sub(r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.neck.outputs.\1.", key)
-        out[key] = value
-    return out
-
-
-def fpncli_to_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of :func:`torchvision_to_fpncli` (for exporting an FPN model to torchvision)."""
-    out = {}
-    for key, value in state_dict.items():
-        key = key.replace("backbone.bottom_up.", "backbone.body.", 1)
-        key = re.sub(r"^backbone\.neck\.laterals\.(\d+)\.", r"backbone.fpn.inner_blocks.\1.0.", key)
-        key = re.sub(r"^backbone\.neck\.outputs\.(\d+)\.", r"backbone.fpn.layer_blocks.\1.0.", key)
-        out[key] = value
-    return out
-
-
-def config_from_torchvision_state_dict(state_dict: dict[str, Tensor], **overrides: Any) -> ModelConfig:
-    """Infer backbone, widths and classes from a torchvision Faster R-CNN FPN state dict.
-
-    The model gets torchvision's anchor grid and FrozenBatchNorm eps 1e-5, what
-    ``fasterrcnn_resnet50_fpn`` builds for anything but ``weights=COCO_V1`` (a model
-    fine-tuned from COCO_V1 in torchvision ran with eps 0.0: pass ``frozen_bn_eps=0.0``).
-    """
-    if "rpn.head.conv.1.0.weight" in state_dict or "roi_heads.box_head.0.0.weight" in state_dict:
-        # fasterrcnn_resnet50_fpn_v2: BatchNorm in the FPN, two RPN convs, a conv box head.
-        raise ValueError(
-            "fasterrcnn_resnet50_fpn_v2 weights are not supported (only fasterrcnn_resnet50_fpn's)"
-        )
-    try:
-        num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0]
-        head_dim = state_dict["roi_heads.box_head.fc6.weight"].shape[0]
-        channels = state_dict["backbone.fpn.inner_blocks.0.0.weight"].shape[0]
-    except KeyError as exc:
-        raise ValueError(f"missing key {exc.args[0]}") from None
-    blocks3 = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
-    bottleneck = any(".conv3." in k for k in state_dict if k.startswith("backbone.body.layer1."))
-    backbone = {
-        (6, True): "resnet50",
-        (23, True): "resnet101",
-        (2, False): "resnet18",
-        (6, False): "resnet34",
-    }.get((len(blocks3), bottleneck))
-    if backbone is None:
-        raise ValueError("backbone is not resnet18/34/50/101")
-    if num_classes == len(COCO_V1_CATEGORIES):
-        names, ids = COCO_V1_CATEGORIES[1:], list(range(1, num_classes))
-    else:
-        names, ids = [f"class_{i}" for i in range(1, num_classes)], list(range(1, num_classes))
-    has_bn_stats = any(k.endswith("num_batches_tracked") for k in state_dict)
-    return ModelConfig(
-        backbone=backbone,
-        norm="bn" if has_bn_stats else "frozen_bn",
-        fpn_channels=channels,
-        box_head_dim=head_dim,
-        class_names=names,
-        category_ids=ids,
-        anchor_grid="torchvision",
-    ).replace(**overrides)
 
 
 def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source: str) -> None:
@@ -284,7 +51,7 @@ def load_model_state(model: FPNFasterRCNN, state_dict: dict[str, Tensor], source
         raise FpnError(f"{source}: weights do not fit the model: {'; '.join(detail)}")
 
 
-def _load_or_explain(module: torch.nn.Module, state_dict: dict[str, Tensor], source: str):
+def _load_or_explain(module: nn.Module, state_dict: dict[str, Tensor], source: str):
     """``load_state_dict(strict=False)``; shape mismatches become one-line :class:`FpnError`."""
     try:
         return module.load_state_dict(state_dict, strict=False)
@@ -350,13 +117,14 @@ def load_detector(
     Returns:
         The model (on the CPU, in eval mode) and a description of its weights.
     """
-    if weights == "coco":
+    kind = weights_kind(weights)
+    if kind == "coco":
         model = build_model(coco_v1_config(**overrides), pretrained_backbone=True)
         load_model_state(
             model, torchvision_to_fpncli(load_file(download_cached(COCO_WEIGHTS_URL))), "COCO_V1 weights"
         )
         return LoadedModel(model.eval(), "torchvision COCO_V1 (37.0 box AP on COCO val2017)")
-    if weights == "none":
+    if kind == "none":
         if config is None:
             raise FpnError("no weights and no model configuration given")
         pretrained = backbone_weights != "none"
@@ -367,37 +135,53 @@ def load_detector(
         if pretrained:
             source = _load_backbone(model, backbone_weights) + ", rest random"
         return LoadedModel(model.eval(), source)
+    if kind != "file":
+        raise FpnError(
+            f"{weights}: an exported ({kind}) model only detects (fpn detect, fpn eval); this needs the "
+            f"PyTorch checkpoint it was exported from"
+        )
     return _load_path(weights, training, **overrides)
+
+
+def load_for_inference(weights: str, **overrides: Any) -> tuple[Any, str]:
+    """``(model, description)`` for ``fpn detect`` / ``fpn eval``: an exported file through
+    :func:`~fpncli.modeling.exported.load_exported`, anything else through :func:`load_detector`.
+    The model is an ``FPNFasterRCNN`` or an :class:`ExportedDetector` (the same inference API)."""
+    kind = weights_kind(weights)
+    if kind in ("onnx", "torchscript"):
+        return load_exported(weights, **overrides), f"exported {kind} model {weights}"
+    loaded = load_detector(weights, **overrides)
+    return loaded.model, loaded.source
 
 
 def weights_config(weights: str, config: ModelConfig | None = None, **overrides: Any) -> ModelConfig:
     """The architecture a weights source defines, without building the model (e.g. to check
     a dataset's boxes against its anchors): ``coco``, a path, or ``none`` (then ``config``)."""
-    if weights == "coco":
+    kind = weights_kind(weights)
+    if kind == "coco":
         return coco_v1_config(**overrides)
-    if weights == "none":
+    if kind == "none":
         if config is None:
             raise FpnError("no weights and no model configuration given")
         return config.replace(**overrides)
-    from fpncli.modeling.exported import exported_config, exported_format
-
-    if exported_format(weights) is not None:  # fpn export's file: its metadata holds the config
+    if kind != "file":  # fpn export's file: its metadata holds the config
         return exported_config(weights).replace(**overrides)
     return _read_path(weights, **overrides)[0]
 
 
 def _read_path(path: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Tensor], str]:
-    """``(config, state dict in fpncli's names, description)`` of a weights file; the one
-    place that tells an fpncli checkpoint from a torchvision state dict."""
+    """``(config, state dict in fpncli's names, description)`` of a weights file (an fpncli
+    checkpoint or a torchvision state dict, told apart by :func:`contents_kind`)."""
     obj = load_file(path)
-    if is_checkpoint(obj):
+    kind = contents_kind(obj)
+    if kind == "checkpoint":
         check_version(obj, path)
         try:
             cfg = ModelConfig.from_dict(obj["model_config"]).replace(**overrides)
         except (TypeError, FpnError) as exc:
             raise FpnError(f"{path}: bad model configuration ({exc})") from None
         return cfg, obj["state_dict"], f"fpncli checkpoint {path}"
-    if isinstance(obj, dict) and any(k.startswith("backbone.body.") for k in obj):
+    if kind == "torchvision":
         try:
             cfg = config_from_torchvision_state_dict(obj, **overrides)
         except ValueError as exc:
@@ -407,20 +191,13 @@ def _read_path(path: str, **overrides: Any) -> tuple[ModelConfig, dict[str, Tens
             cfg = coco_v1_config().replace(**overrides)
             source = f"torchvision COCO_V1 {path}"
         return cfg, torchvision_to_fpncli(obj), source
-    if isinstance(obj, dict) and "layer1.0.conv1.weight" in obj:
+    if kind == "backbone":
         raise FpnError(f"{path}: this is a backbone (ResNet) state dict; pass it as --backbone-weights")
     raise FpnError(f"{path}: neither an fpncli checkpoint nor a torchvision Faster R-CNN state dict")
 
 
 def _load_path(path: str, training: bool = False, **overrides: Any) -> LoadedModel:
-    from fpncli.modeling.exported import exported_format
-
-    fmt = exported_format(path)
-    if fmt is not None:
-        raise FpnError(
-            f"{path}: an exported ({fmt}) model only detects (fpn detect, fpn eval); this needs the "
-            f"PyTorch checkpoint it was exported from"
-        )
+    """A detector from a checkpoint or torchvision state dict (not an exported model)."""
     cfg, state, source = _read_path(path, **overrides)
     model = build_model(cfg, pretrained_backbone=cfg.norm == "frozen_bn")
     own_training_only = model.training_only_keys(model.state_dict())

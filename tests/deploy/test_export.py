@@ -45,7 +45,8 @@ def test_export_checks_many_sizes_and_writes_metadata(exported, fmt):
     from fpncli.checkpoint import read_checkpoint
     from fpncli.config import ModelConfig
     from fpncli.deploy.export import BOX_TOL, SCORE_TOL
-    from fpncli.modeling.exported import exported_format, read_metadata
+    from fpncli.modeling.exported import read_metadata
+    from fpncli.weight_files import exported_format
 
     ckpt, summaries = exported
     summary = summaries[fmt]
@@ -559,7 +560,7 @@ def test_exported_models_under_the_wrong_name_are_named_for_what_they_are(export
     import shutil
     import warnings
 
-    from fpncli.checkpoint import load_file
+    from fpncli.weight_files import load_file
 
     _, summaries = exported
     renamed = tmp_path / "model.pt"
@@ -591,8 +592,8 @@ def test_hand_edited_metadata_is_a_one_line_error(exported, tmp_path):
 
     import onnx
 
-    from fpncli.modeling.export import ONNX_METADATA_KEY
     from fpncli.modeling.exported import load_exported
+    from fpncli.weight_files import ONNX_METADATA_KEY
 
     _, summaries = exported
     proto = onnx.load(str(summaries["onnx"].out))

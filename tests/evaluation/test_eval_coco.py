@@ -159,7 +159,7 @@ def _gt_results(ann_file):
 def test_model_labels_map_to_dataset_category_ids(coco_tiny, monkeypatch, tmp_path, label_space):
     from fpncli.config import ModelConfig
     from fpncli.inference import predict
-    from fpncli.modeling.weights import COCO_V1_CATEGORIES, coco_v1_config
+    from fpncli.modeling.coco_classes import COCO_V1_CATEGORIES, coco_v1_config
 
     ann = _val(coco_tiny)
     cats = sorted(json.loads(ann.read_text())["categories"], key=lambda c: c["id"])

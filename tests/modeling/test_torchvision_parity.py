@@ -29,19 +29,16 @@ from torchvision.transforms.functional import pil_to_tensor, to_tensor
 from fpncli.config import ModelConfig
 from fpncli.data.images import read_image
 from fpncli.modeling.anchors import LevelAnchorGenerator
+from fpncli.modeling.coco_classes import COCO_V1_CATEGORIES, UNUSED_CLASS
 from fpncli.modeling.detector import build_model
+from fpncli.modeling.hub import COCO_WEIGHTS_URL, hub_cache_path
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.weights import (
-    COCO_V1_CATEGORIES,
-    COCO_WEIGHTS_URL,
-    UNUSED_CLASS,
+from fpncli.modeling.torchvision_keys import (
     config_from_torchvision_state_dict,
     fpncli_to_torchvision,
-    hub_cache_path,
-    load_detector,
-    load_model_state,
     torchvision_to_fpncli,
 )
+from fpncli.modeling.weights import load_detector, load_model_state
 
 SIZE, MAX_SIZE = 224, 800  # shorter side; odd P5/P6 maps for 4:3 photos (see above)
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4  # the tolerances for float-rounding differences

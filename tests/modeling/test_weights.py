@@ -10,6 +10,9 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from fpncli.config import preset_config
 from fpncli.errors import FpnError
 from fpncli.modeling import weights as W
+from fpncli.modeling.coco_classes import UNUSED_CLASS
+from fpncli.modeling.hub import COCO_WEIGHTS_URL, IMAGENET_URLS, hub_cache_path
+from fpncli.modeling.torchvision_keys import fpncli_to_torchvision
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def test_offline_coco_download_names_url_and_cache_path(hub_dir, offline):
     with pytest.raises(FpnError) as info:
         W.load_detector("coco")
     message = str(info.value)
-    assert W.COCO_WEIGHTS_URL in message
+    assert COCO_WEIGHTS_URL in message
     assert str(hub_dir / "checkpoints" / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth") in message
     assert "\n" not in message
 
@@ -41,7 +44,7 @@ def test_coco_weights_load_from_the_hub_cache(hub_dir, offline):
     torch.manual_seed(0)
     reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     state = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = W.hub_cache_path(W.COCO_WEIGHTS_URL)
+    path = hub_cache_path(COCO_WEIGHTS_URL)
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     loaded = W.load_detector("coco", min_size=320)
@@ -49,8 +52,8 @@ def test_coco_weights_load_from_the_hub_cache(hub_dir, offline):
     assert "COCO_V1" in loaded.source
     assert model.norm == "frozen_bn" and model.config.min_size == 320
     assert model.config.class_names[0] == "person" and model.config.category_ids[:3] == [1, 2, 3]
-    assert len(model.config.class_names) == 90 and model.config.class_names[11] == W.UNUSED_CLASS
-    ours = W.fpncli_to_torchvision(model.state_dict())
+    assert len(model.config.class_names) == 90 and model.config.class_names[11] == UNUSED_CLASS
+    ours = fpncli_to_torchvision(model.state_dict())
     for key, value in state.items():
         assert torch.equal(ours[key], value), key
 
@@ -58,7 +61,7 @@ def test_coco_weights_load_from_the_hub_cache(hub_dir, offline):
 def test_imagenet_backbone_from_cache_and_from_path(hub_dir, offline, tmp_path):
     torch.manual_seed(1)
     state = resnet18().state_dict()
-    cached = W.hub_cache_path(W.IMAGENET_URLS["resnet18"])
+    cached = hub_cache_path(IMAGENET_URLS["resnet18"])
     cached.parent.mkdir(parents=True)
     torch.save(state, cached)
     cfg = preset_config("tiny", class_names=["a"], category_ids=[1])
@@ -86,7 +89,7 @@ def test_backbone_weights_for_the_wrong_resnet(hub_dir, tmp_path):
 
 
 def test_weights_that_do_not_fit_the_model(tmp_path, tiny_model):
-    state = W.fpncli_to_torchvision(tiny_model.state_dict())
+    state = fpncli_to_torchvision(tiny_model.state_dict())
     state.pop("rpn.head.cls_logits.weight")
     path = tmp_path / "broken.pth"
     torch.save(state, path)
