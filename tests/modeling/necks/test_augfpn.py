@@ -331,6 +331,7 @@ def test_inspect_levels_soft_view(build_model, tmp_path, one_thread):
     from PIL import Image
 
     from fpncli.analysis.inspect_image import SIZE_BUCKETS, inspect_image
+    from fpncli.analysis.level_views import trace
     from fpncli.viz.levels import save_soft_levels
 
     model = build_model(**AUGFPN)
@@ -342,8 +343,8 @@ def test_inspect_levels_soft_view(build_model, tmp_path, one_thread):
     assert soft is not None and report.afp is None and soft.total == len(report.detections) > 0
     boxes = torch.tensor([d.box for d in report.detections])
     ratio = torch.tensor([report.input_size[1] / 117, report.input_size[0] / 90] * 2)
-    trace = model.trace(torch.from_numpy(report.image.copy()).permute(2, 0, 1).float() / 255)
-    direct = model.roi_heads.box_roi_pool.mean_level_weights(trace.features, [boxes * ratio])
+    traced = trace(model, torch.from_numpy(report.image.copy()).permute(2, 0, 1).float() / 255)
+    direct = model.roi_heads.box_roi_pool.mean_level_weights(traced.features, [boxes * ratio])
     for det, row in zip(report.detections, direct.tolist()):
         assert det.soft_weights == pytest.approx(row, abs=1e-5)
         assert det.soft_level == model.roi_levels[max(range(4), key=lambda i: row[i])]
