@@ -63,7 +63,7 @@ def export(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-image check lines.")] = False,
 ) -> None:
-    from fpncli.deploy.export import BOX_TOL, SCORE_TOL, ExportOptions, run_export
+    from fpncli.deploy.export import ExportOptions, run_export
     from fpncli.errors import FpnError
 
     if score_thr is not None and not 0.0 <= score_thr <= 1.0:
@@ -91,14 +91,17 @@ def export(
             return
         if event["event"] == "exported":
             err_console.print(
-                f"exported in {event['seconds']:.1f} s; checking against PyTorch on {event['total']} images",
+                f"exported in {event['seconds']:.1f} s; checking against PyTorch on {event['total']} images "
+                "in a fresh process",
                 highlight=False,
             )
         elif event["event"] == "checked":
             c = event["image"]
+            ties = f", {c.excused} excused as ties" if c.excused else ""
             err_console.print(
                 f"  [{event['done']}/{event['total']}] {esc(c.name)}: {c.detections} detections equal "
-                f"(max box diff {c.box_diff:.2g} px, score diff {c.score_diff:.2g})",
+                f"(box diff {c.box_diff:.2g} px of {c.box_tol:.2g} allowed, score diff {c.score_diff:.2g} "
+                f"of {c.score_tol:.2g}{ties})",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -106,12 +109,16 @@ def export(
     summary = run_export(options, progress=show)
     for line in summary.skipped:
         err_console.print(f"[yellow]skipped:[/] {esc(line)}", highlight=False, soft_wrap=True)
+    for note in summary.notes:
+        err_console.print(f"note: {esc(note)}", highlight=False, soft_wrap=True)
     empty = sum(1 for c in summary.images if c.detections == 0)
+    compared = sum(c.detections for c in summary.images)
+    ties = f", {summary.excused} excused as ties" if summary.excused else ""
     console.print(
         f"wrote {summary.out} ({summary.format}, {summary.size_bytes / 1e6:.1f} MB) from {summary.source}; "
-        f"checked equal to PyTorch on {len(summary.images)} images ({empty} without detections): "
-        f"max box diff {summary.box_diff:.2g} px (tolerance {BOX_TOL}), max score diff "
-        f"{summary.score_diff:.2g} (tolerance {SCORE_TOL})",
+        f"checked equal to PyTorch in a fresh process on {len(summary.images)} images ({compared} detections, "
+        f"{empty} without detections{ties}): max box diff {summary.box_diff:.2g} px, max score diff "
+        f"{summary.score_diff:.2g}, each within its image's tolerance (in the file's metadata)",
         highlight=False,
         markup=False,
         soft_wrap=True,

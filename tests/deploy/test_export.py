@@ -53,12 +53,18 @@ def test_export_checks_many_sizes_and_writes_metadata(exported, fmt):
     assert summary.out.is_file() and summary.size_bytes == summary.out.stat().st_size
     assert exported_format(summary.out) == fmt
     sizes = {(c.width, c.height) for c in summary.images}
-    # Both orientations, the smallest accepted sizes, and an image without detections.
-    assert {(500, 333), (333, 500), (1, 1), (96, 1)} <= sizes
+    # Both orientations, extreme aspect ratios, a tiny image, and an image without detections.
+    assert {(500, 333), (333, 500), (701, 97), (97, 701), (17, 13)} <= sizes
     assert any(c.detections == 0 for c in summary.images)
     assert sum(c.detections for c in summary.images) > 100  # the check compared real detections
     assert summary.box_diff <= BOX_TOL and summary.score_diff <= SCORE_TOL
+    assert all(c.box_diff <= c.box_tol and c.score_diff <= c.score_tol for c in summary.images)
     meta, _ = read_metadata(summary.out)
+    # The check's per-image differences and tolerances travel with the file.
+    report = meta["self_check"]
+    assert report["process"] == "fresh" and len(report["images"]) == len(summary.images)
+    first = report["images"][0]
+    assert first["image"] == summary.images[0].name and first["box_tolerance_px"] > 0
     stored = read_checkpoint(ckpt)["model_config"]
     assert meta["model_config"] == stored
     assert ModelConfig.from_dict(meta["model_config"]).class_names == ["circle", "square", "triangle"]
@@ -222,30 +228,88 @@ def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exporte
 
 
 def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypatch):
-    """A graph whose boxes are 0.05 px off on one image is refused, naming that image, and
+    """A graph whose boxes are a pixel off on one image is refused, naming that image, and
     nothing is written (what a graph with a frozen anchor grid would get)."""
     import fpncli.deploy.export as E
+    import fpncli.deploy.fresh_run as R
 
     ckpt, _ = exported
-    real = E._runner
+    real = R.run_fresh
 
-    def shifted(data, fmt):
-        run = real(data, fmt)
+    def shifted(path, images):
+        out = real(path, images)
+        # the portrait image only, 1 px in its own pixels
+        return [(r[0] + 1.0, r[1], r[2]) if img.shape[0] == 500 else r for r, img in zip(out, images)]
 
-        def wrong(image):
-            boxes, scores, labels = run(image)
-            if image.shape[0] == 500:  # the portrait image only
-                boxes = boxes + 0.05
-            return boxes, scores, labels
-
-        return wrong
-
-    monkeypatch.setattr(E, "_runner", shifted)
+    monkeypatch.setattr(R, "run_fresh", shifted)
     out = tmp_path / "bad.torchscript"
     with pytest.raises(FpnError, match=r"self-check failed on portrait 333x500: .*nothing written") as info:
         E.run_export(E.ExportOptions(str(ckpt), "torchscript", out))
     assert "\n" not in str(info.value)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_broken_export_is_refused_normalisation_dropped(exported, tmp_path, monkeypatch):
+    """A deliberately broken graph (its input normalisation dropped) is refused by both
+    variants, and nothing is written."""
+    import fpncli.deploy.export as E
+    from fpncli.modeling import export as X
+
+    ckpt, _ = exported
+    real_init = X.ExportableDetector.__init__
+
+    def broken(self, model):
+        real_init(self, model)
+        self.mean.zero_()
+        self.std.fill_(1.0)
+
+    monkeypatch.setattr(X.ExportableDetector, "__init__", broken)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(FpnError, match=r"self-check failed on .*the Winograd graph failed too") as info:
+        E.run_export(E.ExportOptions(str(ckpt), "onnx", out))
+    assert "\n" not in str(info.value) and not out.exists()
+
+
+def test_winograd_graph_that_fails_falls_back_to_direct_convolutions(exported, tmp_path, monkeypatch):
+    """Where the Winograd graph fails the check and the direct one passes, the direct one is
+    written and the summary says so: a sound model always gets its file."""
+    import fpncli.deploy.export as E
+
+    ckpt, _ = exported
+    real = E._check
+
+    def winograd_fails(data, fmt, model, images, refs):
+        if '"winograd_convs": 0' not in E.stored_metadata(data, fmt).replace(", ", ", "):
+            raise FpnError("self-check failed on landscape 500x333: pretend Winograd error; nothing written")
+        return real(data, fmt, model, images, refs)
+
+    monkeypatch.setattr(E, "_check", winograd_fails)
+    out = tmp_path / "direct.onnx"
+    summary = E.run_export(E.ExportOptions(str(ckpt), "onnx", out))
+    assert out.is_file() and summary.winograd_convs == 0
+    (note,) = summary.notes
+    assert note.startswith("wrote direct 3x3 convolutions: the Winograd graph failed the self-check")
+    assert "pretend Winograd error" in note
+    from fpncli.modeling.exported import read_metadata
+
+    meta, _ = read_metadata(out)
+    assert meta["winograd_convs"] == 0 and meta["self_check"]["notes"] == [note]
+
+
+@pytest.mark.slow
+def test_a_model_that_detects_nothing_is_compared_at_threshold_zero(exported, tmp_path):
+    """A check that compared no detection used to be reported as a pass; now the graph's raw
+    top-k (a copy exported at threshold 0) is compared, and the summary says so."""
+    from fpncli.deploy.export import ExportOptions, run_export
+
+    ckpt, _ = exported
+    summary = run_export(ExportOptions(str(ckpt), "onnx", tmp_path / "m.onnx", score_thr=0.99999))
+    plain = [c for c in summary.images if "threshold 0" not in c.name]
+    probe = [c for c in summary.images if c.name.endswith(", threshold 0")]
+    assert sum(c.detections for c in plain) == 0 and len(probe) == len(plain)
+    assert sum(c.detections for c in probe) > 100
+    assert any("also compared the graph's top detections at threshold 0" in n for n in summary.notes)
 
 
 def test_compare_detections_tolerances():
@@ -269,8 +333,11 @@ def test_compare_detections_tolerances():
     wrong_label = (got[0], got[1], torch.tensor([1, 1]))
     with pytest.raises(FpnError, match=r"img: PyTorch's detection 2 \(b 0.8000"):
         compare_detections("img", ref, wrong_label, 0.05, 100, names)
-    moved = (got[0] + torch.tensor([0.0, 0.0, 0.02, 0.0]), got[1], got[2])
-    with pytest.raises(FpnError, match=r"box off by 0\.02"):
+    # A defect moves boxes by pixels: refused, with the tolerance it was held to.
+    moved = (got[0] + torch.tensor([0.0, 0.0, 1.0, 0.0]), got[1], got[2])
+    with pytest.raises(
+        FpnError, match=r"tolerance 0\.05 px, 0\.0001 score\); nearest exported a: box off by 1 px"
+    ):
         compare_detections("img", ref, moved, 0.05, 100, names)
     extra = (
         torch.cat([got[0], got[0][:1]]),
@@ -279,6 +346,45 @@ def test_compare_detections_tolerances():
     )
     with pytest.raises(FpnError, match="has a detection PyTorch does not"):
         compare_detections("img", ref, extra, 0.05, 100, names)
+
+
+def test_tolerance_follows_pytorchs_own_spread_and_ties_are_excused():
+    """A box PyTorch's two valid computations already put 0.1 px apart may move by 4x that in
+    the export; a detection they disagree about (a tie) may vanish, and is counted."""
+    from fpncli.deploy.selfcheck import compare_detections
+
+    ref = {
+        "boxes": torch.tensor([[0.0, 0.0, 100.0, 700.0], [10.0, 10.0, 40.0, 40.0]]),
+        "scores": torch.tensor([0.9, 0.7]),
+        "labels": torch.tensor([1, 1]),
+    }
+    alt = {
+        "boxes": ref["boxes"][:1] + torch.tensor([0.0, 0.0, 0.0, 0.1]),
+        "scores": ref["scores"][:1],
+        "labels": ref["labels"][:1],
+    }
+    got = (ref["boxes"][:1] + torch.tensor([0.0, 0.0, 0.0, 0.3]), ref["scores"][:1], ref["labels"][:1])
+    checked = compare_detections("tall", ref, got, 0.05, 100, ["a"], alt=alt, scale=1.0)
+    assert checked.box_tol == pytest.approx(0.4, rel=1e-3) and checked.box_diff == pytest.approx(
+        0.3, rel=1e-3
+    )
+    assert checked.unstable == 1 and checked.excused == 1  # detection 2: alt lacks it too
+    # Without the spread (no alt) the same export is held to the floor and refused.
+    with pytest.raises(FpnError, match=r"tolerance 0\.05 px"):
+        compare_detections("tall", ref, got, 0.05, 100, ["a"])
+    # In model-input pixels: an image shrunk 4x for the model gets 4x the tolerance in its own.
+    small = compare_detections(
+        "big", ref, (ref["boxes"] + 0.1, ref["scores"], ref["labels"]), 0.05, 100, ["a"], scale=0.25
+    )
+    assert small.box_tol == pytest.approx(0.2) and small.box_diff == pytest.approx(0.1, abs=1e-5)
+
+
+def test_compare_nothing_on_both_sides_is_an_empty_pass():
+    from fpncli.deploy.selfcheck import compare_detections
+
+    empty = (torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    checked = compare_detections("blank", empty, empty, 0.05, 100, ["a"], alt=empty)
+    assert checked.detections == 0 and checked.excused == 0
 
 
 # --------------------------------------------------------------------------- every neck
@@ -371,7 +477,12 @@ def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatc
             ),
             r"no readable image to check with \(2 skipped; first: .*broken.*\)",
         ),
+        (
+            ExportOptions(str(tiny_checkpoint), "onnx", tmp_path / "m.onnx", check_images=tmp_path / "empty"),
+            r"empty: --check-images holds no images \(\.jpg",
+        ),
     ]
+    (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     for name in ("a.png", "b.jpg"):
         (tmp_path / "broken" / name).write_bytes(b"not an image")
