@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.data.sources import expand_sources
 from fpncli.outputs import LEDGER_NAME, read_ledger, record_outputs, safe_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 
 
-def _detect(*args):
-    return runner.invoke(app, ["detect", *map(str, args), "--workers", "0"], terminal_width=400)
+def _detect(cli, *args):
+    return cli(["detect", *map(str, args), "--workers", "0"], terminal_width=400)
 
 
 def _bytes(*paths):
@@ -62,13 +59,13 @@ def test_ledger_round_trip_prunes_gone_files_and_survives_a_broken_ledger(tmp_pa
 # ------------------------------------------------------------------ fpn detect end to end
 
 
-def test_input_named_like_an_output_is_kept(tmp_path, make_image, detect_weights):
+def test_input_named_like_an_output_is_kept(tmp_path, make_image, detect_weights, cli):
     """`fpn detect s/x.jpg s/x_det.jpg --out s` used to replace x_det.jpg with x's copy."""
     s = tmp_path / "s"
     x, x_det = make_image(s / "x.jpg"), make_image(s / "x_det.jpg", seed=1)
     before = _bytes(x, x_det)
     for _ in range(2):  # a rerun must neither read its copies nor pile up new names
-        result = _detect(x, x_det, "--weights", detect_weights, "--out", s)
+        result = _detect(cli, x, x_det, "--weights", detect_weights, "--out", s)
         assert result.exit_code == 0, result.output
         assert _bytes(x, x_det) == before
         assert "note: 2 annotated copies renamed" in result.output
@@ -78,7 +75,7 @@ def test_input_named_like_an_output_is_kept(tmp_path, make_image, detect_weights
     records = json.loads((s / "predictions.json").read_text())["images"]
     assert [r["annotated"] for r in records] == [str(s / "x_det2.jpg"), str(s / "x_det_det.jpg")]
     # The folder, rerun: the user's two photos are inputs, the two copies are not.
-    result = _detect(s, "--weights", detect_weights, "--out", s)
+    result = _detect(cli, s, "--weights", detect_weights, "--out", s)
     assert result.exit_code == 0, result.output
     assert [r["file"] for r in json.loads((s / "predictions.json").read_text())["images"]] == [
         str(x),
@@ -87,25 +84,25 @@ def test_input_named_like_an_output_is_kept(tmp_path, make_image, detect_weights
     assert _bytes(x, x_det) == before
 
 
-def test_a_file_fpncli_did_not_write_in_out_is_kept(tmp_path, make_image, detect_weights):
+def test_a_file_fpncli_did_not_write_in_out_is_kept(tmp_path, make_image, detect_weights, cli):
     src = make_image(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     theirs = make_image(out / "a.png", seed=3)  # someone's file, same name as the copy
     before = theirs.read_bytes()
-    result = _detect(src, "--weights", detect_weights, "--out", out)
+    result = _detect(cli, src, "--weights", detect_weights, "--out", out)
     assert result.exit_code == 0, result.output
     assert theirs.read_bytes() == before and (out / "a_det.png").is_file()
     assert "a.png -> " in result.output and "a_det.png" in result.output
 
 
-def test_out_inside_a_recursive_source_keeps_its_photos_as_inputs(tmp_path, make_image, detect_weights):
+def test_out_inside_a_recursive_source_keeps_its_photos_as_inputs(tmp_path, make_image, detect_weights, cli):
     """`fpn detect SRC --recursive --out SRC/sub` used to drop SRC/sub's photos and then
     overwrite SRC/sub/a.png with SRC/a.png's copy."""
     src = tmp_path / "src"
     top, inner = make_image(src / "a.png"), make_image(src / "sub" / "a.png", seed=2)
     before = _bytes(top, inner)
     for _ in range(2):
-        result = _detect(src, "--recursive", "--weights", detect_weights, "--out", src / "sub")
+        result = _detect(cli, src, "--recursive", "--weights", detect_weights, "--out", src / "sub")
         assert result.exit_code == 0, result.output
         files = [r["file"] for r in json.loads((src / "sub" / "predictions.json").read_text())["images"]]
         assert files == [str(top), str(inner)]  # both are inputs, every time
@@ -113,8 +110,8 @@ def test_out_inside_a_recursive_source_keeps_its_photos_as_inputs(tmp_path, make
     assert expand_sources([src], recursive=True, exclude=src / "sub") == [top, inner]
 
 
-def test_detect_with_no_draw_writes_no_ledger(tmp_path, make_image, detect_weights):
+def test_detect_with_no_draw_writes_no_ledger(tmp_path, make_image, detect_weights, cli):
     src = make_image(tmp_path / "a.png")
-    result = _detect(src, "--weights", detect_weights, "--out", tmp_path, "--no-draw")
+    result = _detect(cli, src, "--weights", detect_weights, "--out", tmp_path, "--no-draw")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / LEDGER_NAME).exists() and src.is_file()

@@ -153,12 +153,9 @@ def test_bad_arguments_are_user_errors(tmp_path):
         run_ablation(tmp_path / "b", ["fpn"], data=str(tmp_path / "empty"))
 
 
-def test_cli_reports_a_bad_neck_in_one_line():
-    from typer.testing import CliRunner
+def test_cli_reports_a_bad_neck_in_one_line(cli):
 
-    from fpncli.cli.app import app
-
-    result = CliRunner().invoke(app, ["ablation", "--necks", "fpn,fpx", "--quick"])
+    result = cli(["ablation", "--necks", "fpn,fpx", "--quick"])
     assert result.exit_code == 1
     assert "unknown neck 'fpx'" in result.output and "Traceback" not in result.output
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from fpncli.analysis.anchor_fit import (
     POSITIVE_IOU,
@@ -21,13 +20,11 @@ from fpncli.analysis.anchor_fit import (
     inspect_dataset,
 )
 from fpncli.analysis.inspect_image import inspect_image
-from fpncli.cli.app import app
 from fpncli.config import NECKS, preset_config
 from fpncli.errors import FpnError
 from fpncli.modeling.detector import build_model
 from fpncli.modeling.levels import assign_level, level_boundaries, padded_size, resized_size
 
-runner = CliRunner()
 H, W = 256, 320  # the test image; min_size 256 / max_size 320 means no resizing
 
 
@@ -54,11 +51,7 @@ def inspection(model_256x320, noise_image):
     return inspect_image(model_256x320, noise_image, score_thr=0.0, bottom_up=True)
 
 
-def _write_coco(path, images, annotations):
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]})
-    )
-    return path
+THING = [{"id": 1, "name": "thing"}]
 
 
 def test_level_table_matches_hand_computed_values(inspection):
@@ -131,14 +124,14 @@ def test_equation_boundaries_and_cases():
     assert [b for _, b in level_boundaries(2, 5)] == [112.0, 224.0, 448.0]
 
 
-def test_dataset_levels_use_the_equation_in_resized_pixels(tmp_path):
+def test_dataset_levels_use_the_equation_in_resized_pixels(tmp_path, write_coco):
     # A 512x512 image with min_size 256 is halved: a 448 px box is 224 px to the model (P4).
     anns = [
         {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, s, s], "area": s * s, "iscrowd": 0}
         for i, s in enumerate((448, 224, 112, 20, 1000))
     ]
-    ann = _write_coco(
-        tmp_path / "a.json", [{"id": 1, "file_name": "x.jpg", "width": 1024, "height": 1024}], anns
+    ann = write_coco(
+        tmp_path / "a.json", [{"id": 1, "file_name": "x.jpg", "width": 1024, "height": 1024}], anns, THING
     )
     report = inspect_dataset(ann, _cfg(min_size=256, max_size=384))
     # 1024 -> 256: scale 1/4; sizes 112, 56, 28, 5, 250 px -> P3, P2, P2, P2, P4
@@ -217,11 +210,9 @@ def test_dataset_report_on_coco_tiny(coco_tiny):
 
 
 @pytest.mark.slow
-def test_cli_dataset_writes_report_and_pictures(coco_tiny, tmp_path):
+def test_cli_dataset_writes_report_and_pictures(coco_tiny, tmp_path, cli):
     ann = coco_tiny / "annotations" / "instances_val2017.json"
-    result = runner.invoke(
-        app, ["inspect-levels", "--coco", str(ann), "--preset", "tiny", "--out", str(tmp_path)]
-    )
+    result = cli(["inspect-levels", "--coco", str(ann), "--preset", "tiny", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "positive" in result.output
     for name in ("dataset_levels.json", "box_sizes.png", "coverage.png"):
@@ -230,9 +221,8 @@ def test_cli_dataset_writes_report_and_pictures(coco_tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_json_shape_and_pictures(noise_image, tmp_path, tiny_checkpoint):
-    result = runner.invoke(
-        app,
+def test_cli_json_shape_and_pictures(noise_image, tmp_path, tiny_checkpoint, cli):
+    result = cli(
         [
             "inspect-levels",
             str(noise_image),
@@ -284,8 +274,8 @@ def test_cli_json_shape_and_pictures(noise_image, tmp_path, tiny_checkpoint):
 # -- bad input ---------------------------------------------------------------------------
 
 
-def _fails(args, *needles):
-    result = runner.invoke(app, ["inspect-levels", *args])
+def _fails(cli, args, *needles):
+    result = cli(["inspect-levels", *args])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     for needle in needles:
@@ -293,29 +283,29 @@ def _fails(args, *needles):
     return result
 
 
-def test_unreadable_image(tmp_path):
+def test_unreadable_image(tmp_path, cli):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    _fails([str(bad), "--preset", "tiny", "--device", "cpu"], "broken.jpg", "not an image")
+    _fails(cli, [str(bad), "--preset", "tiny", "--device", "cpu"], "broken.jpg", "not an image")
 
 
-def test_image_too_small_for_the_coarsest_level(tmp_path, model_256x320):
+def test_image_too_small_for_the_coarsest_level(tmp_path, model_256x320, cli):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (320, 8)).save(thin)  # resized to 320x8: shorter side below P6's stride 64
     with pytest.raises(FpnError, match=r"too small.*p6 has stride 64"):
         inspect_image(model_256x320, thin)
-    _fails([str(thin), "--preset", "tiny", "--device", "cpu"], "too small")
+    _fails(cli, [str(thin), "--preset", "tiny", "--device", "cpu"], "too small")
 
 
-def test_empty_and_boxless_annotation_files(tmp_path):
+def test_empty_and_boxless_annotation_files(tmp_path, cli, write_coco):
     empty = tmp_path / "empty.json"
     empty.write_bytes(b"")
-    _fails(["--coco", str(empty)], "empty.json", "empty file")
-    none = _write_coco(tmp_path / "none.json", [], [])
-    _fails(["--coco", str(none)], "no boxes to inspect")
+    _fails(cli, ["--coco", str(empty)], "empty.json", "empty file")
+    none = write_coco(tmp_path / "none.json", [], [], THING)
+    _fails(cli, ["--coco", str(none)], "no boxes to inspect")
 
 
-def test_zero_area_boxes_are_counted_not_crashed_on(tmp_path):
+def test_zero_area_boxes_are_counted_not_crashed_on(tmp_path, cli, write_coco):
     image = {"id": 7, "file_name": "x.jpg", "width": 640, "height": 480}
     anns = [
         {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 40]},
@@ -324,18 +314,18 @@ def test_zero_area_boxes_are_counted_not_crashed_on(tmp_path):
         {"id": 4, "image_id": 7, "category_id": 1, "bbox": [100, 100, 120, 90]},
         {"id": 5, "image_id": 7, "category_id": 1, "bbox": [1, 1, float("inf"), 5]},
     ]
-    report = inspect_dataset(_write_coco(tmp_path / "z.json", [image], anns), _cfg())
+    report = inspect_dataset(write_coco(tmp_path / "z.json", [image], anns, THING), _cfg())
     assert report.skipped["zero_area"] == 2
     assert report.skipped["invalid"] == 1 and np.isfinite(report.best_iou).all()
     assert report.overall.boxes == 2
     assert any("zero width or height" in line for line in report.verdict)
-    only_zero = _write_coco(tmp_path / "only.json", [image], anns[1:3])
-    _fails(["--coco", str(only_zero)], "no boxes to inspect", "2 zero area")
+    only_zero = write_coco(tmp_path / "only.json", [image], anns[1:3], THING)
+    _fails(cli, ["--coco", str(only_zero)], "no boxes to inspect", "2 zero area")
 
 
-def test_image_or_coco_exactly_one(tmp_path):
-    _fails([], "exactly one")
-    _fails(["x.jpg", "--coco", "y.json"], "exactly one")
+def test_image_or_coco_exactly_one(tmp_path, cli):
+    _fails(cli, [], "exactly one")
+    _fails(cli, ["x.jpg", "--coco", "y.json"], "exactly one")
 
 
 def test_padded_size():

@@ -4,15 +4,9 @@ import json
 import subprocess
 import sys
 
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
-
-runner = CliRunner()
-
-
-def test_help_lists_commands_with_descriptions():
-    result = runner.invoke(app, ["--help"])
+def test_help_lists_commands_with_descriptions(cli):
+    result = cli(["--help"])
     assert result.exit_code == 0
     assert "info" in result.output and "architecture" in result.output
 
@@ -24,8 +18,8 @@ def test_python_dash_m_works():
     assert out.returncode == 0 and out.stdout.startswith("fpncli ")
 
 
-def test_info_default_is_the_papers_r50_fpn():
-    result = runner.invoke(app, ["info", "--json"])
+def test_info_default_is_the_papers_r50_fpn(cli):
+    result = cli(["info", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["backbone"] == "resnet50" and summary["neck"] == "fpn"
@@ -40,27 +34,27 @@ def test_info_default_is_the_papers_r50_fpn():
     assert 41_000_000 < summary["parameters"] < 42_500_000  # torchvision's R50-FPN: 41.8 M at 91 classes
 
 
-def test_info_table_for_small_configuration():
-    result = runner.invoke(app, ["info", "--preset", "tiny", "--fpn-channels", "32"], terminal_width=160)
+def test_info_table_for_small_configuration(cli):
+    result = cli(["info", "--preset", "tiny", "--fpn-channels", "32"], terminal_width=160)
     assert result.exit_code == 0, result.output
     for text in ("resnet18", "p2", "p6", "32", "parameters"):
         assert text in result.output
 
 
-def test_user_errors_are_one_line_exit_1(tmp_path):
+def test_user_errors_are_one_line_exit_1(tmp_path, cli):
     missing = tmp_path / "missing.pt"
-    result = runner.invoke(app, ["info", "--weights", str(missing)])
+    result = cli(["info", "--weights", str(missing)])
     assert result.exit_code == 1
     assert "no such file" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["info", "--preset", "huge"])
+    result = cli(["info", "--preset", "huge"])
     assert result.exit_code == 1 and "unknown preset 'huge'" in result.output
 
 
-def test_usage_errors_exit_2():
-    result = runner.invoke(app, ["info", "--fpn-channels", "many"])
+def test_usage_errors_exit_2(cli):
+    result = cli(["info", "--fpn-channels", "many"])
     assert result.exit_code == 2
 
 
-def test_debug_flag_shows_the_traceback(tmp_path):
-    result = runner.invoke(app, ["--debug", "info", "--weights", str(tmp_path / "x.pt")])
+def test_debug_flag_shows_the_traceback(tmp_path, cli):
+    result = cli(["--debug", "info", "--weights", str(tmp_path / "x.pt")])
     assert result.exit_code == 1 and result.exception is not None

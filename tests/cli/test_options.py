@@ -14,8 +14,6 @@ from fpncli.cli.app import app
 from fpncli.config import architecture_options
 from fpncli.modeling.necks.registry import neck_options
 
-runner = CliRunner()
-
 
 def _flags(command: str) -> set[str]:
     root = typer.main.get_command(app)
@@ -23,8 +21,8 @@ def _flags(command: str) -> set[str]:
     return {opt for p in cmd.params for opt in p.opts}
 
 
-def _error(args: list[str]) -> str:
-    result = runner.invoke(app, args)
+def _error(cli, args: list[str]) -> str:
+    result = cli(args)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
@@ -64,7 +62,7 @@ def test_a_neck_added_to_the_registry_gets_its_flag_everywhere(monkeypatch):
 
     toy_app = typer.Typer()
     toy_app.command()(model_options(command))
-    result = runner.invoke(toy_app, ["--toy-width", "8"])
+    result = CliRunner().invoke(toy_app, ["--toy-width", "8"])
     assert result.exit_code == 0, result.output
     assert seen == {"roi_sampling_ratio": 8}
 
@@ -88,14 +86,14 @@ def test_a_neck_added_to_the_registry_gets_its_flag_everywhere(monkeypatch):
         (["ablation", "--necks", "nasfpn", "--nasfpn-norm", "ln"], "--nasfpn-norm: unknown nasfpn_norm 'ln'"),
     ],
 )
-def test_options_that_would_do_nothing_or_are_wrong_are_one_line(args, message):
-    assert message in _error(args)
+def test_options_that_would_do_nothing_or_are_wrong_are_one_line(args, message, cli):
+    assert message in _error(cli, args)
 
 
-def test_inspect_levels_and_train_refuse_before_any_work(tmp_path, coco_tiny):
+def test_inspect_levels_and_train_refuse_before_any_work(tmp_path, coco_tiny, cli):
     ann = coco_tiny / "annotations" / "instances_val2017.json"
     line = _error(
-        ["inspect-levels", "--coco", str(ann), "--nasfpn-stacks", "2", "--out", str(tmp_path / "i")]
+        cli, ["inspect-levels", "--coco", str(ann), "--nasfpn-stacks", "2", "--out", str(tmp_path / "i")]
     )
     assert "--nasfpn-stacks: only for --neck nasfpn" in line and not (tmp_path / "i").exists()
     args = [
@@ -109,19 +107,19 @@ def test_inspect_levels_and_train_refuse_before_any_work(tmp_path, coco_tiny):
         "--out",
         str(tmp_path / "t"),
     ]
-    assert "--rfp-steps: only for --neck rfp" in _error([*args, "--rfp-steps", "3"])
+    assert "--rfp-steps: only for --neck rfp" in _error(cli, [*args, "--rfp-steps", "3"])
     assert not (tmp_path / "t").exists()
 
 
-def test_resume_refuses_what_would_change_the_run_and_says_what_changes(tmp_path):
+def test_resume_refuses_what_would_change_the_run_and_says_what_changes(tmp_path, cli):
     """`fpn train --resume RUN --sac --neck rfp --fpn-channels 32` used to train RUN's fpn."""
-    line = _error(["train", "--resume", str(tmp_path), "--sac", "--neck", "rfp", "--fpn-channels", "32"])
+    line = _error(cli, ["train", "--resume", str(tmp_path), "--sac", "--neck", "rfp", "--fpn-channels", "32"])
     assert line.startswith("error: --neck, --fpn-channels, --sac: --resume ")
     assert "only --iters, --epochs, --workers may change" in line
-    line = _error(["train", "--resume", str(tmp_path), "--lr", "0.1", "--data", "x"])
+    line = _error(cli, ["train", "--resume", str(tmp_path), "--lr", "0.1", "--data", "x"])
     assert line.startswith("error: --data, --lr: --resume")
     # Allowed ones are said, with the run's own values (this folder has a config, no last.pt).
     (tmp_path / "config.json").write_text(json.dumps({"train": {"out": str(tmp_path), "iters": 50}}))
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--iters", "80"])
+    result = cli(["train", "--resume", str(tmp_path), "--iters", "80"])
     assert f"resuming {tmp_path} with --iters 80 (was 50)" in result.output
     assert "nothing to resume (no last.pt)" in result.output

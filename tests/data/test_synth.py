@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.data.coco import load_coco
 from fpncli.data.synth import CLASSES, synthesize
 from fpncli.errors import FpnError
@@ -63,13 +61,11 @@ def test_synth_refuses_to_overwrite(tmp_path):
         synthesize(tmp_path / "file", train=1, val=1)
 
 
-def test_synth_cli(tmp_path):
-    result = CliRunner().invoke(
-        app, ["data", "synth", str(tmp_path / "ds"), "--train", "3", "--val", "2", "--seed", "5"]
-    )
+def test_synth_cli(tmp_path, cli):
+    result = cli(["data", "synth", str(tmp_path / "ds"), "--train", "3", "--val", "2", "--seed", "5"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ds" / "annotations" / "instances_train.json").is_file()
-    again = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "ds"), "--train", "3"])
+    again = cli(["data", "synth", str(tmp_path / "ds"), "--train", "3"])
     assert again.exit_code == 1 and "already exists" in again.output
-    bad = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "x"), "--train", "-1"])
+    bad = cli(["data", "synth", str(tmp_path / "x"), "--train", "-1"])
     assert bad.exit_code != 0

@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from fpncli.errors import FpnError
 from fpncli.evaluation.coco_eval import METRIC_KEYS, resolve_backend
 from fpncli.evaluation.evaluate import evaluate_results
-
-runner = CliRunner()
 
 
 def _dataset() -> dict:
@@ -237,14 +234,12 @@ def test_results_mode_does_not_import_torch(tmp_path):
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
-def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path):
-    from fpncli.cli.app import app
+def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path, cli):
 
     ann = _write(tmp_path / "ann.json", _dataset())
     res = _write(tmp_path / "res.json", _results())
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
+    result = cli(
         ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--backend", "pycocotools"],
     )
     assert result.exit_code == 0, result.output
@@ -254,9 +249,7 @@ def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path):
     assert (
         "creating index" not in result.output and "Accumulating" not in result.output
     )  # pycocotools chatter
-    as_json = runner.invoke(
-        app, ["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--json"]
-    )
+    as_json = cli(["eval", "--coco", str(ann), "--results", str(res), "--out", str(out), "--json"])
     assert json.loads(as_json.stdout)["AP"] == pytest.approx(saved["AP"], abs=1e-12)
 
 
@@ -272,24 +265,21 @@ def test_cli_results_mode_prints_tables_and_writes_metrics(tmp_path):
         (["--weights", "none", "--images", "."], "random model"),
     ],
 )
-def test_cli_mistakes_are_one_line_errors(tmp_path, args, message):
-    from fpncli.cli.app import app
+def test_cli_mistakes_are_one_line_errors(tmp_path, args, message, cli):
 
     ann = _write(tmp_path / "ann.json", _dataset())
     res = _write(tmp_path / "res.json", _results())
     bad = _write(tmp_path / "bad.json", "[{")
     args = [a.format(res=res, bad=bad) for a in args]
-    result = runner.invoke(app, ["eval", "--coco", str(ann), *args, "--out", str(tmp_path / "o")])
+    result = cli(["eval", "--coco", str(ann), *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow
-def test_cli_model_mode_with_a_checkpoint_and_missing_images(tmp_path, tiny_checkpoint):
+def test_cli_model_mode_with_a_checkpoint_and_missing_images(tmp_path, tiny_checkpoint, cli):
     """A real (random) tiny model over 2 generated images; the third image file is missing."""
     from PIL import Image
-
-    from fpncli.cli.app import app
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -297,8 +287,7 @@ def test_cli_model_mode_with_a_checkpoint_and_missing_images(tmp_path, tiny_chec
         Image.new("RGB", (200, 200), colour).save(images / name)
     ann = _write(tmp_path / "ann.json", _dataset())  # empty.jpg is not in the folder
     out = tmp_path / "out"
-    result = runner.invoke(
-        app,
+    result = cli(
         [
             "eval",
             "--coco",

@@ -8,9 +8,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.errors import FpnError
 from fpncli.inference.augment import (
     MAX_VIEWS,
@@ -28,7 +26,6 @@ from fpncli.inference.augment import (
 from fpncli.inference.detect import DetectOptions, run_detect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -165,7 +162,7 @@ def test_flip_tta_is_symmetric(model):
     assert torch.equal(a["labels"][order_a], b["labels"][order_b])
 
 
-def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model):
+def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model, cli):
     from fpncli.checkpoint import save_checkpoint
 
     tiny_model.config = tiny_model.config.replace(box_score_thresh=0.0)
@@ -195,34 +192,28 @@ def test_detect_and_eval_run_with_slice_and_tta(tmp_path, tiny_model):
     }
     (tmp_path / "ann.json").write_text(json.dumps(ann))
     args = ["eval", "--coco", str(tmp_path / "ann.json"), "--images", str(src), "--weights", weights]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ev"), "--slice", "48", "--tta", "flip"])
+    result = cli([*args, "--out", str(tmp_path / "ev"), "--slice", "48", "--tta", "flip"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["inference"] == {"tta": "flip", "slice": 48, "slice_overlap": 0.2}
-    bad = runner.invoke(
-        app, [*args, "--out", str(tmp_path / "ev2"), "--slice-overlap", "1.5", "--slice", "8"]
-    )
+    bad = cli([*args, "--out", str(tmp_path / "ev2"), "--slice-overlap", "1.5", "--slice", "8"])
     assert bad.exit_code == 1 and "--slice-overlap must be in [0, 1)" in bad.output
     assert not (tmp_path / "ev2").exists()
 
 
-def test_detect_cli_refuses_bad_tta(tmp_path):
+def test_detect_cli_refuses_bad_tta(tmp_path, cli):
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(img)
-    result = runner.invoke(
-        app, ["detect", str(img), "--weights", "none", "--out", str(tmp_path / "o"), "--tta", "x"]
-    )
+    result = cli(["detect", str(img), "--weights", "none", "--out", str(tmp_path / "o"), "--tta", "x"])
     assert result.exit_code == 1 and "--tta: unknown item 'x'" in result.output
     assert not (tmp_path / "o").exists()
 
 
-def test_synth_size_option(tmp_path):
-    result = runner.invoke(
-        app, ["data", "synth", str(tmp_path / "d"), "--train", "0", "--val", "1", "--size", "96x64"]
-    )
+def test_synth_size_option(tmp_path, cli):
+    result = cli(["data", "synth", str(tmp_path / "d"), "--train", "0", "--val", "1", "--size", "96x64"])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "d" / "val" / "000000.png").size == (96, 64)
-    bad = runner.invoke(app, ["data", "synth", str(tmp_path / "e"), "--val", "1", "--size", "96"])
+    bad = cli(["data", "synth", str(tmp_path / "e"), "--val", "1", "--size", "96"])
     assert bad.exit_code == 1 and "--size: expected WxH" in bad.output
 
 
@@ -270,12 +261,10 @@ def test_tta_scale_over_the_pixel_limit_is_refused_up_front(tiny_model):
     assert "image becomes 112x89 pixels, over the limit of 9,000" in (model.size_problem(200, 160) or "")
 
 
-def test_detect_cli_refuses_overlap_without_slice_before_any_work(tmp_path):
+def test_detect_cli_refuses_overlap_without_slice_before_any_work(tmp_path, cli):
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(img)
     out = tmp_path / "o"
-    result = runner.invoke(
-        app, ["detect", str(img), "--weights", "none", "--out", str(out), "--slice-overlap", "0.5"]
-    )
+    result = cli(["detect", str(img), "--weights", "none", "--out", str(out), "--slice-overlap", "0.5"])
     assert result.exit_code == 1 and "--slice-overlap has no effect without --slice" in result.output
     assert not out.exists()

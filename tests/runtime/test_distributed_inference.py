@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.evaluation.coco_eval import METRIC_KEYS
 from fpncli.inference.sharded import predict_sharded
 
@@ -102,16 +100,16 @@ def _commands(root: Path, weights: Path, tag: str) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(data):
+def runs(data, cli):
     """The commands in one process (CliRunner), then under torchrun with 2 processes."""
     root, weights = data
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as torchrun's processes (OMP_NUM_THREADS=1): same float results
     try:
-        single = [runner_exit(args) for args in _commands(root, weights, "single")[:2]]
+        single = [runner_exit(cli, args) for args in _commands(root, weights, "single")[:2]]
         # eval computes each image with one thread whatever the process's thread count
         torch.set_num_threads(2)
-        single.append(runner_exit(_commands(root, weights, "threads")[1]))
+        single.append(runner_exit(cli, _commands(root, weights, "threads")[1]))
     finally:
         torch.set_num_threads(threads)  # later tests expect conftest's setting
     script = root / "run_commands.py"
@@ -124,8 +122,8 @@ def runs(data):
     return root, single, proc, codes
 
 
-def runner_exit(args: list[str]) -> int:
-    result = CliRunner().invoke(app, args)
+def runner_exit(cli, args: list[str]) -> int:
+    result = cli(args)
     assert "Traceback" not in result.output, result.output
     return result.exit_code
 

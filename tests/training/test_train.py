@@ -8,10 +8,8 @@ import signal
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fpncli.checkpoint import read_checkpoint
-from fpncli.cli.app import app
 from fpncli.data.synth import synthesize
 from fpncli.errors import FpnError
 from fpncli.training.config import TrainConfig
@@ -138,7 +136,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good(shapes, tmp_path, mon
     )
 
 
-def test_bad_inputs(shapes, tmp_path):
+def test_bad_inputs(shapes, tmp_path, cli):
     with pytest.raises(FpnError, match="no training data"):
         train(TrainConfig(out=str(tmp_path / "x")))
     with pytest.raises(FpnError, match="nothing to resume"):
@@ -149,9 +147,7 @@ def test_bad_inputs(shapes, tmp_path):
     synthesize(empty, train=0, val=0)
     with pytest.raises(FpnError, match="no usable training images"):
         train(_cfg(empty, tmp_path / "z", iters=1))
-    result = CliRunner().invoke(
-        app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
-    )
+    result = cli(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "dataset folder not found" in result.output
 
 
@@ -167,7 +163,7 @@ def test_paper_recipe_defaults_and_schedule(shapes):
 
 
 @pytest.mark.slow
-def test_cli_train_and_resume(shapes, tmp_path):
+def test_cli_train_and_resume(shapes, tmp_path, cli):
     run = tmp_path / "cli"
     args = [
         "train",
@@ -190,16 +186,12 @@ def test_cli_train_and_resume(shapes, tmp_path):
         "--eval-every",
         "-1",
     ]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    result = cli(args, env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert "trained 2 iterations" in result.output and str(run) in result.output
     assert json.loads((run / "config.json").read_text())["model"]["min_size"] == 64
-    more = CliRunner().invoke(
-        app, ["train", "--resume", str(run), "--iters", "3", "--workers", "0"], env={"COLUMNS": "400"}
-    )
+    more = cli(["train", "--resume", str(run), "--iters", "3", "--workers", "0"], env={"COLUMNS": "400"})
     assert more.exit_code == 0, more.output
     assert read_checkpoint(run / "last.pt")["train_state"]["iteration"] == 3
-    bad = CliRunner().invoke(
-        app, ["train", "--data", str(shapes), "--out", str(tmp_path / "b"), "--train-sizes", "10,abc"]
-    )
+    bad = cli(["train", "--data", str(shapes), "--out", str(tmp_path / "b"), "--train-sizes", "10,abc"])
     assert bad.exit_code != 0

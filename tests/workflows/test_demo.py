@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from fpncli.cli.app import app
 from fpncli.errors import FpnError
 from fpncli.workflows.demo import DemoConfig, _prepare
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_small_budget(tmp_path):
+def test_demo_end_to_end_small_budget(tmp_path, cli):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app,
+    result = cli(
         ["demo", "--out", str(out), "--iters", "2", "--train-images", "8", "--val-images", "3"],
         env={"COLUMNS": "400"},
     )
