@@ -17,7 +17,7 @@ of two intervals, a trapezoid in ``cx`` symmetric about the centre-aligned posit
 non-increasing away from it (same for ``oy``). IoU = I / (A_box + A_anchor - I) grows with
 I, so the best anchor of that shape is at the grid column nearest the aligned position
 times the grid row nearest it: one of the two grid points either side on each axis
-(clamped to the grid). ``tests/test_inspect_levels.py`` checks this against the IoU matrix
+(clamped to the grid). ``tests/analysis/test_inspect_levels.py`` checks this against the IoU matrix
 with every anchor of torchvision's generator on random boxes.
 """
 

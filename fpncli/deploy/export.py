@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMATS = ("onnx", "torchscript")
 # Options a format cannot express: (config field, value) -> (those formats, reason). Every
-# neck and RoI-pooling option of the registry exports today (tests/test_export.py keeps that
+# neck and RoI-pooling option of the registry exports today (tests/deploy/test_export.py keeps that
 # true); an option that cannot is listed here and refused with its reason, before any work.
 REFUSED: dict[tuple[str, Any], tuple[tuple[str, ...], str]] = {
     ("sac_deform", True): (

@@ -6,7 +6,7 @@ go through here, so every figure fpncli prints comes from the same COCO API call
 The numbers are pycocotools' ``COCOeval`` numbers on the same inputs. ``faster-coco-eval``
 (the optional extra ``fast``: ``pip install "fpncli[fast]"``) implements the same matching
 and accumulation in C++; ``backend="auto"`` uses it when it is installed and falls back to
-pycocotools otherwise. ``tests/test_eval_coco.py`` checks both against pycocotools' own
+pycocotools otherwise. ``tests/evaluation/test_eval_coco.py`` checks both against pycocotools' own
 ``COCOeval``.
 
 This module imports neither torch nor matplotlib.

@@ -3,7 +3,7 @@
 The numbers are pycocotools' ``COCOeval`` numbers on the same inputs. ``faster-coco-eval``
 (the optional extra ``fast``: ``pip install "fpncli[fast]"``) implements the same matching
 and accumulation in C++; ``backend="auto"`` uses it when it is installed and falls back to
-pycocotools otherwise. ``tests/test_eval_coco.py`` checks both against pycocotools' own
+pycocotools otherwise. ``tests/evaluation/test_eval_coco.py`` checks both against pycocotools' own
 ``COCOeval``; ``scripts/bench_eval.py`` measures the speed-up.
 
 Category ids: result files carry dataset category ids (COCO's 1..90 with gaps); the model

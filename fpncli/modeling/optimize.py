@@ -9,7 +9,7 @@
   multiply-adds: the ResNet's middle convs, the FPN's output convs and the RPN head) go
   through NNPACK's Winograd transform, which needs about a third of the multiplications. Its
   results differ from a direct convolution by ~1e-5 relative (float rounding of a
-  different sum order); ``tests/test_predict.py`` and ``scripts/bench_detect.py`` check that
+  different sum order); ``tests/inference/test_predict.py`` and ``scripts/bench_detect.py`` check that
   the detections stay the same.
 
 Both change parameter names and layouts, so an optimised model is for inference only:
@@ -206,7 +206,7 @@ def optimize_for_inference(
     on the CPU Winograd saves far more than the layout does; use channels-last on CUDA.
 
     The detections stay those of the original model up to float rounding (see
-    ``tests/test_predict.py`` and ``scripts/bench_detect.py``).
+    ``tests/inference/test_predict.py`` and ``scripts/bench_detect.py``).
     """
     if not inplace:
         model = copy.deepcopy(model)
