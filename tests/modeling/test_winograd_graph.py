@@ -164,32 +164,31 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
     assert json.loads(props["fpncli_export"])["winograd_convs"] == 0
 
 
-def test_a_failed_winograd_check_names_the_way_out(small_checkpoint, tmp_path, wide_enough, monkeypatch):
+def test_a_graph_failing_with_and_without_winograd_is_refused_naming_both(
+    small_checkpoint, tmp_path, wide_enough, monkeypatch
+):
+    """A Winograd graph that fails alone falls back to direct convolutions (tests/deploy);
+    one that fails both ways is refused with the direct graph's line and the Winograd one's."""
     import fpncli.deploy.export as E
+    import fpncli.deploy.fresh_run as R
 
-    real = E._runner
+    real = R.run_fresh
 
-    def shifted(data, fmt):
-        run = real(data, fmt)
-        return lambda image: (lambda b, s, lab: (b + 0.05, s, lab))(*run(image))
+    def shifted(path, images):  # every box a pixel off, whatever the graph
+        return [(r[0] + 1.0, r[1], r[2]) for r in real(path, images)]
 
-    monkeypatch.setattr(E, "_runner", shifted)
+    monkeypatch.setattr(R, "run_fresh", shifted)
     out = tmp_path / "m.onnx"
-    with pytest.raises(FpnError, match=re.escape("--no-winograd exports direct ones")) as info:
+    with pytest.raises(FpnError, match=re.escape("(the Winograd graph failed too: on ")) as info:
         E.run_export(E.ExportOptions(str(small_checkpoint), "onnx", out))
-    assert "self-check failed on" in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("self-check failed on") and "\n" not in str(info.value)
     assert not out.exists()
 
-    def failing(data, fmt):  # a graph the runtime cannot run
-        def run(image):
-            raise RuntimeError("DepthToSpace: bad block size\nsecond line")
+    def failing(path, images):  # a graph the runtime cannot run
+        return ["DepthToSpace: bad block size" for _ in images]
 
-        return run
-
-    monkeypatch.setattr(E, "_runner", failing)
-    with pytest.raises(
-        FpnError, match=r"model raised \(DepthToSpace: bad block size\).*--no-winograd"
-    ) as info:
+    monkeypatch.setattr(R, "run_fresh", failing)
+    with pytest.raises(FpnError, match=r"model raised \(DepthToSpace: bad block size\).*failed too") as info:
         E.run_export(E.ExportOptions(str(small_checkpoint), "onnx", out))
     assert "\n" not in str(info.value) and not out.exists()
 
