@@ -33,6 +33,7 @@ class AFPBoxHead(nn.Module):
             raise ValueError(f"AFP needs at least one level, got {num_levels}")
         self.fc6 = nn.ModuleList(nn.Linear(in_features, representation_size) for _ in range(num_levels))
         self.fc7 = nn.Linear(representation_size, representation_size)
+        self.in_features = in_features
 
     @property
     def num_levels(self) -> int:
@@ -45,7 +46,9 @@ class AFPBoxHead(nn.Module):
             raise ValueError(
                 f"AFP head expects pooled RoIs [N, {self.num_levels}, C, S, S], got {list(x.shape)}"
             )
-        flat = x.flatten(start_dim=2)
+        # Not flatten(start_dim=2): ONNX exports that as Reshape(N, L, -1), which fails on an
+        # image without RoIs (-1 is ambiguous for an empty tensor); C*S*S is fixed.
+        flat = x.reshape(-1, self.num_levels, self.in_features)
         return torch.stack([fc(flat[:, i]) for i, fc in enumerate(self.fc6)], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -76,7 +76,9 @@ def assign_level(
         ``min_level`` (their size is taken as 0) instead of producing NaN.
     """
     boxes = torch.as_tensor(boxes)
-    if boxes.numel() == 0:
+    # Not while tracing (fpn export): the test would freeze the example's "no boxes" answer
+    # into the graph; the arithmetic below gives the same empty result.
+    if boxes.numel() == 0 and not torch.jit.is_tracing():
         return torch.zeros((0,), dtype=torch.int64, device=boxes.device)
     boxes = boxes.reshape(-1, 4)
     if not boxes.is_floating_point():

@@ -59,11 +59,15 @@ class LevelRoIPooler(MultiScaleRoIAlign):
             return self._align(maps[0], rois, self.levels[0])
         target = assign_level(rois[:, 1:], self.min_level, self.max_level) - self.min_level
         first = maps[0]
-        out = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
+        # Zeros [N, C, S, S] from rois' own shape, and a scatter rather than `out[picked] =
+        # pooled`: a trace of that index_put (or of new_zeros((N, ...))) bakes the trace
+        # example's number of RoIs on each level into the graph (issue #26).
+        out = torch.zeros_like(rois[:, :1, None, None], dtype=first.dtype)
+        out = out.expand(-1, first.shape[1], *self.output_size)
         for index, (spec, fmap) in enumerate(zip(self.levels, maps)):
             picked = torch.where(target == index)[0]
-            pooled = self._align(fmap, rois[picked], spec)
-            out[picked] = pooled.to(out.dtype)
+            pooled = self._align(fmap, rois[picked], spec).to(out.dtype)
+            out = out.scatter(0, picked.view(-1, 1, 1, 1).expand_as(pooled), pooled)
         return out
 
     def _align(self, fmap: Tensor, rois: Tensor, spec: LevelSpec) -> Tensor:

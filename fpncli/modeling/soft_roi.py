@@ -40,6 +40,7 @@ class SoftRoISelection(AllLevelRoIPooler):
     ) -> None:
         super().__init__(levels, output_size, sampling_ratio, aligned)
         n = len(self.levels)
+        self.pooled_channels = n * channels  # L*C, the attention's input
         self.attention = nn.Sequential(
             nn.Conv2d(n * channels, channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, n, 3, padding=1)
         )
@@ -51,7 +52,10 @@ class SoftRoISelection(AllLevelRoIPooler):
     def level_weights(self, pooled: Tensor) -> Tensor:
         """``Tensor[N, L, C, S, S]`` pooled RoIs -> ``Tensor[N, L, S, S]``: each level's
         sigmoid weight at each cell of the pooled grid (independent per level, in 0..1)."""
-        return torch.sigmoid(self.attention(pooled.flatten(1, 2)))
+        # Not flatten(1, 2): ONNX exports that as Reshape(N, -1, S, S), which fails on an
+        # image without RoIs (-1 is ambiguous for an empty tensor); L*C is fixed.
+        flat = pooled.reshape(-1, self.pooled_channels, *pooled.shape[3:])
+        return torch.sigmoid(self.attention(flat))
 
     def select(self, pooled: Tensor) -> Tensor:
         """``Tensor[N, L, C, S, S]`` -> ``Tensor[N, C, S, S]``: ``sum_l w_l * roi_l``."""
