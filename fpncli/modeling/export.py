@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.ops import boxes as box_ops
 
 from fpncli.errors import FpnError
 from fpncli.weight_files import ONNX_METADATA_KEY, TORCHSCRIPT_METADATA  # where the metadata goes
@@ -49,6 +50,7 @@ class ExportableDetector(nn.Module):
     mean: Tensor
     std: Tensor
     size_limits: Tensor
+    reported: Tensor
 
     def __init__(self, model: FPNFasterRCNN) -> None:
         super().__init__()
@@ -71,6 +73,14 @@ class ExportableDetector(nn.Module):
         for i, cell in enumerate(anchors.cell_anchors):
             self.register_buffer(f"cell_anchors_{i}", cell.clone())
         self.num_levels = len(anchors.cell_anchors)
+        from fpncli.modeling.coco_classes import UNUSED_CLASS
+
+        # Classes fpn detect never reports (COCO_V1's "N/A" placeholders): dropped in the graph
+        # before NMS and the top-k, as the PyTorch path drops them before its top-k (issue #26).
+        names = list(model.config.class_names)
+        self.num_classes = len(names) + 1  # with the background
+        self.filters_classes = UNUSED_CLASS in names
+        self.register_buffer("reported", torch.tensor([name != UNUSED_CLASS for name in names]))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = torch._shape_as_tensor(image)  # traced as a Shape op: stays dynamic
@@ -109,14 +119,43 @@ class ExportableDetector(nn.Module):
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         proposals = rpn.box_coder.decode(deltas.detach(), [anchors]).view(1, -1, 4)
         boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
-        detections, _ = self.roi_heads(features, boxes, images.image_sizes)
-        det = detections[0]
+        b, scores, labels = self._detections(features, boxes[0], image_size)
         ratio = original.to(torch.float32) / resized.to(torch.float32)
-        b = det["boxes"]
         boxes_out = torch.stack(
             [b[:, 0] * ratio[1], b[:, 1] * ratio[0], b[:, 2] * ratio[1], b[:, 3] * ratio[0]], dim=1
         )
-        return boxes_out, det["scores"], det["labels"]
+        return boxes_out, scores, labels
+
+    def _detections(
+        self, features: dict[str, Tensor], proposals: Tensor, image_size: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """torchvision's ``RoIHeads`` in eval mode (pool, box head, predictor,
+        ``postprocess_detections``) for one image, with every size data-dependent in the
+        graph, and unreported classes dropped before the score test, NMS and the top-k.
+
+        Written out rather than called: ``BoxCoder.decode`` reshapes to ``(number of RoIs,
+        -1)``, which fails on an image without RoIs (and eager skips it with a Python ``if``
+        the trace freezes)."""
+        heads = self.roi_heads
+        pooled = heads.box_roi_pool(features, [proposals], [image_size])
+        class_logits, box_regression = heads.box_predictor(heads.box_head(pooled))
+        k = self.num_classes
+        boxes = heads.box_coder.decode_single(box_regression, proposals).reshape(-1, k, 4)
+        boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+        scores = F.softmax(class_logits, -1)
+        labels = torch.arange(k).view(1, -1).expand_as(scores)
+        # Without the background; every (RoI, class) pair a candidate.
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:], labels[:, 1:].reshape(-1)
+        passed = scores > heads.score_thresh
+        if self.filters_classes:
+            passed = passed & self.reported.view(1, -1)
+        scores = scores.reshape(-1)
+        inds = torch.where(passed.reshape(-1))[0]
+        boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        return boxes[keep], scores[keep], labels[keep]
 
     def _anchors(self, maps: list[Tensor], padded: Tensor) -> Tensor:
         """Anchors of every level for this image's maps: ``Tensor[sum_l H_l W_l A_l, 4]``."""
