@@ -91,31 +91,63 @@ def check_outputs(
 LEDGER_NAME = ".fpn-outputs.json"
 
 
-def read_ledger(folder: PathLike) -> set[Path]:
-    """The files an earlier run listed as its own in ``folder`` (resolved paths; empty when
-    there is no ledger or it cannot be read: then nothing there counts as ours)."""
+def _fingerprint(path: Path) -> list[int] | None:
+    """``[size, mtime_ns]`` of a file, or None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _ledger_entries(folder: Path) -> dict[Path, list[int] | None]:
+    """The ledger of ``folder``: resolved path -> the fingerprint recorded once the file was
+    written (None: listed, not yet written or the run was killed)."""
     import json
 
-    folder = Path(folder)
     try:
-        entries = json.loads((folder / LEDGER_NAME).read_text(encoding="utf-8")).get("files", [])
+        files = json.loads((folder / LEDGER_NAME).read_text(encoding="utf-8")).get("files", {})
     except (OSError, ValueError, AttributeError):
-        return set()
+        return {}
+    if isinstance(files, list):  # a ledger of names only
+        files = dict.fromkeys(files)
+    if not isinstance(files, dict):
+        return {}
     root = Path(os.path.abspath(folder)).resolve()
-    return {(root / e).resolve() for e in entries if isinstance(e, str) and not os.path.isabs(e)}
+    out: dict[Path, list[int] | None] = {}
+    for name, mark in files.items():
+        if isinstance(name, str) and not os.path.isabs(name):
+            out[(root / name).resolve()] = mark if isinstance(mark, list) else None
+    return out
 
 
-def record_outputs(folder: PathLike, files: Iterable[PathLike]) -> None:
+def read_ledger(folder: PathLike) -> set[Path]:
+    """The files of ``folder`` an earlier run wrote and nobody has replaced since (resolved
+    paths): listed in its ledger, with the size and modification time recorded after the
+    write (or none recorded, when that run was stopped). Empty when there is no ledger or it
+    cannot be read: then nothing there counts as ours."""
+    return {
+        path
+        for path, mark in _ledger_entries(Path(folder)).items()
+        if mark is None or not path.exists() or _fingerprint(path) == mark
+    }
+
+
+def record_outputs(folder: PathLike, files: Iterable[PathLike], written: bool = False) -> None:
     """Add ``files`` (inside ``folder``) to ``folder``'s ledger, atomically; entries whose
-    files are gone are dropped. Call it before writing those files."""
+    files are gone are dropped. Call it before writing those files, and with ``written``
+    after: each file's size and modification time are then recorded, so that a file
+    someone puts at that name later is not taken for ours."""
     from fpncli.atomic import write_json
 
     folder = Path(folder)
     root = Path(os.path.abspath(folder)).resolve()
-    kept = {p for p in read_ledger(folder) if p.exists()}
-    kept.update(Path(os.path.abspath(f)).resolve() for f in files)
-    entries = sorted(p.relative_to(root).as_posix() for p in kept if root in p.parents)
-    write_json(folder / LEDGER_NAME, {"written_by": "fpncli", "files": entries})
+    entries = {p: m for p, m in _ledger_entries(folder).items() if p.exists() and p in read_ledger(folder)}
+    for f in files:
+        path = Path(os.path.abspath(f)).resolve()
+        entries[path] = _fingerprint(path) if written else entries.get(path)
+    listed = {p.relative_to(root).as_posix(): m for p, m in sorted(entries.items()) if root in p.parents}
+    write_json(folder / LEDGER_NAME, {"written_by": "fpncli", "files": listed})
 
 
 def _derived_name(path: Path, n: int) -> Path:

@@ -2,16 +2,12 @@
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fpncli.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
-from fpncli.cli.app import app
 from fpncli.errors import FpnError
 from fpncli.modeling.torchvision_keys import fpncli_to_torchvision
 from fpncli.modeling.weights import load_detector
 from fpncli.weight_files import FORMAT
-
-runner = CliRunner()
 
 
 def _outputs(model, seed=0):
@@ -136,12 +132,12 @@ def test_missing_file_and_folder(tmp_path):
         (b"\x80\x02}q\x00(X\x01", "truncated or corrupt"),
     ],
 )
-def test_unreadable_files_say_what_they_are_never_to_unpickle(tmp_path, content, reason):
+def test_unreadable_files_say_what_they_are_never_to_unpickle(tmp_path, content, reason, cli):
     """fpn info on a text file used to pass on torch's advice "weights_only=False will likely
     succeed", i.e. unpickle it. The reason is ours, and never suggests unpickling."""
     path = tmp_path / "w.pt"
     path.write_bytes(content)
-    result = runner.invoke(app, ["info", "--weights", str(path)])
+    result = cli(["info", "--weights", path])
     assert result.exit_code == 1
     (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
     assert line == f"error: {path}: not a readable PyTorch weights file: {reason}"

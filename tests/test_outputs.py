@@ -51,7 +51,7 @@ def test_ledger_round_trip_prunes_gone_files_and_survives_a_broken_ledger(tmp_pa
     assert read_ledger(tmp_path) == {a.resolve()}
     (tmp_path / LEDGER_NAME).write_text("{not json")
     assert read_ledger(tmp_path) == set()  # nothing counts as ours: nothing is replaced
-    (tmp_path / LEDGER_NAME).write_text(json.dumps({"files": ["/etc/passwd", "../x.png", 3]}))
+    (tmp_path / LEDGER_NAME).write_text(json.dumps({"files": ["/etc/passwd", "../x.png", 3]}))  # names only
     assert read_ledger(tmp_path) == {(tmp_path.parent / "x.png").resolve()}
     assert read_ledger(tmp_path / "missing") == set()
 
@@ -115,3 +115,19 @@ def test_detect_with_no_draw_writes_no_ledger(tmp_path, make_image, detect_weigh
     result = _detect(cli, src, "--weights", detect_weights, "--out", tmp_path, "--no-draw")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / LEDGER_NAME).exists() and src.is_file()
+
+
+def test_a_file_put_where_a_copy_was_is_the_users(tmp_path, make_image, detect_weights, cli):
+    """The ledger records each copy's size and time once written: a photo a user later puts
+    at that name is theirs, and the next run writes beside it."""
+    src = make_image(tmp_path / "in" / "x.jpg")
+    out = tmp_path / "o"
+    assert _detect(cli, src, "--weights", detect_weights, "--out", out).exit_code == 0
+    theirs = make_image(out / "x.jpg", seed=9)  # replaces our copy with their own photo
+    before = theirs.read_bytes()
+    result = _detect(cli, src, "--weights", detect_weights, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert theirs.read_bytes() == before and (out / "x_det.jpg").is_file()
+    # Our own copy, untouched since, is replaced on a rerun (no x_det2.jpg).
+    assert _detect(cli, src, "--weights", detect_weights, "--out", out).exit_code == 0
+    assert not (out / "x_det2.jpg").exists()

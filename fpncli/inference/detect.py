@@ -287,6 +287,14 @@ def run_detect(
     if main and options.draw:
         # Listed before they are written, so no later run takes them for the user's files.
         record_outputs(out_dir, [t for t in [*targets, *video_targets] if t is not None])
+
+    def seal() -> None:
+        """Record the written copies' size and time in the ledger: a file someone puts at
+        one of these names later is theirs, not ours."""
+        if main and options.draw:
+            written = [t for t in [*targets, *video_targets] if t is not None and t.exists()]
+            record_outputs(out_dir, written, written=True)
+
     # A killed earlier run may have left temporaries of annotated images: clean each folder once.
     for folder in sorted({t.parent for t in [*targets, *video_targets] if t is not None}):
         remove_stale_temporaries(folder, any_name=True)
@@ -419,11 +427,13 @@ def run_detect(
         # Keep what is done (e.g. the disk filled while drawing): record the finished images,
         # then report the original error (a second write failure must not hide it).
         _finish(drawer, summary, start)
-        with contextlib.suppress(FpnError):
+        with contextlib.suppress(FpnError, OSError):
             flush()
+            seal()
         raise
     _finish(drawer, summary, start)
     flush()
+    seal()
     for f in pending:
         f.result()
     if options.coco_results is not None:

@@ -493,20 +493,14 @@ def test_broken_inputs_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatc
     assert not list(tmp_path.glob("m.*"))
 
 
-def test_corrupt_onnx_to_detect_is_one_line_error(tmp_path):
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-
+def test_corrupt_onnx_to_detect_is_one_line_error(tmp_path, cli):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x08\x07garbage that is no protobuf")
     img = tmp_path / "a.png"
     from PIL import Image
 
     Image.new("RGB", (40, 30)).save(img)
-    result = CliRunner().invoke(
-        app, ["detect", str(img), "--weights", str(bad), "--out", str(tmp_path / "o")]
-    )
+    result = cli(["detect", img, "--weights", bad, "--out", tmp_path / "o"])
     assert result.exit_code == 1
     err = result.stderr.strip()
     assert err.startswith("error:") and "model.onnx: not a readable ONNX model" in err and "\n" not in err

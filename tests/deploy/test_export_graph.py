@@ -153,8 +153,11 @@ def test_graph_traced_on_any_roi_counts_equals_pytorch(
     refs = {s: _pytorch(model, _image(s)) for s in IMAGES}
     assert len({len(r["labels"]) for r in refs.values()}) > 2  # detections vary too, 0 included
     assert any(len(r["labels"]) == 0 for r in refs.values())
+    # Both formats for the plain pooling; the other poolings share the export machinery and
+    # differ in how RoIs are pooled, so ONNX alone covers them (the suite's time on 2 cores).
+    formats = FORMATS if (neck, pooling) == ("fpn", "level") else ("onnx",)
     for example in _cover(counts):
-        for fmt in FORMATS:
+        for fmt in formats:
             run = _export(model, fmt, _image(example), monkeypatch)
             for s in IMAGES:
                 what = f"{fmt} traced on {counts[example]} RoIs per level, run on {counts[s]}"

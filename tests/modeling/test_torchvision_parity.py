@@ -324,7 +324,7 @@ def _match(
 
 
 @pytest.mark.slow
-def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
+def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path, cli):
     """Decoding in workers, BN folding, Winograd, model replicas: torchvision's detections.
 
     (Batching equal padded sizes, the CUDA path, changes float rounding the same way; its
@@ -358,10 +358,6 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
     assert total_ties <= 2, f"{total_ties} detections unmatched at near ties"
 
     # `fpn detect` end to end: predictions.json rounds boxes to 0.01 px and scores to 1e-4.
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-
     out = tmp_path / "out"
     args = ["detect", *map(str, paths), "--weights", str(weights), "--out", str(out), "--no-draw"]
     args += [
@@ -375,7 +371,7 @@ def test_detect_pipeline_gives_the_stock_loops_detections(coco_tiny, tmp_path):
         "--workers",
         "2",
     ]
-    result = CliRunner().invoke(app, args)
+    result = cli(args)
     assert result.exit_code == 0, result.output
     records = json.loads((out / "predictions.json").read_text())["images"]
     for exp, rec in zip(expected, records, strict=True):
@@ -467,14 +463,10 @@ def test_checkpoints_keep_grid_and_eps_and_old_ones_keep_theirs(tiny_config, tmp
     assert ModelConfig().anchor_grid == "stride"
 
 
-def test_info_shows_grid_and_eps(tmp_path):
-    from typer.testing import CliRunner
-
-    from fpncli.cli.app import app
-
+def test_info_shows_grid_and_eps(tmp_path, cli):
     state = _reference_shell().state_dict()
     torch.save({k: v for k, v in state.items() if "num_batches_tracked" not in k}, tmp_path / "tv.pth")
-    result = CliRunner().invoke(app, ["info", "--weights", str(tmp_path / "tv.pth"), "--json"])
+    result = cli(["info", "--weights", tmp_path / "tv.pth", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert (summary["anchor_grid"], summary["norm"], summary["frozen_bn_eps"]) == (
@@ -482,7 +474,7 @@ def test_info_shows_grid_and_eps(tmp_path):
         "frozen_bn",
         1e-5,
     )
-    result = CliRunner().invoke(app, ["info", "--preset", "tiny"], terminal_width=160)
+    result = cli(["info", "--preset", "tiny"], terminal_width=160)
     assert result.exit_code == 0 and "anchor grid: stride" in result.output
 
 
