@@ -102,6 +102,8 @@ def load_file(path: str | os.PathLike) -> Any:
         with warnings.catch_warnings():
             # torch.load warns before failing on a TorchScript archive; the error below says it.
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            # ... and about a plain pickle's protocol: the error below says what it is.
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for garbage (IndexError, EOFError, ...)
         # Never pass torch's own advice on: it suggests weights_only=False, i.e. unpickling.
@@ -117,17 +119,22 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
             head = f.read(512)
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
-    # torch.save writes a zip archive (legacy files: a pickle, protocol 2+).
-    looks_like_torch = head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path) or head[:1] == b"\x80"
-    if looks_like_torch and isinstance(exc, pickle.UnpicklingError):
+    # torch.save writes a zip archive; before PyTorch 1.6 it wrote a plain pickle stream.
+    archive = head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path)
+    if archive and isinstance(exc, pickle.UnpicklingError):
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
         return (
             f"not a safe weights file: it holds pickled Python objects{what}, which fpncli never "
             "loads (loading them can run code); save a state_dict or an fpncli checkpoint instead"
         )
-    if looks_like_torch:
+    if archive:
         return "not a readable PyTorch weights file: truncated or corrupt"
+    if head[:1] == b"\x80":  # a pickle stream: pickle.dump's, or a truncated legacy torch.save
+        return (
+            "not a readable PyTorch weights file: a Python pickle (pickle.dump's, or a damaged "
+            "pre-1.6 torch.save file), which fpncli never loads (loading one can run code)"
+        )
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

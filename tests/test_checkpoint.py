@@ -129,7 +129,7 @@ def test_missing_file_and_folder(tmp_path):
     [
         (b"hello world\nsecond line\n", "it is a text file (starts 'hello world')"),
         (bytes(range(1, 200)) * 3, "unrecognised binary data"),
-        (b"\x80\x02}q\x00(X\x01", "truncated or corrupt"),
+        (b"\x80\x02}q\x00(X\x01", "a Python pickle (pickle.dump's, or a damaged pre-1.6 torch.save file)"),
     ],
 )
 def test_unreadable_files_say_what_they_are_never_to_unpickle(tmp_path, content, reason, cli):
@@ -140,7 +140,7 @@ def test_unreadable_files_say_what_they_are_never_to_unpickle(tmp_path, content,
     result = cli(["info", "--weights", path])
     assert result.exit_code == 1
     (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
-    assert line == f"error: {path}: not a readable PyTorch weights file: {reason}"
+    assert line.startswith(f"error: {path}: not a readable PyTorch weights file: {reason}")
     assert "weights_only" not in result.output
 
 
@@ -151,3 +151,19 @@ def test_truncated_torch_archive_is_corrupt(tmp_path, tiny_checkpoint):
         FpnError, match=r"cut\.pt: not a readable PyTorch weights file: truncated or corrupt$"
     ):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_plain_pickle_is_one_line_whatever_its_protocol(tmp_path, protocol, cli):
+    """pickle.dump's files used to leak torch's multi-line warning, and protocol 2 was called
+    "truncated or corrupt"."""
+    import pickle
+
+    path = tmp_path / "p.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=protocol))
+    result = cli(["info", "--weights", path])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {path}: not a readable PyTorch weights file: a Python pickle (pickle.dump's, or a damaged "
+        "pre-1.6 torch.save file), which fpncli never loads (loading one can run code)"
+    ]

@@ -76,8 +76,10 @@ class PlainProgress:
         pass
 
     def stop(self) -> None:
+        # A task that never moved (the run stopped at an error before its first item) prints
+        # nothing: the error is the run's one line.
         for task in self._tasks:
-            if task.completed != task.printed:
+            if task.completed != task.printed and task.completed != task.initial:
                 self._print(task)
 
     def add_task(

@@ -238,6 +238,12 @@ def run_detect(
     workers = options.workers if options.workers is not None else min(4, cores)
     # On the CPU each worker is a whole single-threaded model replica (see predict_images).
     cpu_processes = workers if not cuda else 0
+    if cpu_processes and options.batch_size is not None:
+        # Each replica detects whole images one at a time: the option would do nothing.
+        raise FpnError(
+            f"--batch-size: on the CPU each of the {workers} worker replicas detects one image at "
+            "a time; batching needs --workers 0"
+        )
 
     targets: list[Path] = []
     video_targets: list[Path | None] = [None] * len(videos)

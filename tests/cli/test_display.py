@@ -46,6 +46,10 @@ def test_plain_progress_prints_periodic_lines_and_the_end(capsys):
     )
     chatty.stop()
     assert capsys.readouterr().out == ""
+    idle = PlainProgress(console, every=0)
+    idle.add_task("detect", total=5)  # an error stopped the run before its first image
+    idle.stop()
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.slow

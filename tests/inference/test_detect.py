@@ -343,3 +343,15 @@ def test_ctrl_c_leaves_valid_predictions(tmp_path, detect_weights, make_image):
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [r["file"] for r in data["images"]] == [str(sources[0])]
     assert (tmp_path / "out" / "in" / "0.png").is_file() or (tmp_path / "out" / "0.png").is_file()
+
+
+def test_batch_size_with_cpu_worker_replicas_is_refused(tmp_path, make_image, detect_weights, cli):
+    """On the CPU each worker replica detects one image at a time: --batch-size there did
+    nothing, silently (found by the hostile re-test)."""
+    img = make_image(tmp_path / "a.png")
+    base = ["detect", img, "--weights", detect_weights, "--out", tmp_path / "o", "--device", "cpu"]
+    for workers in ([], ["--workers", "2"]):
+        result = cli([*base, "--batch-size", "4", *workers])
+        assert result.exit_code == 1 and "batching needs --workers 0" in result.output, result.output
+    assert not (tmp_path / "o" / "predictions.json").exists()
+    assert cli([*base, "--batch-size", "2", "--workers", "0"]).exit_code == 0
