@@ -227,6 +227,7 @@ def test_stricter_run_options_filter_exactly_and_looser_ones_are_refused(exporte
             load_exported(path, **bad)
 
 
+@pytest.mark.slow
 def test_self_check_refuses_a_graph_that_disagrees(exported, tmp_path, monkeypatch):
     """A graph whose boxes are a pixel off on one image is refused, naming that image, and
     nothing is written (what a graph with a frozen anchor grid would get)."""
@@ -271,6 +272,7 @@ def test_a_broken_export_is_refused_normalisation_dropped(exported, tmp_path, mo
     assert "\n" not in str(info.value) and not out.exists()
 
 
+@pytest.mark.slow
 def test_winograd_graph_that_fails_falls_back_to_direct_convolutions(exported, tmp_path, monkeypatch):
     """Where the Winograd graph fails the check and the direct one passes, the direct one is
     written and the summary says so: a sound model always gets its file."""
@@ -406,6 +408,7 @@ def _neck_cases():
 _SMALL = {"nasfpn_stacks": 1, "bifpn_repeats": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("neck,pooling", _neck_cases())
 def test_every_neck_exports_equal_or_is_refused_with_a_reason(
     neck, pooling, one_thread, tmp_path, export_config, monkeypatch
@@ -600,6 +603,7 @@ def test_sac_switch_padding_traces_the_same_choice_at_every_size():
     assert switch_padding(x)[0, 0, 2, :3].tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sac_exports_and_sac_deform_goes_to_torchscript_only(fmt, one_thread, tmp_path, export_config):
     """A SAC backbone exports (ONNX) and so does the deformable one (TorchScript), equal to

@@ -141,6 +141,7 @@ def _cover(counts: dict[int, list[int]]) -> list[int]:
     return chosen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("neck,pooling", [("fpn", "level"), ("fpn", "afp"), ("fpn", "soft"), ("c4", "level")])
 def test_graph_traced_on_any_roi_counts_equals_pytorch(
     neck, pooling, export_config, spread_levels, monkeypatch
@@ -164,6 +165,7 @@ def test_graph_traced_on_any_roi_counts_equals_pytorch(
                 _assert_equal(run(_image(s)), refs[s], what)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_placeholder_classes_never_take_a_place_in_the_top_k(fmt, export_config, monkeypatch, tmp_path):
     """A COCO_V1-shaped model (91 labels, "N/A" placeholders among them) and a threshold low

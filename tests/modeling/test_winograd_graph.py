@@ -141,6 +141,7 @@ def small_checkpoint(tmp_path, export_config):
     return save_checkpoint(tmp_path / "small.pt", build_model(export_config()).eval())
 
 
+@pytest.mark.slow
 def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
     small_checkpoint, tmp_path, wide_enough, one_thread
 ):
@@ -164,6 +165,7 @@ def test_export_writes_winograd_by_default_and_no_winograd_writes_direct_convs(
     assert json.loads(props["fpncli_export"])["winograd_convs"] == 0
 
 
+@pytest.mark.slow
 def test_a_graph_failing_with_and_without_winograd_is_refused_naming_both(
     small_checkpoint, tmp_path, wide_enough, monkeypatch
 ):
@@ -193,6 +195,7 @@ def test_a_graph_failing_with_and_without_winograd_is_refused_naming_both(
     assert "\n" not in str(info.value) and not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not winograd_available(), reason="this PyTorch build has no NNPACK")
 def test_torchscript_winograd_is_fpn_detects_model_and_off_by_default(small_checkpoint, tmp_path, one_thread):
     """TorchScript --winograd traces the model as fpn detect runs it (BatchNorm folded, NNPACK

@@ -142,6 +142,7 @@ def _predictions(out: Path):
     return data
 
 
+@pytest.mark.slow
 def test_detect_under_torchrun_writes_what_one_process_writes(runs):
     root, single, proc, codes = runs
     # The unreadable image makes both runs exit 1, as documented; rank 1 prints nothing.
@@ -158,6 +159,7 @@ def test_detect_under_torchrun_writes_what_one_process_writes(runs):
     assert proc.stdout.count("images read") == 1  # one summary: rank 0's
 
 
+@pytest.mark.slow
 def test_eval_under_torchrun_gives_the_single_process_numbers(runs):
     root, single, proc, codes = runs
     assert single[1] == 0 and codes[0][1] == 0 and codes[1][1] == 0, proc.stderr[-3000:]
@@ -181,6 +183,7 @@ def test_eval_under_torchrun_gives_the_single_process_numbers(runs):
     assert proc.stdout.count("COCO box metrics") == 1
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     root, _, proc, codes = runs
     assert proc.returncode != 0 and codes[0][4:] == [1], proc.stderr[-3000:]
@@ -197,6 +200,7 @@ def test_a_rank_that_dies_is_named_and_finished_results_are_kept(runs):
     assert kept["images"] == [r for r in without_ids if r["file"] in files]
 
 
+@pytest.mark.slow
 def test_ranks_given_different_inputs_refuse_before_any_work(runs):
     root, _, proc, codes = runs
     assert codes[0][2] == 1 and codes[1][2] == 1, proc.stderr[-3000:]  # both ranks refuse
@@ -221,6 +225,7 @@ def test_single_process_is_predict_images_with_the_local_hook(tiny_model, tmp_pa
     assert list(predict_sharded(tiny_model, [])) == []
 
 
+@pytest.mark.slow
 def test_an_eval_error_under_torchrun_is_printed_once(runs):
     _, _, proc, codes = runs
     assert codes[0][3] == 1 and codes[1][3] == 1, proc.stderr[-3000:]
