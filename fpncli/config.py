@@ -22,7 +22,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 ANCHOR_GRIDS = ("stride", "torchvision")  # see ModelConfig.anchor_grid
 # NAS-FPN's merging-cell norms live with the neck (registry); kept here for importers.
-__all__ = ["NASFPN_NORMS", "ModelConfig", "architecture_options", "preset_config"]
+__all__ = ["FIELD_DEFAULTS", "NASFPN_NORMS", "ModelConfig", "architecture_options", "preset_config"]
 # How a RoI is pooled: "level" (FPN's Eqn. (1): one level per RoI) or "afp" (PANet's adaptive
 # feature pooling: every RoI level, fused by element-wise max after a per-level fc6).
 # "soft": AugFPN's soft RoI selection (every RoI level, weighted by learned per-level spatial
@@ -88,9 +88,6 @@ GENERAL_OPTIONS: tuple[ModelOption, ...] = (
 def architecture_options() -> list[ModelOption]:
     """Every architecture option: the shared ones, then each neck's, in registry order."""
     return [*GENERAL_OPTIONS, *neck_options()]
-
-
-_FIELD_DEFAULTS: dict[str, Any] = {}  # filled after ModelConfig is defined
 
 
 @dataclass
@@ -214,7 +211,7 @@ class ModelConfig:
         changed = {
             o.field: getattr(self, o.field)
             for o in neck_options()
-            if getattr(self, o.field) != _FIELD_DEFAULTS[o.field]
+            if getattr(self, o.field) != FIELD_DEFAULTS[o.field]
         }
         foreign = owned_elsewhere(changed, neck_options(), self.neck)
         if foreign is not None:
@@ -293,9 +290,10 @@ class ModelConfig:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-_FIELD_DEFAULTS.update(
-    {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
-)
+# Each field's default (fields with a default factory are left out).
+FIELD_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING
+}
 
 
 def model_overrides(given: dict[str, Any], config: ModelConfig) -> ModelConfig:

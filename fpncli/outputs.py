@@ -121,16 +121,17 @@ def _ledger_entries(folder: Path) -> dict[Path, list[int] | None]:
     return out
 
 
+def _unchanged(path: Path, mark: list[int] | None) -> bool:
+    """Whether a ledger entry still stands for the file fpncli wrote (or is to write)."""
+    return mark is None or not path.exists() or _fingerprint(path) == mark
+
+
 def read_ledger(folder: PathLike) -> set[Path]:
     """The files of ``folder`` an earlier run wrote and nobody has replaced since (resolved
     paths): listed in its ledger, with the size and modification time recorded after the
     write (or none recorded, when that run was stopped). Empty when there is no ledger or it
     cannot be read: then nothing there counts as ours."""
-    return {
-        path
-        for path, mark in _ledger_entries(Path(folder)).items()
-        if mark is None or not path.exists() or _fingerprint(path) == mark
-    }
+    return {path for path, mark in _ledger_entries(Path(folder)).items() if _unchanged(path, mark)}
 
 
 def record_outputs(folder: PathLike, files: Iterable[PathLike], written: bool = False) -> None:
@@ -142,7 +143,7 @@ def record_outputs(folder: PathLike, files: Iterable[PathLike], written: bool = 
 
     folder = Path(folder)
     root = Path(os.path.abspath(folder)).resolve()
-    entries = {p: m for p, m in _ledger_entries(folder).items() if p.exists() and p in read_ledger(folder)}
+    entries = {p: m for p, m in _ledger_entries(folder).items() if p.exists() and _unchanged(p, m)}
     for f in files:
         path = Path(os.path.abspath(f)).resolve()
         entries[path] = _fingerprint(path) if written else entries.get(path)

@@ -9,7 +9,6 @@ info, inspect-levels and ablation with no other edit.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import typing
@@ -42,12 +41,11 @@ class ModelArgs:
 
 
 def _default_text(option: Any) -> str:
-    from fpncli.config import ModelConfig
+    from fpncli.config import FIELD_DEFAULTS
 
     if option.neck is None or option.is_switch:
         return ""  # the shared ones depend on the preset; their help says so
-    default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}[option.field]
-    return f" (default {default})"
+    return f" (default {FIELD_DEFAULTS[option.field]})"
 
 
 def _parameter(option: Any) -> inspect.Parameter:

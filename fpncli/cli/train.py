@@ -303,15 +303,19 @@ class TrainDisplay:
             self.progress.stop()
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or in the environment)."""
+    # By name: Typer bundles its own click, whose enum is not the installed click's.
+    return getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _refuse_on_resume(ctx: typer.Context, run: Path) -> None:
     """A resumed run keeps its own config: options that would change the model, the data or
     the recipe are refused in one line, naming them (only RESUME_OPTIONS may change)."""
     given = [
         p.opts[0] if getattr(p, "opts", None) else p.name
         for p in ctx.command.params
-        if p.name not in RESUME_OPTIONS
-        # By name: Typer bundles its own click, whose enum is not the installed click's.
-        and getattr(ctx.get_parameter_source(p.name or ""), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        if p.name not in RESUME_OPTIONS and _given(ctx, p.name or "")
     ]
     if given:
         allowed = ", ".join("--" + name for name in RESUME_OPTIONS[1:])
@@ -332,8 +336,7 @@ def _say_resume_changes(ctx: typer.Context, run: Path) -> None:
     changed = [
         f"--{name} {ctx.params[name]} (was {getattr(old, name)})"
         for name in RESUME_OPTIONS[1:]
-        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
-        and ctx.params.get(name) != getattr(old, name)
+        if _given(ctx, name) and ctx.params.get(name) != getattr(old, name)
     ]
     if changed:
         err_console.print(f"resuming {esc(str(run))} with {esc(', '.join(changed))}", highlight=False)

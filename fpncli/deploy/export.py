@@ -163,11 +163,11 @@ def _usable_labels(model: FPNFasterRCNN) -> Tensor | None:
     or None when that is every label."""
     import torch
 
-    from fpncli.modeling.coco_classes import UNUSED_CLASS
+    from fpncli.inference.classes import resolve_classes
 
-    names = model.config.class_names
-    usable = [i + 1 for i, name in enumerate(names) if name != UNUSED_CLASS]
-    return torch.tensor(usable) if len(usable) < len(names) else None
+    cfg = model.config
+    usable = resolve_classes(cfg.class_names, cfg.category_ids, None)
+    return torch.tensor(sorted(usable)) if len(usable) < len(cfg.class_names) else None
 
 
 def _reference(model: FPNFasterRCNN, image: Tensor) -> dict[str, Tensor]:
