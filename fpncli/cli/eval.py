@@ -31,6 +31,7 @@ EPILOG = (
     "  fpn eval --coco val.json --images val2017/ --weights runs/exp/best.pt --out runs/eval\n\n"
     "  fpn eval --coco val.json --images val2017/ --weights coco --plots\n\n"
     "  fpn eval --coco val.json --results detections.json --out runs/eval-dets\n\n"
+    "  fpn eval --coco val.json --results dets.json --images val2017/ --analyze --out runs/why\n\n"
     "Numbers are pycocotools' COCOeval numbers; --backend auto uses faster-coco-eval "
     '(pip install "fpncli\\[fast]") when installed: same numbers, several times faster.'
 )
@@ -68,12 +69,39 @@ def eval_coco(
     slice_size: SliceOption = None,
     slice_overlap: SliceOverlapOption = None,
     tta: TTAOption = None,
+    analyze: Annotated[
+        bool,
+        typer.Option(
+            "--analyze",
+            help="Also write analysis.json and analysis/: TIDE's error breakdown, COCO's error-analysis "
+            "curves per size, a confusion matrix, the worst images drawn by error type (needs --images), "
+            "errors.csv, and with a model the pyramid level behind each error.",
+        ),
+    ] = False,
+    conf_thr: Annotated[
+        float, typer.Option(help="--analyze: the confusion matrix's score threshold (also for drawing).")
+    ] = 0.3,
+    conf_iou: Annotated[
+        float,
+        typer.Option(
+            help="--analyze: the IoU at which a detection and an object pair up in the confusion matrix."
+        ),
+    ] = 0.5,
+    worst: Annotated[
+        int, typer.Option(min=0, help="--analyze: how many worst images (lowest per-image AP50) to draw.")
+    ] = 20,
     as_json: JsonOption = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from fpncli.cli.display import make_progress
     from fpncli.evaluation.evaluate import EvalOptions, run_eval
+
+    analysis = None
+    if analyze:
+        from fpncli.evaluation.analysis.report import AnalyzeOptions
+
+        analysis = AnalyzeOptions(conf_thr=conf_thr, conf_iou=conf_iou, worst=worst)
 
     options = EvalOptions(
         annotations=coco,
@@ -91,6 +119,7 @@ def eval_coco(
         slice_size=slice_size,
         slice_overlap=slice_overlap,
         tta=tta,
+        analyze=analysis,
     )
     # One progress display under torchrun (read from the environment: results mode must
     # not import torch), and none when a results file is evaluated.
@@ -107,10 +136,14 @@ def eval_coco(
         typer.echo(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
+    if metrics.get("analysis"):
+        print_analysis(metrics["analysis"])
     written = [out / "metrics.json"]
     if metrics.get("detections_file"):
         written.insert(0, Path(metrics["detections_file"]))
     written += [Path(p) for p in metrics.get("plots", [])]
+    if metrics.get("analysis"):
+        written += [out / "analysis.json", out / "analysis"]
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
@@ -209,3 +242,26 @@ def print_metrics(metrics: dict[str, Any], per_class_rows: int | None = None) ->
         console.print(
             f"({hidden} classes without instances or detections not shown; all are in metrics.json)"
         )
+
+
+def print_analysis(report: dict[str, Any]) -> None:
+    """The short table of ``--analyze`` (everything else is in analysis.json and analysis/)."""
+    from rich import box
+    from rich.table import Table
+
+    from fpncli.evaluation.analysis.report import summary_rows
+
+    for note in report.get("notes", []):
+        err_console.print(f"note: {note}", style="yellow", markup=False, soft_wrap=True)
+    table = Table(
+        title="Why AP is not higher (--analyze; dAP: AP50 points gained by fixing that error)",
+        title_justify="left",
+        box=box.SIMPLE,
+        pad_edge=False,
+        show_header=False,
+    )
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for what, value in summary_rows(report):
+        table.add_row(what, esc(value))
+    console.print(table)

@@ -101,6 +101,7 @@ def run_cocoeval(
     *,
     class_agnostic: bool = False,
     max_dets: Sequence[int] | None = None,
+    iou_thrs: Sequence[float] | None = None,
 ) -> CocoEvaluation:
     """COCOeval (``iouType="bbox"``) of ``detections`` against a COCO ``dataset`` dict.
 
@@ -112,6 +113,7 @@ def run_cocoeval(
         class_agnostic: ``useCats = 0`` (proposals: any box may match any object).
         max_dets: COCOeval's ``maxDets`` (default ``[1, 10, 100]``); ``stats`` holds the 12
             standard numbers only with the default.
+        iou_thrs: COCOeval's ``iouThrs`` (default 0.50:0.05:0.95; error analysis uses others).
 
     Everything the backends print is captured: the caller owns the output.
     """
@@ -124,7 +126,7 @@ def run_cocoeval(
     else:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
-    standard = max_dets is None or list(max_dets) == [1, 10, 100]
+    standard = (max_dets is None or list(max_dets) == [1, 10, 100]) and iou_thrs is None
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {"info": {}, **dataset}
@@ -145,6 +147,8 @@ def run_cocoeval(
             ev.params.useCats = 0
         if max_dets is not None:
             ev.params.maxDets = list(max_dets)
+        if iou_thrs is not None:
+            ev.params.iouThrs = np.asarray(iou_thrs, dtype=np.float64)
         ev.params.imgIds = sorted(
             set(image_ids) if image_ids is not None else {im["id"] for im in dataset["images"]}
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fpncli.atomic import write_json
-from fpncli.data.coco import CocoAnnotations, safe_image_path
+from fpncli.data.coco import safe_image_path
 from fpncli.errors import FpnError
 from fpncli.evaluation.checks import (
     GroundTruth,
@@ -35,66 +35,17 @@ from fpncli.evaluation.checks import (
 )
 from fpncli.evaluation.coco_eval import (
     METRIC_KEYS,
-    CocoEvaluation,
     detections_to_coco,
     resolve_backend,
     run_cocoeval,
 )
+from fpncli.evaluation.per_class import per_class_table
 from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+    from fpncli.evaluation.analysis.report import AnalyzeOptions
 
 PER_CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-
-
-# --------------------------------------------------------------------------- per class
-
-
-def _mean_valid(values: np.ndarray) -> float:
-    valid = values[values > -1]
-    return float(valid.mean()) if valid.size else -1.0
-
-
-def _per_class(
-    ev: CocoEvaluation, gt: CocoAnnotations, detections: list[dict], image_ids: set[int]
-) -> list[dict[str, Any]]:
-    """AP, AP50, AP75, APs/m/l and AR100 per category, as COCOeval.summarize computes the
-    overall ones (mean over entries > -1), with instance and detection counts; best AP first."""
-    import numpy as np
-
-    t50 = np.where(ev.iou_thrs == 0.5)[0]
-    t75 = np.where(ev.iou_thrs == 0.75)[0]
-    instances: dict[int, int] = {}
-    crowds: dict[int, int] = {}
-    for img_id in image_ids:
-        for a in gt.annotations.get(img_id, []):
-            bucket = crowds if a.get("iscrowd") else instances
-            bucket[a["category_id"]] = bucket.get(a["category_id"], 0) + 1
-    dets: dict[int, int] = {}
-    for d in detections:
-        if d["image_id"] in image_ids:
-            dets[d["category_id"]] = dets.get(d["category_id"], 0) + 1
-    rows = []
-    for k, cid in enumerate(ev.cat_ids):
-        p = ev.precision[:, :, k, :, -1]  # [T, R, A] at maxDets=100
-        row: dict[str, Any] = {
-            "category_id": cid,
-            "name": gt.categories.names[gt.categories.id_to_label[cid] - 1],
-            "instances": instances.get(cid, 0),
-            "crowd": crowds.get(cid, 0),
-            "detections": dets.get(cid, 0),
-            "AP": _mean_valid(p[:, :, 0]),
-            "AP50": _mean_valid(p[t50, :, 0]),
-            "AP75": _mean_valid(p[t75, :, 0]),
-            "APs": _mean_valid(p[:, :, 1]),
-            "APm": _mean_valid(p[:, :, 2]),
-            "APl": _mean_valid(p[:, :, 3]),
-            "AR100": _mean_valid(ev.recall[:, k, 0, -1]),
-        }
-        rows.append(row)
-    rows.sort(key=lambda r: (r["AP"] == -1, -r["AP"], r["name"]))
-    return rows
 
 
 # --------------------------------------------------------------------------- public API
@@ -110,6 +61,7 @@ def evaluate_results(
     image_ids: Iterable[int] | None = None,
     weights: str | None = None,
     extra: dict[str, Any] | None = None,
+    analyze: AnalyzeOptions | None = None,
 ) -> dict[str, Any]:
     """COCO box metrics of a results list (or results JSON file) against an annotation file.
 
@@ -126,6 +78,9 @@ def evaluate_results(
         image_ids: evaluate only these images (default: all images of the annotation file).
         weights: recorded in the metrics (what produced the results).
         extra: more keys to record in the metrics (e.g. ``missing_images``).
+        analyze: also run ``fpn eval --analyze``'s error analysis into ``out_dir``
+            (:func:`fpncli.evaluation.analysis.report.analyze`); its report is returned under
+            ``analysis``.
 
     Returns:
         The metrics (the schema of ``metrics.json``): the 12 COCO numbers under
@@ -144,18 +99,29 @@ def evaluate_results(
         image_ids=image_ids,
         weights=weights,
         extra=extra,
+        analyze=analyze,
     )
 
 
 def _evaluate(
-    gt: GroundTruth, results: Any, *, out_dir, plots, backend, image_ids, weights, extra
+    gt: GroundTruth,
+    results: Any,
+    *,
+    out_dir,
+    plots,
+    backend,
+    image_ids,
+    weights,
+    extra,
+    analyze=None,
+    levels=None,
 ) -> dict[str, Any]:
     backend = resolve_backend(backend)
     detections, problems, source = check_results(results, gt.coco)
     ids = set(gt.coco.images) if image_ids is None else set(image_ids) & set(gt.coco.images)
     ev = run_cocoeval(gt.dataset, detections, backend, image_ids=ids)
     metrics: dict[str, Any] = dict(zip(METRIC_KEYS, ev.stats))
-    metrics["per_class"] = _per_class(ev, gt.coco, detections, ids)
+    metrics["per_class"] = per_class_table(ev, gt.coco, detections, ids)
     metrics.update(
         {
             "annotation_file": str(gt.coco.path),
@@ -187,6 +153,12 @@ def _evaluate(
                 )
             ]
             write_json(out / "metrics.json", metrics)
+    if analyze is not None and out_dir is not None:
+        from fpncli.evaluation.analysis.report import analyze as run_analysis
+
+        metrics["analysis"] = run_analysis(
+            gt.dataset, detections, ids, out_dir, analyze, backend=backend, levels=levels
+        )
     return metrics
 
 
@@ -208,6 +180,7 @@ def evaluate_model(
     sharded: bool = False,
     inference: dict[str, Any] | None = None,
     cpu_replicas: int = 0,
+    analyze: AnalyzeOptions | None = None,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -231,6 +204,8 @@ def evaluate_model(
         cpu_replicas: on the CPU, this many single-threaded model replicas detect whole
             images (``batch_size`` and ``workers`` are then unused; see ``predict_images``):
             every image is computed alike however the run is split (0: batched, one process).
+        analyze: run the error analysis too (see :func:`evaluate_results`); the model records
+            each detection's pyramid levels (``modeling/level_record.py``) for it.
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -265,6 +240,11 @@ def evaluate_model(
         where = f"{images_dir}" if Path(images_dir).is_dir() else f"{images_dir} (no such folder)"
         raise FpnError(f"none of the {len(coco.images)} images of {coco.path} were found in {where}")
     keep = set(coco.categories.category_ids)
+    if analyze is not None:
+        from fpncli.evaluation.analysis.model_levels import attach_levels, collect_levels, level_recorder
+    recorder = level_recorder(model) if analyze is not None else None
+    if recorder is not None:
+        recorder.record_levels = True
     detections: list[dict[str, Any]] = []
     evaluated: list[int] = []
     dropped = 0
@@ -291,13 +271,18 @@ def evaluate_model(
             dets = detections_to_coco(
                 result.boxes.tolist(), result.scores.tolist(), result.labels.tolist(), img_id, category_ids
             )
+            if recorder is not None:
+                attach_levels(result, dets, len(category_ids))
             kept = [d for d in dets if d["category_id"] in keep]
             dropped += len(dets) - len(kept)
             detections.extend(kept)
         if progress is not None:
             progress({"event": "image", "done": done, "total": len(paths)})
+    if recorder is not None:
+        recorder.record_levels = False
     if sharded and not is_main():
         return None  # this rank's results went to rank 0
+    levels = collect_levels(model, detections) if analyze is not None else None
     if dropped:
         mapping_notes.append(
             f"{counted(dropped, 'detection')} of classes that {coco.path.name} does not have "
@@ -323,6 +308,8 @@ def evaluate_model(
         image_ids=evaluated,
         weights=weights,
         extra=extra,
+        analyze=analyze,
+        levels=levels,
     )
     metrics["problems"] = mapping_notes + metrics["problems"]
     if out_dir is not None:
@@ -354,6 +341,7 @@ class EvalOptions:
     slice_size: int | None = None
     slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
+    analyze: AnalyzeOptions | None = None  # fpn eval --analyze
 
     def check(self) -> list[str]:
         """Raise on contradictory options; returns notes (ignored options)."""
@@ -374,7 +362,11 @@ class EvalOptions:
                 "--weights none would evaluate a random model; give a checkpoint, a state dict or 'coco'"
             )
         notes = []
-        if self.results is not None and (self.images is not None or self.max_images is not None):
+        if self.analyze is not None:
+            self.analyze.check()
+        if self.results is not None and (
+            self.max_images is not None or (self.images is not None and self.analyze is None)
+        ):
             notes.append("--images/--max-images are ignored with --results")
         if self.results is not None and (self.slice_size is not None or self.tta is not None):
             notes.append("--slice/--tta are ignored with --results (they change how a model runs)")
@@ -402,8 +394,11 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     # (re-scoring a model run's detections) is fine.
     names: tuple[str, ...] = ("metrics.json", "pr_overall.png", "pr_per_class.png")
     names += ("detections.json",) if options.results is None else ()
+    names += ("analysis.json",) if options.analyze is not None else ()
+    if options.analyze is not None:
+        options.analyze.images = options.images  # the gallery draws from it
     check_outputs(
-        folders=[out],
+        folders=[out, out / "analysis" if options.analyze is not None else None],
         files=[out / n for n in names],
         inputs=[
             options.annotations,
@@ -416,7 +411,12 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         if int(_os.environ.get("RANK", "0")) != 0:
             return None  # under torchrun there is nothing to share: rank 0 evaluates the file
         return evaluate_results(
-            options.annotations, options.results, out_dir=out, plots=options.plots, backend=options.backend
+            options.annotations,
+            options.results,
+            out_dir=out,
+            plots=options.plots,
+            backend=options.backend,
+            analyze=options.analyze,
         )
     from fpncli.inference.sharded import cpu_cores, inference_device
     from fpncli.modeling.weights import load_for_inference
@@ -453,6 +453,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         # cores used by image-level replicas, makes every layout (one process, torchrun on
         # any number of processes) compute each image alike, so results are byte-identical.
         cpu_replicas=cpu_cores() if device.type == "cpu" else 0,
+        analyze=options.analyze,
     )
 
 

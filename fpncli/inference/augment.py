@@ -215,11 +215,9 @@ def merge_detections(parts: list[dict[str, Tensor]], iou: float, limit: int) -> 
 
     if len(parts) == 1:
         return parts[0]
-    boxes = torch.cat([p["boxes"] for p in parts])
-    scores = torch.cat([p["scores"] for p in parts])
-    labels = torch.cat([p["labels"] for p in parts])
-    keep = batched_nms(boxes.float(), scores.float(), labels, iou)[:limit]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # per-detection tensors
+    keep = batched_nms(merged["boxes"].float(), merged["scores"].float(), merged["labels"], iou)[:limit]
+    return {k: v[keep] for k, v in merged.items()}
 
 
 class AugmentedDetector:
@@ -355,7 +353,7 @@ def _to_image(
         boxes = boxes[:, [2, 1, 0, 3]] * boxes.new_tensor([-1.0, 1.0, -1.0, 1.0]) + boxes.new_tensor(
             [x2 - x1, 0.0, x2 - x1, 0.0]
         )
-    out = {"boxes": boxes, "scores": out["scores"], "labels": out["labels"]}
+    out = {**out, "boxes": boxes}
     if image_size is not None and (x1, y1, x2, y2) != (0, 0, *image_size):
         m = _CUT_MARGIN
         cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)

@@ -17,7 +17,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -46,6 +46,8 @@ class ImageResult:
         error: why the image could not be used (then N = 0), else None.
         image: the decoded upright image, ``Tensor[3, H, W]`` uint8 (CPU), only when
             :func:`predict_images` is asked to keep images (for drawing); else None.
+        extra: more per-detection ``Tensor[N]`` the model returned (``rpn_level`` and
+            ``roi_level`` while it records levels, see ``modeling/level_record.py``).
     """
 
     path: Path
@@ -56,6 +58,7 @@ class ImageResult:
     labels: Tensor
     error: str | None = None
     image: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 class _Item(NamedTuple):
@@ -119,6 +122,11 @@ class _ImageFiles(Dataset):
             )
         size = (original.shape[1], original.shape[2])
         return _Item(index, original if self.keep_images else None, prepared, size, None)
+
+
+def _extra(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The per-detection outputs beyond boxes, scores and labels (CPU)."""
+    return {k: v.cpu() for k, v in out.items() if k not in ("boxes", "scores", "labels")}
 
 
 def _identity(item):
@@ -287,6 +295,7 @@ def predict_images(
                 out["scores"].float().cpu(),
                 out["labels"].cpu(),
                 image=item.original,
+                extra=_extra(out),
             )
 
     def oldest_bucket() -> tuple[int, int]:
@@ -403,6 +412,7 @@ def _replica_results(
                 out["scores"].float(),
                 out["labels"],
                 image=item.original,
+                extra=_extra(out),
             )
         if on_result is not None:
             on_result(result)

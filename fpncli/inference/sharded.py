@@ -199,6 +199,7 @@ def _pack(result: Any, index: int) -> tuple:
         result.scores.numpy(),
         result.labels.numpy(),
         result.error,
+        {k: v.numpy() for k, v in result.extra.items()},
     )
 
 
@@ -384,7 +385,7 @@ class _Gatherer:
                             raise OtherRankFailed(self._message()) from None
                         if packed is not None:
                             break
-                    index, width, height, boxes, scores, labels, error = packed
+                    index, width, height, boxes, scores, labels, error, extra = packed
                     assert index == i, (index, i)
                     result = ImageResult(
                         self.paths[i],
@@ -394,6 +395,7 @@ class _Gatherer:
                         torch.from_numpy(scores),
                         torch.from_numpy(labels),
                         error=error,
+                        extra={k: torch.from_numpy(v) for k, v in extra.items()},
                     )
                 if on_result is not None:
                     on_result(result)

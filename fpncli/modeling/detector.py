@@ -236,6 +236,10 @@ class FPNFasterRCNN(FasterRCNN):
             torch.autocast(device_type="cuda", dtype=torch.float16) if half else contextlib.nullcontext()
         )
         with autocast:
+            if getattr(self, "record_levels", False):  # fpn eval --analyze (see level_record.py)
+                from fpncli.modeling.level_record import detect_with_levels
+
+                return detect_with_levels(self, image_list, list(original_sizes))
             features = self.backbone(image_list.tensors)
             proposals, _ = self.rpn(image_list, features)
             detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)

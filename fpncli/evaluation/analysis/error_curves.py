@@ -1,0 +1,140 @@
+"""COCO's error-analysis curves (Hoiem-style, as the COCO detection challenge's analysis and
+MMDetection's ``tools/analysis_tools/coco_error_analysis.py`` draw them), per object size.
+
+Seven precision-recall curves per class and size, each with one more kind of error forgiven:
+
+- **C75**, **C50**: PR at IoU 0.75 and 0.5 (COCOeval's own curves);
+- **Loc**: PR at IoU 0.1 (localisation errors forgiven, duplicates still wrong);
+- **Sim**: as Loc, and detections on an object of another class of the same supercategory
+  are ignored (COCOeval sees that object as a crowd region of the detection's class);
+- **Oth**: as Loc, and detections on an object of any other class are ignored;
+- **BG**: every remaining false positive (background) forgiven: precision 1 up to Oth's recall;
+- **FN**: precision 1 at every recall (what the missed objects cost).
+
+All COCOeval runs use pycocotools' (or faster-coco-eval's) ``COCOeval`` with modified
+``iouThrs`` and ``maxDets = [100]`` on a modified ground truth, as MMDetection does; instead
+of one COCOeval run per class (MMDetection's pool of 48 processes), the crowd copies of every
+class go into one run, copied only into the images where that class was detected (COCOeval
+evaluates each image and class apart, so the numbers are the same).
+Unlike MMDetection, a class without ground truth of a size is left out of that size's
+overall curve rather than counted as zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fpncli.evaluation.coco_eval import run_cocoeval
+
+TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
+AREAS = ("all", "small", "medium", "large")  # COCOeval's areaRng order
+
+
+@dataclass
+class ErrorCurves:
+    """Attributes:
+    precision: ``[7, R, K, 4]`` the curves (:data:`TYPES` x recall x class x
+        :data:`AREAS`); NaN where a class has no ground truth of that size.
+    recall: ``[R]`` COCO's 101 recall thresholds.
+    cat_ids, names: ``K`` classes.
+    """
+
+    precision: np.ndarray
+    recall: np.ndarray
+    cat_ids: list[int]
+    names: list[str]
+
+    def overall(self, area: int) -> np.ndarray:
+        """``[7, R]``: the mean curve over classes with ground truth of that size."""
+        p = self.precision[:, :, :, area]
+        valid = ~np.isnan(p[0, 0])
+        return p[:, :, valid].mean(axis=2) if valid.any() else np.zeros(p.shape[:2])
+
+    def areas_under(self, curves: np.ndarray) -> dict[str, float]:
+        """``{"C75": ..., "FN": ...}``: the mean of each curve (the AP of that step)."""
+        return {t: round(float(curves[i].mean()), 4) for i, t in enumerate(TYPES)}
+
+    def worst_classes(self, k: int) -> list[int]:
+        """Indices of the ``k`` classes with ground truth and the lowest C50 AP (all sizes)."""
+        c50 = self.precision[1, :, :, 0].mean(axis=0)
+        valid = np.flatnonzero(~np.isnan(c50))
+        return [int(i) for i in valid[np.argsort(c50[valid], kind="stable")][:k]]
+
+    def to_json(self, worst: int = 5) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "types": list(TYPES),
+            "overall": {AREAS[a]: self.areas_under(self.overall(a)) for a in range(4)},
+            "worst_classes": [],
+        }
+        for k in self.worst_classes(worst):
+            out["worst_classes"].append(
+                {
+                    "category_id": self.cat_ids[k],
+                    "name": self.names[k],
+                    **{
+                        AREAS[a]: (
+                            None
+                            if np.isnan(self.precision[0, 0, k, a])
+                            else self.areas_under(self.precision[:, :, k, a])
+                        )
+                        for a in range(4)
+                    },
+                }
+            )
+        return out
+
+
+def _crowd_copies(
+    dataset: dict[str, Any], detections: list[dict], image_ids: set[int], same_super: bool
+) -> list[dict[str, Any]]:
+    """Every annotation copied, as a crowd region, into each other class detected in its image
+    (only those of its supercategory with ``same_super``)."""
+    cats = {c["id"]: c.get("supercategory") for c in dataset["categories"]}
+    detected: dict[int, set[int]] = {}
+    for d in detections:
+        if d["image_id"] in image_ids:
+            detected.setdefault(d["image_id"], set()).add(d["category_id"])
+    next_id = max((a["id"] for a in dataset["annotations"]), default=0) + 1
+    copies = []
+    for a in dataset["annotations"]:
+        for k in detected.get(a["image_id"], ()):
+            if k == a["category_id"] or (same_super and cats.get(k) != cats.get(a["category_id"])):
+                continue
+            copies.append({**a, "id": next_id, "category_id": k, "iscrowd": 1, "ignore": 1})
+            next_id += 1
+    return copies
+
+
+def error_curves(
+    dataset: dict[str, Any], detections: list[dict], image_ids: set[int], backend: str = "auto"
+) -> ErrorCurves:
+    """The seven curves for every class and size.
+
+    Args:
+        dataset: a checked annotation dataset (``checks.load_ground_truth(...).dataset``).
+        detections: checked COCO results (fresh dicts; the backends add keys).
+        image_ids: the evaluated images.
+        backend: COCOeval backend (see ``coco_eval.resolve_backend``).
+    """
+    base = run_cocoeval(
+        dataset, [dict(d) for d in detections], backend, image_ids, max_dets=[100], iou_thrs=[0.75, 0.5, 0.1]
+    )
+    ps = np.full((7, *base.precision.shape[1:4]), np.nan)  # [7, R, K, A]
+    ps[:3] = base.precision[:, :, :, :, 0]
+    for row, same_super in ((3, True), (4, False)):
+        copies = _crowd_copies(dataset, detections, image_ids, same_super)
+        modified = {**dataset, "annotations": list(dataset["annotations"]) + copies}
+        ev = run_cocoeval(
+            modified, [dict(d) for d in detections], backend, image_ids, max_dets=[100], iou_thrs=[0.1]
+        )
+        ps[row] = ev.precision[0, :, :, :, 0]
+    missing = ps[0] == -1  # [R, K, A]: no ground truth of that class and size
+    ps[ps == -1] = 0
+    ps[5] = (ps[4] > 0).astype(np.float64)
+    ps[6] = 1.0
+    ps[:, missing] = np.nan
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset["categories"]}
+    return ErrorCurves(ps, np.asarray(base.rec_thrs), base.cat_ids, [names[c] for c in base.cat_ids])
