@@ -327,11 +327,11 @@ def tide(packed: Packed, pos_thr: float = 0.5, bg_thr: float = 0.1, max_dets: in
     dt_outcome = np.full(len(p.dt_img), NOT_KEPT, dtype=np.int64)
     dt_outcome[kept] = outcome
     dt_gt = np.full(len(p.dt_img), -1, dtype=np.int64)
-    dt_gt[kept] = np.where(target >= 0, real[np.maximum(target, 0)], -1)
+    dt_gt[kept[target >= 0]] = real[target[target >= 0]]
     dt_ignored = np.zeros(len(p.dt_img), dtype=bool)
     dt_ignored[kept] = ignored
     gt_matched = np.full(len(p.gt_img), -1, dtype=np.int64)
-    gt_matched[real] = np.where(g_match >= 0, kept[np.maximum(g_match, 0)], -1)
+    gt_matched[real[g_match >= 0]] = kept[g_match[g_match >= 0]]
     gt_missed = np.zeros(len(p.gt_img), dtype=bool)
     gt_missed[real] = missed
     counted = (npos > 0) | np.isin(np.arange(len(classes)), k_c[in_ap])
