@@ -103,7 +103,7 @@ def save_error_curves(
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.2))
     _curve_axes(ax, recall, curves, types, title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.96, bottom=0.12, top=0.92)
     return _save(plt, fig, path)
 
 
@@ -124,7 +124,7 @@ def save_error_curve_panels(
         else:
             _curve_axes(ax, recall, curves, types, name)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.13, top=0.84, wspace=0.25)
     return _save(plt, fig, path)
 
 
@@ -137,8 +137,9 @@ def save_confusion(
     annotate: int = 15,
 ) -> Path:
     """The confusion matrix as a heat map (rows: ground truth, columns: prediction; the last
-    of each is background). Rows and columns where nothing happened are dropped so that 80
-    classes stay readable; the ``annotate`` largest off-diagonal cells carry their value."""
+    of each is background), coloured by row share (``normalise``) or count. Rows and columns
+    where nothing happened are dropped so that 80 classes stay readable; the ``annotate``
+    largest confusions between two classes are outlined and carry their count."""
     plt = _plt()
     m = np.asarray(matrix, dtype=np.float64)
     used = (m.sum(axis=0) + m.sum(axis=1)) > 0
@@ -177,11 +178,12 @@ def save_confusion(
             ax.add_patch(
                 plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="crimson", linewidth=0.8)
             )
-        text = f"{shown[i, j]:.2f}" if normalise else str(int(shown[i, j]))
+        text = str(int(m[i, j]))
         dark = shown[i, j] > (0.55 if normalise else 0.55 * shown.max())
         ax.text(j, i, text, ha="center", va="center", fontsize=font, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, fraction=0.035, pad=0.02)
-    fig.tight_layout()
+    margin = 0.9 + 0.06 * max((len(str(x)) for x in names), default=4)  # inches for the labels
+    fig.subplots_adjust(left=margin / side, bottom=margin / (side * 0.92), right=0.97, top=1 - 0.45 / side)
     return _save(plt, fig, path)
 
 

@@ -173,21 +173,11 @@ def _pictures(folder: Path, result: Any, curves: Any, confusion: Any, report: di
             save_error_curve_panels(curves.recall, panels, TYPES, title, folder / f"curves_class_{safe}.png")
         )
     labels = [*confusion.names, "background"]
-    settings = f"score >= {confusion.score_thr}, IoU >= {confusion.iou_thr}"
-    paths.append(
-        save_confusion(
-            confusion.matrix, labels, f"confusion, row-normalised ({settings})", folder / "confusion.png"
-        )
+    title = (
+        f"confusion: colour = share of the row, number = count "
+        f"(score >= {confusion.score_thr}, IoU >= {confusion.iou_thr})"
     )
-    paths.append(
-        save_confusion(
-            confusion.matrix,
-            labels,
-            f"confusion, counts ({settings})",
-            folder / "confusion_counts.png",
-            normalise=False,
-        )
-    )
+    paths.append(save_confusion(confusion.matrix, labels, title, folder / "confusion.png"))
     lv = report.get("levels")
     if lv:
         for key, what in (("rpn_level", "RPN level of the proposal"), ("roi_level", "RoI level pooled from")):
