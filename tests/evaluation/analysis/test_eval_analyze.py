@@ -115,9 +115,7 @@ def test_bad_results_give_fpn_evals_one_line_error(tmp_path, files, cli, results
     plain = cli(["eval", "--coco", ann, "--results", bad, "--out", tmp_path / "a"])
     analyzed = cli(["eval", "--coco", ann, "--results", bad, "--analyze", "--out", tmp_path / "b"])
     assert analyzed.exit_code == plain.exit_code == 1
-    assert message in analyzed.output and analyzed.output == plain.output.replace(
-        str(tmp_path / "a"), str(tmp_path / "b")
-    )
+    assert message in analyzed.output and analyzed.output == plain.output
     assert "Traceback" not in analyzed.output
 
 
