@@ -41,6 +41,7 @@ def files(tmp_path, write_coco, make_image):
     return ann, res, images
 
 
+@pytest.mark.slow  # draws every picture
 def test_results_file_writes_analysis_pictures_gallery_and_csv(tmp_path, files, cli):
     ann, res, images = files
     out = tmp_path / "out"
@@ -77,6 +78,7 @@ def test_results_file_writes_analysis_pictures_gallery_and_csv(tmp_path, files, 
     assert report["confusion"]["top_confusions"][0]["predicted"] == "triangle"
 
 
+@pytest.mark.slow  # draws every picture
 def test_without_images_the_gallery_is_skipped_with_a_note(tmp_path, files, cli):
     ann, res, _ = files
     out = tmp_path / "out"
@@ -86,6 +88,7 @@ def test_without_images_the_gallery_is_skipped_with_a_note(tmp_path, files, cli)
     assert report["gallery"] == [] and any("--images" in n for n in report["notes"])
 
 
+@pytest.mark.slow  # draws every picture
 def test_empty_results(tmp_path, files, cli):
     ann, _, _ = files
     empty = tmp_path / "empty.json"
