@@ -14,8 +14,9 @@ Seven precision-recall curves per class and size, each with one more kind of err
 All COCOeval runs use pycocotools' (or faster-coco-eval's) ``COCOeval`` with modified
 ``iouThrs`` and ``maxDets = [100]`` on a modified ground truth, as MMDetection does; instead
 of one COCOeval run per class (MMDetection's pool of 48 processes), the crowd copies of every
-class go into one run, copied only into the images where that class was detected (COCOeval
-evaluates each image and class apart, so the numbers are the same).
+class go into one run, and only the copies that some detection of that class overlaps
+(COCOeval evaluates each image and class apart, and a crowd region no detection reaches
+changes nothing, so the numbers are the same: tested against MMDetection's construction).
 Unlike MMDetection, a class without ground truth of a size is left out of that size's
 overall curve rather than counted as zero.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fpncli.evaluation.analysis.arrays import box_iou, pack, pairs
 from fpncli.evaluation.coco_eval import run_cocoeval
 
 TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -90,22 +92,30 @@ class ErrorCurves:
 def _crowd_copies(
     dataset: dict[str, Any], detections: list[dict], image_ids: set[int], same_super: bool
 ) -> list[dict[str, Any]]:
-    """Every annotation copied, as a crowd region, into each other class detected in its image
-    (only those of its supercategory with ``same_super``)."""
+    """Each annotation copied, as a crowd region, into every other class (only those of its
+    supercategory with ``same_super``) with a detection in its image that the copy could take
+    in (intersection over the detection's area >= 0.1, COCOeval's crowd test at IoU 0.1).
+    MMDetection copies into every class; a copy no detection reaches changes nothing."""
     cats = {c["id"]: c.get("supercategory") for c in dataset["categories"]}
-    detected: dict[int, set[int]] = {}
-    for d in detections:
-        if d["image_id"] in image_ids:
-            detected.setdefault(d["image_id"], set()).add(d["category_id"])
-    next_id = max((a["id"] for a in dataset["annotations"]), default=0) + 1
-    copies = []
-    for a in dataset["annotations"]:
-        for k in detected.get(a["image_id"], ()):
-            if k == a["category_id"] or (same_super and cats.get(k) != cats.get(a["category_id"])):
-                continue
-            copies.append({**a, "id": next_id, "category_id": k, "iscrowd": 1, "ignore": 1})
-            next_id += 1
-    return copies
+    packed = pack(dataset, detections, image_ids)
+    if not len(packed.dt_img) or not len(packed.gt_img):
+        return []
+    det, gt = pairs(packed.dt_img, packed.gt_img, packed.num_images)
+    other = packed.dt_cls[det] != packed.gt_cls[gt]
+    if same_super:
+        sup = {c: i for i, c in enumerate(sorted({str(v) for v in cats.values()}))}
+        group = np.array([sup[str(cats.get(int(c)))] for c in packed.gt_cls], dtype=np.int64)
+        d_group = np.array([sup.get(str(cats.get(int(c))), -1) for c in packed.dt_cls], dtype=np.int64)
+        other &= d_group[det] == group[gt]
+    det, gt = det[other], gt[other]
+    reach = box_iou(packed.dt_box[det], packed.gt_box[gt], crowd=True) >= 0.1
+    keys = np.unique(np.stack((gt[reach], packed.dt_cls[det[reach]]), axis=1), axis=0)
+    anns = dataset["annotations"]
+    next_id = max((a["id"] for a in anns), default=0) + 1
+    return [
+        {**anns[packed.gt_ann[g]], "id": next_id + i, "category_id": int(k), "iscrowd": 1, "ignore": 1}
+        for i, (g, k) in enumerate(keys.tolist())
+    ]
 
 
 def error_curves(

@@ -76,52 +76,38 @@ def worst_images(packed: Packed, result: TideResult, k: int) -> list[ImageScore]
     return out
 
 
-def error_rows(packed: Packed, result: TideResult, dataset: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per error (:data:`CSV_FIELDS`): every false positive of the kept detections
-    (crowd-ignored ones say so) and every missed object; boxes xywh in image pixels."""
+def error_rows(packed: Packed, result: TideResult, dataset: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One row per error (the columns of :data:`CSV_FIELDS`): every false positive of the kept
+    detections (crowd-ignored ones say so) and every missed object; boxes xywh in image pixels;
+    "" where a field does not apply."""
     p = packed
     anns = dataset["annotations"]
     names = {c["id"]: str(c.get("name", c["id"])) for c in dataset["categories"]}
     files = {im["id"]: im.get("file_name", "") for im in dataset["images"]}
-    rows = []
-    for d in np.flatnonzero(result.dt_outcome > TP):
-        g = int(result.dt_gt[d])
-        img = int(p.image_ids[p.dt_img[d]])
-        rows.append(
-            {
-                "image_id": img,
-                "file_name": files.get(img, ""),
-                "error": OUTCOMES[result.dt_outcome[d]] + (" (in crowd)" if result.dt_ignored[d] else ""),
-                "category_id": int(p.dt_cls[d]),
-                "category": names.get(int(p.dt_cls[d]), ""),
-                "score": round(float(p.dt_score[d]), 5),
-                **dict(zip("xywh", (round(float(v), 2) for v in p.dt_box[d]))),
-                "gt_annotation_id": anns[p.gt_ann[g]].get("id", "") if g >= 0 else "",
-                "gt_category_id": int(p.gt_cls[g]) if g >= 0 else "",
-            }
-        )
-    for g in np.flatnonzero(result.gt_missed):
-        img = int(p.image_ids[p.gt_img[g]])
-        rows.append(
-            {
-                "image_id": img,
-                "file_name": files.get(img, ""),
-                "error": "Miss",
-                "category_id": int(p.gt_cls[g]),
-                "category": names.get(int(p.gt_cls[g]), ""),
-                "score": "",
-                **dict(zip("xywh", (round(float(v), 2) for v in p.gt_box[g]))),
-                "gt_annotation_id": anns[p.gt_ann[g]].get("id", ""),
-                "gt_category_id": int(p.gt_cls[g]),
-            }
-        )
-    return rows
+    ann_ids = [a.get("id", "") for a in anns]
+    det = np.flatnonzero(result.dt_outcome > TP)
+    miss = np.flatnonzero(result.gt_missed)
+    g = result.dt_gt[det]
+    kinds = np.array(OUTCOMES, dtype=object)[result.dt_outcome[det]]
+    kinds = np.where(result.dt_ignored[det], kinds + " (in crowd)", kinds)
+    image = np.concatenate((p.image_ids[p.dt_img[det]], p.image_ids[p.gt_img[miss]])).tolist()
+    cat = np.concatenate((p.dt_cls[det], p.gt_cls[miss])).tolist()
+    boxes = np.round(np.concatenate((p.dt_box[det], p.gt_box[miss])), 2).tolist()
+    gt_ann = [ann_ids[p.gt_ann[i]] if i >= 0 else "" for i in g.tolist()]
+    gt_ann += [ann_ids[i] for i in p.gt_ann[miss].tolist()]
+    gt_cat = [int(p.gt_cls[i]) if i >= 0 else "" for i in g.tolist()] + p.gt_cls[miss].tolist()
+    scores = np.round(p.dt_score[det], 5).tolist() + [""] * len(miss)
+    errors = kinds.tolist() + ["Miss"] * len(miss)
+    return [
+        (img, files.get(img, ""), err, c, names.get(c, ""), sc, *box, ga, gc)
+        for img, err, c, sc, box, ga, gc in zip(image, errors, cat, scores, boxes, gt_ann, gt_cat)
+    ]
 
 
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+def rows_to_csv(rows: list[tuple[Any, ...]]) -> str:
     """The rows as CSV text with a header."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
     writer.writerows(rows)
     return buffer.getvalue()

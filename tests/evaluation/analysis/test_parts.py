@@ -13,7 +13,13 @@ from fpncli.evaluation.analysis.arrays import pack
 from fpncli.evaluation.analysis.confusion import confusion_matrix
 from fpncli.evaluation.analysis.error_curves import error_curves
 from fpncli.evaluation.analysis.tide import tide
-from fpncli.evaluation.analysis.worst_images import error_rows, per_image_ap, rows_to_csv, worst_images
+from fpncli.evaluation.analysis.worst_images import (
+    CSV_FIELDS,
+    error_rows,
+    per_image_ap,
+    rows_to_csv,
+    worst_images,
+)
 from tests.evaluation.analysis.test_tide import _box, _dataset, _det
 from tests.evaluation.analysis.tide_reference import perturbed
 
@@ -109,10 +115,14 @@ def test_worst_images_and_error_rows():
     assert [w.image_id for w in worst] == [2, 3]  # equal AP: more objects first
     assert worst[0].errors == {"Cls": 1, "Miss": 1}
     rows = error_rows(packed, result, data)
+    rows = [dict(zip(CSV_FIELDS, r)) for r in rows]
     kinds = sorted(r["error"] for r in rows)
     assert kinds == ["Bkg", "Cls", "Miss"]  # image 2's c1 object is usable by the Cls error
     cls = next(r for r in rows if r["error"] == "Cls")
     assert cls["gt_annotation_id"] == 2 and cls["category"] == "c2" and cls["gt_category_id"] == 1
+    assert cls["score"] == 0.9 and [cls[k] for k in "xywh"] == [10.0, 10.0, 20.0, 20.0]
+    miss = next(r for r in rows if r["error"] == "Miss")
+    assert miss["score"] == "" and miss["gt_annotation_id"] == 3
     text = rows_to_csv(rows)
     assert text.splitlines()[0].startswith("image_id,file_name,error,")
     assert len(text.splitlines()) == 4
