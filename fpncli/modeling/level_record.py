@@ -127,7 +127,8 @@ def detect_with_levels(
         detections, _ = model.roi_heads(features, proposals, images.image_sizes)
     finally:
         hook.remove()
-    index = _proposal_index(model.roi_heads, *captured["out"], proposals, images.image_sizes)
+    logits, regression = captured["out"]
+    index = _proposal_index(model.roi_heads, logits, regression, proposals, images.image_sizes)
     for i, (det, idx) in enumerate(zip(detections, index)):
         n = len(det["boxes"])
         if len(idx) != n:  # a head whose post-processing differs from torchvision's

@@ -146,7 +146,7 @@ def save_confusion(
     used[-1] = True
     idx = np.flatnonzero(used)
     m = m[np.ix_(idx, idx)]
-    names = [labels[i] for i in idx]
+    names = [labels[int(i)] for i in idx]
     sums = m.sum(axis=1, keepdims=True)
     shown = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0) if normalise else m
     n = len(idx)

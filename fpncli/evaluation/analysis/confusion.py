@@ -112,8 +112,10 @@ def confusion_matrix(
         cd, cg = pairs(p.dt_img[det], p.gt_img[crowd], p.num_images)
         inside = box_iou(p.dt_box[det][cd], p.gt_box[crowd][cg], crowd=True) >= iou_thr
         paired[cd[inside]] = True  # in a crowd region: neither right nor wrong
-    np.add.at(matrix, (k, d_lab[~paired]), 1)
+    unpaired = d_lab[~paired]
+    np.add.at(matrix, (np.full(len(unpaired), k), unpaired), 1)
     found = np.zeros(len(real), dtype=bool)
     found[pg] = True
-    np.add.at(matrix, (g_lab[~found], k), 1)
+    missed = g_lab[~found]
+    np.add.at(matrix, (missed, np.full(len(missed), k)), 1)
     return Confusion(matrix, list(cat_ids), list(names), score_thr, iou_thr)

@@ -181,14 +181,13 @@ def _pictures(folder: Path, result: Any, curves: Any, confusion: Any, report: di
     lv = report.get("levels")
     if lv:
         for key, what in (("rpn_level", "RPN level of the proposal"), ("roi_level", "RoI level pooled from")):
-            table = np.array([[lv[key][r][c] for c in lv["levels"]] for r in lv["rows"]])
+            rows = [r for r in lv["rows"] if sum(lv[key][r].values())]  # Miss has no RPN level
+            table = np.array([[lv[key][r][c] for c in lv["levels"]] for r in rows]).reshape(len(rows), -1)
             title = f"{what}, per outcome and size" + (
                 " (Miss: Eq. 1 level of the object)" if key == "roi_level" else ""
             )
             paths.append(
-                save_level_table(
-                    table, lv["rows"], lv["levels"], title, folder / f"levels_{key.split('_')[0]}.png"
-                )
+                save_level_table(table, rows, lv["levels"], title, folder / f"levels_{key.split('_')[0]}.png")
             )
     return paths
 
