@@ -86,6 +86,7 @@ def run_rest(dataset: dict, dets: list[dict]) -> dict[str, float]:
     from fpncli.evaluation.analysis.error_curves import error_curves
     from fpncli.evaluation.analysis.tide import tide
     from fpncli.evaluation.analysis.worst_images import error_rows, rows_to_csv, worst_images
+    from fpncli.evaluation.coco_eval import run_cocoeval
 
     times = {}
     packed = pack(dataset, dets)
@@ -99,9 +100,12 @@ def run_rest(dataset: dict, dets: list[dict]) -> dict[str, float]:
     worst_images(packed, result, 20)
     rows_to_csv(error_rows(packed, result, dataset))
     times["worst images + errors.csv"] = time.perf_counter() - t
+    ids = {im["id"] for im in dataset["images"]}
     for backend in ("faster-coco-eval", "pycocotools"):
+        # fpn eval has run the standard COCOeval already; --analyze reuses it for C75/C50.
+        standard = run_cocoeval(dataset, [dict(d) for d in dets], backend, ids)
         t = time.perf_counter()
-        error_curves(dataset, [dict(d) for d in dets], {im["id"] for im in dataset["images"]}, backend)
+        error_curves(dataset, [dict(d) for d in dets], ids, backend, evaluation=standard)
         times[f"error curves ({backend})"] = time.perf_counter() - t
     return times
 

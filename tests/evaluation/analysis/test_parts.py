@@ -98,6 +98,12 @@ def test_error_curves_equal_mmdetections_per_class_runs(coco_tiny):
             ours = curves.precision[row, :, k, :]
             valid = ~np.isnan(ours)
             np.testing.assert_allclose(ours[valid], np.where(theirs == -1, 0, theirs)[valid])
+    # C75 and C50 taken from the standard COCOeval run are the same curves.
+    from fpncli.evaluation.coco_eval import run_cocoeval
+
+    standard = run_cocoeval(dataset, [dict(d) for d in dets], "pycocotools", ids)
+    reused = error_curves(dataset, [dict(d) for d in dets], ids, "pycocotools", evaluation=standard)
+    np.testing.assert_array_equal(reused.precision, curves.precision)
     overall = curves.to_json()["overall"]["all"]
     # Each step forgives more: the curves never go down from C75 to FN.
     values = [overall[t] for t in ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")]
