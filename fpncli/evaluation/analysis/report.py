@@ -130,7 +130,7 @@ def analyze(
         if (rpn >= 0).any():
             scale = _input_scale(dataset, packed, levels.min_size, levels.max_size)
             report["levels"] = level_breakdown(packed, result, rpn, roi, scale, levels.roi_range).to_json()
-        elif not report["notes"]:
+        elif not report["notes"] and len(detections):
             report["notes"].append("this model does not report levels (an exported model runs as one graph)")
     seconds["total_analysis"] = time.perf_counter() - t0
     t = time.perf_counter()
