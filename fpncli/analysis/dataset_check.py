@@ -24,6 +24,7 @@ from fpncli.analysis.inspect_levels import InspectOptions, run_anchor_fit
 from fpncli.data.check import SplitCheck, check_coco
 from fpncli.data.convert.common import Progress
 from fpncli.errors import FpnError
+from fpncli.viz.reports import AnchorFitReport
 
 # Bin edges in the model's input pixels: 224 * 2^j, the level boundaries of Eqn. (1).
 EDGES = (0.0, 7.0, 14.0, 28.0, 56.0, 112.0, 224.0, 448.0, 896.0, 1792.0, math.inf)
@@ -91,6 +92,25 @@ def level_histogram(box_size: np.ndarray, level: np.ndarray) -> list[dict[str, A
     return rows[used[0] : used[-1] + 1] if used else []
 
 
+def _fit(ann: Path, options: InspectOptions, deduplicate: bool) -> AnchorFitReport:
+    """inspect-levels' dataset fit of ``ann``. It refuses an image id used for two files (which
+    image would the boxes be on?); the check has counted those, so the sizes are measured on a
+    copy that keeps each id's first image."""
+    if not deduplicate:
+        return run_anchor_fit(ann, options)[0]
+    import tempfile
+
+    from fpncli.atomic import write_json
+    from fpncli.data.coco import read_json
+
+    data = read_json(ann)
+    seen: set[Any] = set()
+    data["images"] = [i for i in data["images"] if not (i.get("id") in seen or seen.add(i.get("id")))]
+    with tempfile.TemporaryDirectory(prefix="fpn-check-") as folder:
+        copy = write_json(Path(folder) / ann.name, data, indent=None)
+        return run_anchor_fit(copy, options)[0]
+
+
 def check_dataset(
     target: Path,
     images: Path | None = None,
@@ -108,7 +128,7 @@ def check_dataset(
     for split, ann, folder in splits:
         check = check_coco(ann, folder, progress=progress, read_images=read_images)
         try:
-            fit, _ = run_anchor_fit(ann, options)
+            fit = _fit(ann, options, deduplicate=bool(check.problems["duplicate_image_id"]))
         except FpnError as exc:  # e.g. no box at all: the rest of the report still stands
             check.levels = {"error": str(exc)}
         else:
