@@ -46,7 +46,9 @@ def _voc_xml(record: dict, objects: list[tuple[str, list[float], bool]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("coco", type=Path, help="COCO root: annotations/instances_<split>.json + <split>/")
     parser.add_argument("out", type=Path, help="folder to create")
     parser.add_argument("--format", choices=("voc", "yolo"), required=True)
@@ -92,7 +94,9 @@ def main() -> None:
                 (args.out / "labels" / split / f"{stem}.txt").write_text("".join(s + "\n" for s in lines))
         if args.format == "voc":
             (args.out / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-            (args.out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in sorted(ids)))
+            (args.out / "ImageSets" / "Main" / f"{split}.txt").write_text(
+                "".join(i + "\n" for i in sorted(ids))
+            )
     if args.format == "yolo":
         yaml = [f"{s}: images/{s}" for s in splits] + [f"names: {json.dumps(names)}"]
         (args.out / "data.yaml").write_text("\n".join(yaml) + "\n")

@@ -344,8 +344,29 @@ def test_fpn_train_accepts_a_converted_yolo_set(tmp_path, make_image, cli, one_t
     src = make_yolo(tmp_path / "yolo", make_image)
     converted = cli(["data", "convert", src, "--from", "yolo", "--to", "coco", "--out", tmp_path / "coco"])
     assert converted.exit_code == 0, converted.output
-    args = ["train", "--data", tmp_path / "coco", "--preset", "tiny", "--out", tmp_path / "run", "--iters", "1"]
-    common = ["--workers", "0", "--min-size", "64", "--max-size", "96", "--batch-size", "2", "--eval-every", "-1"]
-    trained = cli([*args, *common])
+    args = [
+        "train",
+        "--data",
+        tmp_path / "coco",
+        "--preset",
+        "tiny",
+        "--out",
+        tmp_path / "run",
+        "--iters",
+        "1",
+    ]
+    common = [
+        "--workers",
+        "0",
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "-1",
+    ]
+    trained = cli([*args, *common])  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert "2 training images" in trained.output and (tmp_path / "run" / "last.pt").is_file()
