@@ -25,7 +25,8 @@ def print_convert(summary: ConvertSummary, console: Console, err_console: Consol
             f"[yellow]... and {len(summary.problems) - SHOWN_PROBLEMS} more problems[/]", highlight=False
         )
     table = Table(title=f"{summary.fmt_from} -> {summary.fmt_to}: {esc(str(summary.out))}")
-    for column in ("split", "images", "boxes", "of them crowd", "written"):
+    crowd = "crowd (kept as iscrowd)" if summary.fmt_to == "coco" else "crowd (left out)"
+    for column in ("split", "images", "boxes", crowd, "written"):
         table.add_column(column, justify="left" if column in ("split", "written") else "right")
     for split, row in summary.splits.items():
         table.add_row(split, f"{row['images']:,}", f"{row['boxes']:,}", f"{row['crowd']:,}", esc(row["file"]))
