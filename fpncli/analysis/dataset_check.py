@@ -104,8 +104,11 @@ def _fit(ann: Path, options: InspectOptions, deduplicate: bool) -> AnchorFitRepo
     from fpncli.data.coco import read_json
 
     data = read_json(ann)
-    seen: set[Any] = set()
-    data["images"] = [i for i in data["images"] if not (i.get("id") in seen or seen.add(i.get("id")))]
+    first: dict[Any, dict[str, Any]] = {}
+    for image in data["images"]:
+        if isinstance(image, dict):
+            first.setdefault(image.get("id"), image)
+    data["images"] = list(first.values())
     with tempfile.TemporaryDirectory(prefix="fpn-check-") as folder:
         copy = write_json(Path(folder) / ann.name, data, indent=None)
         return run_anchor_fit(copy, options)[0]

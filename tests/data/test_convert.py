@@ -370,3 +370,31 @@ def test_fpn_train_accepts_a_converted_yolo_set(tmp_path, make_image, cli, one_t
     trained = cli([*args, *common])  # fmt: skip
     assert trained.exit_code == 0, trained.output
     assert "2 training images" in trained.output and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_roboflow_layout_and_json_summary(tmp_path, make_image, cli):
+    root = tmp_path / "rf"
+    make_image(root / "train" / "images" / "a.jpg", (64, 48))
+    make_image(root / "valid" / "images" / "b.jpg", (64, 48))
+    (root / "train" / "labels").mkdir(parents=True)
+    (root / "train" / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n0 2 0.5 0.5 0.5\n")
+    # Roboflow's export: "../train/images" is read as "train/images", as Ultralytics does
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: valid/images\ntest: ../test/images\nnc: 1\nnames: ['dog']\n"
+    )
+    out = tmp_path / "o"
+    result = cli(["data", "convert", root, "--from", "yolo", "--to", "coco", "--out", out, "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["splits"]["train"]["boxes"] == 1
+    assert data["splits"]["val"] == {
+        "images": 1,
+        "boxes": 0,
+        "crowd": 0,
+        "file": str(out / "annotations" / "instances_val.json"),
+    }
+    assert data["problems"] == [
+        f"{root / 'data.yaml'}: test: ../test/images is not a folder of images or a .txt list; skipped",
+        f"{root / 'train' / 'labels' / 'a.txt'}:2: cx 2 is outside [0, 1] (coordinates are fractions of the image size); line skipped",
+    ]
+    assert not (out / "annotations" / "instances_test.json").exists()

@@ -128,9 +128,13 @@ def _split_sources(
     for key in keys:
         entries = data[key] if isinstance(data[key], list) else [data[key]]
         found: list[tuple[Path, Path]] = []
+        usable = False
         for entry in entries:
             path = Path(str(entry))
             path = path if path.is_absolute() else root / path
+            if not path.exists() and str(entry).startswith("../"):
+                path = root / str(entry)[3:]  # Roboflow's "../train/images", as Ultralytics reads it
+            usable = usable or path.is_dir() or (path.is_file() and path.suffix == ".txt")
             if path.is_dir():
                 found += [(img, path) for img in _images_in(path)]
             elif path.is_file() and path.suffix == ".txt":
@@ -142,8 +146,10 @@ def _split_sources(
             else:
                 problems.add(
                     yaml_path or src,
-                    f"{key}: {entry} is not a folder of images or a .txt list; split {key!r} skipped",
+                    f"{key}: {entry} is not a folder of images or a .txt list; skipped",
                 )
+        if not usable:
+            continue
         # images/train2017 -> split "train2017" (names survive COCO -> YOLO -> COCO); else the key.
         single = Path(str(entries[0])) if len(entries) == 1 else None
         name = single.name if single is not None and single.parent.name == "images" else key
