@@ -144,7 +144,13 @@ def convert(
             show_default=False,
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a dataset converted earlier into OUT.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Convert into an OUT that holds an earlier conversion: its files are replaced, files "
+            "the new one does not write stay (use a new OUT for a clean result)."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     from fpncli.cli.data_report import print_convert
@@ -243,6 +249,6 @@ def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | N
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, unit="img")
-            bar.update(tasks[stage], completed=done)
+            bar.update(tasks[stage], completed=done, total=total)
 
         yield update

@@ -130,7 +130,7 @@ def check_coco(
         if read_images:
             _check_file(report, img, images_dir)
         if progress is not None:
-            progress("checking images", done, len(images))
+            progress(f"checking {annotations.name}", done, len(images))
     per_image: Counter[Any] = Counter()
     per_class: dict[Any, Counter[str]] = {cid: Counter() for cid in categories}
     class_images: dict[Any, set[Any]] = {cid: set() for cid in categories}

@@ -104,6 +104,10 @@ def test_check_clean_and_empty_datasets(tmp_path, make_image, write_coco, cli):
     assert "no boxes to inspect" in report.splits["train"].levels["error"]
     broken = cli(["data", "check", tmp_path / "nothing"])
     assert broken.exit_code == 1 and "no such file or folder" in broken.output
+    (tmp_path / "ok" / "annotations" / "instances_train.json").write_text('{"images": [')
+    broken = cli(["data", "check", tmp_path / "ok"])
+    assert broken.exit_code == 1 and "malformed JSON at line 1" in broken.output
+    assert "Traceback" not in broken.output
 
 
 def test_level_histogram_bins_follow_equation_one():

@@ -340,6 +340,7 @@ def test_converted_voc_loads_as_a_training_set(tmp_path, make_image):
     assert target["boxes"].tolist() == [[0.0, 0.0, 10.0, 20.0]] and target["labels"].tolist() == [2]
 
 
+@pytest.mark.slow  # about 2 s alone, over 3 s on a busy machine
 def test_fpn_train_accepts_a_converted_yolo_set(tmp_path, make_image, cli, one_thread):
     src = make_yolo(tmp_path / "yolo", make_image)
     converted = cli(["data", "convert", src, "--from", "yolo", "--to", "coco", "--out", tmp_path / "coco"])
@@ -398,3 +399,18 @@ def test_roboflow_layout_and_json_summary(tmp_path, make_image, cli):
         f"{root / 'train' / 'labels' / 'a.txt'}:2: cx 2 is outside [0, 1] (coordinates are fractions of the image size); line skipped",
     ]
     assert not (out / "annotations" / "instances_test.json").exists()
+
+
+def test_yolo_sizes_are_the_upright_images(tmp_path, make_image):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": stored 64x48, seen (and trained on) as 48x64
+    make_image(tmp_path / "y" / "images" / "train" / "r.jpg", (64, 48), exif=exif)
+    (tmp_path / "y" / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "y" / "labels" / "train" / "r.txt").write_text("0 0.5 0.25 1 0.5\n")
+    (tmp_path / "y" / "data.yaml").write_text("names: [thing]\n")
+    convert(tmp_path / "y", "yolo", "coco", tmp_path / "out")
+    coco = load(tmp_path / "out" / "annotations" / "instances_train.json")
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (48, 64)
+    assert coco["annotations"][0]["bbox"] == [0.0, 0.0, 48.0, 32.0]
