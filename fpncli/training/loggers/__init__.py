@@ -18,35 +18,14 @@ A resumed run continues the same logs: ``RUN/loggers.json`` keeps the MLflow and
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
 
 from fpncli.errors import FpnError
 from fpncli.runtime.events import ProgressFn
 from fpncli.training.config import LOGGERS, TrainConfig
+from fpncli.training.loggers.extras import EXTRAS, require
 from fpncli.training.trainer import HookBase
-
-# logger -> (module to import, what it is, the pip extra that installs it)
-EXTRAS = {
-    "tensorboard": ("torch.utils.tensorboard", "TensorBoard", "tensorboard"),
-    "mlflow": ("mlflow", "MLflow", "mlflow"),
-    "wandb": ("wandb", "Weights & Biases (wandb)", "wandb"),
-}
-
-
-def require(logger: str) -> ModuleType:
-    """The module behind ``logger``; a one-line :class:`FpnError` naming the extra when it is
-    not installed."""
-    module, what, extra = EXTRAS[logger]
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise FpnError(
-            f"--logger {logger} needs {what}, which is not installed ({exc}); "
-            f"install it with: pip install 'fpncli[{extra}]'"
-        ) from None
 
 
 def check_loggers(names: Iterable[str]) -> None:

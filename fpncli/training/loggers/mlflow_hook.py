@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fpncli.training.loggers import require
 from fpncli.training.loggers.base import (
     ExperimentLogger,
     final_checkpoints,
@@ -16,6 +15,7 @@ from fpncli.training.loggers.base import (
     run_config,
     write_state,
 )
+from fpncli.training.loggers.extras import require
 
 STORE = "mlruns"
 EXPERIMENT = "fpncli"  # unless MLFLOW_EXPERIMENT_NAME is set

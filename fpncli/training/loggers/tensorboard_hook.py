@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from fpncli.training.loggers import require
 from fpncli.training.loggers.base import ExperimentLogger, run_config
+from fpncli.training.loggers.extras import require
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.training.loggers.val_images import ValidationImages

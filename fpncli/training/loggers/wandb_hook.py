@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import uuid
 
-from fpncli.training.loggers import require
 from fpncli.training.loggers.base import (
     ExperimentLogger,
     final_checkpoints,
@@ -14,6 +13,7 @@ from fpncli.training.loggers.base import (
     run_config,
     write_state,
 )
+from fpncli.training.loggers.extras import require
 
 PROJECT = "fpncli"  # unless WANDB_PROJECT is set
 
