@@ -256,6 +256,25 @@ def train(
         f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
         highlight=False,
     )
+    _say_logs(Path(run))
+
+
+# What each logger left in the run folder, and how to look at it.
+_LOG_HINTS = (
+    ("tensorboard", "tensorboard --logdir {run}/tensorboard"),
+    ("mlruns", "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {run}/mlruns"),
+    ("wandb", "wandb sync {run}/wandb/offline-run-*  (offline run; uploads it)"),
+    ("metrics.csv", "{run}/metrics.csv"),
+)
+
+
+def _say_logs(run: Path) -> None:
+    """One line per logger output in ``run``: the command that opens it."""
+    for name, hint in _LOG_HINTS:
+        if name == "wandb" and not any((run / name).glob("offline-run-*")):
+            hint = "{run}/wandb (synced as it ran)"
+        if (run / name).exists():
+            console.print(f"  {name}: {esc(hint.format(run=run))}", highlight=False)
 
 
 def _other_losses(event: dict[str, Any]) -> str:
