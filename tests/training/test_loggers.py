@@ -48,7 +48,7 @@ def logged(tmp_path_factory):
     import fpncli.training.train as engine
 
     root = tmp_path_factory.mktemp("loggers")
-    synthesize(root / "data", train=8, val=2, seed=0)
+    synthesize(root / "data", train=4, val=2, seed=0)
     run = root / "run"
     events: list[dict] = []
     state = {"it": 0}
@@ -70,7 +70,7 @@ def logged(tmp_path_factory):
             preset="tiny",
             out=str(run),
             model=dict(SMALL),
-            batch_size=4,
+            batch_size=2,
             workers=0,
             log_every=1,
             eval_every=1,
@@ -140,7 +140,7 @@ def test_mlflow_offline_store_same_run_on_resume(logged):
     ]
     run = client.get_run(ids["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.optimizer"] == "adamw" and run.data.params["train.batch_size"] == "4"
+    assert run.data.params["train.optimizer"] == "adamw" and run.data.params["train.batch_size"] == "2"
     artifacts = {a.path for a in client.list_artifacts(ids["run_id"], "checkpoints")}
     assert artifacts == {"checkpoints/last.pt", "checkpoints/best.pt"}
 
