@@ -4,6 +4,7 @@ run in detail (:func:`plot_training_curves`) or several overlaid (:func:`plot_ru
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,14 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
             continue
         (val if rec.get("type") == "val" else train).append(rec)
     return train, val
+
+
+def _value(record: dict, key: str) -> float:
+    """``record[key]`` as a float; NaN (a gap in the curve) when missing or not a number."""
+    value = record.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
 
 
 def metrics_file(run: str | os.PathLike) -> Path:
@@ -65,17 +74,17 @@ def plot_training_curves(metrics_file: str | os.PathLike, out: str | os.PathLike
     fig, axes = plt.subplots(1, 4 if extra else 3, figsize=(20 if extra else 15, 4))
     its = [r["iter"] for r in train]
     for key in main:
-        values = [r.get(key) for r in train]
-        if any(v is not None and v > 0 for v in values):
+        values = [_value(r, key) for r in train]
+        if any(v > 0 for v in values):
             axes[0].plot(its, values, label=key, linewidth=2 if key == "loss" else 1)
     axes[0].set_yscale("log")
     axes[0].set_title("training losses")
-    axes[1].plot(its, [r.get("lr") for r in train], color="tab:purple")
+    axes[1].plot(its, [_value(r, "lr") for r in train], color="tab:purple")
     axes[1].set_title("learning rate")
     if val:
         vits = [r["iter"] for r in val]
         for key in ("AP", "AP50", "APs", "APm", "APl"):
-            axes[2].plot(vits, [r.get(key) for r in val], marker="o", label=key)
+            axes[2].plot(vits, [_value(r, key) for r in val], marker="o", label=key)
         axes[2].set_ylim(0, 1)
     else:
         axes[2].text(0.5, 0.5, "no validation set", ha="center", va="center", transform=axes[2].transAxes)
@@ -83,8 +92,8 @@ def plot_training_curves(metrics_file: str | os.PathLike, out: str | os.PathLike
     if extra:
         # Included in "loss" (the sum the optimiser sees); drawn apart to keep panel 1 readable.
         for key in extra:
-            values = [r.get(key) for r in train]
-            if any(v is not None and v > 0 for v in values):
+            values = [_value(r, key) for r in train]
+            if any(v > 0 for v in values):
                 axes[3].plot(its, values, label=key.removeprefix("loss_"), linewidth=1)
         axes[3].set_yscale("log")
         axes[3].set_title("other losses (included in loss)")
@@ -119,14 +128,14 @@ def plot_runs(
         train, val = read_metrics(file)
         its = [r["iter"] for r in train]
         if train:
-            axes[0].plot(its, [r.get("loss") for r in train], color=color, label=label)
-            axes[1].plot(its, [r.get("lr") for r in train], color=color, label=label)
+            axes[0].plot(its, [_value(r, "loss") for r in train], color=color, label=label)
+            axes[1].plot(its, [_value(r, "lr") for r in train], color=color, label=label)
         if val:
             any_val = True
             vits = [r["iter"] for r in val]
-            axes[2].plot(vits, [r.get("AP") for r in val], color=color, marker="o", label=f"{label} AP")
+            axes[2].plot(vits, [_value(r, "AP") for r in val], color=color, marker="o", label=f"{label} AP")
             axes[2].plot(
-                vits, [r.get("AP50") for r in val], color=color, linestyle="--", label=f"{label} AP50"
+                vits, [_value(r, "AP50") for r in val], color=color, linestyle="--", label=f"{label} AP50"
             )
     axes[0].set_yscale("log")
     axes[0].set_title("training loss (sum)")

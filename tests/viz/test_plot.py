@@ -84,3 +84,19 @@ def test_output_may_not_be_an_input(tmp_path, cli):
     result = cli(["plot", run, "--out", run / "metrics.jsonl"])
     assert result.exit_code == 1 and "is also an input" in result.output
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 1.0
+
+
+def test_values_that_are_not_numbers_are_gaps(tmp_path, cli):
+    """A hand-edited or foreign file: strings, NaN and missing keys draw gaps, not a traceback."""
+    run = tmp_path / "odd"
+    run.mkdir()
+    records = [
+        '{"type": "train", "iter": 1, "loss": "abc", "lr": "x"}',
+        '{"type": "train", "iter": 2, "loss": NaN}',
+        '{"type": "train", "iter": 3, "loss": 1.0, "lr": 0.1}',
+        '{"type": "val", "iter": 3}',
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(records) + "\n")
+    result = cli(["plot", run, run / "metrics.jsonl", "--out", tmp_path / "both.png"])
+    assert result.exit_code == 0, result.output
+    assert cli(["plot", run]).exit_code == 0 and (run / "curves.png").stat().st_size > 5000
