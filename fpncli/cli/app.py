@@ -79,6 +79,9 @@ app.command("ablation", help=ablation_cli.HELP, epilog=ablation_cli.EPILOG)(abla
 from fpncli.cli import export as export_cli  # noqa: E402
 
 app.command("export", help=export_cli.HELP, epilog=export_cli.EPILOG)(export_cli.export)
+from fpncli.cli import plot as plot_cli  # noqa: E402
+
+app.command("plot", help=plot_cli.HELP, epilog=plot_cli.EPILOG)(plot_cli.plot)
 
 
 def main() -> None:

@@ -115,13 +115,15 @@ def test_resume_refuses_what_would_change_the_run_and_says_what_changes(tmp_path
     """`fpn train --resume RUN --sac --neck rfp --fpn-channels 32` used to train RUN's fpn."""
     line = _error(cli, ["train", "--resume", str(tmp_path), "--sac", "--neck", "rfp", "--fpn-channels", "32"])
     assert line.startswith("error: --neck, --fpn-channels, --sac: --resume ")
-    assert "only --iters, --epochs, --workers may change" in line
+    assert "only --iters, --epochs, --workers, --logger may change" in line
     line = _error(cli, ["train", "--resume", str(tmp_path), "--lr", "0.1", "--data", "x"])
     assert line.startswith("error: --data, --lr: --resume")
     # Allowed ones are said, with the run's own values (this folder has a config, no last.pt).
     (tmp_path / "config.json").write_text(json.dumps({"train": {"out": str(tmp_path), "iters": 50}}))
-    result = cli(["train", "--resume", str(tmp_path), "--iters", "80"])
-    assert f"resuming {tmp_path} with --iters 80 (was 50)" in result.output
+    result = cli(["train", "--resume", str(tmp_path), "--iters", "80", "--logger", "csv,tensorboard"])
+    assert (
+        f"resuming {tmp_path} with --iters 80 (was 50), --logger csv,tensorboard (was none)" in result.output
+    )
     assert "nothing to resume (no last.pt)" in result.output
 
 
