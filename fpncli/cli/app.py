@@ -11,16 +11,19 @@ from fpncli import __version__
 from fpncli.cli import info
 from fpncli.cli.common import state
 
-_display_type_rich = TyperOption.display_type_rich
+# Typer 0.29's help shows a flag's type as "<bool>", which reads as if it took a value; a
+# flag shows no type, as in click's and argparse's help. Other Typer releases have no such
+# method (the H200 machine's did not: `fpn` failed to start there), so patch only where it is.
+_display_type_rich = getattr(TyperOption, "display_type_rich", None)
 
 
 def _flag_type(self: TyperOption, ctx: Any) -> str | None:
-    # Typer 0.29's help shows a flag's type as "<bool>", which reads as if it took a value;
-    # a flag shows no type, as in click's and argparse's help.
+    assert _display_type_rich is not None  # installed only where the method exists
     return None if self.is_flag else _display_type_rich(self, ctx)
 
 
-TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+if _display_type_rich is not None:
+    TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="fpn",
@@ -76,6 +79,9 @@ app.command("ablation", help=ablation_cli.HELP, epilog=ablation_cli.EPILOG)(abla
 from fpncli.cli import export as export_cli  # noqa: E402
 
 app.command("export", help=export_cli.HELP, epilog=export_cli.EPILOG)(export_cli.export)
+from fpncli.cli import plot as plot_cli  # noqa: E402
+
+app.command("plot", help=plot_cli.HELP, epilog=plot_cli.EPILOG)(plot_cli.plot)
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ EPILOG = (
     "  fpn train --data /data/coco --out runs/drs --neck rfp --sac   # DetectoRS (RFP + SAC)\n\n"
     "  fpn train --resume runs/r50                                    # continue exactly where it stopped\n\n"
     "  torchrun --nproc_per_node=8 -m fpncli train --data /data/coco --out runs/r50 --amp\n\n"
-    "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by val AP) and curves.png."
+    "  fpn train --data /data/coco --out runs/r50 --logger tensorboard,csv --eval-every 1   # then: tensorboard --logdir runs/r50\n\n"
+    "The run folder gets config.json, metrics.jsonl, last.pt, best.pt (by --best-metric) and curves.png "
+    "(redraw it, or compare runs, with fpn plot)."
 )
 
 
@@ -50,7 +52,7 @@ def _sizes(text: str | None) -> list[int] | None:
 
 # What may change when a run is resumed: its length and how fast it loads data. Anything
 # else would silently not apply (the run's config.json is reused), so it is refused.
-RESUME_OPTIONS = ("resume", "iters", "epochs", "workers")
+RESUME_OPTIONS = ("resume", "iters", "epochs", "workers", "logger")
 
 
 @handle_errors
@@ -133,11 +135,28 @@ def train(
     save_every: Annotated[
         int, typer.Option(help="Write last.pt every N iterations (0: each epoch end).")
     ] = 0,
+    best_metric: Annotated[
+        str,
+        typer.Option(
+            help="Validation metric that chooses best.pt (higher is better): AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm or ARl."
+        ),
+    ] = "AP",
+    logger: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Experiment loggers besides metrics.jsonl, comma-separated or repeated: tensorboard, mlflow, "
+            "wandb (offline unless WANDB_MODE says otherwise), csv. Each but csv is a pip extra, e.g. "
+            "pip install 'fpncli[tensorboard]'. With --resume: the run's own loggers unless given."
+        ),
+    ] = None,
 ) -> None:
     import os
 
     from fpncli.training.config import TrainConfig
+    from fpncli.training.loggers import parse_loggers
     from fpncli.training.train import train as run_training
+
+    loggers = parse_loggers(logger) if logger else None
 
     assert model is not None  # model_options passes it
     given = dict(model.given)
@@ -149,7 +168,9 @@ def train(
     if resume is not None:
         _refuse_on_resume(ctx, resume)
         _say_resume_changes(ctx, resume)
-        cfg = TrainConfig(out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers)
+        cfg = TrainConfig(
+            out=str(resume), resume=True, iters=iters, epochs=epochs, workers=workers, loggers=loggers
+        )
     else:
         cfg = TrainConfig(
             out=str(out),
@@ -182,6 +203,8 @@ def train(
             eval_every=eval_every,
             log_every=log_every,
             save_every=save_every,
+            best_metric=best_metric,
+            loggers=loggers,
         )
     is_main = int(os.environ.get("RANK", "0")) == 0
     display = TrainDisplay() if is_main else None
@@ -214,7 +237,12 @@ def train(
         m = summary["final_metrics"]
         console.print(
             f"val: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  APs {m['APs']:.3f}  APm {m['APm']:.3f}  "
-            f"APl {m['APl']:.3f}   best AP {summary['best_ap']:.3f}",
+            f"APl {m['APl']:.3f}"
+            + (
+                f"   best {summary['best_metric']} {summary['best_value']:.3f}"
+                if summary.get("best_value") is not None
+                else ""
+            ),
             highlight=False,
         )
     if summary.get("skipped_images"):
@@ -228,6 +256,25 @@ def train(
         f"metrics.jsonl, config.json{', curves.png' if summary.get('curves') else ''})",
         highlight=False,
     )
+    _say_logs(Path(run))
+
+
+# What each logger left in the run folder, and how to look at it.
+_LOG_HINTS = (
+    ("tensorboard", "tensorboard --logdir {run}/tensorboard"),
+    ("mlruns", "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {run}/mlruns"),
+    ("wandb", "wandb sync {run}/wandb/offline-run-*  (offline run; uploads it)"),
+    ("metrics.csv", "{run}/metrics.csv"),
+)
+
+
+def _say_logs(run: Path) -> None:
+    """One line per logger output in ``run``: the command that opens it."""
+    for name, hint in _LOG_HINTS:
+        if name == "wandb" and not any((run / name).glob("offline-run-*")):
+            hint = "{run}/wandb (synced as it ran)"
+        if (run / name).exists():
+            console.print(f"  {name}: {esc(hint.format(run=run))}", highlight=False)
 
 
 def _other_losses(event: dict[str, Any]) -> str:
@@ -269,6 +316,13 @@ class TrainDisplay:
                 + (f", AMP {event['amp']}" if event.get("amp") else ""),
                 highlight=False,
             )
+            if event.get("best_value") is not None:
+                at = f" (iteration {event['best_iteration']})" if event.get("best_iteration") else ""
+                console.print(
+                    f"best {event['best_metric']} so far {event['best_value']:.3f}{at}: best.pt is "
+                    "replaced only by a better evaluation",
+                    highlight=False,
+                )
             self.progress.start()
             self.task = self.progress.add_task(
                 "train", total=event["total_iterations"], completed=event["start_iteration"], status=""
@@ -292,8 +346,13 @@ class TrainDisplay:
             )
         elif kind == "warning":
             self._print(f"[yellow]warning:[/] {esc(str(event['message']))}")
-        elif kind == "checkpoint" and "AP" in event:
-            self._print(f"new best AP {event['AP']:.3f} -> {esc(str(event['path']))}")
+        elif kind == "checkpoint" and "best_value" in event:
+            was = event.get("previous_best")
+            self._print(
+                f"iteration {event['iteration']}: new best {event['best_metric']} {event['best_value']:.3f}"
+                + (f" (was {was:.3f})" if was is not None else "")
+                + f" -> {esc(str(event['path']))}"
+            )
 
     def _print(self, text: str) -> None:
         (self.progress.console if self.task is not None else err_console).print(text, highlight=False)
@@ -333,10 +392,18 @@ def _say_resume_changes(ctx: typer.Context, run: Path) -> None:
         old = read_run_config(run)
     except FpnError:
         return  # not a run folder: the training itself says so
-    changed = [
-        f"--{name} {ctx.params[name]} (was {getattr(old, name)})"
-        for name in RESUME_OPTIONS[1:]
-        if _given(ctx, name) and ctx.params.get(name) != getattr(old, name)
-    ]
+    from fpncli.training.loggers import parse_loggers
+
+    def now_and_before(name: str) -> tuple[Any, Any]:
+        if name == "logger":
+            return ",".join(parse_loggers(ctx.params[name] or [])), ",".join(old.loggers or []) or "none"
+        return ctx.params[name], getattr(old, name)
+
+    changed = []
+    for name in RESUME_OPTIONS[1:]:
+        if _given(ctx, name):
+            now, before = now_and_before(name)
+            if now != before:
+                changed.append(f"--{name} {now} (was {before})")
     if changed:
         err_console.print(f"resuming {esc(str(run))} with {esc(', '.join(changed))}", highlight=False)

@@ -250,9 +250,12 @@ def predict_images(
     if cpu_processes > 0 and device.type == "cpu":
         if getattr(model, "runs_in_threads", False):
             yield from _predict_in_threads(model, dataset, cpu_processes, on_result)
-        else:
+            return
+        if not torch.cuda.is_initialized():
             yield from _predict_in_processes(model, dataset, cpu_processes, on_result, threads_per_image)
-        return
+            return
+        # This process holds a CUDA context (a CPU run after GPU work in one program):
+        # forking it into replicas hung on the H200 machine (2026-12-04), so detect here.
     loader = DataLoader(
         dataset,
         batch_size=None,

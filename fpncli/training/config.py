@@ -19,6 +19,10 @@ from fpncli.config import PRESETS
 from fpncli.errors import FpnError
 
 OPTIMIZERS = ("sgd", "adamw")
+# The 12 COCO numbers a validation logs; any of them can choose best.pt (higher is better).
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# Experiment loggers of `--logger` (fpncli.training.loggers), each its own optional extra but csv.
+LOGGERS = ("tensorboard", "mlflow", "wandb", "csv")
 
 # Training recipes, one per model preset.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -111,6 +115,8 @@ class TrainConfig:
     log_every: int = 20  # iterations
     save_every: int = 0  # iterations between last.pt writes (0 = each epoch end)
     eval_batch_size: int = 2
+    best_metric: str = "AP"  # the validation metric that chooses best.pt
+    loggers: list[str] | None = None  # experiment loggers (LOGGERS) besides metrics.jsonl
     resume: bool = False
 
     def resolved(self) -> TrainConfig:
@@ -191,6 +197,13 @@ class TrainConfig:
             raise FpnError(f"unknown --amp-dtype {self.amp_dtype!r}; choose auto, bf16 or fp16")
         if self.train_sizes is not None and (not self.train_sizes or min(self.train_sizes) < 32):
             raise FpnError(f"--train-sizes must be sizes of at least 32 px, got {self.train_sizes}")
+        if self.best_metric not in COCO_METRICS:
+            raise FpnError(
+                f"unknown --best-metric {self.best_metric!r}; choose one of {', '.join(COCO_METRICS)}"
+            )
+        unknown = [name for name in self.loggers or [] if name not in LOGGERS]
+        if unknown:
+            raise FpnError(f"unknown --logger {unknown[0]!r}; choose from {', '.join(LOGGERS)}")
         if any(not 0 < s < 1 for s in self.lr_steps or []):
             raise FpnError(f"lr_steps are fractions of the run (0..1), got {self.lr_steps}")
 

@@ -28,9 +28,12 @@ def resumed_config(cfg: TrainConfig, run: Path) -> tuple[TrainConfig, dict[str, 
             raise FpnError(f"{run}: nothing to resume (no last.pt)")
         saved = read_run_config(run)
         saved.resume = True
-        # A resumed run may be made longer; everything else comes from the run folder.
+        # A resumed run may be made longer and log elsewhere too; everything else comes from
+        # the run folder.
         if cfg.iters is not None or cfg.epochs is not None:
             saved.iters, saved.epochs = cfg.iters, cfg.epochs
+        if cfg.loggers is not None:
+            saved.loggers = cfg.loggers
         if cfg.workers != saved.workers:
             saved.workers = cfg.workers
         cfg = saved
@@ -67,7 +70,7 @@ def saved_train_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: torch.amp.GradScaler,
-    best_ap: float | None,
+    best_value: float | None,
     per_epoch: int,
     info: D.DistInfo,
     cfg: TrainConfig,
@@ -83,7 +86,8 @@ def saved_train_state(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": states,
-        "best_ap": best_ap,
+        "best_metric": cfg.best_metric,
+        "best_value": best_value,
         "world_size": info.world_size,
         "train_config": json.dumps(cfg.to_dict()),
     }
@@ -100,7 +104,8 @@ def restore_train_state(
     emit: ProgressFn,
 ) -> tuple[int, float | None]:
     """Load ``last.pt``'s training state into the optimizer, scheduler, scaler and RNGs;
-    returns the iteration to continue from and the best AP so far."""
+    returns the iteration to continue from and the best value so far of the run's best
+    metric (see :func:`best_so_far`)."""
     ts = resume_state.get("train_state")
     if not ts:
         raise FpnError(f"{run / 'last.pt'}: has no training state to resume from")
@@ -116,7 +121,9 @@ def restore_train_state(
     # The schedule's length may have changed (extended run): the lambda reads `total`.
     if ts.get("scaler"):
         scaler.load_state_dict(ts["scaler"])
-    start_iter, best_ap = int(ts["iteration"]), ts.get("best_ap")
+    start_iter = int(ts["iteration"])
+    # Runs written before --best-metric saved "best_ap" (by AP, the only choice then).
+    best_value = ts.get("best_value", ts.get("best_ap"))
     if ts.get("world_size", 1) != info.world_size:
         emit(
             {
@@ -132,7 +139,25 @@ def restore_train_state(
             f"{run}: already trained {start_iter} of {total} iterations; "
             f"pass a larger --iters/--epochs to continue"
         )
-    return start_iter, best_ap
+    return start_iter, best_value
+
+
+def best_so_far(run: Path, metric: str, recorded: float | None) -> tuple[float | None, int | None]:
+    """The best ``metric`` value of the run and its iteration, read from ``RUN/best.pt`` (what
+    is on disk wins: a run killed between writing best.pt and last.pt must not let a worse
+    model replace it); ``recorded`` (last.pt's) when best.pt is absent or says nothing of
+    ``metric``. ``(None, None)``: no evaluation yet."""
+    path = run / "best.pt"
+    if path.is_file():
+        try:
+            ts = read_checkpoint(path).get("train_state") or {}
+        except FpnError:
+            ts = {}
+        val = ts.get("val") or {}
+        value = ts.get("best_value") if ts.get("best_metric") == metric else val.get(metric)
+        if isinstance(value, (int, float)):
+            return float(value), ts.get("iteration")
+    return recorded, None
 
 
 def trim_metrics(path: Path, start_iter: int) -> None:

@@ -31,7 +31,16 @@ def check_run_outputs(cfg: TrainConfig, run: Path) -> None:
         folders=[run],
         files=[
             run / n
-            for n in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png", SKIPPED_FILE)
+            for n in (
+                "config.json",
+                "last.pt",
+                "best.pt",
+                "metrics.jsonl",
+                "curves.png",
+                "metrics.csv",
+                "loggers.json",
+                SKIPPED_FILE,
+            )
         ],
         inputs=[
             cfg.train_ann,

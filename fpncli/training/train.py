@@ -7,8 +7,10 @@
 The run folder (``cfg.out``) gets ``config.json`` (the resolved TrainConfig, the model
 config, versions, world size), ``skipped_images.txt`` (every training image left out:
 missing, unreadable or unfit for the model's sizes, one per line), ``metrics.jsonl`` (one
-JSON object per logged iteration and per evaluation), ``last.pt`` and ``best.pt`` (by validation AP; fpncli checkpoints, loadable
-with ``--weights``) and ``curves.png``. ``TrainConfig(out=RUN, resume=True)`` continues a run
+JSON object per logged iteration and per evaluation), ``last.pt`` and ``best.pt`` (by the
+validation metric ``cfg.best_metric``; fpncli checkpoints, loadable with ``--weights``),
+``curves.png``, and what the experiment loggers of ``cfg.loggers`` write
+(:mod:`fpncli.training.loggers`). ``TrainConfig(out=RUN, resume=True)`` continues a run
 exactly: model, optimizer, scheduler, grad scaler, iteration, RNG states and data order.
 """
 
@@ -35,8 +37,9 @@ from fpncli.modeling.detector import FPNFasterRCNN
 from fpncli.runtime import distributed as D
 from fpncli.runtime.events import ProgressFn
 from fpncli.training.config import TrainConfig, filled
+from fpncli.training.loggers import check_loggers, logger_hooks
 from fpncli.training.model_setup import build_training_model
-from fpncli.training.resume import restore_train_state, resumed_config, saved_train_state
+from fpncli.training.resume import best_so_far, restore_train_state, resumed_config, saved_train_state
 from fpncli.training.run_folder import (
     SKIPPED_FILE,
     UnreadableImages,
@@ -127,8 +130,8 @@ def train(
             built-in ones (logging, evaluation, ``best.pt``, ``last.pt``) at every step.
 
     Returns:
-        ``{"run", "iterations", "total_iterations", "epochs", "interrupted", "best_ap",
-        "final_metrics", "last", "best", "seconds", "images_per_s", "model"}``; ``model`` is
+        ``{"run", "iterations", "total_iterations", "epochs", "interrupted", "best_metric",
+        "best_value", "final_metrics", "last", "best", "seconds", "images_per_s", "model"}``; ``model`` is
         the trained (unwrapped) model, the rest is JSON-safe.
 
     Raises:
@@ -154,6 +157,7 @@ def _train(
     run = Path(cfg.out)
     cfg, resume_state = resumed_config(cfg, run)
     cfg = cfg.resolved()
+    check_loggers(cfg.loggers or [])  # a missing extra is one line before any work
     device = info.device
     if info.is_main:
         check_run_outputs(cfg, run)
@@ -173,11 +177,12 @@ def _train(
     total = cfg.iters if cfg.iters is not None else filled(cfg.epochs) * per_epoch
     lr = filled(cfg.lr) * info.world_size  # linear scaling with the effective batch
     opt = _optimisation(cfg, model, device, lr, total, emit)
-    start_iter, best_ap = 0, None
+    start_iter, best_value, best_iter = 0, None, None
     if resume_state is not None:
-        start_iter, best_ap = restore_train_state(
+        start_iter, best_value = restore_train_state(
             resume_state, run, opt.optimizer, opt.scheduler, opt.scaler, info, total, emit
         )
+        best_value, best_iter = best_so_far(run, cfg.best_metric, best_value)
     model, ddp_model = _distributed(model, info)
 
     metrics_path = run / "metrics.jsonl"
@@ -212,6 +217,10 @@ def _train(
             "optimizer": cfg.optimizer,
             "weights": source,
             "amp": str(opt.amp_dtype).replace("torch.", "") if opt.amp_dtype else None,
+            "best_metric": cfg.best_metric,
+            "best_value": best_value,  # a resumed run's best so far
+            "best_iteration": best_iter,
+            "loggers": cfg.loggers or [],
         }
     )
 
@@ -221,7 +230,7 @@ def _train(
             optimizer=opt.optimizer,
             scheduler=opt.scheduler,
             scaler=opt.scaler,
-            best_ap=trainer.best_ap,
+            best_value=trainer.best_value,
             per_epoch=per_epoch,
             info=info,
             cfg=cfg,
@@ -248,7 +257,7 @@ def _train(
         amp_dtype=opt.amp_dtype,
         clip_grad=cfg.clip_grad,
         stop_requested=lambda: stop.requested,
-        best_ap=best_ap,
+        best_value=best_value,
         on_unreadable=unreadable,
         # A whole epoch (or the whole run) without one readable image: nothing to train,
         # and no checkpoint is written.
@@ -264,6 +273,7 @@ def _train(
     D.broadcast_buffers(model, info)
     seconds = time.perf_counter() - t_start
     summary = _summary(trainer, run, total, per_epoch, seconds, train_set, unreadable)
+    summary["best_metric"] = cfg.best_metric
     if info.is_main:
         try:
             from fpncli.viz.curves import plot_training_curves
@@ -400,18 +410,21 @@ def _default_hooks(
     emit: ProgressFn,
     train_state: Callable[[int], dict[str, Any]],
 ) -> list[HookBase]:
-    """Logging, evaluation with best.pt, and last.pt, in the order they must run."""
+    """Logging, evaluation with best.pt, last.pt and the experiment loggers, in the order
+    they must run."""
     # Order matters: evaluation runs before best.pt is compared and before last.pt records
-    # best_ap; extra hooks (new evaluations, new logs) run after the built-in ones.
+    # the best value; the experiment loggers read what the others left on the trainer and
+    # log the final last.pt; extra hooks (new evaluations, new logs) run after the built-in ones.
     default_hooks: list[HookBase] = [
         IterationLogger(metrics_path, cfg.log_every, batch_size, progress is not None)
     ]
     if cfg.val_ann:
         default_hooks += [
             PeriodicEvaluation(lambda m: _validate(m, cfg, info, emit), metrics_path, cfg.eval_every),
-            BestCheckpointer(run / "best.pt"),
+            BestCheckpointer(run / "best.pt", cfg.best_metric),
         ]
     default_hooks.append(LastCheckpointer(run / "last.pt", cfg.save_every, train_state))
+    default_hooks += logger_hooks(cfg, run, info.is_main, emit)
     return default_hooks
 
 
@@ -425,18 +438,18 @@ def _summary(
     unreadable: UnreadableImages,
 ) -> dict[str, Any]:
     """What :func:`train` returns, JSON-safe (the model is added after)."""
-    best_ap, last_metrics = trainer.best_ap, trainer.last_metrics
+    best_value, last_metrics = trainer.best_value, trainer.last_metrics
     return {
         "run": str(run),
         "iterations": trainer.iteration,
         "total_iterations": total,
         "epochs": trainer.iteration / per_epoch,
         "interrupted": trainer.interrupted,
-        "best_ap": best_ap,
+        "best_value": best_value,
         "final_metrics": json_safe(last_metrics) if last_metrics else None,
         "last": str(run / "last.pt") if (run / "last.pt").is_file() else None,
         "skipped_images": len(train_set.report.skipped_images()) + len(unreadable.seen),
-        "best": str(run / "best.pt") if best_ap is not None else None,
+        "best": str(run / "best.pt") if (run / "best.pt").is_file() else None,
         "seconds": seconds,
         "images_per_s": trainer.images_seen / seconds if seconds > 0 else None,
     }

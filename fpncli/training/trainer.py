@@ -28,11 +28,12 @@ from fpncli.checkpoint import save_checkpoint
 from fpncli.errors import FpnError
 from fpncli.runtime import distributed as D
 from fpncli.runtime.events import ProgressFn
+from fpncli.training.config import COCO_METRICS
 
 # torchvision's four Faster R-CNN losses, logged first and in this order; any other loss a
 # model returns (e.g. an auxiliary head's) is logged after them under its own name.
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
-VAL_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+VAL_KEYS = COCO_METRICS
 
 
 class TrainingDiverged(FpnError):
@@ -81,6 +82,10 @@ class HookBase:
     def after_train(self) -> None:
         pass
 
+    def after_failure(self) -> None:
+        """Called instead of :meth:`after_train` when the loop raised (a NaN loss, an error,
+        a second Ctrl-C): release files and connections; must not raise."""
+
 
 class Trainer:
     """Runs ``total`` optimisation steps from ``start_iter``, calling ``hooks`` after each.
@@ -92,6 +97,7 @@ class Trainer:
             ``[{"boxes": Tensor[N, 4] xyxy pixels, "labels": Int64Tensor[N]}]`` and the
             reasons of the batch's images that could not be read (given to ``on_unreadable``).
         stop_requested: read after each step (on every rank); True ends the run cleanly.
+        best_value: the best validation value so far of ``best_metric`` (a resumed run's).
         nothing_read: when a whole epoch (or the whole run) passes before any rank has read
             one image, ``raise nothing_read(batches)``: nothing can be trained.
     """
@@ -115,7 +121,7 @@ class Trainer:
         amp_dtype: torch.dtype | None = None,
         clip_grad: float | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
-        best_ap: float | None = None,
+        best_value: float | None = None,
         on_unreadable: Callable[[list[str]], None] = lambda reasons: None,
         nothing_read: Callable[[int], FpnError] | None = None,
     ) -> None:
@@ -126,13 +132,15 @@ class Trainer:
         self.run, self.emit = run, emit
         self.amp_dtype, self.clip_grad = amp_dtype, clip_grad
         self.stop_requested = stop_requested
-        self.best_ap = best_ap
+        self.best_value = best_value
         self.on_unreadable = on_unreadable
         self.nothing_read = nothing_read
         self.images_trained = 0  # on this rank
         self.empty_streak = 0  # batches in a row without a readable image (on every rank)
         self.last_metrics: dict[str, Any] | None = None  # the latest evaluation's metrics
         self.metrics_iter: int | None = None  # the iteration they were computed at
+        self.train_record: dict[str, Any] | None = None  # the latest metrics.jsonl train record
+        self.record_iter: int | None = None  # its iteration
         self.should_stop = False
         self.interrupted = False
         self.images_seen = 0
@@ -149,10 +157,12 @@ class Trainer:
         return self.iteration % self.per_epoch == 0
 
     def train(self) -> None:
-        for hook in self.hooks:
-            hook.before_train()
-        data_iter = iter(self.data)
+        data_iter: Any = None
+        finished = False
         try:
+            for hook in self.hooks:
+                hook.before_train()
+            data_iter = iter(self.data)
             t_data, cpu_data = time.perf_counter(), time.process_time()
             while self.iteration < self.total:
                 step = self.run_step(data_iter, t_data, cpu_data)
@@ -166,11 +176,15 @@ class Trainer:
                     self.interrupted = True
                     break
                 t_data, cpu_data = time.perf_counter(), time.process_time()
+            finished = True
         finally:
             del data_iter
             # The DDP wrapper holds the process group; hooks (the caller's too) keep this
             # trainer, so let go of it here for the group to end with the run (D.cleanup).
             self.ddp_model = self.model
+            if not finished:
+                for hook in self.hooks:
+                    hook.after_failure()
         for hook in self.hooks:
             hook.after_train()
 
@@ -289,6 +303,7 @@ class IterationLogger(HookBase):
                 "memory_mb": round(_memory_mb(t.device), 1),
             }
             append_jsonl(self.metrics_path, record)
+            t.train_record, t.record_iter = record, it
             t.emit({"event": "iter", **record, "total_iterations": t.total, "eta_s": avg * (t.total - it)})
             self.window = self.window[-50:]
         elif self.progress:
@@ -338,24 +353,41 @@ class PeriodicEvaluation(HookBase):
 
 
 class BestCheckpointer(HookBase):
-    """Saves ``best.pt`` whenever a new evaluation beats the best validation AP so far."""
+    """Saves ``best.pt`` (atomically) whenever a new evaluation beats the best value of
+    ``metric`` so far (``trainer.best_value``; higher is better, as for every COCO number).
+    Its ``train_state`` records ``iteration``, ``best_metric``, ``best_value`` and all of
+    that evaluation's metrics (``val``)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, metric: str = "AP") -> None:
+        self.path, self.metric = path, metric
 
     def after_iteration(self) -> None:
         t = self.trainer
         metrics = t.last_metrics
-        if metrics is None or t.metrics_iter != t.iteration:
+        if metrics is None or t.metrics_iter != t.iteration or self.metric not in metrics:
             return
-        if t.best_ap is None or metrics["AP"] > t.best_ap:
-            t.best_ap = float(metrics["AP"])
+        value = float(metrics[self.metric])
+        if not math.isfinite(value):
+            return
+        if t.best_value is None or value > t.best_value:
+            previous, t.best_value = t.best_value, value
             if t.info.is_main:
-                save_checkpoint(
-                    self.path, t.model, train_state={"iteration": t.iteration, "val": json_safe(metrics)}
-                )
+                state = {
+                    "iteration": t.iteration,
+                    "best_metric": self.metric,
+                    "best_value": value,
+                    "val": json_safe(metrics),
+                }
+                save_checkpoint(self.path, t.model, train_state=state)
                 t.emit(
-                    {"event": "checkpoint", "path": str(self.path), "iteration": t.iteration, "AP": t.best_ap}
+                    {
+                        "event": "checkpoint",
+                        "path": str(self.path),
+                        "iteration": t.iteration,
+                        "best_metric": self.metric,
+                        "best_value": value,
+                        "previous_best": previous,
+                    }
                 )
 
 

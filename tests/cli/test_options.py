@@ -115,11 +115,29 @@ def test_resume_refuses_what_would_change_the_run_and_says_what_changes(tmp_path
     """`fpn train --resume RUN --sac --neck rfp --fpn-channels 32` used to train RUN's fpn."""
     line = _error(cli, ["train", "--resume", str(tmp_path), "--sac", "--neck", "rfp", "--fpn-channels", "32"])
     assert line.startswith("error: --neck, --fpn-channels, --sac: --resume ")
-    assert "only --iters, --epochs, --workers may change" in line
+    assert "only --iters, --epochs, --workers, --logger may change" in line
     line = _error(cli, ["train", "--resume", str(tmp_path), "--lr", "0.1", "--data", "x"])
     assert line.startswith("error: --data, --lr: --resume")
     # Allowed ones are said, with the run's own values (this folder has a config, no last.pt).
     (tmp_path / "config.json").write_text(json.dumps({"train": {"out": str(tmp_path), "iters": 50}}))
-    result = cli(["train", "--resume", str(tmp_path), "--iters", "80"])
-    assert f"resuming {tmp_path} with --iters 80 (was 50)" in result.output
+    result = cli(["train", "--resume", str(tmp_path), "--iters", "80", "--logger", "csv,tensorboard"])
+    assert (
+        f"resuming {tmp_path} with --iters 80 (was 50), --logger csv,tensorboard (was none)" in result.output
+    )
     assert "nothing to resume (no last.pt)" in result.output
+
+
+def test_the_cli_starts_on_a_typer_without_the_flag_display_hook():
+    # Typer releases without TyperOption.display_type_rich (the GPU machine's) must still run `fpn`.
+    import subprocess
+    import sys
+
+    code = (
+        "import typer.core as c\n"
+        "if hasattr(c.TyperOption, 'display_type_rich'): del c.TyperOption.display_type_rich\n"
+        "import sys; sys.argv = ['fpn', 'detect', '--help']\n"
+        "from fpncli.cli.app import main; main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--score-thr" in proc.stdout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,30 +12,29 @@ from fpncli.data.sampler import GroupedBatches
 from fpncli.errors import FpnError
 
 
-def _write(tmp_path, images, annotations, categories=None):
-    img_dir = tmp_path / "images"
-    img_dir.mkdir(exist_ok=True)
-    for img in images:
-        if not img["file_name"].startswith(("/", "..")):
-            Image.new("RGB", (img["width"], img["height"]), (200, 200, 200)).save(img_dir / img["file_name"])
-    ann = tmp_path / "ann.json"
-    ann.write_text(
-        json.dumps(
-            {
-                "images": images,
-                "annotations": annotations,
-                "categories": categories or [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
-            }
-        )
-    )
-    return ann, img_dir
+@pytest.fixture
+def dataset_files(tmp_path, write_coco, make_image):
+    """``dataset_files(images, annotations, categories=None)``: the images (noise, at their
+    stated sizes; unsafe names are not written) under ``tmp_path/images`` and the COCO file
+    ``tmp_path/ann.json``; returns ``(ann, img_dir)``."""
+
+    def write(images, annotations, categories=None):
+        img_dir = tmp_path / "images"
+        img_dir.mkdir(exist_ok=True)
+        for img in images:
+            if not img["file_name"].startswith(("/", "..")):
+                make_image(img_dir / img["file_name"], size=(img["width"], img["height"]))
+        categories = categories or [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]
+        return write_coco(tmp_path / "ann.json", images, annotations, categories), img_dir
+
+    return write
 
 
 def _ann(i, image_id, bbox, cat=5, crowd=0):
     return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "iscrowd": crowd, "area": 1}
 
 
-def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(tmp_path):
+def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(dataset_files):
     images = [
         {"id": 1, "file_name": "a.png", "width": 40, "height": 30},
         {"id": 2, "file_name": "b.png", "width": 30, "height": 40},
@@ -52,7 +49,7 @@ def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(tmp_path):
         _ann(6, 2, [0, 0, 10, 10], crowd=1),  # crowd -> ignored
         _ann(7, 2, [3, 4, 5, 6]),
     ]
-    ann, img_dir = _write(tmp_path, images, anns)
+    ann, img_dir = dataset_files(images, anns)
     ds = DetectionDataset(ann, img_dir)
     assert len(ds) == 3 and ds.report.negatives == 1
     assert ds.report.dropped_boxes == 3 and ds.report.clipped_boxes == 1 and ds.report.crowd == 1
@@ -68,9 +65,9 @@ def test_dataset_cleans_boxes_keeps_negatives_and_ignores_crowd(tmp_path):
     assert len(DetectionDataset(ann, img_dir, drop_negatives=True)) == 2
 
 
-def test_flip_mirrors_image_and_boxes(tmp_path):
-    ann, img_dir = _write(
-        tmp_path, [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], [_ann(1, 1, [2, 3, 10, 5])]
+def test_flip_mirrors_image_and_boxes(dataset_files):
+    ann, img_dir = dataset_files(
+        [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], [_ann(1, 1, [2, 3, 10, 5])]
     )
     Image.fromarray(np.arange(40 * 30 * 3, dtype=np.uint8).reshape(30, 40, 3)).save(img_dir / "a.png")
     ds = DetectionDataset(ann, img_dir)
@@ -80,11 +77,11 @@ def test_flip_mirrors_image_and_boxes(tmp_path):
     assert torch.equal(ds[(0, True)][1]["boxes"], ft["boxes"])
 
 
-def test_unsafe_paths_and_bad_inputs_are_refused(tmp_path):
-    ann, img_dir = _write(tmp_path, [{"id": 1, "file_name": "../escape.png", "width": 4, "height": 4}], [])
+def test_unsafe_paths_and_bad_inputs_are_refused(dataset_files, tmp_path):
+    ann, img_dir = dataset_files([{"id": 1, "file_name": "../escape.png", "width": 4, "height": 4}], [])
     with pytest.raises(FpnError, match="leaves the images folder"):
         DetectionDataset(ann, img_dir)
-    ann, img_dir = _write(tmp_path, [{"id": 1, "file_name": "/etc/passwd", "width": 4, "height": 4}], [])
+    ann, img_dir = dataset_files([{"id": 1, "file_name": "/etc/passwd", "width": 4, "height": 4}], [])
     with pytest.raises(FpnError, match="absolute"):
         DetectionDataset(ann, img_dir)
     with pytest.raises(FpnError, match="images folder not found"):
@@ -93,12 +90,12 @@ def test_unsafe_paths_and_bad_inputs_are_refused(tmp_path):
         DetectionDataset(tmp_path / "missing.json", img_dir)
 
 
-def test_missing_and_corrupt_images_do_not_stop_the_rest(tmp_path):
+def test_missing_and_corrupt_images_do_not_stop_the_rest(dataset_files):
     images = [
         {"id": 1, "file_name": "a.png", "width": 8, "height": 8},
         {"id": 2, "file_name": "b.png", "width": 8, "height": 8},
     ]
-    ann, img_dir = _write(tmp_path, images, [_ann(1, 1, [1, 1, 4, 4]), _ann(2, 2, [1, 1, 4, 4])])
+    ann, img_dir = dataset_files(images, [_ann(1, 1, [1, 1, 4, 4]), _ann(2, 2, [1, 1, 4, 4])])
     (img_dir / "a.png").unlink()
     ds = DetectionDataset(ann, img_dir)
     assert len(ds) == 1 and "not found" in ds.report.warnings()[0]
@@ -108,8 +105,8 @@ def test_missing_and_corrupt_images_do_not_stop_the_rest(tmp_path):
     assert collate([skipped]) == ([], [], [skipped.reason])
 
 
-def test_empty_annotation_file(tmp_path):
-    ann, img_dir = _write(tmp_path, [], [])
+def test_empty_annotation_file(dataset_files):
+    ann, img_dir = dataset_files([], [])
     assert len(DetectionDataset(ann, img_dir)) == 0
 
 

@@ -183,3 +183,21 @@ def test_replica_processes_give_the_same_detections(tiny_config, images, tmp_pat
         assert torch.equal(a.labels, b.labels)
         assert torch.allclose(a.boxes, b.boxes, atol=1e-3) and torch.allclose(a.scores, b.scores, atol=1e-5)
     assert two[0].image is not None and two[0].image.shape == (3, 90, 120)
+
+
+def test_a_process_holding_a_cuda_context_is_not_forked_into_replicas(tiny_config, images, monkeypatch):
+    # Forking a process with a CUDA context hung on a GPU machine: it detects in-process.
+    import fpncli.inference.predict as predict
+
+    model = _scored_model(tiny_config)
+    one = list(predict_images(model, images))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("forked replicas in a process holding a CUDA context")
+
+    monkeypatch.setattr(predict, "_predict_in_processes", no_fork)
+    two = list(predict_images(model, images, cpu_processes=2))
+    assert [r.path for r in two] == [r.path for r in one]
+    for a, b in zip(one, two):
+        assert torch.equal(a.labels, b.labels) and torch.allclose(a.boxes, b.boxes, atol=1e-3)

@@ -22,8 +22,10 @@ SCRIPT = textwrap.dedent("""
     root, out, dump = sys.argv[1:4]
     small = {"min_size": 64, "max_size": 96, "fpn_channels": 16, "box_head_dim": 32,
              "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32}
+    import importlib.util
+    loggers = ["csv"] + (["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
     summary = train(TrainConfig(data=root, preset="tiny", out=out, iters=3, batch_size=1, workers=0,
-                                eval_every=-1, model=small, device="cpu", log_every=1))
+                                eval_every=-1, model=small, device="cpu", log_every=1, loggers=loggers))
     torch.save(summary["model"].state_dict(), os.path.join(dump, "rank%s.pt" % os.environ["RANK"]))
 """)
 
@@ -60,6 +62,11 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # only rank 0 wrote the log: one line per iteration
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iter"] for line in lines] == [1, 2, 3]
+    # and the loggers (#27) logged on rank 0 alone: each iteration once, one event file
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["iter", "1", "2", "3"]
+    if (tmp_path / "run" / "tensorboard").exists():
+        assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 # ------------------------------------------------------------------ every neck under DDP

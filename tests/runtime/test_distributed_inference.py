@@ -231,3 +231,22 @@ def test_an_eval_error_under_torchrun_is_printed_once(runs):
     assert codes[0][3] == 1 and codes[1][3] == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "missing.json" in line]
     assert len(errors) == 1 and errors[0].startswith("error (ranks 0, 1): "), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "index"),
+    [("cuda", {}, 0), ("cuda", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 1), ("cuda:1", {}, 1)],
+)
+def test_the_gpu_is_set_by_index(monkeypatch, spec, env, index):
+    # torch 2.11 refuses set_device(torch.device("cuda")) without an index (seen on an H200).
+    from fpncli.inference import sharded
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    chosen: list = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert sharded.inference_device(spec).type == "cuda"
+    assert chosen == [index] and isinstance(chosen[0], int)

@@ -77,6 +77,15 @@ def test_run_folder_contents(shapes, tmp_path):
     assert ckpt["train_state"]["iteration"] == 4
     assert ckpt["model_config"]["category_ids"] == [1, 2, 3, 4]
     assert (run / "best.pt").is_file() and (run / "curves.png").stat().st_size > 1000
+    # no --logger: nothing else (#27)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "curves.png",
+        "last.pt",
+        "metrics.jsonl",
+        "skipped_images.txt",
+    ]
     assert {"start", "iter", "eval", "end"} <= {e["event"] for e in events}
     with pytest.raises(FpnError, match="already holds a run"):
         train(_cfg(shapes, run, iters=2))
