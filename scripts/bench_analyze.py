@@ -81,9 +81,11 @@ def run_ours(dataset: dict, dets: list[dict]) -> dict[str, float]:
 
 def run_rest(dataset: dict, dets: list[dict]) -> dict[str, float]:
     """The other numbers of --analyze, timed part by part (no pictures)."""
+    import numpy as np
+
     from fpncli.evaluation.analysis.arrays import pack
     from fpncli.evaluation.analysis.confusion import confusion_matrix
-    from fpncli.evaluation.analysis.error_curves import error_curves
+    from fpncli.evaluation.analysis.error_curves import error_curves, error_curves_cocoeval
     from fpncli.evaluation.analysis.tide import tide
     from fpncli.evaluation.analysis.worst_images import error_rows, rows_to_csv, worst_images
     from fpncli.evaluation.coco_eval import run_cocoeval
@@ -101,12 +103,17 @@ def run_rest(dataset: dict, dets: list[dict]) -> dict[str, float]:
     rows_to_csv(error_rows(packed, result, dataset))
     times["worst images + errors.csv"] = time.perf_counter() - t
     ids = {im["id"] for im in dataset["images"]}
+    t = time.perf_counter()
+    curves = error_curves(dataset, dets, ids)
+    times["error curves (numpy)"] = time.perf_counter() - t
     for backend in ("faster-coco-eval", "pycocotools"):
-        # fpn eval has run the standard COCOeval already; --analyze reuses it for C75/C50.
+        # The COCOeval reference; fpn eval's own run gives it C75/C50.
         standard = run_cocoeval(dataset, [dict(d) for d in dets], backend, ids)
         t = time.perf_counter()
-        error_curves(dataset, [dict(d) for d in dets], ids, backend, evaluation=standard)
-        times[f"error curves ({backend})"] = time.perf_counter() - t
+        reference = error_curves_cocoeval(dataset, [dict(d) for d in dets], ids, backend, evaluation=standard)
+        times[f"error curves (COCOeval, {backend})"] = time.perf_counter() - t
+        same = np.array_equal(curves.precision, reference.precision, equal_nan=True)
+        print(f"  numpy error curves equal to the COCOeval ({backend}) ones: {same}")
     return times
 
 

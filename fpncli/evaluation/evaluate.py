@@ -157,7 +157,7 @@ def _evaluate(
         from fpncli.evaluation.analysis.report import analyze as run_analysis
 
         metrics["analysis"] = run_analysis(
-            gt.dataset, detections, ids, out_dir, analyze, backend=backend, levels=levels, evaluation=ev
+            gt.dataset, detections, ids, out_dir, analyze, backend=backend, levels=levels
         )
     return metrics
 

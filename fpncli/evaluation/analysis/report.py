@@ -81,12 +81,10 @@ def analyze(
     *,
     backend: str = "auto",
     levels: ModelLevels | None = None,
-    evaluation: Any = None,
 ) -> dict[str, Any]:
     """Every analysis of ``detections`` (checked COCO results) against ``dataset`` (a checked
     annotation dataset) on ``image_ids``; writes ``analysis.json`` and ``analysis/`` into
-    ``out_dir`` and returns what ``analysis.json`` holds. ``evaluation``: the standard
-    ``CocoEvaluation`` of the same inputs, when already run (saves a COCOeval run)."""
+    ``out_dir`` and returns what ``analysis.json`` holds."""
     out = Path(out_dir)
     folder = out / FOLDER
     seconds: dict[str, float] = {}
@@ -100,7 +98,7 @@ def analyze(
     confusion = confusion_matrix(packed, cats, names, options.conf_thr, options.conf_iou)
     seconds["confusion"] = time.perf_counter() - t
     t = time.perf_counter()
-    curves = error_curves(dataset, detections, image_ids, backend, evaluation)
+    curves = error_curves(dataset, detections, image_ids)
     seconds["error_curves"] = time.perf_counter() - t
     t = time.perf_counter()
     worst = worst_images(packed, result, options.worst)

@@ -11,7 +11,7 @@ import pytest
 
 from fpncli.evaluation.analysis.arrays import pack
 from fpncli.evaluation.analysis.confusion import confusion_matrix
-from fpncli.evaluation.analysis.error_curves import error_curves
+from fpncli.evaluation.analysis.error_curves import error_curves, error_curves_cocoeval
 from fpncli.evaluation.analysis.tide import tide
 from fpncli.evaluation.analysis.worst_images import (
     CSV_FIELDS,
@@ -20,6 +20,7 @@ from fpncli.evaluation.analysis.worst_images import (
     rows_to_csv,
     worst_images,
 )
+from fpncli.evaluation.coco_eval import run_cocoeval
 from tests.evaluation.analysis.test_tide import _box, _dataset, _det
 from tests.evaluation.analysis.tide_reference import perturbed
 
@@ -85,29 +86,38 @@ def _mmdet_class_curves(dataset, dets, k, cat_id, same_super):
 
 
 @pytest.mark.slow
-def test_error_curves_equal_mmdetections_per_class_runs(coco_tiny):
+@pytest.mark.parametrize("seed", [3, 4])
+def test_error_curves_equal_mmdetections_per_class_runs(coco_tiny, seed):
+    """numpy curves == one COCOeval run per curve == MMDetection's one run per class."""
     dataset = json.loads((coco_tiny / "annotations" / "instances_val2017.json").read_text())
-    dets = perturbed(dataset, seed=3)
+    dets = perturbed(dataset, seed=seed, ties=seed == 4)
     ids = {im["id"] for im in dataset["images"]}
-    curves = error_curves(dataset, [dict(d) for d in dets], ids, backend="pycocotools")
-    assert curves.precision.shape == (7, 101, 80, 4)
-    person = curves.cat_ids.index(1)
-    for k in (person, curves.cat_ids.index(3)):
-        for row, same_super in ((3, True), (4, False)):
-            theirs = _mmdet_class_curves(dataset, dets, k, curves.cat_ids[k], same_super)
-            ours = curves.precision[row, :, k, :]
-            valid = ~np.isnan(ours)
-            np.testing.assert_allclose(ours[valid], np.where(theirs == -1, 0, theirs)[valid])
+    reference = error_curves_cocoeval(dataset, [dict(d) for d in dets], ids, backend="pycocotools")
+    curves = error_curves(dataset, [dict(d) for d in dets], ids)
+    assert curves.precision.shape == (7, 101, 80, 4) and curves.cat_ids == reference.cat_ids
+    np.testing.assert_array_equal(curves.precision, reference.precision)
+    if seed == 3:
+        for k in (curves.cat_ids.index(1), curves.cat_ids.index(3)):
+            for row, same_super in ((3, True), (4, False)):
+                theirs = _mmdet_class_curves(dataset, dets, k, curves.cat_ids[k], same_super)
+                ours = curves.precision[row, :, k, :]
+                valid = ~np.isnan(ours)
+                np.testing.assert_allclose(ours[valid], np.where(theirs == -1, 0, theirs)[valid])
     # C75 and C50 taken from the standard COCOeval run are the same curves.
-    from fpncli.evaluation.coco_eval import run_cocoeval
-
     standard = run_cocoeval(dataset, [dict(d) for d in dets], "pycocotools", ids)
-    reused = error_curves(dataset, [dict(d) for d in dets], ids, "pycocotools", evaluation=standard)
-    np.testing.assert_array_equal(reused.precision, curves.precision)
+    reused = error_curves_cocoeval(dataset, [dict(d) for d in dets], ids, "pycocotools", evaluation=standard)
+    np.testing.assert_array_equal(reused.precision, reference.precision)
     overall = curves.to_json()["overall"]["all"]
     # Each step forgives more: the curves never go down from C75 to FN.
     values = [overall[t] for t in ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")]
     assert values == sorted(values) and values[-1] == 1.0
+
+
+def test_error_curves_without_detections():
+    data = _dataset([(1, 1, _box(10, 10)), (2, 2, _box(30, 30, 50, 50))])
+    curves = error_curves(data, [], {1, 2})
+    assert np.isnan(curves.precision[:, :, 2, :]).all()  # class 3: no objects
+    assert (curves.precision[:5, :, 0, 0] == 0).all() and (curves.precision[6, :, 0, 0] == 1).all()
 
 
 def test_worst_images_and_error_rows():
