@@ -156,9 +156,7 @@ def _evaluate(
     if analyze is not None and out_dir is not None:
         from fpncli.evaluation.analysis.report import analyze as run_analysis
 
-        metrics["analysis"] = run_analysis(
-            gt.dataset, detections, ids, out_dir, analyze, backend=backend, levels=levels
-        )
+        metrics["analysis"] = run_analysis(gt.dataset, detections, ids, out_dir, analyze, levels=levels)
     return metrics
 
 

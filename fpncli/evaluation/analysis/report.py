@@ -79,7 +79,6 @@ def analyze(
     out_dir: str | Path,
     options: AnalyzeOptions,
     *,
-    backend: str = "auto",
     levels: ModelLevels | None = None,
 ) -> dict[str, Any]:
     """Every analysis of ``detections`` (checked COCO results) against ``dataset`` (a checked
