@@ -40,7 +40,7 @@ def draw_tracks(
         paths: per box its track's recent positions (box centres, oldest first), drawn as
             a line ending at the box.
         count_line: ``[x1, y1, x2, y2]`` of the counting line, drawn under the boxes.
-        count_text: the counts, written at the line's first end point.
+        count_text: the counts, written at the line's middle.
     """
     out = image.convert("RGB") if image.mode != "RGB" else image.copy()
     draw = ImageDraw.Draw(out)
@@ -48,6 +48,16 @@ def draw_tracks(
     if count_line is not None:
         x1, y1, x2, y2 = (float(v) for v in count_line)
         draw.line([(x1, y1), (x2, y2)], fill=LINE_COLOR, width=2 * width)
+        if count_text:
+            # At the line's middle, under the boxes: a box's label stays readable over it.
+            font = _font(font_size)
+            pad = max(1, font_size // 6)
+            left, top, right, bottom = draw.textbbox((0, 0), count_text, font=font)
+            tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+            tx = min(max(0.0, (x1 + x2) / 2 - tw / 2), max(0.0, out.width - tw))
+            ty = min(max(0.0, (y1 + y2) / 2 - th / 2), max(0.0, out.height - th))
+            draw.rectangle([tx, ty, tx + tw, ty + th], fill=LINE_COLOR)
+            draw.text((tx + pad - left, ty + pad - top), count_text, fill=_text_color(LINE_COLOR), font=font)
     for path, track_id in zip(paths, track_ids):
         points = [(float(x), float(y)) for x, y in path]
         color = track_color(track_id)
@@ -58,15 +68,4 @@ def draw_tracks(
             r = 2 * width
             draw.ellipse([x - r, y - r, x + r, y + r], fill=color)
     labels = [f"#{t} {n}" for t, n in zip(track_ids, names)]
-    out = draw_detections(out, boxes, labels, scores, list(track_ids))
-    if count_line is not None and count_text:
-        draw = ImageDraw.Draw(out)
-        font = _font(font_size)
-        pad = max(1, font_size // 6)
-        left, top, right, bottom = draw.textbbox((0, 0), count_text, font=font)
-        tw, th = right - left, bottom - top
-        tx = min(max(0.0, float(count_line[0])), max(0.0, out.width - tw - 2 * pad))
-        ty = min(max(0.0, float(count_line[1]) - th - 2 * pad), max(0.0, out.height - th - 2 * pad))
-        draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=LINE_COLOR)
-        draw.text((tx + pad - left, ty + pad - top), count_text, fill=_text_color(LINE_COLOR), font=font)
-    return out
+    return draw_detections(out, boxes, labels, scores, list(track_ids))

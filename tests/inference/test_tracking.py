@@ -188,5 +188,5 @@ def test_drawn_tracks_carry_their_colour_path_and_the_line():
     assert image.getpixel((40, 100)) == (40, 40, 40)  # the input is not drawn on
     assert out.getpixel((40, 100)) == color  # the path, in the track's colour
     assert out.getpixel((90, 105)) == color  # the box's left edge
-    assert out.getpixel((150, 75)) == LINE_COLOR  # the counting line
+    assert out.getpixel((150, 20)) == LINE_COLOR  # the counting line
     assert track_color(5) != track_color(6)
