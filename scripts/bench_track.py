@@ -2,8 +2,8 @@
 
     python scripts/bench_track.py --weights RUN/last.pt --frames 60 --video scene.mp4
 
-A synthetic scene (dark shapes of fpn demo's four classes moving at constant speeds over a
-light, noisy background, bouncing off the edges; a pure function of ``--seed``) is rendered
+A synthetic scene (dark shapes of fpn demo's four classes moving at constant speeds in
+lanes over a light, noisy background, bouncing off the edges; a pure function of ``--seed``) is rendered
 in memory (and written to ``--video`` for `fpn detect --track` to run on). The model detects
 in every frame at the tracker's lowered threshold, as `fpn detect --track` runs it (BatchNorm
 folded, Winograd on the CPU), then each tracker runs over those detections; ``--rounds`` such
@@ -45,22 +45,26 @@ def _cpu_name() -> str:
 
 
 def scene(frames: int, size: tuple[int, int], objects: int, seed: int) -> tuple[list[np.ndarray], list[list]]:
-    """``frames`` RGB ``uint8 [H, W, 3]`` frames and per frame the objects' ``[cls, x1, y1, x2, y2]``."""
+    """``frames`` RGB ``uint8 [H, W, 3]`` frames and per frame the objects' ``[cls, x1, y1, x2, y2]``:
+    ``objects`` shapes, each in its own horizontal lane, moving at 1.5-4 px a frame and bouncing
+    off the left and right edges."""
     rng = np.random.default_rng(seed)
     width, height = size
     base = rng.uniform(185, 235, size=3)
+    lane = height / objects  # one horizontal lane each: objects pass, never overlap
     things = []
     for k in range(objects):
-        side = float(rng.uniform(28, 56))
+        h = float(rng.uniform(0.55, 0.85)) * lane
+        w = h * float(rng.uniform(0.8, 1.25))
         things.append(
             {
                 "cls": CLASSES[k % len(CLASSES)],
-                "w": side,
-                "h": side * float(rng.uniform(0.8, 1.25)),
-                "x": float(rng.uniform(0, width - side)),
-                "y": float(rng.uniform(0, height - 1.3 * side)),
-                "vx": float(rng.uniform(-4, 4)),
-                "vy": float(rng.uniform(-3, 3)),
+                "w": w,
+                "h": h,
+                "x": float(rng.uniform(0, width - w)),
+                "y": k * lane + (lane - h) / 2,
+                "vx": float(rng.choice([-1, 1]) * rng.uniform(1.5, 4)),
+                "vy": 0.0,
                 "colour": tuple(int(v) for v in rng.uniform(10, 80, size=3)),
             }
         )

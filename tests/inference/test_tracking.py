@@ -93,7 +93,7 @@ def test_stride_and_a_stalled_clock_keep_ids():
         warnings.simplefilter("error")
         for i in range(6):
             boxes, scores, labels, _ = _frame(i, [0])
-            out = tracker.update(boxes, scores, labels, 1.0 if i < 3 else 0.5)
+            out = tracker.update(boxes, scores, labels, [1.0, 1.0, float("nan"), 0.5, 0.6, 0.6][i])
     assert [t for _, t in out] == [1]
 
 

@@ -138,9 +138,10 @@ class Tracker:
             class_id=labels[index],
             data={"index": index},
         )
-        if self._last_time is not None and not time > self._last_time:
-            # A stream's clock that stalls or jumps back: one nominal frame on.
-            time = self._last_time + 1.0 / self.frame_rate
+        last = self._last_time
+        if not math.isfinite(time) or (last is not None and not time > last):
+            # A stream's clock that stalls, jumps back or is missing: one nominal frame on.
+            time = 0.0 if last is None else last + 1.0 / self.frame_rate
         self._last_time = time
         extra = {}
         if self.name == "botsort" and rgb is not None:
