@@ -120,9 +120,9 @@ def detect(
         bool,
         typer.Option(
             "--track",
-            help="Videos and streams: follow each object across frames, giving it one track id "
-            '(ByteTrack unless --tracker; needs the extra: pip install "fpncli[track]"). The tracker '
-            "also sees boxes down to 0.1 under --score-thr; only tracked boxes at or above it are reported.",
+            help="Videos and streams: follow each object across frames with one track id (ByteTrack "
+            "unless --tracker; needs the optional extra track). ByteTrack and BoT-SORT also see the boxes "
+            "scoring 0.1 up to --score-thr; only tracked boxes at or above it are reported.",
         ),
     ] = False,
     tracker: Annotated[
