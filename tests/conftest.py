@@ -6,6 +6,7 @@
 - ``tiny_model``, ``tiny_checkpoint``, ``detect_weights``: a model and its saved weights
 - ``make_image(path, size, seed)``: a seeded noise image file
 - ``write_coco(path, images, annotations, categories)``: a COCO annotation file
+- ``make_video(path, frames, size, paint=...)``: a small H.264 video drawn frame by frame (PyAV)
 - ``make_targets()``: training targets for two images
 - ``cli(args, **kwargs)``: ``fpn`` invoked in-process on a wide terminal, its result returned
 - ``train_then_reload(*train_args)``: the end-to-end scenario (train on a synthetic set, then
@@ -191,6 +192,42 @@ def write_coco():
     annotation file with these lists (and any ``extra`` top-level keys) at ``path``, parent
     folders made; returns ``path``."""
     return _write_coco
+
+
+def _write_video(
+    path: Path,
+    frames: int = 6,
+    size: tuple[int, int] = (64, 48),
+    rate: int = 10,
+    paint=None,
+    options: dict | None = None,
+) -> Path:
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container = av.open(str(path), "w", options=options or {})
+    stream = container.add_stream("mpeg4" if path.suffix == ".avi" else "libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+    for i in range(frames):
+        rgb = np.full((size[1], size[0], 3), 40, dtype=np.uint8)
+        if paint is not None:
+            paint(i, rgb)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_video():
+    """``make_video(path, frames=6, size=(64, 48), rate=10, paint=None, options=None)``: an
+    H.264 video (MPEG-4 Part 2 for ``.avi``; needs PyAV) of ``frames`` frames at ``rate`` fps,
+    each a dark grey ``uint8 [H, W, 3]`` RGB array that ``paint(i, rgb)`` draws frame ``i`` on
+    in place; ``options``: the muxer's (e.g. ``{"movflags": "faststart"}``); returns ``path``."""
+    return _write_video
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ EPILOG = (
     "  fpn detect val2017/ --weights coco --out out/ --score-thr 0.05 --no-draw "
     "--coco-results results.json --coco-annotations instances_val2017.json\n\n"
     "  fpn detect clip.mp4 rtsp://cam.local/live webcam:0 --weights coco --out out/ --vid-stride 2\n\n"
+    "  fpn detect clip.mp4 --weights coco --out out/ --track --count-line 0,360,1280,360\n\n"
     "  fpn detect big_photo.jpg --weights coco --out out/ --slice 640 --slice-overlap 0.2 --tta flip\n\n"
     "Exit code 1 when any input could not be read (each is listed in predictions.json "
     '"errors"); 130 after Ctrl-C, with predictions.json valid for the images done.'
@@ -115,6 +116,30 @@ def detect(
     slice_overlap: SliceOverlapOption = None,
     tta: TTAOption = None,
     vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track",
+            help="Videos and streams: follow each object across frames with one track id (ByteTrack "
+            "unless --tracker; needs the optional extra track). ByteTrack and BoT-SORT also see the boxes "
+            "scoring 0.1 up to --score-thr; only tracked boxes at or above it are reported.",
+        ),
+    ] = False,
+    tracker: Annotated[
+        str | None,
+        typer.Option(
+            help="The tracker of --track (implies it): bytetrack (default), botsort, ocsort or sort.",
+            show_default=False,
+        ),
+    ] = None,
+    count_line: Annotated[
+        str | None,
+        typer.Option(
+            help="With --track: count the tracks crossing the line x1,y1,x2,y2 (frame pixels), "
+            "by direction and class; drawn on the video.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -148,6 +173,8 @@ def detect(
         slice_overlap=slice_overlap,
         tta=tta,
         vid_stride=vid_stride,
+        track=tracker if tracker is not None else ("bytetrack" if track else None),
+        count_line=count_line,
     )
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 shows progress and the summary
     progress = None if quiet or not main else _progress()
@@ -248,6 +275,9 @@ def _print_summary(summary) -> None:
         failed = summary.videos_failed
         table.add_row("videos failed", f"[red]{failed}[/]" if failed else "0")
     table.add_row("detections", str(summary.detections))
+    tracked = [v["tracks"] for v in summary.predictions.get("videos", []) if "tracks" in v]
+    if tracked:
+        table.add_row("tracks", str(sum(map(len, tracked))))
     if summary.images_total or not summary.videos_total:
         table.add_row(
             "throughput",
@@ -264,6 +294,9 @@ def _print_summary(summary) -> None:
         for name, count in summary.per_class.most_common():
             per_class.add_row(esc(name), str(count))
         console.print(per_class)
+    from fpncli.cli.track_tables import print_tracks
+
+    print_tracks(console, summary.predictions.get("videos", []))
     for err in summary.errors:
         err_console.print(f"[red]failed:[/] {esc(err['error'])}", highlight=False, soft_wrap=True)
     if summary.coco_unmatched:

@@ -79,6 +79,8 @@ class DetectOptions:
     slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
     tta: str | None = None
     vid_stride: int = 1  # videos and streams: detect every Nth frame
+    track: str | None = None  # videos and streams: follow objects with this tracker (inference/tracking/)
+    count_line: str | None = None  # with track: "x1,y1,x2,y2", count the tracks crossing it
 
 
 @dataclass
@@ -137,6 +139,9 @@ def validate_options(options: DetectOptions) -> None:
     parse_tta(options.tta)
     if options.vid_stride < 1:
         raise FpnError(f"--vid-stride must be at least 1, got {options.vid_stride}")
+    from fpncli.inference.tracking.session import check_track_options
+
+    check_track_options(options.track, options.count_line)
 
 
 def run_detect(
@@ -178,6 +183,8 @@ def run_detect(
             raise FpnError(
                 "videos and streams are detected in one process: run fpn detect on them without torchrun"
             )
+    if options.track is not None and not videos:
+        raise FpnError("--track follows objects across video frames; no source is a video or stream")
     weights_file = options.weights if options.weights not in ("coco", "none") else None
     # Nothing is written before every option and output path has been checked.
     check_outputs(
@@ -199,12 +206,21 @@ def run_detect(
     main, world = DI.is_main(), DI.world()[1]  # under torchrun only rank 0 writes the JSON files
     if options.half and device.type != "cuda":
         raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
+    track = None
+    if options.track is not None:
+        from fpncli.inference.tracking.session import plan_tracking
+
+        track = plan_tracking(
+            options.track, options.score_thr, options.count_line, weights_file if exported else None
+        )
+    # With --track the detector may run lower, for the tracker (see inference/tracking/adapter.py).
+    model_thr = track.detector_thr if track is not None else options.score_thr
 
     model, source = load_for_inference(
         options.weights,
         min_size=options.min_size,
         max_size=options.max_size,
-        box_score_thresh=options.score_thr,
+        box_score_thresh=model_thr,
         box_nms_thresh=options.nms_iou,
         box_detections_per_img=options.max_dets,
     )
@@ -308,12 +324,17 @@ def run_detect(
     drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpn-draw") if options.draw else None
     pending: list[Future] = []
 
-    def select(result):
-        """The result's boxes, scores and labels of the wanted classes (best max_dets)."""
+    def select(result, all_scores: bool = False):
+        """The result's boxes, scores and labels of the wanted classes (best max_dets); those
+        under --score-thr that a lowered detector threshold let in only when ``all_scores``."""
+        boxes, scores, labels = result.boxes, result.scores, result.labels
+        if model_thr < options.score_thr and not all_scores:
+            ok = scores >= options.score_thr
+            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
         if not filtered:
-            return result.boxes, result.scores, result.labels
-        mask = torch.tensor([int(label) in keep for label in result.labels.tolist()], dtype=torch.bool)
-        return result.boxes[mask][:max_dets], result.scores[mask][:max_dets], result.labels[mask][:max_dets]
+            return boxes, scores, labels
+        mask = torch.tensor([int(label) in keep for label in labels.tolist()], dtype=torch.bool)
+        return boxes[mask][:max_dets], scores[mask][:max_dets], labels[mask][:max_dets]
 
     def detection_records(boxes, scores, labels) -> tuple[list[dict[str, Any]], list[str], list[int]]:
         """predictions.json's detections, and the class names and category ids."""
@@ -367,6 +388,7 @@ def run_detect(
         progress=progress,
         after_frame=maybe_flush,
         start=start,
+        tracking=track,
     )
     # No early empty flush: a run that fails before its first image leaves the previous
     # predictions.json as it was; from the first flush on the file holds this run's results.

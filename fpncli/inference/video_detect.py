@@ -13,6 +13,7 @@ from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.inference.detect import DetectSummary
+    from fpncli.inference.tracking.session import TrackOptions
 
 
 @dataclass
@@ -25,18 +26,23 @@ class VideoRun:
     stride: int
     summary: DetectSummary
     records: list[dict[str, Any]]
-    select: Callable[[Any], tuple[Any, Any, Any]]
+    # (result, all_scores) -> boxes, scores, labels; all_scores: also those under --score-thr
+    # that the detector keeps for the tracker
+    select: Callable[[Any, bool], tuple[Any, Any, Any]]
     detection_records: Callable[..., tuple[list[dict[str, Any]], list[str], list[int]]]
     progress: ProgressFn | None
     after_frame: Callable[[], None]
     start: float
+    tracking: TrackOptions | None = None  # --track
 
 
 def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
     """Detect in every ``stride``-th frame of a video file or stream; its ``videos`` entry in
     predictions.json grows frame by frame, and the annotated video (when ``target``) gets
     every frame. A source that cannot be opened, or a decoding fault, is one entry in
-    ``errors``; the frames before the fault are kept. Ctrl-C leaves a finished video."""
+    ``errors``; the frames before the fault are kept. Ctrl-C leaves a finished video.
+    With ``run.tracking`` the detected frames go through a tracker (see inference/tracking/):
+    each reported detection gets a ``track_id``, the record its ``tracks``."""
     import numpy as np
     import torch
     from PIL import Image
@@ -44,6 +50,7 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
     from fpncli.data.video import VideoReader, VideoWriter
     from fpncli.inference.predict import ImageResult
     from fpncli.viz.draw import draw_detections
+    from fpncli.viz.tracks import draw_tracks
 
     summary, progress = run.summary, run.progress
     try:
@@ -66,13 +73,18 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
     }
     run.records.append(record)
     writer: VideoWriter | None = None
+    tracking = None
     try:
+        if run.tracking is not None:
+            from fpncli.inference.tracking.session import VideoTracking
+
+            tracking = VideoTracking(run.tracking, record, float(reader.rate), run.stride)
         if target is not None:
             writer = VideoWriter(target, reader.width, reader.height, reader.rate)
         if progress is not None:
             progress({"event": "video", "file": source, "frames_total": reader.frames_total})
         run.model.eval().to(run.device)
-        shown: tuple[list, list, list, list] = ([], [], [], [])  # drawn on the frames in between
+        shown: tuple[list, list, list, list, list] = ([], [], [], [], [])  # drawn on the frames in between
         for frame in reader:
             if frame.index % run.stride == 0:
                 height, width = frame.rgb.shape[:2]
@@ -88,17 +100,29 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
                     out["scores"].float().cpu(),
                     out["labels"].cpu(),
                 )
-                boxes, scores, labels = run.select(result)
+                boxes, scores, labels = run.select(result, tracking is not None)
+                track_ids: list[int] = []
+                if tracking is not None:
+                    keep, track_ids = tracking.update(frame.time, boxes, scores, labels, frame.rgb)
+                    index = torch.tensor(keep, dtype=torch.long)
+                    boxes, scores, labels = boxes[index], scores[index], labels[index]
                 detections, names, cat_ids = run.detection_records(boxes, scores, labels)
+                if tracking is not None:
+                    tracking.observe(frame.index, frame.time, detections, track_ids)
                 record["frames"].append(
                     {"frame": frame.index, "time": round(frame.time, 4), "detections": detections}
                 )
                 summary.frames += 1
                 summary.detections += len(detections)
                 summary.per_class.update(names)
-                shown = (boxes.tolist(), names, scores.tolist(), cat_ids)
+                shown = (boxes.tolist(), names, scores.tolist(), cat_ids, track_ids)
             if writer is not None:
-                drawn = draw_detections(Image.fromarray(frame.rgb), shown[0], shown[1], shown[2], shown[3])
+                image = Image.fromarray(frame.rgb)
+                if tracking is not None:
+                    line, text = tracking.options.count_line, tracking.count_text()
+                    drawn = draw_tracks(image, *shown[:3], shown[4], tracking.paths(shown[4]), line, text)
+                else:
+                    drawn = draw_detections(image, *shown[:4])
                 writer.write(np.asarray(drawn))
             summary.seconds = time.perf_counter() - run.start
             if progress is not None:
