@@ -52,7 +52,7 @@ class DatasetCheck:
         }
 
 
-def _targets(target: Path, images: Path | None) -> list[tuple[str, Path, Path]]:
+def _targets(target: Path, images: Path | None, read_images: bool) -> list[tuple[str, Path, Path]]:
     """``(split, annotation file, images folder)``: a dataset root, or one file + ``images``."""
     if target.is_dir():
         if images is not None:
@@ -65,7 +65,10 @@ def _targets(target: Path, images: Path | None) -> list[tuple[str, Path, Path]]:
     split = target.stem.removeprefix("instances_")
     if images is None:
         guess = target.parent.parent / split
-        if not guess.is_dir():
+        if not guess.is_dir() and read_images:
+            from fpncli.data.check import read_lists
+
+            read_lists(target)  # a file that is no COCO file says so first, not "give --images"
             raise FpnError(f"{target}: give its images folder with --images (no {guess})")
         images = guess
     return [(split, target, images)]
@@ -125,7 +128,12 @@ def check_dataset(
     file with its ``images`` folder); ``options`` sets the model whose levels are used
     (default: the paper's R50-FPN at 800/1333)."""
     options = options or InspectOptions()
-    splits = _targets(target, images)
+    # A bad --min-size/--max-size is the user's mistake, not a property of the data: refuse it
+    # before reading anything rather than report "box sizes: not available" and exit 0.
+    for flag, value in (("--min-size", options.min_size), ("--max-size", options.max_size)):
+        if value is not None and value <= 0:
+            raise FpnError(f"{flag} must be a positive number of pixels, got {value}")
+    splits = _targets(target, images, read_images)
     result: DatasetCheck | None = None
     checks: dict[str, SplitCheck] = {}
     for split, ann, folder in splits:

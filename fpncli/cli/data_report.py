@@ -45,7 +45,12 @@ def print_convert(summary: ConvertSummary, console: Console, err_console: Consol
             highlight=False,
             soft_wrap=True,
         )
-    if summary.fmt_to == "coco":
+    if not any(row["images"] for row in summary.splits.values()):
+        # No success wording and no "train on it" for an output that holds nothing.
+        err_console.print(
+            f"[bold red]nothing was converted[/] from {esc(str(summary.source))}", highlight=False
+        )
+    elif summary.fmt_to == "coco":
         console.print(f"train on it: [bold]fpn train --data {esc(str(summary.out))}[/]", highlight=False)
 
 

@@ -152,7 +152,7 @@ def train(
 ) -> None:
     import os
 
-    from fpncli.training.config import TrainConfig
+    from fpncli.training.config import TrainConfig, metric_name
     from fpncli.training.loggers import parse_loggers
     from fpncli.training.train import train as run_training
 
@@ -203,7 +203,7 @@ def train(
             eval_every=eval_every,
             log_every=log_every,
             save_every=save_every,
-            best_metric=best_metric,
+            best_metric=metric_name(best_metric),
             loggers=loggers,
         )
     is_main = int(os.environ.get("RANK", "0")) == 0

@@ -32,10 +32,12 @@ PROBLEMS = {
     "missing_image": "images missing",
     "unreadable_image": "images unreadable",
     "size_mismatch": "images of another size than the JSON says",
+    "missing_size": "images without a positive width and height",
     "duplicate_image_id": "duplicate image ids",
     "duplicate_file_name": "images listed twice (same file_name)",
     "duplicate_annotation_id": "duplicate annotation ids",
     "duplicate_category_id": "duplicate category ids",
+    "no_categories": "no categories at all",
     "unknown_image": "annotations of an unknown image",
     "unknown_category": "annotations of an unknown category",
     "invalid_bbox": "annotations without a valid bbox",
@@ -94,6 +96,22 @@ def _entries(data: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]
     return [v for v in value if isinstance(v, dict)]
 
 
+def read_lists(annotations: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    """The ``images``, ``annotations`` and ``categories`` lists of a COCO file.
+
+    Raises:
+        FpnError: the file is not JSON or lacks one of the lists.
+    """
+    data = read_json(annotations)
+    if not isinstance(data, dict):
+        raise FpnError(f"{annotations}: expected a JSON object with images, annotations, categories")
+    return (
+        _entries(data, "images", annotations),
+        _entries(data, "annotations", annotations),
+        _entries(data, "categories", annotations),
+    )
+
+
 def check_coco(
     annotations: Path, images_dir: Path, progress: Progress | None = None, read_images: bool = True
 ) -> SplitCheck:
@@ -102,18 +120,15 @@ def check_coco(
     Raises:
         FpnError: the file is not JSON or has no ``images``/``annotations``/``categories`` lists.
     """
-    data = read_json(annotations)
-    if not isinstance(data, dict):
-        raise FpnError(f"{annotations}: expected a JSON object with images, annotations, categories")
-    images = _entries(data, "images", annotations)
-    anns = _entries(data, "annotations", annotations)
-    cats = _entries(data, "categories", annotations)
+    images, anns, cats = read_lists(annotations)
     report = SplitCheck(annotations, images_dir, images=len(images))
     categories: dict[Any, str] = {}
     for cat in cats:
         if cat.get("id") in categories:
             report.problem("duplicate_category_id", f"category id {cat.get('id')!r}")
         categories.setdefault(cat.get("id"), str(cat.get("name", "?")))
+    if not cats:
+        report.problem("no_categories", "the 'categories' list is empty")
     sizes: dict[Any, tuple[float, float] | None] = {}
     names: set[str] = set()
     for done, img in enumerate(images, 1):
@@ -126,7 +141,9 @@ def check_coco(
         names.add(str(name))
         w, h = img.get("width"), img.get("height")
         known = isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0
-        sizes[image_id] = (float(w), float(h)) if known else None  # type: ignore[arg-type]  # numbers when known
+        sizes[image_id] = (float(w), float(h)) if known else None
+        if not known:
+            report.problem("missing_size", f"{name} (image id {image_id!r}): width {w!r}, height {h!r}")
         if read_images:
             _check_file(report, img, images_dir)
         if progress is not None:

@@ -21,6 +21,14 @@ from fpncli.errors import FpnError
 OPTIMIZERS = ("sgd", "adamw")
 # The 12 COCO numbers a validation logs; any of them can choose best.pt (higher is better).
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def metric_name(text: str) -> str:
+    """``--best-metric`` as written (``ap50``, ``AP50``) -> its COCO name; unknown text is
+    returned as given, for :meth:`TrainConfig.validate` to refuse by name."""
+    return {m.lower(): m for m in COCO_METRICS}.get(text.strip().lower(), text)
+
+
 # Experiment loggers of `--logger` (fpncli.training.loggers), each its own optional extra but csv.
 LOGGERS = ("tensorboard", "mlflow", "wandb", "csv")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fpncli.analysis.dataset_check import check_dataset, level_histogram
 from fpncli.analysis.inspect_levels import InspectOptions
 from fpncli.data.check import PROBLEMS, check_coco
@@ -130,3 +132,32 @@ def test_check_real_coco(coco_tiny):
     plain = sum(1 for a in data["annotations"] if not a.get("iscrowd"))
     assert sum(c["boxes"] for c in val.classes) == plain and len(val.classes) == 80
     assert sum(r["boxes"] for r in val.levels["histogram"]) == val.levels["boxes"] == plain
+
+
+@pytest.mark.parametrize("flag", ["--min-size", "--max-size"])
+def test_check_refuses_a_size_that_is_not_positive(tmp_path, make_image, write_coco, cli, flag):
+    make_image(tmp_path / "ok" / "train" / "a.png", (64, 48))
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}]
+    write_coco(
+        tmp_path / "ok" / "annotations" / "instances_train.json", images, [], [{"id": 1, "name": "dog"}]
+    )
+    result = cli(["data", "check", tmp_path / "ok", flag, "0", "--no-images"])
+    assert result.exit_code == 1 and f"{flag} must be a positive number of pixels, got 0" in result.output
+
+
+def test_check_flags_images_without_size_and_no_categories(tmp_path, write_coco, cli):
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png", "width": 0, "height": 4}]
+    ann = write_coco(tmp_path / "annotations" / "instances_val.json", images, [], [])
+    report = check_coco(ann, tmp_path / "val", read_images=False)
+    assert report.problems["missing_size"] == 2 and report.problems["no_categories"] == 1
+    assert not report.ok
+
+
+def test_check_says_a_file_is_not_coco_before_asking_for_images(tmp_path, cli):
+    (tmp_path / "notes.json").write_text('{"a": 1}')
+    result = cli(["data", "check", tmp_path / "notes.json"])
+    assert result.exit_code == 1 and "no 'images' list (not a COCO annotation file)" in result.output
+    assert "--images" not in result.output
+    (tmp_path / "garbage.json").write_text("garbage")
+    result = cli(["data", "check", tmp_path / "garbage.json"])
+    assert result.exit_code == 1 and "malformed JSON at line 1" in result.output

@@ -125,12 +125,26 @@ def test_voc_bad_files_are_one_line_each_and_the_rest_converts(tmp_path, make_im
     assert sorted((p.name, p.read_bytes()) for p in src.rglob("*") if p.is_file()) == before
 
 
+def test_voc_upper_case_xml_is_read_and_nested_xml_is_counted(tmp_path, make_image):
+    src = make_voc(tmp_path / "voc", make_image)
+    (src / "Annotations" / "b.xml").rename(src / "Annotations" / "b.XML")
+    (src / "Annotations" / "extra").mkdir()
+    (src / "Annotations" / "extra" / "d.xml").write_text(voc_xml("d.jpg", [("dog", 1, 1, 5, 5)]))
+    summary = convert(src, "voc", "coco", tmp_path / "out")
+    coco = load(tmp_path / "out" / "annotations" / "instances_train.json")
+    assert sorted(boxes_by_file(coco)) == ["a.jpg", "b.jpg", "c.jpg"] and not summary.problems
+    assert summary.notes == {
+        "XML files in sub-folders of Annotations/ not read (VOC keeps them in Annotations/)": 1
+    }
+
+
 def test_empty_voc_folder_is_a_problem_not_a_crash(tmp_path, cli):
     (tmp_path / "voc" / "Annotations").mkdir(parents=True)
     result = cli(
         ["data", "convert", tmp_path / "voc", "--from", "voc", "--to", "coco", "--out", tmp_path / "o"]
     )
     assert result.exit_code == 1 and "no image could be converted" in result.output
+    assert "nothing was converted" in result.output and "train on it" not in result.output
     assert load(tmp_path / "o" / "annotations" / "instances_train.json")["images"] == []
     result = cli(
         ["data", "convert", tmp_path / "nothing", "--from", "voc", "--to", "coco", "--out", tmp_path / "p"]
@@ -182,6 +196,57 @@ def test_yolo_names_forms_and_split_folders_without_keys(tmp_path, make_image, y
     src = make_yolo(tmp_path / "yolo", make_image, yaml)
     summary = convert(src, "yolo", "coco", tmp_path / "out")
     assert summary.names == ["dog", "cat"] and set(summary.splits) == {"train", "val"}
+
+
+def test_yolo_splits_sharing_a_folder_are_both_kept(tmp_path, make_image):
+    # coco128's data.yaml: train and val both read images/train2017. Neither split may replace
+    # the other's annotations file.
+    src = make_yolo(
+        tmp_path / "yolo", make_image, "train: images/train\nval: images/train\nnames: [dog, cat]\n"
+    )
+    summary = convert(src, "yolo", "coco", tmp_path / "out")
+    assert set(summary.splits) == {"train", "val"}
+    for split in ("train", "val"):
+        coco = load(tmp_path / "out" / "annotations" / f"instances_{split}.json")
+        assert sorted(boxes_by_file(coco)) == ["a.jpg", "sub/b.png"]
+    assert any("same images as another split" in note for note in summary.notes)
+
+
+def test_written_data_yaml_reads_relative_to_itself(tmp_path, make_image, write_coco, monkeypatch):
+    # Ultralytics resolves a relative 'path' against its datasets folder (or the working
+    # directory), not the YAML's: the file must not carry one.
+    src = _synthetic_coco(tmp_path / "coco", make_image, write_coco)
+    convert(src, "coco", "yolo", tmp_path / "yolo")
+    import yaml
+
+    assert "path" not in yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    monkeypatch.chdir(tmp_path / "coco")  # another working directory reads the same set
+    back = convert(tmp_path / "yolo" / "data.yaml", "yolo", "coco", tmp_path / "back")
+    original = load(src / "annotations" / "instances_train.json")
+    assert not back.problems and back.splits["train"]["images"] == len(original["images"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("names: [dog, dog]\n", "class name 'dog' is given twice in 'names' (classes 0 and 1)"),
+        ("names: [dog, null]\n", "class 1 has no name in 'names'"),
+        ("names: {0: dog, 1: ''}\n", "class 1 has no name in 'names'"),
+    ],
+)
+def test_yolo_names_must_be_named_once(tmp_path, make_image, cli, yaml, message):
+    src = make_yolo(tmp_path / "yolo", make_image, yaml)
+    result = cli(["data", "convert", src, "--from", "yolo", "--to", "coco", "--out", tmp_path / "o"])
+    assert result.exit_code == 1 and f"{src / 'data.yaml'}: {message}" in result.output
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_yolo_label_files_without_an_image_are_counted(tmp_path, make_image):
+    src = make_yolo(tmp_path / "yolo", make_image)
+    (src / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    summary = convert(src, "yolo", "coco", tmp_path / "out")
+    assert summary.notes["label files without an image (not converted)"] == 1
+    assert not summary.problems and summary.splits["train"]["images"] == 2
 
 
 def test_yolo_without_yaml_needs_classes(tmp_path, make_image, cli):

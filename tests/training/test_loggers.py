@@ -275,3 +275,10 @@ def test_cli_missing_extra_fails_before_any_work(tmp_path, cli, monkeypatch):
     assert result.exit_code == 1 and "unknown --logger 'neptune'" in result.output
     result = cli(["train", "--data", tmp_path / "data", "--best-metric", "mAP"])
     assert result.exit_code == 1 and "unknown --best-metric 'mAP'" in result.output
+
+
+def test_best_metric_names_are_case_insensitive_as_logger_names_are():
+    from fpncli.training.config import metric_name
+
+    assert [metric_name(t) for t in ("ap", "Ap50", " APs ", "ar100")] == ["AP", "AP50", "APs", "AR100"]
+    assert metric_name("mAP") == "mAP"  # unknown: left for validation to refuse by name

@@ -102,9 +102,25 @@ def _splits(root: Path, problems: Problems) -> dict[str, list[str]]:
             problems.add(path, f"cannot read the split list ({exc})")
             continue
         splits[path.stem] = [line.split()[0] for line in lines if line.strip()]
+    folder = root / "Annotations"
     if not splits:
-        splits["train"] = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+        # .xml or .XML (datasets made on Windows); VOC keeps Annotations/ flat.
+        splits["train"] = sorted(
+            p.stem for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".xml"
+        )
+    nested = [p for p in folder.rglob("*") if p.suffix.lower() == ".xml" and p.parent != folder]
+    if nested:
+        problems.note(
+            "XML files in sub-folders of Annotations/ not read (VOC keeps them in Annotations/)", len(nested)
+        )
     return splits
+
+
+def _xml_path(root: Path, image_id: str) -> Path:
+    """Annotations/<id>.xml, or <id>.XML when only that exists."""
+    xml = root / "Annotations" / f"{image_id}.xml"
+    upper = xml.with_suffix(".XML")
+    return upper if not xml.is_file() and upper.is_file() else xml
 
 
 def _image_path(root: Path, node: _Node, xml: Path) -> Path | None:
@@ -169,7 +185,7 @@ def read_voc(
         if entry is None:
             continue
         item, objects = entry
-        xml = root / "Annotations" / f"{image_id}.xml"
+        xml = _xml_path(root, image_id)
         for name, box, line in objects:
             if name not in index:
                 problems.add(xml, f"class {name!r} is not in --classes; object skipped", line)
@@ -185,7 +201,7 @@ def _read_one(
     root: Path, image_id: str, problems: Problems, difficult: str
 ) -> tuple[Item, list[tuple[str, Box, int]]] | None:
     """One XML file: the image item (no boxes yet) and its objects ``(class name, box, line)``."""
-    xml = root / "Annotations" / f"{image_id}.xml"
+    xml = _xml_path(root, image_id)
     if not xml.is_file():
         problems.add(xml, "listed in ImageSets/Main but missing; image skipped")
         return None

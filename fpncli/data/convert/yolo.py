@@ -87,6 +87,18 @@ def class_names(data: dict[str, Any], path: Path) -> list[str]:
         raise FpnError(f"{path}: nc is {nc} but 'names' has {len(out)} classes")
     if not out:
         raise FpnError(f"{path}: 'names' is empty")
+    raw = names if isinstance(names, list) else [names[k] if k in names else names[str(k)] for k in keys]
+    for index, name in enumerate(raw):
+        if name is None or not str(name).strip():
+            raise FpnError(f"{path}: class {index} has no name in 'names'")
+    first: dict[str, int] = {}
+    for index, name in enumerate(out):
+        if name in first:
+            # Two classes of one name would merge into one COCO category by name downstream.
+            raise FpnError(
+                f"{path}: class name {name!r} is given twice in 'names' (classes {first[name]} and {index})"
+            )
+        first[name] = index
     return out
 
 
@@ -153,6 +165,13 @@ def _split_sources(
         # images/train2017 -> split "train2017" (names survive COCO -> YOLO -> COCO); else the key.
         single = Path(str(entries[0])) if len(entries) == 1 else None
         name = single.name if single is not None and single.parent.name == "images" else key
+        if name in splits:
+            # Two keys naming the same folder (coco128: train and val are both images/train2017):
+            # each split is kept, under its YAML key, never one replacing the other.
+            name = key
+            problems.note(
+                f"splits reading the same images as another split (written under their YAML key: {key})"
+            )
         splits[name] = found
     return splits
 
@@ -215,7 +234,24 @@ def read_yolo(
             _read_labels(label_path(image), item, len(names), problems)
             items.append(item)
         splits[split] = items
+    _note_orphan_labels(sources, problems)
     return Dataset(names, ids, splits)
+
+
+def _note_orphan_labels(sources: dict[str, list[tuple[Path, Path]]], problems: Problems) -> None:
+    """Count label files that no image of the splits read (a renamed or deleted image): their
+    boxes cannot be converted, and a user should hear so rather than lose them unseen."""
+    used = {label_path(image) for images in sources.values() for image, _ in images}
+    folders = {label_path(base / "x.jpg").parent for images in sources.values() for _, base in images}
+    orphans = {
+        p
+        for folder in folders
+        if folder.is_dir() and folder.name != "images"
+        for p in folder.rglob("*.txt")
+        if p not in used and p.name != "classes.txt"
+    }
+    if orphans:
+        problems.note("label files without an image (not converted)", len(orphans))
 
 
 def _read_labels(path: Path, item: Item, classes: int, problems: Problems) -> None:

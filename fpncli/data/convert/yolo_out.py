@@ -1,6 +1,6 @@
 """:class:`~fpncli.data.convert.common.Dataset` -> YOLO, Ultralytics' layout::
 
-    OUT/data.yaml                    path, the splits, nc, names ({index: name}) and
+    OUT/data.yaml                    the splits (relative to it), nc, names ({index: name}) and
                                      coco_category_ids (so ids survive a round trip)
     OUT/images/<split>/<image>       a link or a copy
     OUT/labels/<split>/<image>.txt   ``class cx cy w h`` per object, normalised, 6 decimals
@@ -51,7 +51,12 @@ def yaml_keys(splits: list[str]) -> dict[str, str]:
 
 def data_yaml(ds: Dataset, splits: list[str]) -> str:
     """The ``data.yaml`` text (written by hand: YAML's simple subset, no dependency to write it)."""
-    lines = ["# written by fpn data convert (Ultralytics layout)", "path: ."]
+    # No ``path`` key: Ultralytics resolves a relative ``path`` against its datasets folder,
+    # not this file's; without one, the splits are read relative to this file's folder.
+    lines = [
+        "# written by fpn data convert (Ultralytics layout)",
+        "# the splits are relative to this file's folder",
+    ]
     for key, split in yaml_keys(splits).items():
         lines.append(f"{_yaml_key(key)}: {_yaml_string('images/' + split)}")
     lines.append(f"nc: {len(ds.names)}")
