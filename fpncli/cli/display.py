@@ -35,6 +35,10 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=_LOG_WIDTH, no_color=True)
 
 
+# Shorter spans than this print no rate: the first item's time is not in them.
+MIN_RATE_SECONDS = 0.1
+
+
 def make_progress(*columns: Any, console: Console, transient: bool = False) -> Any:
     """rich's live ``Progress(*columns)`` on a terminal, else a :class:`PlainProgress`."""
     if console.is_terminal:
@@ -124,7 +128,8 @@ class PlainProgress:
         parts = [f"{task.description} {task.completed:g}" + (f"/{task.total:g}" if task.total else "")]
         if task.total:
             parts.append(f"({100 * task.completed / task.total:.0f}%)")
-        parts.append(f"{rate:.2f} {unit}/s")
+        if elapsed >= MIN_RATE_SECONDS:  # a rate over microseconds (157505 img/s) says nothing
+            parts.append(f"{rate:.2f} {unit}/s")
         if task.total and rate > 0 and task.completed < task.total:
             left = int((task.total - task.completed) / rate)
             parts.append(f"ETA {left // 60}:{left % 60:02d}")
