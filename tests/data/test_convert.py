@@ -479,3 +479,23 @@ def test_yolo_sizes_are_the_upright_images(tmp_path, make_image):
     coco = load(tmp_path / "out" / "annotations" / "instances_train.json")
     assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (48, 64)
     assert coco["annotations"][0]["bbox"] == [0.0, 0.0, 48.0, 32.0]
+
+
+def test_ctrl_c_keeps_the_splits_already_written(tmp_path, make_image, cli, monkeypatch):
+    import fpncli.data.convert.coco_out as coco_out
+
+    src = make_voc(tmp_path / "voc", make_image, {"train": ["a", "b"], "val": ["c"]})
+    out = tmp_path / "out"
+    place = coco_out.place_image
+
+    def interrupt_in_the_second_split(source, target, mode):
+        if any((out / "annotations").glob("instances_*.json")):
+            raise KeyboardInterrupt
+        place(source, target, mode)
+
+    monkeypatch.setattr(coco_out, "place_image", interrupt_in_the_second_split)
+    result = cli(["data", "convert", src, "--from", "voc", "--to", "coco", "--out", out])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    (written,) = (out / "annotations").glob("instances_*.json")  # the finished split, valid JSON
+    assert len(load(written)["images"]) == (2 if written.name == "instances_train.json" else 1)
+    assert not [p for p in (out / "annotations").iterdir() if p.name.endswith(".tmp")]  # none half-written
