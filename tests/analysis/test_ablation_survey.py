@@ -108,7 +108,7 @@ def test_warm_start_file_is_never_reused_blindly(tmp_path):
 
 
 @pytest.mark.slow
-def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch):
+def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch, one_thread):
     """End to end at the smallest budget: the warm start is made and given to every row, fpn
     runs with two seeds, Ctrl-C in its second seed leaves no result, and the next call reuses
     the finished rows, resumes the stopped one and reuses the warm start."""
