@@ -110,7 +110,7 @@ def test_warm_start_file_is_never_reused_blindly(tmp_path):
 @pytest.mark.slow
 def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch, one_thread):
     """End to end at the smallest budget: the warm start is made and given to every row, fpn
-    runs with two seeds, Ctrl-C in its second seed leaves no result, and the next call reuses
+    runs with two seeds, SIGTERM (or Ctrl-C) in its second seed leaves no result, and the next call reuses
     the finished rows, resumes the stopped one and reuses the warm start."""
     import fpncli.analysis.ablation.run as run_module
     import fpncli.analysis.ablation.warm_start as warm_module
@@ -119,6 +119,7 @@ def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch,
     from fpncli.analysis.ablation.machine import cpu_model
     from fpncli.analysis.ablation.warm_start import file_sha256
     from fpncli.checkpoint import read_checkpoint
+    from fpncli.cli.common import sigterm_as_sigint
 
     # Smaller images, one timed image and small pretext batches: the same code paths, faster.
     monkeypatch.setitem(
@@ -134,9 +135,10 @@ def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch,
         if event["event"] == "neck_start":
             current.update(event)
         if event["event"] == "iter" and current.get("seed") == 1 and event["iter"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer's handler
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stops a job; the CLI forwards it
 
-    with pytest.raises(KeyboardInterrupt):
+    # SIGTERM runs whatever Ctrl-C runs (the CLI's handler): the trainer's stop-and-save.
+    with pytest.raises(KeyboardInterrupt), sigterm_as_sigint():
         run_ablation(out, ["c5", "fpn@2"], budget=0.008, warm_start=True, progress=interrupt_second_seed)
     warm = out / "warm_start.pt"
     assert warm.is_file() and json.loads((out / "warm_start.json").read_text())["sha256"] == file_sha256(warm)
