@@ -160,9 +160,12 @@ def ablation(
             err_console.print(
                 f"  {neck}: training {event['total_iterations']} iterations of "
                 f"{event['effective_batch']} images on {event['device']}"
+                + (f", from iteration {event['start_iteration']}" if event.get("start_iteration") else "")
             )
         elif kind == "neck_cached":
-            err_console.print(f"[bold]{neck}[/]: reusing the finished run (--fresh retrains)")
+            err_console.print(
+                f"[bold]{neck}[/] seed {event['seed']}: reusing the finished run (--fresh retrains)"
+            )
         elif kind == "iter":
             err_console.print(
                 f"  {neck} iter {event['iter']}/{event['total_iterations']} "

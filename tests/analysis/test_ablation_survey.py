@@ -167,3 +167,11 @@ def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch,
     markdown = (out / "ablation.md").read_text()
     assert "| fpn (n=2) |" in markdown and file_sha256(warm)[:16] in markdown
     assert cpu_model()[0] in markdown and "torchvision" in markdown
+
+
+def test_cli_refuses_a_warm_start_with_other_backbone_weights_in_one_line(cli, tmp_path):
+    result = cli(["ablation", "--warm-start", "--backbone-weights", "imagenet", "--out", tmp_path / "a"])
+    assert result.exit_code == 1 and "leave out --backbone-weights" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "a").exists()
+    bad = cli(["ablation", "--necks", "fpn@two", "--out", tmp_path / "a"])
+    assert bad.exit_code == 1 and "ROW@N" in bad.output

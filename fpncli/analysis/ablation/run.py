@@ -323,7 +323,8 @@ def run_ablation(
         raise FpnError(f"{backbone_weights}: --backbone-weights must be none, imagenet or a file")
     plan = budget_plan(budget)
     out = Path(out)
-    check_outputs(folders=[out], files=[out / "ablation.json", out / "ablation.md"], inputs=[data])
+    outputs = [out / n for n in ("ablation.json", "ablation.md", "warm_start.pt", "warm_start.json")]
+    check_outputs(folders=[out], files=outputs, inputs=[data])
     out.mkdir(parents=True, exist_ok=True)
 
     data_root = _prepare_data(out, data, plan, seed, emit)
@@ -361,7 +362,15 @@ def run_ablation(
             except json.JSONDecodeError:
                 row = None
             if isinstance(row, dict) and row.get("settings") == row_settings:
-                emit({"event": "neck_cached", "neck": neck, "index": index, "total": len(jobs)})
+                emit(
+                    {
+                        "event": "neck_cached",
+                        "neck": neck,
+                        "seed": run_seed,
+                        "index": index,
+                        "total": len(jobs),
+                    }
+                )
                 runs.append(row)
                 continue
         emit(
