@@ -87,7 +87,10 @@ def crop_set(ann: str, images: str, limit: int, seed: int) -> tuple[Any, Any, li
     coco = load_coco(ann)
     gen = torch.Generator().manual_seed(seed)
     tensors, labels = [], []
-    for image_id, rec in coco.images.items():
+    ids = list(coco.images)
+    # A seeded order, so that a capped set (MAX_CROPS) samples the whole split, not its start.
+    for i in torch.randperm(len(ids), generator=gen).tolist():
+        image_id, rec = ids[i], coco.images[ids[i]]
         path = safe_image_path(images, rec["file_name"], source=str(coco.path))
         if not path.is_file():
             continue
