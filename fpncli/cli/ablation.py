@@ -29,9 +29,11 @@ EPILOG = (
     "  fpn ablation --necks fpn,fpn+cs,fpn+rfa,fpn+soft,augfpn   # AugFPN part by part\n\n"
     "  fpn ablation --necks fpn,rfp,sac,rfp+sac        # DetectoRS: RFP, SAC (= fpn+sac) and both\n\n"
     "  fpn ablation --budget 10 --device cuda        # 10x longer training and more data, on a GPU\n\n"
+    "  fpn ablation --warm-start --necks c5,fpn@3,panet   # every ResNet from one pretrained start; fpn with 3 seeds\n\n"
     "  fpn ablation --out runs/ablation              # rerun: finished necks are reused\n\n"
     "Writes OUT/ablation.json and OUT/ablation.md; OUT/runs/<neck>/last.pt works with "
-    "fpn detect / eval / inspect-levels."
+    "fpn detect / eval / inspect-levels. Ctrl-C (or SIGTERM) stops the row in training after its "
+    "iteration; the same command resumes it."
 )
 QUICK_BUDGET = 0.02
 
@@ -47,7 +49,7 @@ def ablation(
         typer.Option(
             help="Comma-separated rows, in table order: a neck, or NECK+MOD[+MOD] with MOD afp or soft "
             "(--roi-pooling), level, norfa or nocs (AugFPN's parts off), sac (--sac); fpn+cs, fpn+rfa: FPN "
-            "with one AugFPN part; sac: fpn+sac."
+            "with one AugFPN part; sac: fpn+sac. ROW@N: that row with N seeds."
         ),
     ] = ",".join(DEFAULT_ROWS),
     budget: Annotated[
@@ -60,6 +62,29 @@ def ablation(
     seed: Annotated[
         int, typer.Option(help="Seed of the data, initialisation and sampling, the same for every neck.")
     ] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seeds per row without @N: further seeds train with --seed+1, +2, ... on the same data; "
+            "the table shows mean±std and which differences exceed the noise.",
+        ),
+    ] = 1,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--warm-start",
+            help="Pretrain the ResNet once (classifying crops of the training split's shapes) into "
+            "OUT/warm_start.pt, or reuse it, and start every row's backbone from it.",
+        ),
+    ] = False,
+    redo_warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--redo-warm-start",
+            help="Make OUT/warm_start.pt again (implies --warm-start; retrains the rows).",
+        ),
+    ] = False,
     data: Annotated[
         Path | None, typer.Option(help="A COCO-layout dataset root instead of the synthetic shapes.")
     ] = None,
@@ -86,6 +111,9 @@ def ablation(
     from rich.table import Table
 
     from fpncli.analysis.ablation import claim_sentence, format_row, header, run_ablation
+    from fpncli.analysis.ablation.machine import machine_sentence
+    from fpncli.analysis.ablation.report import warm_start_sentence
+    from fpncli.analysis.ablation.seeds import noise_sentence
 
     if threads:
         torch.set_num_threads(threads)
@@ -98,14 +126,46 @@ def ablation(
                 f"drawing {event['train']} + {event['val']} synthetic images into {esc(str(event['root']))}"
             )
         elif kind == "neck_start":
-            err_console.print(f"[bold]{neck}[/] ({event['index'] + 1}/{event['total']})")
+            err_console.print(f"[bold]{neck}[/] seed {event['seed']} ({event['index'] + 1}/{event['total']})")
+        elif kind == "warm_start":
+            err_console.print(
+                f"warm start: classifying {event['crops']} crops for {event['iters']} iterations "
+                f"into {esc(str(event['path']))}"
+            )
+        elif kind == "warm_start_iter":
+            err_console.print(
+                f"  warm start iter {event['iter']}/{event['total_iterations']} loss {event['loss']:.3f}",
+                highlight=False,
+            )
+        elif kind == "warm_start_done":
+            err_console.print(
+                f"warm start saved ({100 * event['val_accuracy']:.1f} % of validation crops right, "
+                f"sha256 {event['sha256'][:16]})",
+                highlight=False,
+            )
+        elif kind == "warm_start_reused":
+            err_console.print(
+                f"warm start: reusing {esc(str(event['path']))} (sha256 {event['sha256'][:16]}; "
+                "--redo-warm-start makes it again)",
+                highlight=False,
+            )
+        elif kind == "neck_resumed":
+            err_console.print(f"  {neck}: resuming the interrupted run from {esc(str(event['checkpoint']))}")
+        elif kind == "interrupted":
+            err_console.print(
+                f"[yellow]{neck} stopped at iteration {event['iteration']}/{event['total_iterations']} "
+                f"(saved {esc(str(event['checkpoint']))}); run the same command again to resume it[/]"
+            )
         elif kind == "start":
             err_console.print(
                 f"  {neck}: training {event['total_iterations']} iterations of "
                 f"{event['effective_batch']} images on {event['device']}"
+                + (f", from iteration {event['start_iteration']}" if event.get("start_iteration") else "")
             )
         elif kind == "neck_cached":
-            err_console.print(f"[bold]{neck}[/]: reusing the finished run (--fresh retrains)")
+            err_console.print(
+                f"[bold]{neck}[/] seed {event['seed']}: reusing the finished run (--fresh retrains)"
+            )
         elif kind == "iter":
             err_console.print(
                 f"  {neck} iter {event['iter']}/{event['total_iterations']} "
@@ -130,6 +190,9 @@ def ablation(
         progress=report,
         backend=backend,
         backbone_weights=backbone_weights,
+        seeds=seeds,
+        warm_start=warm_start,
+        redo_warm_start=redo_warm_start,
     )
     s = result["settings"]
     # Thirteen columns: a light box and one space of padding keep it within 80 characters.
@@ -155,4 +218,7 @@ def ablation(
         "AR/AP in percent; AR: RPN top-1000 proposals, class-agnostic. " + claim_sentence(result["claim"]),
         highlight=False,
     )
+    console.print(noise_sentence(result["noise"]), highlight=False)
+    console.print(warm_start_sentence(result["warm_start"], s), highlight=False)
+    console.print("Machine: " + machine_sentence(result["environment"]) + ".", highlight=False)
     console.print(f"saved {esc(str(result['json']))} and {esc(str(result['markdown']))}", highlight=False)

@@ -137,6 +137,7 @@ def time_inference(model: Any, images: list[Any], warmup: int = 2) -> float:
 
     model.eval()
     times = []
+    warmup = min(warmup, len(images) - 1)  # at least one timed pass, even for one image
     with torch.inference_mode():
         for i, image in enumerate([*images[:warmup], *images]):
             if image.is_cuda:

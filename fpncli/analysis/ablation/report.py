@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fpncli.analysis.ablation.machine import machine_sentence
 from fpncli.analysis.ablation.rows import SINGLE_SCALE
+from fpncli.analysis.ablation.seeds import noise_sentence
 
 
 def small_object_claim(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -49,11 +51,16 @@ COLUMNS = (
 
 
 def format_row(row: dict[str, Any]) -> list[str]:
-    """Table cells: metrics in percent (one decimal, '-' where COCO gives -1), parameters in
-    millions (used by inference), milliseconds per image."""
-    cells = [row["neck"]]
+    """Table cells: metrics in percent (one decimal, '-' where COCO gives -1; a row run with
+    several seeds shows mean±standard deviation and its n), parameters in millions (used by
+    inference), milliseconds per image."""
+    spread = row.get("spread", {})
+    cells = [row["neck"] + (f" (n={row['n']})" if row.get("n", 1) > 1 else "")]
     for key, _ in COLUMNS:
-        cells.append("-" if row[key] < 0 else f"{100 * row[key]:.1f}")
+        cell = "-" if row[key] < 0 else f"{100 * row[key]:.1f}"
+        if key in spread:  # mean ± sample standard deviation over the row's seeds
+            cell += f"±{100 * spread[key]:.1f}"
+        cells.append(cell)
     cells.append(f"{row['parameters_used'] / 1e6:.2f}")
     cells.append(f"{1000 * row['seconds_per_image']:.0f}")
     return cells
@@ -86,6 +93,25 @@ def claim_sentence(claim: dict[str, Any] | None) -> str:
     return f"The paper's claim {verdict}. " + "; ".join(parts) + "."
 
 
+def warm_start_sentence(record: dict[str, Any] | None, settings: dict[str, Any]) -> str:
+    """Where every row's ResNet started."""
+    if record is not None:
+        key = record["key"]
+        return (
+            f"Every row's ResNet started from the warm start {record['path']} (sha256 "
+            f"{record['sha256'][:16]}): {key['backbone']} trained {key['iters']} iterations x "
+            f"{key['batch_size']} to classify {record['train_crops']} {key['crop']} px crops of the "
+            f"training split ({', '.join(record['classes'])}), {100 * record['val_accuracy']:.1f} % "
+            f"right on {record['val_crops']} validation crops; frozen BatchNorm, stem and res2 frozen."
+        )
+    if "backbone_weights" in settings:
+        sha = settings.get("backbone_sha256")
+        return f"Every row's ResNet started from {settings['backbone_weights']}" + (
+            f" (sha256 {sha[:16]})." if sha else "."
+        )
+    return "Every row's ResNet trained from scratch."
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     s, env = result["settings"], result["environment"]
     lines = [
@@ -93,18 +119,31 @@ def to_markdown(result: dict[str, Any]) -> str:
         "|" + "|".join(["---"] + ["---:"] * (len(header()) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(format_row(r)) + " |" for r in result["rows"]]
+    necks = {r["neck"].partition("+")[0] for r in result["rows"]}
+    options = [
+        f"{k} {s[k]}"
+        for k in ("nasfpn_stacks", "bifpn_repeats", "rfp_steps")
+        if k in s and k.split("_")[0] in necks
+    ]
     lines += [
         "",
         f"Budget {s['budget']:g}: {s['iters']} iterations of {s['batch_size']} images per neck, "
         f"{s['train_images']} training and {s['val_images']} validation images ({s['data']}), seed "
         f"{s['seed']}, preset {s['preset']}"
-        + (f", backbone weights {s['backbone_weights']}" if "backbone_weights" in s else "")
-        + f"; torch {env['torch']}, {env['threads']} thread(s), "
-        f"{sum(r['train_seconds'] or 0 for r in result['rows']) / 60:.1f} min of training in all. AR: RPN proposals (top {s['proposals']} after NMS, "
-        "class-agnostic, IoU 0.50:0.95); AP: detector at the preset's inference settings. Every neck's RPN "
+        + (f", {', '.join(options)}" if options else "")
+        + f"; {sum(r['train_seconds'] or 0 for r in result.get('runs', result['rows'])) / 60:.1f} min of training in all. "
+        "AR: RPN proposals (top "
+        f"{s['proposals']} after NMS, class-agnostic, IoU 0.50:0.95); AP: detector at the preset's inference settings. Every neck's RPN "
         "keeps the pre-NMS candidates of a five-level pyramid (a single-level baseline keeps 5x the "
         "per-level top-n). params: those an inference pass uses (c4 skips conv5); time: median of "
-        "one-image forward passes.",
+        "one-image forward passes. Rows marked (n=N): mean±sample standard deviation over N seeds "
+        "(training seed; same data and warm start).",
+        "",
+        warm_start_sentence(result.get("warm_start"), s),
+        "",
+        "Machine: " + machine_sentence(env) + ".",
+        "",
+        noise_sentence(result.get("noise")),
         "",
         claim_sentence(result["claim"]),
         "",

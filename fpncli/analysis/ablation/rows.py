@@ -116,3 +116,14 @@ def row_neck_options(given: dict[str, Any], rows: Sequence[str]) -> dict[str, An
             raise FpnError(f"{option.cli_flag}: no row has the {option.neck} neck, so it would do nothing")
     legacy = ("bifpn_repeats", "nasfpn_stacks", "nasfpn_norm", "rfp_steps")
     return {**{k: getattr(defaults, k) for k in legacy}, **given}
+
+
+def split_seeds(row: str, default: int = 1) -> tuple[str, int]:
+    """``"fpn@3"`` -> ``("fpn", 3)``: the row and how many seeds it runs with (``default``,
+    the run's ``--seeds``, without a suffix)."""
+    name, at, count = row.partition("@")
+    if not at:
+        return row, default
+    if not count.isdigit() or int(count) < 1:
+        raise FpnError(f"row {row!r}: write ROW@N with N a whole number of seeds, 1 or more")
+    return name, int(count)
