@@ -11,16 +11,14 @@ from rich.markup import escape as esc
 
 from fpncli.cli.common import (
     BackendOption,
-    DeviceOption,
     JsonOption,
     OptionalWeightsOption,
-    SliceOption,
-    SliceOverlapOption,
-    TTAOption,
     console,
     err_console,
     handle_errors,
 )
+from fpncli.cli.inference_params import inference_options
+from fpncli.inference.settings import InferenceArgs
 
 HELP = (
     "Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
@@ -38,6 +36,7 @@ EPILOG = (
 
 
 @handle_errors
+@inference_options
 def eval_coco(
     coco: Annotated[
         Path, typer.Option("--coco", help="COCO annotation file (JSON) of the evaluation images.")
@@ -59,16 +58,10 @@ def eval_coco(
         bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")
     ] = False,
     backend: BackendOption = "auto",
-    device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 2,
-    workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 0,
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Only the first N images (quick check).")
     ] = None,
-    half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
-    slice_size: SliceOption = None,
-    slice_overlap: SliceOverlapOption = None,
-    tta: TTAOption = None,
+    inference: InferenceArgs | None = None,
     analyze: Annotated[
         bool,
         typer.Option(
@@ -92,6 +85,8 @@ def eval_coco(
     ] = 20,
     as_json: JsonOption = False,
 ) -> None:
+    import dataclasses
+
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from fpncli.cli.display import make_progress
@@ -103,7 +98,9 @@ def eval_coco(
 
         analysis = AnalyzeOptions(conf_thr=conf_thr, conf_iou=conf_iou, worst=worst)
 
+    assert inference is not None  # inference_options passes it
     options = EvalOptions(
+        **dataclasses.asdict(inference),
         annotations=coco,
         results=results,
         images=images,
@@ -111,14 +108,7 @@ def eval_coco(
         out=out,
         plots=plots,
         backend=backend,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
         max_images=max_images,
-        half=half,
-        slice_size=slice_size,
-        slice_overlap=slice_overlap,
-        tta=tta,
         analyze=analysis,
     )
     # One progress display under torchrun (read from the environment: results mode must

@@ -40,6 +40,13 @@ from fpncli.evaluation.coco_eval import (
     run_cocoeval,
 )
 from fpncli.evaluation.per_class import per_class_table
+from fpncli.inference.settings import (
+    InferenceArgs,
+    check_half,
+    check_inference_options,
+    inference_overrides,
+    resolve_parallelism,
+)
 from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,6 +186,7 @@ def evaluate_model(
     inference: dict[str, Any] | None = None,
     cpu_replicas: int = 0,
     analyze: AnalyzeOptions | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -204,6 +212,7 @@ def evaluate_model(
             every image is computed alike however the run is split (0: batched, one process).
         analyze: run the error analysis too (see :func:`evaluate_results`); the model records
             each detection's pyramid levels (``modeling/level_record.py``) for it.
+        max_pixels: refuse larger images (see ``predict_images``).
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -258,6 +267,7 @@ def evaluate_model(
                 half=half,
                 cpu_processes=cpu_replicas,
                 threads_per_image=1 if cpu_replicas else None,
+                max_pixels=max_pixels,
             ),
         ),
         start=1,
@@ -318,10 +328,12 @@ def evaluate_model(
 # --------------------------------------------------------------------------- the command
 
 
-@dataclass
-class EvalOptions:
+@dataclass(kw_only=True)
+class EvalOptions(InferenceArgs):
     """What ``fpn eval`` evaluates: a results file (``results``) or a model (``weights`` run
-    over ``images``), against ``annotations``; outputs go to ``out``."""
+    over ``images`` with the inference options of
+    :class:`~fpncli.inference.settings.InferenceArgs`), against ``annotations``; outputs go
+    to ``out``."""
 
     annotations: Path
     results: Path | None = None
@@ -330,23 +342,12 @@ class EvalOptions:
     out: Path = Path("runs/eval")
     plots: bool = False
     backend: str = "auto"
-    device: str = "auto"
-    batch_size: int = 2
-    workers: int = 0
     max_images: int | None = None
-    half: bool = False
-    # Sliced inference and test-time augmentation (see inference/augment.py).
-    slice_size: int | None = None
-    slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
-    tta: str | None = None
     analyze: AnalyzeOptions | None = None  # fpn eval --analyze
 
     def check(self) -> list[str]:
         """Raise on contradictory options; returns notes (ignored options)."""
-        from fpncli.inference.augment import check_slice, parse_tta
-
-        check_slice(self.slice_size, self.slice_overlap)
-        parse_tta(self.tta)
+        check_inference_options(self)
         if self.results is not None and self.weights is not None:
             raise FpnError(
                 "give either --results (evaluate a results file) or --weights (run a model), not both"
@@ -424,21 +425,32 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
     exported = weights not in (None, "coco", "none") and exported_format(weights) is not None
     device = inference_device("cpu" if exported and options.device == "auto" else options.device)
-    if options.half and device.type != "cuda":
-        raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
+    check_half(options, device.type)
     assert weights is not None and options.images is not None  # check() made sure
-    model, source = load_for_inference(weights)
+    cuda = device.type == "cuda"
+    plan = resolve_parallelism(options, cuda, cores=cpu_cores())
+    model, source = load_for_inference(weights, **inference_overrides(options))
+    if options.optimize and not exported:
+        from fpncli.modeling.optimize import optimize_for_inference
+
+        # As fpn detect: Winograd on the CPU (NCHW), channels-last on CUDA.
+        model = optimize_for_inference(model, inplace=True, winograd=not cuda, channels_last=cuda)
     from fpncli.inference.augment import augmented, check_slice, parse_tta
 
-    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
+    model = augmented(
+        model,
+        check_slice(options.slice_size, options.slice_overlap),
+        parse_tta(options.tta),
+        max_pixels=options.max_pixels,
+    )
     return evaluate_model(
         model,
         options.annotations,
         options.images,
         out_dir=out,
         device=device,
-        batch_size=options.batch_size,
-        workers=options.workers,
+        batch_size=plan.batch_size,
+        workers=plan.workers if cuda else 0,
         plots=options.plots,
         backend=options.backend,
         weights=source,
@@ -450,8 +462,9 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
         # A convolution's float sums depend on its thread count: one thread per image, the
         # cores used by image-level replicas, makes every layout (one process, torchrun on
         # any number of processes) compute each image alike, so results are byte-identical.
-        cpu_replicas=cpu_cores() if device.type == "cpu" else 0,
+        cpu_replicas=plan.cpu_replicas,
         analyze=options.analyze,
+        max_pixels=options.max_pixels,
     )
 
 
