@@ -129,12 +129,15 @@ def detect(
         nonlocal task
         if progress is None:
             return
-        if event["event"] == "start":
+        if event["event"] == "note":
+            err_console.print(f"note: {esc(event['message'])}", highlight=False, soft_wrap=True)
+        elif event["event"] == "start":
             videos = f" and [bold]{event['videos']}[/] video(s)/stream(s)" if event.get("videos") else ""
             err_console.print(
                 f"[bold]{event['images']}[/] image(s){videos} on [bold]{event['device']}[/]; "
-                f"weights: {esc(event['weights'])}",
+                f"weights: {esc(event['weights'])}; path: {esc(event['path'])}",
                 highlight=False,
+                soft_wrap=True,
             )
             progress.start()
             if event["images"] or not event.get("videos"):

@@ -10,7 +10,6 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import (
-    BackendOption,
     JsonOption,
     OptionalWeightsOption,
     console,
@@ -30,7 +29,7 @@ EPILOG = (
     "  fpn eval --coco val.json --images val2017/ --weights coco --plots\n\n"
     "  fpn eval --coco val.json --results detections.json --out runs/eval-dets\n\n"
     "  fpn eval --coco val.json --results dets.json --images val2017/ --analyze --out runs/why\n\n"
-    "Numbers are pycocotools' COCOeval numbers; --backend auto uses faster-coco-eval "
+    "Numbers are pycocotools' COCOeval numbers; --coco-backend auto uses faster-coco-eval "
     '(pip install "fpncli\\[fast]") when installed: same numbers, several times faster.'
 )
 
@@ -57,7 +56,14 @@ def eval_coco(
     plots: Annotated[
         bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")
     ] = False,
-    backend: BackendOption = "auto",
+    coco_backend: Annotated[
+        str,
+        typer.Option(
+            "--coco-backend",
+            help="COCO evaluation backend: auto, pycocotools or faster-coco-eval (--backend takes "
+            "these too, as before it chose the inference path).",
+        ),
+    ] = "auto",
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Only the first N images (quick check).")
     ] = None,
@@ -99,6 +105,7 @@ def eval_coco(
         analysis = AnalyzeOptions(conf_thr=conf_thr, conf_iou=conf_iou, worst=worst)
 
     assert inference is not None  # inference_options passes it
+    coco_backend = _coco_backend(inference, coco_backend)
     options = EvalOptions(
         **dataclasses.asdict(inference),
         annotations=coco,
@@ -107,7 +114,7 @@ def eval_coco(
         weights=weights,
         out=out,
         plots=plots,
-        backend=backend,
+        coco_backend=coco_backend,
         max_images=max_images,
         analyze=analysis,
     )
@@ -126,6 +133,16 @@ def eval_coco(
         typer.echo(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
+    if metrics.get("fp32"):
+        exact = metrics["fp32"]
+        console.print(
+            f"{metrics['path']}: AP {_fmt(metrics['AP'])}, AP50 {_fmt(metrics['AP50'])}; the same model at "
+            f"fp32 ({exact['path']}): AP {_fmt(exact['AP'])}, AP50 {_fmt(exact['AP50'])} "
+            f"({100 * (metrics['AP'] - exact['AP']):+.1f} AP points)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if metrics.get("analysis"):
         print_analysis(metrics["analysis"])
     written = [out / "metrics.json"]
@@ -137,6 +154,25 @@ def eval_coco(
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
+
+
+def _coco_backend(inference: InferenceArgs, coco_backend: str) -> str:
+    """``--backend pycocotools|faster-coco-eval`` (its meaning before it chose the inference
+    path) is ``--coco-backend``; anything unknown to both is one line."""
+    from fpncli.errors import FpnError
+    from fpncli.evaluation.coco_eval import BACKENDS as COCO_BACKENDS
+    from fpncli.inference.settings import BACKENDS
+
+    value = inference.backend
+    if value in COCO_BACKENDS and value not in BACKENDS:
+        inference.backend = "auto"
+        return value
+    if value not in BACKENDS:
+        raise FpnError(
+            f"unknown evaluation backend or inference path {value!r}: --backend chooses the path "
+            f"({', '.join(BACKENDS)}); --coco-backend the evaluation (auto, {', '.join(COCO_BACKENDS)})"
+        )
+    return coco_backend
 
 
 class _NoProgress:
@@ -158,6 +194,8 @@ class _NoProgress:
 def _show(event: dict[str, Any], bar: Any, task: Any) -> None:
     if event["event"] == "warning":
         err_console.print(f"note: {event['message']}", style="yellow", markup=False)
+    elif event["event"] == "note":
+        err_console.print(event["message"], markup=False, highlight=False, soft_wrap=True)
     elif event["event"] == "image":
         bar.update(task, completed=event["done"], total=event["total"])
 

@@ -71,6 +71,8 @@ def export(
         max_dets=inference.max_dets,
         min_size=inference.min_size,
         max_size=inference.max_size,
+        precision=inference.precision,
+        calibrate=inference.calibrate,
         winograd=winograd,
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -119,10 +120,55 @@ INFERENCE_OPTIONS: list[tuple[str, Any, Any]] = [
     ("slice_size", SliceOption, None),
     ("slice_overlap", SliceOverlapOption, None),
     ("tta", TTAOption, None),
+    (
+        "backend",
+        Annotated[
+            str,
+            typer.Option(
+                "--backend",
+                help="The CPU path: auto (the fastest exact one measured on this CPU, cached; see "
+                "docs/speed.md), torch (oneDNN, BatchNorm folded, channels-last), winograd (NNPACK "
+                'Winograd replicas), onnxruntime (the exported graph), openvino (pip install "fpncli\\[openvino]").',
+            ),
+        ],
+        "auto",
+    ),
+    (
+        "precision",
+        Annotated[
+            str,
+            typer.Option(
+                help="fp32; fp16 (CUDA, = --half); bf16 (CPUs with AVX512-BF16 or AMX, or CUDA: "
+                "backbone and neck in bfloat16); int8 (CPU: convolutions quantized with ONNX Runtime, "
+                "calibrated on --calibrate). Reduced precision changes detections: fpn eval prints its AP cost.",
+            ),
+        ],
+        "fp32",
+    ),
+    (
+        "calibrate",
+        Annotated[
+            Path | None,
+            typer.Option(
+                help="--precision int8: a folder of calibration images (default: a sample of the images "
+                "being processed; in fpn eval the evaluation images).",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    (
+        "reprobe",
+        Annotated[
+            bool,
+            typer.Option("--reprobe", help="--backend auto: measure the paths on this CPU again (cached)."),
+        ],
+        False,
+    ),
 ]
 
-# What fpn export writes into its graph.
-MODEL_OVERRIDE_FIELDS = ("score_thr", "nms_iou", "max_dets", "min_size", "max_size")
+# What fpn export writes into its graph (int8: ONNX only).
+MODEL_OVERRIDE_FIELDS = ("score_thr", "nms_iou", "max_dets", "min_size", "max_size", "precision", "calibrate")
 
 
 def inference_options(fn: F | None = None, *, fields: Sequence[str] | None = None) -> Any:

@@ -37,6 +37,7 @@ from fpncli.data.sources import expand_sources
 from fpncli.data.video import is_stream, is_video_file
 from fpncli.errors import FpnError
 from fpncli.inference.annotated import output_paths, save_annotated
+from fpncli.inference.backends import choose_path, prepare_path
 from fpncli.inference.classes import resolve_classes
 from fpncli.inference.settings import (
     DETECT_SCORE_THR,
@@ -189,6 +190,14 @@ def run_detect(
         track = plan_tracking(
             options.track, options.score_thr, options.count_line, weights_file if exported else None
         )
+    # The path (--backend, --precision) is settled before the model loads: a refusal costs nothing.
+    choice = choose_path(
+        options,
+        device.type,
+        exported=exported,
+        images=len(paths) + 1000 * len(videos),  # a video is many images
+        needs_torch=options.slice_size is not None or options.tta is not None,
+    )
     # With --track the detector may run lower, for the tracker (see inference/tracking/adapter.py).
     model_thr = track.detector_thr if track is not None else options.score_thr
 
@@ -201,13 +210,9 @@ def run_detect(
         # Filter before the top-k cut, not after it: let the model keep every detection,
         # drop the unwanted classes, then take the best max_dets.
         model.set_detections_per_img(1_000_000)
-    if options.optimize and not exported:
-        from fpncli.modeling.optimize import optimize_for_inference
-
-        # CPU: NNPACK's Winograd needs NCHW; CUDA: channels-last feeds the tensor cores.
-        model = optimize_for_inference(
-            model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
-        )
+    model, choice = prepare_path(
+        model, options, choice, device.type, paths, source, progress, images=len(paths) + 1000 * len(videos)
+    )
     from fpncli.inference.augment import augmented, check_slice, parse_tta
 
     model = augmented(
@@ -339,7 +344,7 @@ def run_detect(
     video_state = VideoRun(
         model=model,
         device=device,
-        half=options.half,
+        half=options.dtype == "fp16",
         stride=options.vid_stride,
         summary=summary,
         records=video_records,
@@ -360,6 +365,7 @@ def run_detect(
                 "videos": len(videos),
                 "device": summary.device,
                 "weights": source,
+                "path": choice.describe(),
             }
         )
     try:
@@ -369,7 +375,7 @@ def run_detect(
             device=device,
             batch_size=batch_size,
             workers=workers,
-            half=options.half,
+            half=options.dtype == "fp16",
             max_pixels=options.max_pixels,
             keep_images=options.draw,
             cpu_processes=cpu_processes,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fpncli.errors import FpnError
@@ -34,6 +35,11 @@ class InferenceArgs:
         max_pixels: refuse larger images (None: ``$FPN_MAX_PIXELS`` or 100 M).
         optimize: BatchNorm folded and the CPU's or GPU's fast convolutions.
         slice_size, slice_overlap, tta: sliced inference and test-time augmentation.
+        backend: the CPU path, one of :data:`BACKENDS` (``auto``: the fastest exact one
+            measured on this CPU, see :mod:`fpncli.inference.backends`).
+        precision: one of :data:`PRECISIONS`; ``half`` is ``fp16``.
+        calibrate: int8: the folder of calibration images (None: a sample of the run's).
+        reprobe: with ``backend="auto"``, measure the candidates again.
     """
 
     score_thr: float | None = None
@@ -50,6 +56,19 @@ class InferenceArgs:
     slice_size: int | None = None
     slice_overlap: float | None = None
     tta: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    calibrate: Path | None = None
+    reprobe: bool = False
+
+    @property
+    def dtype(self) -> str:
+        """The precision asked for, ``--half`` counting as ``fp16``."""
+        return "fp16" if self.half else self.precision
+
+
+BACKENDS = ("auto", "torch", "winograd", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def check_inference_options(args: InferenceArgs) -> None:
@@ -74,6 +93,22 @@ def check_inference_options(args: InferenceArgs) -> None:
 
     check_slice(args.slice_size, args.slice_overlap)
     parse_tta(args.tta)
+    if args.backend not in BACKENDS:
+        raise FpnError(f"--backend: unknown path {args.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if args.precision not in PRECISIONS:
+        raise FpnError(f"--precision: unknown {args.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if args.half and args.precision not in ("fp32", "fp16"):
+        raise FpnError(f"--half is --precision fp16; it cannot go with --precision {args.precision}")
+    if args.reprobe and args.backend != "auto":
+        raise FpnError(
+            f"--reprobe measures the paths for --backend auto; --backend {args.backend} needs none"
+        )
+    if args.calibrate is not None and args.precision != "int8":
+        raise FpnError("--calibrate gives int8's calibration images; add --precision int8")
+    if args.calibrate is not None and not Path(args.calibrate).is_dir():
+        raise FpnError(f"{args.calibrate}: --calibrate needs a folder of images")
+    if args.precision in ("bf16", "int8") and (args.slice_size is not None or args.tta is not None):
+        raise FpnError(f"--precision {args.precision} runs plain detection; it takes no --slice or --tta")
 
 
 def inference_overrides(args: InferenceArgs, score_thr: float | None = None) -> dict[str, Any]:
