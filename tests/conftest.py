@@ -38,6 +38,19 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """``--backend auto``'s probe cache (fpncli/inference/probe.py) in a folder of the session's
+    own: tests never read or write the user's ~/.cache/fpncli."""
+    old = os.environ.get("FPN_CACHE_DIR")
+    os.environ["FPN_CACHE_DIR"] = str(tmp_path_factory.mktemp("fpn-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FPN_CACHE_DIR", None)
+    else:
+        os.environ["FPN_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from a second thread, and on a busy 2-core machine every

@@ -10,18 +10,14 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import (
-    DeviceOption,
     JsonOption,
-    MaxSizeOption,
-    MinSizeOption,
-    SliceOption,
-    SliceOverlapOption,
-    TTAOption,
     WeightsOption,
     console,
     err_console,
     handle_errors,
 )
+from fpncli.cli.inference_params import inference_options
+from fpncli.inference.settings import DETECT_SCORE_THR, InferenceArgs
 
 HELP = (
     "Detect objects in images, videos, folders, glob patterns and streams; write predictions.json and "
@@ -43,6 +39,7 @@ EPILOG = (
 
 
 @handle_errors
+@inference_options
 def detect(
     sources: Annotated[
         list[str],
@@ -55,36 +52,11 @@ def detect(
     weights: WeightsOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
-    score_thr: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
-    nms_iou: Annotated[
-        float | None, typer.Option(help="Per-class NMS IoU threshold (model default 0.5).")
-    ] = None,
-    max_dets: Annotated[
-        int | None, typer.Option(help="At most this many detections per image (model default 100).")
-    ] = None,
+    inference: InferenceArgs | None = None,
     classes: Annotated[
         list[str] | None,
         typer.Option(help="Only these classes: names or category ids, comma-separated or repeated."),
     ] = None,
-    min_size: MinSizeOption = None,
-    max_size: MaxSizeOption = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="CUDA: images per forward pass (default 2; only equal-size images share one). "
-            "CPU: used with --workers 0 only."
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Worker processes (default: CPU cores, at most 4). CUDA: they decode and resize images. "
-            "CPU: each is a model replica that decodes and detects whole images (for an .onnx model, "
-            "threads sharing one session); 0 = all in one process."
-        ),
-    ] = None,
-    device: DeviceOption = "auto",
-    half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
     draw: Annotated[bool, typer.Option("--draw/--no-draw", help="Write annotated images.")] = True,
     coco_results: Annotated[
         Path | None, typer.Option(help="Also write detections in the COCO results format to this file.")
@@ -96,25 +68,6 @@ def detect(
             "(default: 1..N in input order)."
         ),
     ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Refuse images with more pixels than this (default 100,000,000, or $FPN_MAX_PIXELS; "
-            "~14 bytes of memory per pixel).",
-            show_default=False,
-        ),
-    ] = None,
-    optimize: Annotated[
-        bool,
-        typer.Option(
-            "--optimize/--no-optimize",
-            help="Fold BatchNorm into convolutions; Winograd 3x3 convolutions "
-            "on the CPU, channels-last memory on CUDA.",
-        ),
-    ] = True,
-    slice_size: SliceOption = None,
-    slice_overlap: SliceOverlapOption = None,
-    tta: TTAOption = None,
     vid_stride: Annotated[int, typer.Option(help="Videos and streams: detect in every Nth frame.")] = 1,
     track: Annotated[
         bool,
@@ -143,6 +96,7 @@ def detect(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: JsonOption = False,
 ) -> None:
+    import dataclasses
     import json
 
     from fpncli.errors import FpnError
@@ -150,28 +104,19 @@ def detect(
 
     if coco_annotations is not None and coco_results is None:
         raise FpnError("--coco-annotations only names image ids for --coco-results; add --coco-results FILE")
+    assert inference is not None  # inference_options passes it
+    given = dataclasses.asdict(inference)
+    if given["score_thr"] is None:
+        given["score_thr"] = DETECT_SCORE_THR
     options = DetectOptions(
+        **given,
         weights=weights,
         out_dir=out,
-        score_thr=score_thr,
-        nms_iou=nms_iou,
-        max_dets=max_dets,
         classes=classes,
-        min_size=min_size,
-        max_size=max_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        half=half,
         draw=draw,
         recursive=recursive,
         coco_results=coco_results,
         coco_annotations=coco_annotations,
-        max_pixels=max_pixels,
-        optimize=optimize,
-        slice_size=slice_size,
-        slice_overlap=slice_overlap,
-        tta=tta,
         vid_stride=vid_stride,
         track=tracker if tracker is not None else ("bytetrack" if track else None),
         count_line=count_line,
@@ -184,12 +129,15 @@ def detect(
         nonlocal task
         if progress is None:
             return
-        if event["event"] == "start":
+        if event["event"] == "note":
+            err_console.print(f"note: {esc(event['message'])}", highlight=False, soft_wrap=True)
+        elif event["event"] == "start":
             videos = f" and [bold]{event['videos']}[/] video(s)/stream(s)" if event.get("videos") else ""
             err_console.print(
                 f"[bold]{event['images']}[/] image(s){videos} on [bold]{event['device']}[/]; "
-                f"weights: {esc(event['weights'])}",
+                f"weights: {esc(event['weights'])}; path: {esc(event['path'])}",
                 highlight=False,
+                soft_wrap=True,
             )
             progress.start()
             if event["images"] or not event.get("videos"):

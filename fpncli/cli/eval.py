@@ -10,17 +10,14 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import (
-    BackendOption,
-    DeviceOption,
     JsonOption,
     OptionalWeightsOption,
-    SliceOption,
-    SliceOverlapOption,
-    TTAOption,
     console,
     err_console,
     handle_errors,
 )
+from fpncli.cli.inference_params import inference_options
+from fpncli.inference.settings import InferenceArgs
 
 HELP = (
     "Evaluate with COCO box metrics: the 12 standard numbers and a per-class table; "
@@ -32,12 +29,13 @@ EPILOG = (
     "  fpn eval --coco val.json --images val2017/ --weights coco --plots\n\n"
     "  fpn eval --coco val.json --results detections.json --out runs/eval-dets\n\n"
     "  fpn eval --coco val.json --results dets.json --images val2017/ --analyze --out runs/why\n\n"
-    "Numbers are pycocotools' COCOeval numbers; --backend auto uses faster-coco-eval "
+    "Numbers are pycocotools' COCOeval numbers; --coco-backend auto uses faster-coco-eval "
     '(pip install "fpncli\\[fast]") when installed: same numbers, several times faster.'
 )
 
 
 @handle_errors
+@inference_options
 def eval_coco(
     coco: Annotated[
         Path, typer.Option("--coco", help="COCO annotation file (JSON) of the evaluation images.")
@@ -58,17 +56,18 @@ def eval_coco(
     plots: Annotated[
         bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")
     ] = False,
-    backend: BackendOption = "auto",
-    device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 2,
-    workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 0,
+    coco_backend: Annotated[
+        str,
+        typer.Option(
+            "--coco-backend",
+            help="COCO evaluation backend: auto, pycocotools or faster-coco-eval (--backend takes "
+            "these too, as before it chose the inference path).",
+        ),
+    ] = "auto",
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Only the first N images (quick check).")
     ] = None,
-    half: Annotated[bool, typer.Option("--half", help="float16 inference (CUDA only).")] = False,
-    slice_size: SliceOption = None,
-    slice_overlap: SliceOverlapOption = None,
-    tta: TTAOption = None,
+    inference: InferenceArgs | None = None,
     analyze: Annotated[
         bool,
         typer.Option(
@@ -92,6 +91,8 @@ def eval_coco(
     ] = 20,
     as_json: JsonOption = False,
 ) -> None:
+    import dataclasses
+
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from fpncli.cli.display import make_progress
@@ -103,22 +104,18 @@ def eval_coco(
 
         analysis = AnalyzeOptions(conf_thr=conf_thr, conf_iou=conf_iou, worst=worst)
 
+    assert inference is not None  # inference_options passes it
+    coco_backend = _coco_backend(inference, coco_backend)
     options = EvalOptions(
+        **dataclasses.asdict(inference),
         annotations=coco,
         results=results,
         images=images,
         weights=weights,
         out=out,
         plots=plots,
-        backend=backend,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
+        coco_backend=coco_backend,
         max_images=max_images,
-        half=half,
-        slice_size=slice_size,
-        slice_overlap=slice_overlap,
-        tta=tta,
         analyze=analysis,
     )
     # One progress display under torchrun (read from the environment: results mode must
@@ -136,6 +133,16 @@ def eval_coco(
         typer.echo(json.dumps(metrics, indent=2))
         return
     print_metrics(metrics)
+    if metrics.get("fp32"):
+        exact = metrics["fp32"]
+        console.print(
+            f"{metrics['path']}: AP {_fmt(metrics['AP'])}, AP50 {_fmt(metrics['AP50'])}; the same model at "
+            f"fp32 ({exact['path']}): AP {_fmt(exact['AP'])}, AP50 {_fmt(exact['AP50'])} "
+            f"({100 * (metrics['AP'] - exact['AP']):+.1f} AP points)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if metrics.get("analysis"):
         print_analysis(metrics["analysis"])
     written = [out / "metrics.json"]
@@ -147,6 +154,25 @@ def eval_coco(
     console.print(
         "wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False, soft_wrap=True
     )
+
+
+def _coco_backend(inference: InferenceArgs, coco_backend: str) -> str:
+    """``--backend pycocotools|faster-coco-eval`` (its meaning before it chose the inference
+    path) is ``--coco-backend``; anything unknown to both is one line."""
+    from fpncli.errors import FpnError
+    from fpncli.evaluation.coco_eval import BACKENDS as COCO_BACKENDS
+    from fpncli.inference.settings import BACKENDS
+
+    value = inference.backend
+    if value in COCO_BACKENDS and value not in BACKENDS:
+        inference.backend = "auto"
+        return value
+    if value not in BACKENDS:
+        raise FpnError(
+            f"unknown evaluation backend or inference path {value!r}: --backend chooses the path "
+            f"({', '.join(BACKENDS)}); --coco-backend the evaluation (auto, {', '.join(COCO_BACKENDS)})"
+        )
+    return coco_backend
 
 
 class _NoProgress:
@@ -168,6 +194,8 @@ class _NoProgress:
 def _show(event: dict[str, Any], bar: Any, task: Any) -> None:
     if event["event"] == "warning":
         err_console.print(f"note: {event['message']}", style="yellow", markup=False)
+    elif event["event"] == "note":
+        err_console.print(event["message"], markup=False, highlight=False, soft_wrap=True)
     elif event["event"] == "image":
         bar.update(task, completed=event["done"], total=event["total"])
 

@@ -9,13 +9,13 @@ import typer
 from rich.markup import escape as esc
 
 from fpncli.cli.common import (
-    MaxSizeOption,
-    MinSizeOption,
     WeightsOption,
     console,
     err_console,
     handle_errors,
 )
+from fpncli.cli.inference_params import MODEL_OVERRIDE_FIELDS, inference_options
+from fpncli.inference.settings import InferenceArgs
 
 HELP = (
     "Export a detector to ONNX or TorchScript: RGB uint8 image of any size in, boxes in its pixels "
@@ -33,6 +33,7 @@ EPILOG = (
 
 
 @handle_errors
+@inference_options(fields=MODEL_OVERRIDE_FIELDS)
 def export(
     weights: WeightsOption,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")],
@@ -41,15 +42,7 @@ def export(
         Path | None,
         typer.Option(help="A folder of your images to add to the self-check (besides the built-in set)."),
     ] = None,
-    score_thr: Annotated[
-        float | None, typer.Option(help="Score threshold in the graph (model default 0.05).")
-    ] = None,
-    nms_iou: Annotated[float | None, typer.Option(help="Per-class NMS IoU (model default 0.5).")] = None,
-    max_dets: Annotated[
-        int | None, typer.Option(help="At most this many detections per image (model default 100).")
-    ] = None,
-    min_size: MinSizeOption = None,
-    max_size: MaxSizeOption = None,
+    inference: InferenceArgs | None = None,
     winograd: Annotated[
         bool | None,
         typer.Option(
@@ -64,25 +57,22 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-image check lines.")] = False,
 ) -> None:
     from fpncli.deploy.export import ExportOptions, run_export
-    from fpncli.errors import FpnError
+    from fpncli.inference.settings import check_inference_options
 
-    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
-        raise FpnError(f"--score-thr must be in 0..1, got {score_thr}")
-    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-        raise FpnError(f"--nms-iou must be in (0, 1], got {nms_iou}")
-    for name, value in (("--max-dets", max_dets), ("--min-size", min_size), ("--max-size", max_size)):
-        if value is not None and value < 1:
-            raise FpnError(f"{name} must be at least 1, got {value}")
+    assert inference is not None  # inference_options passes it
+    check_inference_options(inference)
     options = ExportOptions(
         weights=weights,
         fmt=fmt,
         out=out,
         check_images=check_images,
-        score_thr=score_thr,
-        nms_iou=nms_iou,
-        max_dets=max_dets,
-        min_size=min_size,
-        max_size=max_size,
+        score_thr=inference.score_thr,
+        nms_iou=inference.nms_iou,
+        max_dets=inference.max_dets,
+        min_size=inference.min_size,
+        max_size=inference.max_size,
+        precision=inference.precision,
+        calibrate=inference.calibrate,
         winograd=winograd,
     )
 

@@ -104,19 +104,28 @@ def neck_options(fn: F) -> F:
 
 
 def _with_options(fn: F, options: list[Any]) -> F:
+    return inject_group(
+        fn, "model", [_parameter(o) for o in options], lambda values: collect(values, options)
+    )
+
+
+def inject_group(
+    fn: F, name: str, added: list[inspect.Parameter], build: Callable[[dict[str, Any]], Any]
+) -> F:
+    """``fn`` with its parameter ``name`` replaced by the parameters ``added`` (Typer reads
+    them from the signature); a call gathers their values and passes ``name=build(values)``."""
     signature = inspect.signature(fn)
     # The command modules use postponed annotations: resolve them, since Typer takes a set
     # __signature__ as it is.
     hints = typing.get_type_hints(fn, include_extras=True)
     own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
-    at = [p.name for p in own].index("model")
-    added = [_parameter(o) for o in options]
-    names = {o.field for o in options}
+    at = [p.name for p in own].index(name)
+    names = {p.name for p in added}
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-        return fn(*args, model=collect(values, options), **kwargs)
+        values = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
+        return fn(*args, **{name: build(values)}, **kwargs)
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*own[:at], *added, *own[at + 1 :]]]
     wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

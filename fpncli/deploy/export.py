@@ -73,6 +73,10 @@ class ExportOptions:
     # TorchScript: BatchNorm folded and NNPACK's Winograd, as fpn detect (a CPU-only file).
     # None = yes for onnx, no for torchscript.
     winograd: bool | None = None
+    # int8: the checked float graph's convolutions quantized (ONNX only, deploy/quantize.py),
+    # calibrated on ``calibrate`` (default: ``check_images``).
+    precision: str = "fp32"
+    calibrate: Path | None = None
 
 
 @dataclass
@@ -305,6 +309,11 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     # ONNX: on by default (the graph runs anywhere). TorchScript: NNPACK ties the file to the
     # CPU, so only when asked.
     winograd = options.winograd if options.winograd is not None else fmt == "onnx"
+    from fpncli.deploy.quantize import check_int8_export
+
+    calibration = check_int8_export(options.precision, fmt, options.calibrate, options.check_images)
+    if calibration is not None:
+        winograd = False  # int8 quantizes direct convolutions (Winograd's transforms would lose more)
     if options.check_images is not None and not Path(options.check_images).is_dir():
         raise FpnError(f"{options.check_images}: --check-images must be a folder of images")
     weights_file = options.weights if options.weights not in ("coco", "none") else None
@@ -404,7 +413,17 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
         summary.images.append(
             _check_empty(model, fmt, images[0], options.weights, summary.winograd_convs > 0)
         )
-    data = with_report(data, fmt, summary.report())
+    if calibration is not None:
+        from fpncli.deploy.quantize import quantize_graph
+
+        data = quantize_graph(data, calibration, where=str(options.calibrate or options.check_images))
+        summary.notes.append(
+            f"int8: convolutions quantized (per-channel, QDQ), calibrated on {len(calibration)} image(s); "
+            "the check above is the float graph's: fpn eval --weights FILE shows int8's AP"
+        )
+    data = with_report(
+        data, fmt, summary.report(), {"precision": "int8"} if calibration is not None else None
+    )
     atomic_write(out, lambda f: f.write(data), binary=True)
     summary.size_bytes = len(data)
     return summary

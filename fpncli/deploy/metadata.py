@@ -50,7 +50,7 @@ def stored_metadata(data: bytes, fmt: str) -> str:
         return z.read(name).decode("utf-8")
 
 
-def with_report(data: bytes, fmt: str, report: dict[str, Any]) -> bytes:
+def with_report(data: bytes, fmt: str, report: dict[str, Any], extra: dict[str, Any] | None = None) -> bytes:
     """``data`` with the self-check's report added to its metadata (``self_check``): the
     graph is unchanged (ONNX: the metadata property rewritten; TorchScript: the archive saved
     again with the new extra file)."""
@@ -58,6 +58,7 @@ def with_report(data: bytes, fmt: str, report: dict[str, Any]) -> bytes:
 
     meta = json.loads(stored_metadata(data, fmt))
     meta["self_check"] = report
+    meta.update(extra or {})  # e.g. {"precision": "int8"}
     if fmt == "onnx":
         import onnx
 

@@ -17,8 +17,9 @@ needs neither, and plots import matplotlib only when asked for.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,7 @@ from fpncli.atomic import write_json
 from fpncli.data.coco import safe_image_path
 from fpncli.errors import FpnError
 from fpncli.evaluation.checks import (
-    GroundTruth,
     check_category_mapping,
-    check_results,
     counted,
     load_ground_truth,
 )
@@ -37,127 +36,22 @@ from fpncli.evaluation.coco_eval import (
     METRIC_KEYS,
     detections_to_coco,
     resolve_backend,
-    run_cocoeval,
 )
-from fpncli.evaluation.per_class import per_class_table
+from fpncli.evaluation.metrics import PER_CLASS_KEYS, _evaluate, evaluate_results
+
+__all__ = ["METRIC_KEYS", "PER_CLASS_KEYS", "EvalOptions", "evaluate_model", "evaluate_results", "run_eval"]
+from fpncli.inference.backends import EXACT, PathChoice, choose_path, prepare_path
+from fpncli.inference.settings import (
+    InferenceArgs,
+    check_half,
+    check_inference_options,
+    inference_overrides,
+    resolve_parallelism,
+)
 from fpncli.runtime.events import ProgressFn
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.evaluation.analysis.report import AnalyzeOptions
-
-PER_CLASS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def evaluate_results(
-    annotation_file: str | os.PathLike,
-    results: str | os.PathLike | Sequence[dict[str, Any]],
-    *,
-    out_dir: str | os.PathLike | None = None,
-    plots: bool = False,
-    backend: str = "auto",
-    image_ids: Iterable[int] | None = None,
-    weights: str | None = None,
-    extra: dict[str, Any] | None = None,
-    analyze: AnalyzeOptions | None = None,
-) -> dict[str, Any]:
-    """COCO box metrics of a results list (or results JSON file) against an annotation file.
-
-    Args:
-        annotation_file: COCO annotations (``images``, ``annotations``, ``categories``).
-        results: COCO results, ``[{"image_id", "category_id", "bbox": [x, y, w, h] (absolute
-            pixels), "score"}]``, or the path of such a JSON file. Detections that cannot be
-            evaluated (unknown image or category, bad bbox/score) are skipped and reported
-            under ``problems``; when none can be, :class:`FpnError`.
-        out_dir: when given, ``metrics.json`` (and with ``plots`` the PR curves) go there.
-        plots: save precision-recall curves (``pr_overall.png``, ``pr_per_class.png``).
-        backend: ``auto`` (faster-coco-eval if installed, else pycocotools), ``pycocotools``
-            or ``faster-coco-eval``; all give the same numbers.
-        image_ids: evaluate only these images (default: all images of the annotation file).
-        weights: recorded in the metrics (what produced the results).
-        extra: more keys to record in the metrics (e.g. ``missing_images``).
-        analyze: also run ``fpn eval --analyze``'s error analysis into ``out_dir``
-            (:func:`fpncli.evaluation.analysis.report.analyze`); its report is returned under
-            ``analysis``.
-
-    Returns:
-        The metrics (the schema of ``metrics.json``): the 12 COCO numbers under
-        :data:`METRIC_KEYS` (fractions in 0..1, -1 where COCO gives -1), ``per_class`` (one
-        dict per category: ``category_id``, ``name``, ``instances``, ``crowd``, ``detections``
-        and :data:`PER_CLASS_KEYS`, best AP first), ``annotation_file``, ``results_file``,
-        ``weights``, ``num_images``, ``num_detections``, ``backend``, ``problems``.
-    """
-    gt = load_ground_truth(annotation_file)
-    return _evaluate(
-        gt,
-        results,
-        out_dir=out_dir,
-        plots=plots,
-        backend=backend,
-        image_ids=image_ids,
-        weights=weights,
-        extra=extra,
-        analyze=analyze,
-    )
-
-
-def _evaluate(
-    gt: GroundTruth,
-    results: Any,
-    *,
-    out_dir,
-    plots,
-    backend,
-    image_ids,
-    weights,
-    extra,
-    analyze=None,
-    levels=None,
-) -> dict[str, Any]:
-    backend = resolve_backend(backend)
-    detections, problems, source = check_results(results, gt.coco)
-    ids = set(gt.coco.images) if image_ids is None else set(image_ids) & set(gt.coco.images)
-    ev = run_cocoeval(gt.dataset, detections, backend, image_ids=ids)
-    metrics: dict[str, Any] = dict(zip(METRIC_KEYS, ev.stats))
-    metrics["per_class"] = per_class_table(ev, gt.coco, detections, ids)
-    metrics.update(
-        {
-            "annotation_file": str(gt.coco.path),
-            "results_file": source if isinstance(results, (str, os.PathLike)) else None,
-            "weights": weights,
-            "num_images": len(ids),
-            "num_detections": sum(1 for d in detections if d["image_id"] in ids),
-            "backend": backend,
-            "problems": gt.notes + problems,
-        }
-    )
-    if extra:
-        metrics.update(extra)
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_json(out / "metrics.json", metrics)
-        if plots:
-            from fpncli.viz.pr_curves import plot_pr_curves
-
-            names = {r["category_id"]: r["name"] for r in metrics["per_class"]}
-            metrics["plots"] = [
-                str(p)
-                for p in plot_pr_curves(
-                    ev.precision[:, :, :, 0, -1],
-                    ev.rec_thrs,
-                    ev.iou_thrs,
-                    [names[c] for c in ev.cat_ids],
-                    out,
-                )
-            ]
-            write_json(out / "metrics.json", metrics)
-    if analyze is not None and out_dir is not None:
-        from fpncli.evaluation.analysis.report import analyze as run_analysis
-
-        metrics["analysis"] = run_analysis(gt.dataset, detections, ids, out_dir, analyze, levels=levels)
-    return metrics
 
 
 def evaluate_model(
@@ -179,6 +73,7 @@ def evaluate_model(
     inference: dict[str, Any] | None = None,
     cpu_replicas: int = 0,
     analyze: AnalyzeOptions | None = None,
+    max_pixels: int | None = None,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -204,6 +99,7 @@ def evaluate_model(
             every image is computed alike however the run is split (0: batched, one process).
         analyze: run the error analysis too (see :func:`evaluate_results`); the model records
             each detection's pyramid levels (``modeling/level_record.py``) for it.
+        max_pixels: refuse larger images (see ``predict_images``).
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -258,6 +154,7 @@ def evaluate_model(
                 half=half,
                 cpu_processes=cpu_replicas,
                 threads_per_image=1 if cpu_replicas else None,
+                max_pixels=max_pixels,
             ),
         ),
         start=1,
@@ -318,10 +215,12 @@ def evaluate_model(
 # --------------------------------------------------------------------------- the command
 
 
-@dataclass
-class EvalOptions:
+@dataclass(kw_only=True)
+class EvalOptions(InferenceArgs):
     """What ``fpn eval`` evaluates: a results file (``results``) or a model (``weights`` run
-    over ``images``), against ``annotations``; outputs go to ``out``."""
+    over ``images`` with the inference options of
+    :class:`~fpncli.inference.settings.InferenceArgs`), against ``annotations``; outputs go
+    to ``out``."""
 
     annotations: Path
     results: Path | None = None
@@ -329,24 +228,13 @@ class EvalOptions:
     weights: str | None = None
     out: Path = Path("runs/eval")
     plots: bool = False
-    backend: str = "auto"
-    device: str = "auto"
-    batch_size: int = 2
-    workers: int = 0
+    coco_backend: str = "auto"  # the COCO evaluation's (see coco_eval.py); backend: the model's path
     max_images: int | None = None
-    half: bool = False
-    # Sliced inference and test-time augmentation (see inference/augment.py).
-    slice_size: int | None = None
-    slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
-    tta: str | None = None
     analyze: AnalyzeOptions | None = None  # fpn eval --analyze
 
     def check(self) -> list[str]:
         """Raise on contradictory options; returns notes (ignored options)."""
-        from fpncli.inference.augment import check_slice, parse_tta
-
-        check_slice(self.slice_size, self.slice_overlap)
-        parse_tta(self.tta)
+        check_inference_options(self)
         if self.results is not None and self.weights is not None:
             raise FpnError(
                 "give either --results (evaluate a results file) or --weights (run a model), not both"
@@ -413,46 +301,98 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             options.results,
             out_dir=out,
             plots=options.plots,
-            backend=options.backend,
+            backend=options.coco_backend,
             analyze=options.analyze,
         )
     from fpncli.inference.sharded import cpu_cores, inference_device
     from fpncli.modeling.weights import load_for_inference
     from fpncli.weight_files import exported_format
 
-    resolve_backend(options.backend)  # fail before loading a model
+    resolve_backend(options.coco_backend)  # fail before loading a model
     # An exported file (fpn export) runs on the CPU: "auto" means the CPU for it.
     exported = weights not in (None, "coco", "none") and exported_format(weights) is not None
     device = inference_device("cpu" if exported and options.device == "auto" else options.device)
-    if options.half and device.type != "cuda":
-        raise FpnError("--half needs a CUDA device (float16 on the CPU is slower, not faster)")
+    check_half(options, device.type)
     assert weights is not None and options.images is not None  # check() made sure
-    model, source = load_for_inference(weights)
-    from fpncli.inference.augment import augmented, check_slice, parse_tta
+    cuda = device.type == "cuda"
+    plan = resolve_parallelism(options, cuda, cores=cpu_cores())
+    needs_torch = options.slice_size is not None or options.tta is not None or options.analyze is not None
+    pool = _image_files(options.images, options.max_images)
+    choice = choose_path(options, device.type, exported=exported, images=len(pool), needs_torch=needs_torch)
+    model, source = load_for_inference(weights, **inference_overrides(options))
+    candidates = ("torch", "winograd") if needs_torch else EXACT
 
-    model = augmented(model, check_slice(options.slice_size, options.slice_overlap), parse_tta(options.tta))
-    return evaluate_model(
-        model,
-        options.annotations,
-        options.images,
-        out_dir=out,
-        device=device,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        plots=options.plots,
-        backend=options.backend,
-        weights=source,
-        max_images=options.max_images,
-        half=options.half,
-        sharded=True,
-        progress=progress,
-        inference=_inference_settings(options),
-        # A convolution's float sums depend on its thread count: one thread per image, the
-        # cores used by image-level replicas, makes every layout (one process, torchrun on
-        # any number of processes) compute each image alike, so results are byte-identical.
-        cpu_replicas=cpu_cores() if device.type == "cpu" else 0,
-        analyze=options.analyze,
-    )
+    def run(model: Any, choice: PathChoice, args: EvalOptions, out_dir: Path | None) -> dict[str, Any] | None:
+        model, choice = prepare_path(
+            model, args, choice, device.type, pool, source, progress, candidates=candidates
+        )
+        if progress is not None:
+            progress({"event": "note", "message": f"path: {choice.describe()}"})
+        from fpncli.inference.augment import augmented, check_slice, parse_tta
+
+        model = augmented(
+            model,
+            check_slice(args.slice_size, args.slice_overlap),
+            parse_tta(args.tta),
+            max_pixels=args.max_pixels,
+        )
+        assert options.images is not None  # check() made sure
+        metrics = evaluate_model(
+            model,
+            options.annotations,
+            options.images,
+            out_dir=out_dir,
+            device=device,
+            batch_size=plan.batch_size,
+            workers=plan.workers if cuda else 0,
+            plots=options.plots and out_dir is not None,
+            backend=options.coco_backend,
+            weights=source,
+            max_images=options.max_images,
+            half=args.dtype == "fp16",
+            sharded=True,
+            progress=progress,
+            inference=_inference_settings(args),
+            # A convolution's float sums depend on its thread count: one thread per image, the
+            # cores used by image-level replicas, makes every layout (one process, torchrun on
+            # any number of processes) compute each image alike, so results are byte-identical.
+            cpu_replicas=plan.cpu_replicas,
+            analyze=args.analyze if out_dir is not None else None,
+            max_pixels=args.max_pixels,
+        )
+        if metrics is not None:
+            metrics["path"] = choice.describe()
+        return metrics
+
+    reference = None
+    if options.dtype in ("bf16", "int8"):
+        # The cost of reduced precision, shown before anyone deploys it: the same model at fp32.
+        exact = dataclasses.replace(options, precision="fp32", half=False, backend="auto", calibrate=None)
+        exact_choice = choose_path(
+            exact, device.type, exported=False, images=len(pool), needs_torch=needs_torch
+        )
+        reference = run(copy.deepcopy(model), exact_choice, exact, None)
+    metrics = run(model, choice, options, out)
+    if metrics is not None and reference is not None:
+        metrics["fp32"] = {key: reference[key] for key in METRIC_KEYS} | {"path": reference["path"]}
+        write_json(Path(out) / "metrics.json", metrics)
+    elif metrics is not None:
+        write_json(Path(out) / "metrics.json", metrics)
+    return metrics
+
+
+def _image_files(folder: Path | None, limit: int | None) -> list[Path]:
+    """The images of the evaluation folder (int8 calibrates on a sample of them; their
+    number decides whether ``--backend auto`` measures the paths)."""
+    from fpncli.data.sources import expand_sources
+
+    if folder is None or not Path(folder).is_dir():
+        return []
+    try:
+        found = expand_sources([folder], recursive=True)
+    except FpnError:
+        return []
+    return found[:limit] if limit is not None else found
 
 
 def _inference_settings(options: EvalOptions) -> dict[str, Any] | None:

@@ -37,7 +37,16 @@ from fpncli.data.sources import expand_sources
 from fpncli.data.video import is_stream, is_video_file
 from fpncli.errors import FpnError
 from fpncli.inference.annotated import output_paths, save_annotated
+from fpncli.inference.backends import choose_path, prepare_path
 from fpncli.inference.classes import resolve_classes
+from fpncli.inference.settings import (
+    DETECT_SCORE_THR,
+    InferenceArgs,
+    check_half,
+    check_inference_options,
+    inference_overrides,
+    resolve_parallelism,
+)
 from fpncli.inference.video_detect import VideoRun, detect_video
 from fpncli.outputs import check_outputs, record_outputs
 from fpncli.runtime.events import ProgressFn
@@ -50,34 +59,20 @@ _FLUSH_SECONDS = 2.0
 _MAX_PENDING_DRAWS = 8
 
 
-@dataclass
-class DetectOptions:
-    """Everything `fpn detect` needs besides the sources (``None`` = the model's own value)."""
+@dataclass(kw_only=True)
+class DetectOptions(InferenceArgs):
+    """Everything `fpn detect` needs besides the sources: the inference options
+    (:class:`~fpncli.inference.settings.InferenceArgs`, ``None`` = the model's own value)
+    and what to keep and write."""
 
     weights: str
     out_dir: Path
-    score_thr: float = 0.5
-    nms_iou: float | None = None
-    max_dets: int | None = None
+    score_thr: float = DETECT_SCORE_THR
     classes: list[str] | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    batch_size: int | None = None  # None: 2 on CUDA, 1 on CPU
-    # None: up to 4. On CUDA: decoding processes. On the CPU: model replicas, each decoding
-    # and detecting whole images (0: everything in this process).
-    workers: int | None = None
-    device: str = "auto"
-    half: bool = False
     draw: bool = True
     recursive: bool = False
     coco_results: Path | None = None
     coco_annotations: Path | None = None
-    max_pixels: int | None = None  # None: default_max_pixels()
-    optimize: bool = True
-    # Sliced inference and test-time augmentation (see inference/augment.py).
-    slice_size: int | None = None
-    slice_overlap: float | None = None  # None: augment.DEFAULT_SLICE_OVERLAP
-    tta: str | None = None
     vid_stride: int = 1  # videos and streams: detect every Nth frame
     track: str | None = None  # videos and streams: follow objects with this tracker (inference/tracking/)
     count_line: str | None = None  # with track: "x1,y1,x2,y2", count the tracks crossing it
@@ -119,24 +114,7 @@ class DetectSummary:
 
 def validate_options(options: DetectOptions) -> None:
     """Every numeric option in range, before anything is read or written."""
-    if not 0.0 <= options.score_thr <= 1.0:
-        raise FpnError(f"--score-thr must be in 0..1, got {options.score_thr}")
-    if options.nms_iou is not None and not 0.0 < options.nms_iou <= 1.0:
-        raise FpnError(f"--nms-iou must be in (0, 1], got {options.nms_iou}")
-    if options.max_dets is not None and options.max_dets < 1:
-        raise FpnError(f"--max-dets must be at least 1, got {options.max_dets}")
-    for name in ("min_size", "max_size", "batch_size"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise FpnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if options.workers is not None and options.workers < 0:
-        raise FpnError(f"--workers must be 0 or more, got {options.workers}")
-    if options.max_pixels is not None and options.max_pixels < 1:
-        raise FpnError(f"--max-pixels must be at least 1, got {options.max_pixels}")
-    from fpncli.inference.augment import check_slice, parse_tta
-
-    check_slice(options.slice_size, options.slice_overlap)
-    parse_tta(options.tta)
+    check_inference_options(options)
     if options.vid_stride < 1:
         raise FpnError(f"--vid-stride must be at least 1, got {options.vid_stride}")
     from fpncli.inference.tracking.session import check_track_options
@@ -204,8 +182,7 @@ def run_detect(
     exported = weights_file is not None and exported_format(weights_file) is not None
     device = DI.inference_device("cpu" if exported and options.device == "auto" else options.device)
     main, world = DI.is_main(), DI.world()[1]  # under torchrun only rank 0 writes the JSON files
-    if options.half and device.type != "cuda":
-        raise FpnError("--half (float16) needs a CUDA device; this run is on the CPU")
+    check_half(options, device.type)
     track = None
     if options.track is not None:
         from fpncli.inference.tracking.session import plan_tracking
@@ -213,17 +190,18 @@ def run_detect(
         track = plan_tracking(
             options.track, options.score_thr, options.count_line, weights_file if exported else None
         )
+    # The path (--backend, --precision) is settled before the model loads: a refusal costs nothing.
+    choice = choose_path(
+        options,
+        device.type,
+        exported=exported,
+        images=len(paths) + 1000 * len(videos),  # a video is many images
+        needs_torch=options.slice_size is not None or options.tta is not None,
+    )
     # With --track the detector may run lower, for the tracker (see inference/tracking/adapter.py).
     model_thr = track.detector_thr if track is not None else options.score_thr
 
-    model, source = load_for_inference(
-        options.weights,
-        min_size=options.min_size,
-        max_size=options.max_size,
-        box_score_thresh=model_thr,
-        box_nms_thresh=options.nms_iou,
-        box_detections_per_img=options.max_dets,
-    )
+    model, source = load_for_inference(options.weights, **inference_overrides(options, score_thr=model_thr))
     cfg = model.config
     keep = resolve_classes(cfg.class_names, cfg.category_ids, options.classes)
     max_dets = cfg.box_detections_per_img
@@ -232,13 +210,9 @@ def run_detect(
         # Filter before the top-k cut, not after it: let the model keep every detection,
         # drop the unwanted classes, then take the best max_dets.
         model.set_detections_per_img(1_000_000)
-    if options.optimize and not exported:
-        from fpncli.modeling.optimize import optimize_for_inference
-
-        # CPU: NNPACK's Winograd needs NCHW; CUDA: channels-last feeds the tensor cores.
-        model = optimize_for_inference(
-            model, inplace=True, winograd=device.type == "cpu", channels_last=device.type == "cuda"
-        )
+    model, choice = prepare_path(
+        model, options, choice, device.type, paths, source, progress, images=len(paths) + 1000 * len(videos)
+    )
     from fpncli.inference.augment import augmented, check_slice, parse_tta
 
     model = augmented(
@@ -248,18 +222,9 @@ def run_detect(
         max_pixels=options.max_pixels,
     )
     cuda = device.type == "cuda"
-    batch_size = options.batch_size or (2 if cuda else 1)
     # The cores of a machine are shared by its torchrun processes.
-    cores = max(1, (os.cpu_count() or 1) // DI.local_world_size())
-    workers = options.workers if options.workers is not None else min(4, cores)
-    # On the CPU each worker is a whole single-threaded model replica (see predict_images).
-    cpu_processes = workers if not cuda else 0
-    if cpu_processes and options.batch_size is not None:
-        # Each replica detects whole images one at a time: the option would do nothing.
-        raise FpnError(
-            f"--batch-size: on the CPU each of the {workers} worker replicas detects one image at "
-            "a time; batching needs --workers 0"
-        )
+    plan = resolve_parallelism(options, cuda, cores=max(1, (os.cpu_count() or 1) // DI.local_world_size()))
+    batch_size, workers, cpu_processes = plan.batch_size, plan.workers, plan.cpu_replicas
 
     targets: list[Path] = []
     video_targets: list[Path | None] = [None] * len(videos)
@@ -379,7 +344,7 @@ def run_detect(
     video_state = VideoRun(
         model=model,
         device=device,
-        half=options.half,
+        half=options.dtype == "fp16",
         stride=options.vid_stride,
         summary=summary,
         records=video_records,
@@ -400,6 +365,7 @@ def run_detect(
                 "videos": len(videos),
                 "device": summary.device,
                 "weights": source,
+                "path": choice.describe(),
             }
         )
     try:
@@ -409,7 +375,7 @@ def run_detect(
             device=device,
             batch_size=batch_size,
             workers=workers,
-            half=options.half,
+            half=options.dtype == "fp16",
             max_pixels=options.max_pixels,
             keep_images=options.draw,
             cpu_processes=cpu_processes,

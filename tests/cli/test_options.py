@@ -141,3 +141,58 @@ def test_the_cli_starts_on_a_typer_without_the_flag_display_hook():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--score-thr" in proc.stdout
+
+
+def _params(command: str) -> dict[str, object]:
+    root = typer.main.get_command(app)
+    cmd = root.commands[command]  # type: ignore[attr-defined]
+    return {p.name: p for p in cmd.params}
+
+
+def test_detect_and_eval_share_one_inference_option_group_and_export_its_model_part():
+    from fpncli.cli.inference_params import INFERENCE_OPTIONS, MODEL_OVERRIDE_FIELDS
+
+    detect, evaluate, export = _params("detect"), _params("eval"), _params("export")
+    for name, _, default in INFERENCE_OPTIONS:
+        for params in (detect, evaluate):
+            option = params[name]
+            assert option.default == default, name
+            assert (option.opts, option.help) == (detect[name].opts, detect[name].help), name
+        if name in MODEL_OVERRIDE_FIELDS:
+            assert export[name].help == detect[name].help, name
+        else:
+            assert name not in export, name
+    assert detect["workers"].show_default == evaluate["batch_size"].show_default == "auto"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--nms-iou", "0"], "--nms-iou must be in (0, 1], got 0.0"),
+        (["--workers", "-1"], "--workers must be 0 or more, got -1"),
+    ],
+)
+def test_eval_checks_the_inference_options_like_detect(tmp_path, args, message, cli):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    out = tmp_path / "o"
+    line = _error(
+        cli, ["eval", "--coco", ann, "--weights", "w.pt", "--images", tmp_path, "--out", out, *args]
+    )
+    assert message in line
+    assert not out.exists()
+
+
+def test_inference_overrides_turn_the_group_into_model_settings():
+    from fpncli.inference.settings import InferenceArgs, inference_overrides
+
+    args = InferenceArgs(score_thr=0.3, nms_iou=0.6, max_dets=7, min_size=320)
+    assert inference_overrides(args) == {
+        "min_size": 320,
+        "max_size": None,
+        "box_score_thresh": 0.3,
+        "box_nms_thresh": 0.6,
+        "box_detections_per_img": 7,
+    }
+    assert inference_overrides(args, score_thr=0.1)["box_score_thresh"] == 0.1

@@ -1,0 +1,324 @@
+"""The path a model runs on (``--backend``) at the precision asked for (``--precision``).
+
+Exact paths (float32 detections equal to the model's, to float rounding):
+
+* ``torch``: PyTorch's oneDNN kernels with BatchNorm folded and channels-last memory;
+* ``winograd``: BatchNorm folded, 3x3 convolutions through NNPACK's Winograd (NCHW);
+* ``onnxruntime``: the detector exported as one ONNX graph (``fpn export``'s, with Winograd
+  3x3 convolutions) run by ONNX Runtime;
+* ``openvino``: the same graph, direct convolutions, compiled by OpenVINO (optional extra).
+
+On the CPU each runs as single-threaded replicas, one per core (processes for the PyTorch
+paths, threads sharing one session for the graph paths). ``auto`` takes the fastest that
+:mod:`fpncli.inference.probe` measured on this CPU (cached per CPU model, flags and library
+versions), measures now when there is no cache and the run is long enough to repay it, and
+otherwise takes the static default (Winograd where NNPACK exists).
+
+Reduced precision: ``bf16`` runs the backbone and neck (the bulk of the multiply-adds) under
+bfloat16 autocast, heads and box decoding in float32 (CPUs with AVX512-BF16 or AMX, or CUDA);
+``int8`` quantizes the graph's convolutions (:mod:`fpncli.deploy.quantize`) for ONNX Runtime
+or OpenVINO; ``fp16`` is ``--half`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fpncli.errors import FpnError
+from fpncli.inference.settings import InferenceArgs
+
+EXACT = ("torch", "winograd", "onnxruntime", "openvino")
+# Below this many images a probe (~5-10 s per candidate at 800 px) would cost more than it saves.
+PROBE_MIN_IMAGES = 24
+
+
+@dataclass
+class PathChoice:
+    """What runs and why (the run's header line)."""
+
+    backend: str
+    precision: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.backend} {self.precision} ({self.reason})"
+
+
+def installed(backend: str) -> bool:
+    """Whether ``backend`` can run here."""
+    if backend == "winograd":
+        from fpncli.modeling.optimize import winograd_available
+
+        return winograd_available()
+    if backend in ("onnxruntime", "openvino"):
+        try:
+            __import__("onnxruntime" if backend == "onnxruntime" else "openvino")
+            __import__("onnx")
+        except ImportError:
+            return False
+    return True
+
+
+def static_default() -> str:
+    """The path without a measurement: NNPACK's Winograd where this PyTorch has it."""
+    return "winograd" if installed("winograd") else "torch"
+
+
+def check_bf16(device_type: str) -> None:
+    """bfloat16 only where it is native: one line otherwise."""
+    import torch
+
+    if device_type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise FpnError("--precision bf16: this GPU has no bfloat16; use fp16 (--half) or fp32")
+        return
+    from fpncli.inference.probe import cpu_info, has_native_bf16
+
+    if not has_native_bf16():
+        raise FpnError(
+            f"--precision bf16: this CPU ({cpu_info()['model']}) has no native bfloat16 "
+            "(AVX512-BF16 or AMX); use fp32 or int8"
+        )
+
+
+def choose_path(
+    args: InferenceArgs, device_type: str, *, exported: bool, images: int, needs_torch: bool = False
+) -> PathChoice:
+    """The path and why, before the model is loaded (a refusal costs nothing). ``auto`` on
+    the CPU at float32 is ``"auto"`` here: :func:`prepare` measures or reads the cache.
+    ``needs_torch``: slicing, TTA or eval's level analysis need the PyTorch model."""
+    precision, backend = args.dtype, args.backend
+    if precision == "bf16":
+        check_bf16(device_type)
+    if backend == "openvino" or (backend == "onnxruntime" and not exported):
+        from fpncli.modeling.exported import import_onnxruntime, import_openvino
+
+        import_openvino() if backend == "openvino" else import_onnxruntime()
+    if exported:
+        if backend not in ("auto", "onnxruntime", "openvino") or precision != "fp32":
+            chosen = f"--backend {backend}" if precision == "fp32" else f"--precision {precision}"
+            raise FpnError(
+                f"{chosen}: an exported file runs as it was exported (fp32, onnxruntime or openvino); "
+                "export again with fpn export --precision int8 for int8"
+            )
+        return PathChoice(backend if backend != "auto" else "exported file", precision, "the file")
+    if device_type == "cuda":
+        if backend not in ("auto", "torch") or precision == "int8":
+            what = f"--backend {backend}" if backend not in ("auto", "torch") else "--precision int8"
+            raise FpnError(f"{what} runs on the CPU; pass --device cpu")
+        return PathChoice("torch", precision, "CUDA" if backend == "auto" else "user choice")
+    if precision == "fp16":
+        raise FpnError("--precision fp16 needs a CUDA device; on the CPU use bf16 or int8")
+    graph = ("onnxruntime", "openvino")
+    if needs_torch and (backend in graph or precision == "int8"):
+        raise FpnError(
+            f"--backend {backend} / --precision {precision}: --slice, --tta and --analyze need a PyTorch path "
+            "(torch or winograd, fp32 or bf16)"
+        )
+    if not args.optimize:
+        if backend != "auto" or precision != "fp32":
+            raise FpnError("--no-optimize runs the model as it is: it takes no --backend or --precision")
+        return PathChoice("stock", "fp32", "--no-optimize")
+    if precision == "bf16":
+        if backend not in ("auto", "torch", "openvino"):
+            raise FpnError(f"--precision bf16 runs on torch or openvino, not {backend}")
+        return PathChoice("torch" if backend == "auto" else backend, precision, "bf16")
+    if precision == "int8":
+        if args.calibrate is not None:
+            from fpncli.deploy.quantize import calibration_images
+
+            calibration_images(Path(args.calibrate))  # a folder without images: refused now
+        if backend not in ("auto", "onnxruntime", "openvino"):
+            raise FpnError(f"--precision int8 runs on onnxruntime or openvino, not {backend}")
+        if not installed("onnxruntime"):
+            from fpncli.modeling.exported import import_onnxruntime
+
+            import_onnxruntime()
+        return PathChoice("onnxruntime" if backend == "auto" else backend, precision, "int8")
+    if backend != "auto":
+        if not installed(backend):
+            raise FpnError(f"--backend {backend}: not available in this PyTorch build")
+        return PathChoice(backend, precision, "user choice")
+    return PathChoice("auto", precision, "")
+
+
+def prepare(
+    model: Any,
+    choice: PathChoice,
+    args: InferenceArgs,
+    device_type: str,
+    *,
+    images: int,
+    calibration: Sequence[Path] = (),
+    source: str = "",
+    candidates: Sequence[str] = EXACT,
+    on_probe: Callable[[str], None] | None = None,
+) -> tuple[Any, PathChoice]:
+    """``(model ready to run, final choice)``: resolve ``auto`` (cache, probe or default),
+    then rewrite ``model`` (in place where it can) for the chosen path."""
+    if choice.backend == "auto":
+        choice = _resolve_auto(model, args, images, candidates, source, on_probe)
+    if choice.backend in ("stock", "exported file") or choice.reason == "the file":
+        if choice.backend == "openvino":
+            model.engine = "openvino"
+        if choice.reason == "the file":
+            choice = PathChoice(choice.backend, getattr(model, "precision", "fp32"), choice.reason)
+        return model, choice
+    return build(model, choice.backend, choice.precision, device_type, calibration, source, args), choice
+
+
+def build(
+    model: Any,
+    backend: str,
+    precision: str,
+    device_type: str,
+    calibration: Sequence[Path] = (),
+    source: str = "",
+    args: InferenceArgs | None = None,
+) -> Any:
+    """``model`` (an ``FPNFasterRCNN``; rewritten in place for the PyTorch paths) as ``backend``
+    runs it at ``precision``."""
+    from fpncli.modeling.optimize import optimize_for_inference
+
+    if backend in ("torch", "winograd"):
+        cuda = device_type == "cuda"
+        winograd = backend == "winograd" and not cuda
+        # NNPACK wants NCHW; oneDNN (and CUDA's tensor cores) run channels-last natively.
+        model = optimize_for_inference(model, inplace=True, winograd=winograd, channels_last=not winograd)
+        if precision == "bf16":
+            _bf16_backbone(model, device_type)
+        return model
+    from fpncli.deploy.metadata import export_metadata
+    from fpncli.modeling.export import onnx_bytes
+    from fpncli.modeling.exported import ExportedDetector
+
+    meta = export_metadata(model, "onnx", source)
+    # ONNX Runtime gains from the Winograd graph; OpenVINO and int8 want direct convolutions.
+    winograd = backend == "onnxruntime" and precision == "fp32"
+    graph = onnx_bytes(model, meta, winograd=winograd)
+    if precision == "int8":
+        from fpncli.deploy.quantize import quantize_graph
+
+        where = str(args.calibrate) if args is not None and args.calibrate is not None else "the run's images"
+        graph = quantize_graph(graph, calibration, where=where, max_pixels=args.max_pixels if args else None)
+    ov_precision = "bf16" if precision == "bf16" else "f32"
+    detector = ExportedDetector(
+        Path(f"<{backend} {precision} graph of {source or 'the model'}>"),
+        "onnx",
+        meta,
+        None,
+        data=graph,
+        engine=backend,
+        precision=ov_precision,
+    )
+    detector.config = model.config  # the run's thresholds (the graph has them too)
+    return detector
+
+
+def _bf16_backbone(model: Any, device_type: str) -> None:
+    """Run ``model.backbone`` (ResNet + neck) under bfloat16 autocast, its maps back in
+    float32: RPN, RoIAlign, the box head, decoding and NMS stay float32."""
+    import torch
+
+    backbone = model.backbone
+    inner = backbone.forward
+
+    def forward(x: Any) -> Any:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            maps = inner(x)
+        return OrderedDict((k, v.float()) for k, v in maps.items())
+
+    backbone.forward = forward
+
+
+def _resolve_auto(
+    model: Any,
+    args: InferenceArgs,
+    images: int,
+    candidates: Sequence[str],
+    source: str,
+    on_probe: Callable[[str], None] | None,
+) -> PathChoice:
+    from fpncli.inference import probe
+
+    if args.slice_size is not None or args.tta is not None:
+        candidates = [c for c in candidates if c in ("torch", "winograd")]  # they wrap the PyTorch model
+    usable = [c for c in candidates if installed(c)]
+    key = probe.machine_key()
+    entry = None if args.reprobe else probe.cached(key)
+    if entry is not None and entry["winner"] in usable:
+        return PathChoice(entry["winner"], "fp32", f"cached probe, {probe.cache_dir() / probe.CACHE_FILE}")
+    if images < PROBE_MIN_IMAGES and not args.reprobe:
+        default = static_default()
+        return PathChoice(default, "fp32", f"default; {images} image(s) are too few to probe (--reprobe)")
+    if on_probe is not None:
+        on_probe(f"probing {', '.join(usable)} on this CPU (once; cached)")
+    height = int(model.config.min_size)
+    width = min(int(model.config.max_size), round(height * 4 / 3))
+
+    def builder(name: str) -> Callable[[], Callable[[Any], Any]]:
+        def make() -> Callable[[Any], Any]:
+            m = build(copy.deepcopy(model), name, "fp32", "cpu", source=source)
+
+            def run(image: Any) -> Any:
+                size = (int(image.shape[1]), int(image.shape[2]))
+                return m.detect_prepared([m.prepare_image(image.clone())], [size])
+
+            return run
+
+        return make
+
+    seconds = probe.probe({name: builder(name) for name in usable}, height, width)
+    winner = min(seconds, key=lambda k: seconds[k])
+    import datetime
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    probe.remember(key, {"winner": winner, "seconds": seconds, "size": [height, width], "when": when})
+    timings = ", ".join(f"{k} {v:.2f}" for k, v in sorted(seconds.items(), key=lambda kv: kv[1]))
+    return PathChoice(winner, "fp32", f"probed now: s/image {timings}")
+
+
+def prepare_path(
+    model: Any,
+    args: InferenceArgs,
+    choice: PathChoice,
+    device_type: str,
+    paths: Sequence[Path],
+    source: str,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    images: int | None = None,
+    candidates: Sequence[str] = EXACT,
+) -> tuple[Any, PathChoice]:
+    """:func:`prepare` for a run over ``paths`` (``images``: how many images in all, videos'
+    frames counted): int8 calibrates on ``--calibrate``'s images or a sample of ``paths``;
+    ``progress`` gets ``{"event": "note", "message"}`` before a probe or a calibration."""
+    from fpncli.deploy.quantize import calibration_images, calibration_sample
+
+    def note(message: str) -> None:
+        if progress is not None:
+            progress({"event": "note", "message": message})
+
+    calibration: list[Path] = []
+    if choice.precision == "int8":
+        pool = calibration_images(Path(args.calibrate)) if args.calibrate is not None else list(paths)
+        calibration = calibration_sample(pool)
+        if not calibration:
+            raise FpnError("--precision int8 needs calibration images: give --calibrate DIR")
+        note(f"int8: calibrating on {len(calibration)} image(s)")
+    return prepare(
+        model,
+        choice,
+        args,
+        device_type,
+        images=len(paths) if images is None else images,
+        calibration=calibration,
+        source=source,
+        candidates=candidates,
+        on_probe=note,
+    )

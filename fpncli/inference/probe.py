@@ -1,0 +1,144 @@
+"""Which exact CPU path is fastest on this machine: a short measurement, cached.
+
+The fastest float32 path differs from one CPU to the next (NNPACK's Winograd against
+oneDNN's AVX-512 kernels, ONNX Runtime, OpenVINO; see docs/speed.md), so ``--backend auto``
+measures the installed candidates once per machine and remembers the winner. The cache is
+keyed by what decides the speed: the CPU's model name and instruction-set flags, the
+number of cores this process may use, and the libraries' versions. It lives in
+``$FPN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fpncli``, else ``~/.cache/fpncli``
+(``probe.json``); ``--reprobe`` measures again.
+
+The probe times one image of the run's size (synthetic: seeded noise, so no file is read)
+through each candidate, one thread each, as the run's replicas use them, after a warm-up
+on a small image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fpncli.atomic import write_json
+
+CACHE_FILE = "probe.json"
+# CPU flags that decide which kernels run (printed by scripts/bench_detect.py too).
+CPU_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+)
+
+
+def cache_dir() -> Path:
+    """``$FPN_CACHE_DIR``, else the XDG user cache folder's ``fpncli``."""
+    if os.environ.get("FPN_CACHE_DIR"):
+        return Path(os.environ["FPN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fpncli"
+
+
+def cpu_info() -> dict[str, Any]:
+    """``{"model": name, "flags": [those of CPU_FLAGS present], "cores": usable}``."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "cores": cores}
+
+
+def has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    flags = set(cpu_info()["flags"])
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_key() -> str:
+    """What the probe's result depends on: CPU, flags, cores, library versions."""
+    import torch
+
+    versions = [f"torch {torch.__version__}"]
+    for name in ("onnxruntime", "openvino"):
+        try:
+            module = __import__(name)
+            versions.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            pass
+    info = cpu_info()
+    return f"{info['model']} | {' '.join(info['flags'])} | {info['cores']} cores | {', '.join(versions)}"
+
+
+def cached(key: str) -> dict[str, Any] | None:
+    """The cached probe for ``key`` (``{"winner", "seconds": {path: s/image}, "when"}``), or None."""
+    try:
+        entries = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
+        entry = entries.get(key) if isinstance(entries, dict) else None
+    except (OSError, ValueError):
+        return None  # no cache yet, or a damaged one: probe again
+    return entry if isinstance(entry, dict) and isinstance(entry.get("winner"), str) else None
+
+
+def remember(key: str, entry: dict[str, Any]) -> None:
+    """Store ``entry`` for ``key``; a cache that cannot be written only costs a probe next time."""
+    path = cache_dir() / CACHE_FILE
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, entries)
+    except OSError:
+        pass
+
+
+def probe(
+    candidates: dict[str, Callable[[], Callable[[Any], Any]]], height: int, width: int
+) -> dict[str, float]:
+    """Seconds per image of each candidate on one synthetic ``uint8 [height, width, 3]`` image.
+
+    Args:
+        candidates: path name -> a function building that path's ``run(image)``, where
+            ``image`` is a ``Tensor[3, H, W]`` float image in 0..1 (the builder's cost is not
+            timed: it is paid once per run whatever the path).
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand((3, height, width), generator=g)
+    small = image[:, : max(32, height // 8), : max(32, width // 8)]
+    threads = torch.get_num_threads()
+    seconds: dict[str, float] = {}
+    try:
+        torch.set_num_threads(1)  # as each replica runs
+        for name, build in candidates.items():
+            run = build()
+            run(small)  # first-call set-up (kernel selection, sessions) is not the path's speed
+            start = time.perf_counter()
+            run(image)
+            seconds[name] = round(time.perf_counter() - start, 3)
+    finally:
+        torch.set_num_threads(threads)
+    return seconds

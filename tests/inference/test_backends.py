@@ -1,0 +1,152 @@
+"""--backend and --precision (#31): every exact path gives the same detections, auto says why it
+chose its path (default, cache, probe), int8 and bf16 run and say what they cost, and every
+refusal is one line, exit 1, nothing written."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+
+def _detect(cli, src, weights, out, *args):
+    return cli(["detect", src, "--weights", weights, "--out", out, "--no-draw", "--score-thr", "0.05", *args])
+
+
+def _boxes(out):
+    images = json.loads((out / "predictions.json").read_text())["images"]
+    return [[(d["label"], d["score"], d["box"]) for d in image["detections"][:20]] for image in images]
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    return line
+
+
+@pytest.mark.slow
+def test_every_exact_path_gives_the_same_detections(tmp_path, detect_weights, cli, make_image):
+    src = tmp_path / "in"
+    for seed in (1, 2):
+        make_image(src / f"{seed}.png", size=(96, 72), seed=seed)
+    runs = {}
+    for backend in ("winograd", "torch", "onnxruntime", "openvino"):
+        result = _detect(cli, src, detect_weights, tmp_path / backend, "--backend", backend)
+        assert result.exit_code == 0, result.output
+        assert f"path: {backend} fp32 (user choice)" in result.output
+        runs[backend] = _boxes(tmp_path / backend)
+    reference = runs.pop("winograd")
+    assert sum(map(len, reference)) > 0
+    for backend, images in runs.items():
+        for ref, got in zip(reference, images, strict=True):
+            assert [r[0] for r in ref] == [g[0] for g in got], backend
+            for (_, s1, b1), (_, s2, b2) in zip(ref, got):
+                assert abs(s1 - s2) < 1e-3 and max(abs(u - v) for u, v in zip(b1, b2)) < 0.05, backend
+
+
+def test_auto_says_why_it_runs_its_path(tmp_path, detect_weights, cli, make_image):
+    from fpncli.inference import probe
+    from fpncli.inference.backends import static_default
+
+    src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
+    result = _detect(cli, src, detect_weights, tmp_path / "few")
+    assert result.exit_code == 0, result.output
+    assert f"path: {static_default()} fp32 (default; 1 image(s) are too few to probe" in result.output
+    # A cached probe for this machine wins over the default, however few the images.
+    probe.remember(probe.machine_key(), {"winner": "torch", "seconds": {"torch": 1.0}})
+    result = _detect(cli, src, detect_weights, tmp_path / "cached")
+    assert result.exit_code == 0, result.output
+    assert "path: torch fp32 (cached probe," in result.output
+    assert (
+        json.loads((probe.cache_dir() / probe.CACHE_FILE).read_text())[probe.machine_key()]["winner"]
+        == "torch"
+    )
+
+
+@pytest.mark.slow
+def test_reprobe_measures_and_caches_the_winner(tmp_path, detect_weights, cli, make_image, monkeypatch):
+    from fpncli.inference import probe
+
+    monkeypatch.setenv("FPN_CACHE_DIR", str(tmp_path / "cache"))
+    src = make_image(tmp_path / "a.png", size=(64, 48), seed=4)
+    result = _detect(cli, src, detect_weights, tmp_path / "o", "--reprobe")
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "cache" / probe.CACHE_FILE).read_text())[probe.machine_key()]
+    assert set(entry["seconds"]) == {"torch", "winograd", "onnxruntime", "openvino"}
+    assert entry["winner"] == min(entry["seconds"], key=entry["seconds"].get)
+    assert f"path: {entry['winner']} fp32 (probed now: s/image" in result.output
+
+
+@pytest.mark.slow
+def test_int8_and_bf16_run_and_eval_prints_the_fp32_ap_beside(
+    tmp_path, detect_weights, cli, make_image, write_coco, monkeypatch
+):
+    from fpncli.inference import probe
+
+    src = tmp_path / "in"
+    for seed in (5, 6):
+        make_image(src / f"{seed}.png", size=(96, 72), seed=seed)
+    result = _detect(cli, src, detect_weights, tmp_path / "int8", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert "int8: calibrating on 2 image(s)" in result.output and "path: onnxruntime int8" in result.output
+    assert sum(map(len, _boxes(tmp_path / "int8"))) > 0
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: True)  # any CPU computes it, if slowly
+    result = _detect(cli, src, detect_weights, tmp_path / "bf16", "--precision", "bf16")
+    assert result.exit_code == 0 and "path: torch bf16" in result.output, result.output
+
+    images = [{"id": i, "file_name": f"{s}.png", "width": 96, "height": 72} for i, s in ((1, 5), (2, 6))]
+    boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}]
+    ann = write_coco(tmp_path / "ann.json", images, boxes, [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)])
+    args = ["eval", "--coco", ann, "--images", src, "--weights", detect_weights, "--out", tmp_path / "ev"]
+    result = cli([*args, "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["path"].startswith("onnxruntime int8") and 0 <= metrics["fp32"]["AP"] <= 1
+    assert f"the same model at fp32 ({metrics['fp32']['path']}): AP" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "bf16"], "--precision bf16: this CPU ("),
+        (["--backend", "openvino"], '--backend openvino needs OpenVINO: pip install "fpncli[openvino]"'),
+        (
+            ["--precision", "int8", "--calibrate", "{empty}"],
+            "{empty}: --calibrate: no image to calibrate int8 with",
+        ),
+        (
+            ["--precision", "int8", "--backend", "winograd"],
+            "--precision int8 runs on onnxruntime or openvino",
+        ),
+        (["--backend", "nnpack"], "--backend: unknown path 'nnpack'"),
+        (["--reprobe", "--backend", "torch"], "--reprobe measures the paths for --backend auto"),
+    ],
+)
+def test_refusals_are_one_line_and_write_nothing(
+    tmp_path, detect_weights, args, message, cli, make_image, monkeypatch
+):
+    from fpncli.inference import probe
+
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: False)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ModuleNotFoundError
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    src = make_image(tmp_path / "a.png", seed=7)
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    out = tmp_path / "out"
+    line = _one_error_line(_detect(cli, src, detect_weights, out, *args))
+    assert message.format(empty=tmp_path / "empty") in line
+    assert not out.exists()
+
+
+def test_export_refuses_int8_torchscript_and_int8_without_calibration(tmp_path, detect_weights, cli):
+    base = ["export", "--weights", detect_weights, "--precision", "int8"]
+    line = _one_error_line(
+        cli([*base, "--format", "torchscript", "--out", tmp_path / "m.torchscript", "--calibrate", tmp_path])
+    )
+    assert "--precision int8: torchscript files cannot hold int8 here; export --format onnx" in line
+    line = _one_error_line(cli([*base, "--format", "onnx", "--out", tmp_path / "m.onnx"]))
+    assert "--precision int8 needs calibration images" in line
+    assert not (tmp_path / "m.torchscript").exists() and not (tmp_path / "m.onnx").exists()
