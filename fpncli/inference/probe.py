@@ -116,13 +116,13 @@ def remember(key: str, entry: dict[str, Any]) -> None:
 
 def probe(
     candidates: dict[str, Callable[[], Callable[[Any], Any]]], height: int, width: int
-) -> dict[str, float]:
-    """Seconds per image of each candidate on one synthetic ``uint8 [height, width, 3]`` image.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(seconds per image, seconds to build)`` of each candidate, on one synthetic
+    ``Tensor[3, height, width]`` float image in 0..1.
 
     Args:
-        candidates: path name -> a function building that path's ``run(image)``, where
-            ``image`` is a ``Tensor[3, H, W]`` float image in 0..1 (the builder's cost is not
-            timed: it is paid once per run whatever the path).
+        candidates: path name -> a function building that path's ``run(image)`` (its time is
+            the build cost, paid once per run: exporting a graph, compiling it).
     """
     import torch
 
@@ -131,14 +131,23 @@ def probe(
     small = image[:, : max(32, height // 8), : max(32, width // 8)]
     threads = torch.get_num_threads()
     seconds: dict[str, float] = {}
+    builds: dict[str, float] = {}
     try:
         torch.set_num_threads(1)  # as each replica runs
         for name, build in candidates.items():
+            start = time.perf_counter()
             run = build()
+            builds[name] = round(time.perf_counter() - start, 3)
             run(small)  # first-call set-up (kernel selection, sessions) is not the path's speed
             start = time.perf_counter()
             run(image)
             seconds[name] = round(time.perf_counter() - start, 3)
     finally:
         torch.set_num_threads(threads)
-    return seconds
+    return seconds, builds
+
+
+def fastest(seconds: dict[str, float], builds: dict[str, float], images: int, cores: int) -> str:
+    """The path that finishes ``images`` images first: its build, then the images shared
+    by ``cores`` single-threaded replicas."""
+    return min(seconds, key=lambda k: builds.get(k, 0.0) + seconds[k] * max(1, images) / max(1, cores))

@@ -54,15 +54,20 @@ def test_auto_says_why_it_runs_its_path(tmp_path, detect_weights, cli, make_imag
     result = _detect(cli, src, detect_weights, tmp_path / "few")
     assert result.exit_code == 0, result.output
     assert f"path: {static_default()} fp32 (default; 1 image(s) are too few to probe" in result.output
-    # A cached probe for this machine wins over the default, however few the images.
-    probe.remember(probe.machine_key(), {"winner": "torch", "seconds": {"torch": 1.0}})
+    # A cached probe for this machine and model wins over the default, however few the images.
+    from fpncli.modeling.weights import load_for_inference
+
+    cfg = load_for_inference(detect_weights)[0].config
+    key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
+    seconds = {"torch": 1.0, "winograd": 2.0, "onnxruntime": 0.5, "openvino": 3.0}
+    probe.remember(key, {"winner": "onnxruntime", "seconds": seconds, "builds": {"onnxruntime": 20.0}})
     result = _detect(cli, src, detect_weights, tmp_path / "cached")
     assert result.exit_code == 0, result.output
-    assert "path: torch fp32 (cached probe," in result.output
+    # ... counting set-up: a graph export (20 s) does not pay for itself on one image.
     assert (
-        json.loads((probe.cache_dir() / probe.CACHE_FILE).read_text())[probe.machine_key()]["winner"]
-        == "torch"
+        "path: torch fp32 (cached probe: fastest overall counting its set-up for 1 image(s)" in result.output
     )
+    assert probe.fastest(seconds, {"onnxruntime": 20.0}, images=200, cores=2) == "onnxruntime"
 
 
 @pytest.mark.slow
@@ -73,10 +78,11 @@ def test_reprobe_measures_and_caches_the_winner(tmp_path, detect_weights, cli, m
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=4)
     result = _detect(cli, src, detect_weights, tmp_path / "o", "--reprobe")
     assert result.exit_code == 0, result.output
-    entry = json.loads((tmp_path / "cache" / probe.CACHE_FILE).read_text())[probe.machine_key()]
+    (entry,) = json.loads((tmp_path / "cache" / probe.CACHE_FILE).read_text()).values()
     assert set(entry["seconds"]) == {"torch", "winograd", "onnxruntime", "openvino"}
     assert entry["winner"] == min(entry["seconds"], key=entry["seconds"].get)
-    assert f"path: {entry['winner']} fp32 (probed now: s/image" in result.output
+    assert set(entry["builds"]) == set(entry["seconds"])
+    assert "fp32 (probed now, fastest for 1 image(s): s/image" in result.output
 
 
 @pytest.mark.slow
