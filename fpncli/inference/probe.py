@@ -10,7 +10,8 @@ number of cores this process may use, and the libraries' versions. It lives in
 
 The probe times one image of the run's size (synthetic: seeded noise, so no file is read)
 through each candidate, one thread each, as the run's replicas use them, after a warm-up
-on a small image.
+on a small image; it counts this process's CPU seconds, which a busy machine disturbs far
+less than the wall clock.
 """
 
 from __future__ import annotations
@@ -139,9 +140,11 @@ def probe(
             run = build()
             builds[name] = round(time.perf_counter() - start, 3)
             run(small)  # first-call set-up (kernel selection, sessions) is not the path's speed
-            start = time.perf_counter()
+            # This process's CPU time, not the wall clock: on a shared machine the wall clock
+            # measures the neighbours too (every candidate runs one thread, in this process).
+            start = time.process_time()
             run(image)
-            seconds[name] = round(time.perf_counter() - start, 3)
+            seconds[name] = round(time.process_time() - start, 3)
     finally:
         torch.set_num_threads(threads)
     return seconds, builds

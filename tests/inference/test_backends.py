@@ -90,17 +90,22 @@ def test_int8_and_bf16_run_and_eval_prints_the_fp32_ap_beside(
     tmp_path, detect_weights, cli, make_image, write_coco, monkeypatch
 ):
     from fpncli.inference import probe
+    from fpncli.inference.backends import installed
 
     src = tmp_path / "in"
     for seed in (5, 6):
         make_image(src / f"{seed}.png", size=(96, 72), seed=seed)
     result = _detect(cli, src, detect_weights, tmp_path / "int8", "--precision", "int8")
     assert result.exit_code == 0, result.output
-    assert "int8: calibrating on 2 image(s)" in result.output and "path: onnxruntime int8" in result.output
+    runtime = "openvino" if installed("openvino") else "onnxruntime"
+    assert "int8: calibrating on 2 image(s)" in result.output and f"path: {runtime} int8" in result.output
     assert sum(map(len, _boxes(tmp_path / "int8"))) > 0
     monkeypatch.setattr(probe, "has_native_bf16", lambda: True)  # any CPU computes it, if slowly
     result = _detect(cli, src, detect_weights, tmp_path / "bf16", "--precision", "bf16")
-    assert result.exit_code == 0 and "path: torch bf16" in result.output, result.output
+    assert (
+        result.exit_code == 0
+        and f"path: {runtime if runtime == 'openvino' else 'torch'} bf16" in result.output
+    )
 
     images = [{"id": i, "file_name": f"{s}.png", "width": 96, "height": 72} for i, s in ((1, 5), (2, 6))]
     boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}]
@@ -109,7 +114,7 @@ def test_int8_and_bf16_run_and_eval_prints_the_fp32_ap_beside(
     result = cli([*args, "--precision", "int8"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["path"].startswith("onnxruntime int8") and 0 <= metrics["fp32"]["AP"] <= 1
+    assert metrics["path"].startswith(f"{runtime} int8") and 0 <= metrics["fp32"]["AP"] <= 1
     assert f"the same model at fp32 ({metrics['fp32']['path']}): AP" in result.output
 
 
