@@ -55,13 +55,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "coco-tiny"
+DEFAULT_DATA = Path(os.environ.get("FPN_COCO_TINY", ROOT.parent / "shared" / "data" / "coco-tiny"))
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -132,6 +133,11 @@ class Timed:
         self.peak_mib = self.memory.peak_kib / 1024
 
 
+# The detection loop's own wall and CPU seconds (after model loading and path preparation:
+# export, quantization, probe) of the last arm run; whole-run times are measured around it.
+LOOP: dict[str, Any] = {}
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -185,6 +191,8 @@ def stock_loop(
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval().to(device)
     out = []
+    LOOP.clear()
+    LOOP.update(cpu0=_cpu_seconds(), t0=time.perf_counter())
     for p in paths:
         x = to_tensor(Image.open(p).convert("RGB")).to(device)
         with grad_mode():
@@ -193,6 +201,7 @@ def stock_loop(
         out.append(
             list(zip(det["labels"][keep].tolist(), det["scores"][keep].tolist(), det["boxes"][keep].tolist()))
         )
+    LOOP.update(wall=time.perf_counter() - LOOP["t0"], cpu=_cpu_seconds() - LOOP["cpu0"])
     return out
 
 
@@ -206,8 +215,15 @@ def fpn_detect(
     draw: bool,
     device: str,
     workers: int | None = None,
+    backend: str = "auto",
+    precision: str = "fp32",
 ) -> list[list[tuple[int, float, list[float]]]]:
     from fpncli.inference.detect import DetectOptions, run_detect
+
+    def progress(event: dict) -> None:
+        if event["event"] == "start":
+            LOOP.clear()
+            LOOP.update(cpu0=_cpu_seconds(), t0=time.perf_counter(), path=event["path"])
 
     exported = weights.suffix in (".onnx", ".torchscript")
     summary = run_detect(
@@ -222,8 +238,12 @@ def fpn_detect(
             draw=draw,
             device=device,
             workers=workers,
+            backend=backend,
+            precision=precision,
         ),
+        progress=progress,
     )
+    LOOP.update(wall=time.perf_counter() - LOOP["t0"], cpu=_cpu_seconds() - LOOP["cpu0"])
     if summary.images_failed:
         raise SystemExit(f"fpn detect failed on {summary.images_failed} image(s): {summary.errors}")
     return [
@@ -407,6 +427,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="fpn export --winograd/--no-winograd (default: fpn export's, on for onnx, off for torchscript)",
     )
+    parser.add_argument(
+        "--paths",
+        default="torch,winograd,onnxruntime,openvino,bf16,int8",
+        help="more fpn detect arms besides its default (--backend auto): backends (exact, compared for "
+        "equal detections) and precisions bf16/int8 (compared by matched fraction); those not "
+        "available here are skipped",
+    )
+    parser.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure --backend auto's candidates first (cached), as on a machine that has run once",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -419,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     max_size = round(args.size * 1333 / 800)
     command = "python scripts/bench_detect.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
+    from fpncli.inference.probe import cpu_info
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
         f"{len(paths)} val images from {folder} at {args.size} px (max {max_size}); score >= {args.score_thr}"
@@ -442,6 +479,29 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
             ),
         }
+        from fpncli.inference.backends import installed
+        from fpncli.inference.probe import has_native_bf16
+        from fpncli.inference.settings import BACKENDS
+
+        for spec in [p for p in args.paths.split(",") if p and p != "auto"]:
+            backend, precision = (spec, "fp32") if spec in BACKENDS else ("auto", spec)
+            if (backend != "auto" and not installed(backend)) or (
+                precision == "bf16" and not has_native_bf16()
+            ):
+                print(f"skipped: {spec} (not available on this machine)")
+                continue
+            arms[f"fpn detect {spec}"] = lambda b=backend, p=precision, n=spec: fpn_detect(
+                weights,
+                paths,
+                args.size,
+                max_size,
+                args.score_thr,
+                Path(tmp) / f"out_{n}",
+                not args.no_draw,
+                args.device,
+                backend=b,
+                precision=p,
+            )
         if args.export != "none":
             from fpncli.deploy.export import ExportOptions, run_export
 
@@ -474,18 +534,42 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu",
                 workers=args.export_workers,
             )
+        if args.probe:
+            # --backend auto as on a machine that has measured once: probe now (untimed, cached
+            # in $FPN_CACHE_DIR), so the "fpn detect" arm runs the probe's winner.
+            from fpncli.inference.detect import DetectOptions, run_detect
+
+            with Timed() as t:
+                run_detect(
+                    [str(paths[0])],
+                    DetectOptions(
+                        weights=str(weights),
+                        out_dir=Path(tmp) / "probe",
+                        min_size=args.size,
+                        max_size=max_size,
+                        draw=False,
+                        reprobe=True,
+                    ),
+                    progress=lambda e: print(f"probe: {e['path']}") if e["event"] == "start" else None,
+                )
+            print(f"probe (and one image): {t.wall:.1f} s", flush=True)
         best: dict[str, Timed] = {}
+        loops: dict[str, dict[str, Any]] = {}
         outputs: dict[str, list] = {}
         for r in range(args.rounds):
             for name in list(arms) if r % 2 == 0 else list(reversed(arms)):
                 with Timed() as t:
                     outputs[name] = arms[name]()
                 print(
-                    f"  round {r + 1}: {name}: {t.wall:.1f} s ({len(paths) / t.wall:.3f} images/s)",
+                    f"  round {r + 1}: {name}: {t.wall:.1f} s ({len(paths) / t.wall:.3f} images/s); "
+                    f"detection loop {LOOP['wall']:.1f} s wall, {LOOP['cpu']:.1f} s CPU"
+                    + (f"; path: {LOOP['path']}" if "path" in LOOP else ""),
                     flush=True,
                 )
                 if name not in best or t.wall < best[name].wall:
                     best[name] = t
+                if name not in loops or LOOP["wall"] < loops[name]["wall"]:
+                    loops[name] = dict(LOOP)
         same = compare(outputs["stock torchvision loop"], outputs["fpn detect"], args.score_thr)
         stock, fpn = best["stock torchvision loop"], best["fpn detect"]
         print()
@@ -504,6 +588,41 @@ def main(argv: list[str] | None = None) -> int:
         )
         for line in same["unmatched"]:
             print(f"  {line}")
+        print(
+            f"\ndetection loop only (after loading and preparing the model: export, quantization), "
+            f"best of {args.rounds} rounds:"
+        )
+        print(
+            f"{'arm':<28}{'s/image':>9}{'speed-up':>10}{'CPU s/image':>13}{'CPU speed-up':>14}  outputs vs stock"
+        )
+        base = loops["stock torchvision loop"]
+        per_arm = {}
+        for name, loop in loops.items():
+            check = compare(outputs["stock torchvision loop"], outputs[name], args.score_thr)
+            reduced = any(p in name for p in ("bf16", "int8"))
+            found = check["matched"] + check["missing"]
+            verdict = (
+                f"{check['matched']}/{found} stock detections matched"
+                if reduced
+                else (
+                    "same"
+                    if check["equal"]
+                    else f"DIFFERENT ({check['missing']} missing, {check['extra']} extra)"
+                )
+            )
+            per_arm[name] = {
+                "s_per_image": round(loop["wall"] / len(paths), 3),
+                "cpu_s_per_image": round(loop["cpu"] / len(paths), 3),
+                "speedup_wall": round(base["wall"] / loop["wall"], 3),
+                "speedup_cpu": round(base["cpu"] / loop["cpu"], 3),
+                "path": loop.get("path"),
+                "outputs": verdict,
+            }
+            print(
+                f"{name:<28}{loop['wall'] / len(paths):>9.2f}{base['wall'] / loop['wall']:>9.2f}x"
+                f"{loop['cpu'] / len(paths):>13.2f}{base['cpu'] / loop['cpu']:>13.2f}x  {verdict}"
+            )
+        results["loop"] = per_arm
         exported_same = None
         if args.export != "none":
             name = f"fpn detect ({args.export})"

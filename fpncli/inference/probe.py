@@ -10,7 +10,8 @@ number of cores this process may use, and the libraries' versions. It lives in
 
 The probe times one image of the run's size (synthetic: seeded noise, so no file is read)
 through each candidate, one thread each, as the run's replicas use them, after a warm-up
-on a small image.
+on a small image; it counts this process's CPU seconds, which a busy machine disturbs far
+less than the wall clock.
 """
 
 from __future__ import annotations
@@ -116,13 +117,13 @@ def remember(key: str, entry: dict[str, Any]) -> None:
 
 def probe(
     candidates: dict[str, Callable[[], Callable[[Any], Any]]], height: int, width: int
-) -> dict[str, float]:
-    """Seconds per image of each candidate on one synthetic ``uint8 [height, width, 3]`` image.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``(seconds per image, seconds to build)`` of each candidate, on one synthetic
+    ``Tensor[3, height, width]`` float image in 0..1.
 
     Args:
-        candidates: path name -> a function building that path's ``run(image)``, where
-            ``image`` is a ``Tensor[3, H, W]`` float image in 0..1 (the builder's cost is not
-            timed: it is paid once per run whatever the path).
+        candidates: path name -> a function building that path's ``run(image)`` (its time is
+            the build cost, paid once per run: exporting a graph, compiling it).
     """
     import torch
 
@@ -131,14 +132,25 @@ def probe(
     small = image[:, : max(32, height // 8), : max(32, width // 8)]
     threads = torch.get_num_threads()
     seconds: dict[str, float] = {}
+    builds: dict[str, float] = {}
     try:
         torch.set_num_threads(1)  # as each replica runs
         for name, build in candidates.items():
-            run = build()
-            run(small)  # first-call set-up (kernel selection, sessions) is not the path's speed
             start = time.perf_counter()
+            run = build()
+            builds[name] = round(time.perf_counter() - start, 3)
+            run(small)  # first-call set-up (kernel selection, sessions) is not the path's speed
+            # This process's CPU time, not the wall clock: on a shared machine the wall clock
+            # measures the neighbours too (every candidate runs one thread, in this process).
+            start = time.process_time()
             run(image)
-            seconds[name] = round(time.perf_counter() - start, 3)
+            seconds[name] = round(time.process_time() - start, 3)
     finally:
         torch.set_num_threads(threads)
-    return seconds
+    return seconds, builds
+
+
+def fastest(seconds: dict[str, float], builds: dict[str, float], images: int, cores: int) -> str:
+    """The path that finishes ``images`` images first: its build, then the images shared
+    by ``cores`` single-threaded replicas."""
+    return min(seconds, key=lambda k: builds.get(k, 0.0) + seconds[k] * max(1, images) / max(1, cores))

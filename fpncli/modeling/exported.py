@@ -251,11 +251,13 @@ class ExportedDetector:
         if self._runner is None or os.getpid() != self._pid:  # first use in this process
             self._runner, self._pid = self._new_session(), os.getpid()
         boxes, scores, labels = self._runner.run(None, {INPUT_NAME: image.numpy()})
-        if self.engine == "openvino":
-            # OpenVINO 2026.4 returns one uninitialised row for an empty output: keep only what
-            # the graph can give (its test is score > threshold).
-            ok = scores > self.exported_config.box_score_thresh
-            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+        if self.engine == "openvino" and len(scores) == 1:
+            # OpenVINO 2026.4 returns one uninitialised row for an empty output: keep it only if
+            # the graph could have given it (score > threshold, at most 1; a known label).
+            score, label = float(scores[0]), int(labels[0])
+            valid = self.exported_config.box_score_thresh < score <= 1.0
+            if not (valid and 1 <= label <= len(self.config.class_names)):
+                boxes, scores, labels = boxes[:0], scores[:0], labels[:0]
         return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
 
     @property
