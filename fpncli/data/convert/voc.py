@@ -103,12 +103,11 @@ def _splits(root: Path, problems: Problems) -> dict[str, list[str]]:
             continue
         splits[path.stem] = [line.split()[0] for line in lines if line.strip()]
     folder = root / "Annotations"
+    # One walk of the folder: .xml or .XML (datasets made on Windows); VOC keeps it flat.
+    xmls = [p for p in folder.rglob("*") if p.suffix.lower() == ".xml" and p.is_file()]
     if not splits:
-        # .xml or .XML (datasets made on Windows); VOC keeps Annotations/ flat.
-        splits["train"] = sorted(
-            p.stem for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".xml"
-        )
-    nested = [p for p in folder.rglob("*") if p.suffix.lower() == ".xml" and p.parent != folder]
+        splits["train"] = sorted(p.stem for p in xmls if p.parent == folder)
+    nested = [p for p in xmls if p.parent != folder]
     if nested:
         problems.note(
             "XML files in sub-folders of Annotations/ not read (VOC keeps them in Annotations/)", len(nested)
