@@ -282,15 +282,26 @@ def _resolve_auto(
     height = int(model.config.min_size)
     width = min(int(model.config.max_size), round(height * 4 / 3))
 
-    def builder(name: str) -> Callable[[], Callable[[Any], Any]]:
-        def make() -> Callable[[Any], Any]:
-            m = build(copy.deepcopy(model), name, "fp32", "cpu", source=source)
+    def builder(name: str) -> Callable[[int], list[Callable[[Any], Any]]]:
+        def make(replicas: int) -> list[Callable[[Any], Any]]:
+            graph = name in ("onnxruntime", "openvino")
+            # Graph paths: one session shared by the replicas' threads, as fpn detect runs
+            # them; PyTorch paths: one model copy per replica, as its worker processes have.
+            models = [build(copy.deepcopy(model), name, "fp32", "cpu", source=source)]
+            if graph:
+                models[0].share_between_threads()
+                models *= replicas
+            else:
+                models += [copy.deepcopy(models[0]) for _ in range(replicas - 1)]
 
-            def run(image: Any) -> Any:
-                size = (int(image.shape[1]), int(image.shape[2]))
-                return m.detect_prepared([m.prepare_image(image.clone())], [size])
+            def runner(m: Any) -> Callable[[Any], Any]:
+                def run(image: Any) -> Any:
+                    size = (int(image.shape[1]), int(image.shape[2]))
+                    return m.detect_prepared([m.prepare_image(image.clone())], [size])
 
-            return run
+                return run
+
+            return [runner(m) for m in models]
 
         return make
 

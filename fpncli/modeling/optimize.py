@@ -11,8 +11,14 @@
   results differ from a direct convolution by ~1e-5 relative (float rounding of a
   different sum order); ``tests/inference/test_predict.py`` and ``scripts/bench_detect.py`` check that
   the detections stay the same.
+- :func:`use_nchw_cpu_kernels`, with Winograd (single-threaded NCHW replicas): a 1x1
+  stride-2 convolution (ResNet's downsampling shortcuts) becomes a subsample then a 1x1
+  stride-1 convolution, the same products and sums, which PyTorch runs as one GEMM instead
+  of oneDNN's reorder-bound strided kernel (~2x faster alone); the stem's 3x3 max pool runs
+  on a channels-last copy, whose kernel vectorises over channels (exact: a maximum does not
+  round).
 
-Both change parameter names and layouts, so an optimised model is for inference only:
+The rewrites change parameter names and layouts, so an optimised model is for inference only:
 never train it or save its state dict. :func:`optimize_for_inference` works on a copy
 unless told otherwise.
 """
@@ -192,6 +198,51 @@ def use_winograd(model: nn.Module) -> int:
     return swapped
 
 
+class SubsampledPointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-s, unpadded ``nn.Conv2d`` computed as ``x[..., ::s, ::s]`` through the
+    stride-1 convolution on CPU float32 inference inputs (the same sums; see the module)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            sh, sw = self.stride
+            return nn.functional.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+        return super().forward(x)
+
+
+class ChannelsLastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` run on a channels-last copy of a CPU NCHW input, returned NCHW."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dim() != 4 or x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def use_nchw_cpu_kernels(model: nn.Module) -> int:
+    """Swap, in place, every 1x1 strided unpadded ``nn.Conv2d`` for a
+    :class:`SubsampledPointwiseConv2d` and every ``nn.MaxPool2d`` without indices for a
+    :class:`ChannelsLastMaxPool2d` (same parameters, state dict and outputs).
+
+    Returns:
+        how many modules were swapped.
+    """
+    swapped = 0
+    for module in model.modules():
+        if (
+            type(module) is nn.Conv2d
+            and module.kernel_size == (1, 1)
+            and module.stride != (1, 1)
+            and module.padding in (0, (0, 0))
+            and module.dilation == (1, 1)
+        ):
+            module.__class__ = SubsampledPointwiseConv2d
+            swapped += 1
+        elif type(module) is nn.MaxPool2d and not module.return_indices:
+            module.__class__ = ChannelsLastMaxPool2d
+            swapped += 1
+    return swapped
+
+
 def optimize_for_inference(
     model: M,
     *,
@@ -215,6 +266,7 @@ def optimize_for_inference(
         fold_batchnorm(model)
     if winograd:
         use_winograd(model)
+        use_nchw_cpu_kernels(model)
     if channels_last:
         use_channels_last(model)
     return model

@@ -11,9 +11,12 @@ from torchvision.transforms.functional import to_tensor
 from fpncli.errors import FpnError
 from fpncli.inference.predict import predict_images
 from fpncli.modeling.optimize import (
+    ChannelsLastMaxPool2d,
+    SubsampledPointwiseConv2d,
     WinogradConv2d,
     fold_batchnorm,
     optimize_for_inference,
+    use_nchw_cpu_kernels,
     use_winograd,
     winograd_available,
 )
@@ -168,6 +171,28 @@ def test_winograd_convolutions_match_direct_ones(tiny_config):
     conv = model.backbone.neck.outputs[0]
     y = conv(torch.rand(1, conv.in_channels, 8, 8, requires_grad=True))
     assert y.requires_grad
+
+
+def test_nchw_cpu_kernels_keep_the_outputs(tiny_config):
+    model = _scored_model(tiny_config)
+    x = torch.rand(1, 3, 70, 90)  # odd sizes: the subsample must match the strided conv's grid
+    with torch.no_grad():
+        ref = model.backbone(x)
+        swapped = use_nchw_cpu_kernels(model)
+        got = model.backbone(x)
+    body = model.backbone.bottom_up
+    # resnet18: the stem's max pool and the 1x1 stride-2 shortcuts of layer2..layer4.
+    assert swapped == 4 and isinstance(body.maxpool, ChannelsLastMaxPool2d)
+    assert isinstance(body.layer2[0].downsample[0], SubsampledPointwiseConv2d)
+    assert type(body.layer2[0].conv1) is torch.nn.Conv2d  # 3x3 stride 2: untouched
+    for name in ref:
+        assert got[name].shape == ref[name].shape
+        assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-5)
+    assert use_nchw_cpu_kernels(model) == 0  # nothing left to swap
+    # With gradients the shortcut is the ordinary strided convolution.
+    conv = body.layer2[0].downsample[0]
+    y = conv(torch.rand(1, conv.in_channels, 9, 9, requires_grad=True))
+    assert y.requires_grad and y.shape[-1] == 5
 
 
 def test_replica_processes_give_the_same_detections(tiny_config, images, tmp_path):
