@@ -138,6 +138,10 @@ class Timed:
 LOOP: dict[str, Any] = {}
 
 
+# Environment variables that cap the instruction set PyTorch, oneDNN and MKL use.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -456,11 +460,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
+    # An AVX2-only CPU can be approximated on an AVX-512 one by capping the libraries' kernels.
+    capped = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    if capped:
+        print("kernels capped by the environment: " + " ".join(f"{k}={v}" for k, v in capped.items()))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
         f"{len(paths)} val images from {folder} at {args.size} px (max {max_size}); score >= {args.score_thr}"
     )
-    results: dict = {"command": command, "images": len(paths), "size": args.size}
+    results: dict = {"command": command, "images": len(paths), "size": args.size, "isa_caps": capped}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "fasterrcnn_r50_fpn_random.pt"
         make_weights(weights, args.seed)

@@ -31,6 +31,9 @@ from typing import Any
 from fpncli.atomic import write_json
 
 CACHE_FILE = "probe.json"
+# Part of the cache key: a probe that measures differently does not reuse older results
+# (2: replicas at once, the second pass timed; 1 timed one image on one thread).
+PROBE_METHOD = 2
 # CPU flags that decide which kernels run (printed by scripts/bench_detect.py too).
 CPU_FLAGS = (
     "avx2",
@@ -89,7 +92,10 @@ def machine_key() -> str:
         except ImportError:
             pass
     info = cpu_info()
-    return f"{info['model']} | {' '.join(info['flags'])} | {info['cores']} cores | {', '.join(versions)}"
+    return (
+        f"{info['model']} | {' '.join(info['flags'])} | {info['cores']} cores | {', '.join(versions)}"
+        f" | probe {PROBE_METHOD}"
+    )
 
 
 def cached(key: str) -> dict[str, Any] | None:
