@@ -34,7 +34,8 @@ from fpncli.errors import FpnError
 from fpncli.inference.settings import InferenceArgs
 
 EXACT = ("torch", "winograd", "onnxruntime", "openvino")
-# Below this many images a probe (~5-10 s per candidate at 800 px) would cost more than it saves.
+# Below this many images a probe (two passes of one replica per core, ~10-20 s per candidate
+# at 800 px) would cost more than it saves.
 PROBE_MIN_IMAGES = 24
 
 
@@ -305,7 +306,7 @@ def _resolve_auto(
 
         return make
 
-    seconds, builds = probe.probe({name: builder(name) for name in usable}, height, width)
+    seconds, builds = probe.probe({name: builder(name) for name in usable}, height, width, replicas=cores)
     import datetime
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
