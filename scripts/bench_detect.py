@@ -138,10 +138,6 @@ class Timed:
 LOOP: dict[str, Any] = {}
 
 
-# Environment variables that cap the instruction set PyTorch, oneDNN and MKL use.
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-
-
 # ----------------------------------------------------------------------------- weights
 
 
@@ -456,12 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     max_size = round(args.size * 1333 / 800)
     command = "python scripts/bench_detect.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
-    from fpncli.inference.probe import cpu_info
+    from fpncli.inference.probe import cpu_info, isa_caps
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
     # An AVX2-only CPU can be approximated on an AVX-512 one by capping the libraries' kernels.
-    capped = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    capped = isa_caps()
     if capped:
         print("kernels capped by the environment: " + " ".join(f"{k}={v}" for k, v in capped.items()))
     print(

@@ -46,6 +46,10 @@ CPU_FLAGS = (
     "neon",
     "asimd",
 )
+# Environment variables that cap the instruction set PyTorch, oneDNN and MKL use: a run under
+# a cap is a different machine to the probe (scripts/bench_detect.py uses them to approximate
+# an AVX2-only CPU on an AVX-512 one).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cache_dir() -> Path:
@@ -80,8 +84,13 @@ def has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def isa_caps() -> dict[str, str]:
+    """The :data:`ISA_CAPS` set in the environment, ``{name: value}``."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def machine_key() -> str:
-    """What the probe's result depends on: CPU, flags, cores, library versions."""
+    """What the probe's result depends on: CPU, flags, instruction-set caps, cores, libraries."""
     import torch
 
     versions = [f"torch {torch.__version__}"]
@@ -92,8 +101,9 @@ def machine_key() -> str:
         except ImportError:
             pass
     info = cpu_info()
+    caps = "".join(f" | {k}={v}" for k, v in isa_caps().items())
     return (
-        f"{info['model']} | {' '.join(info['flags'])} | {info['cores']} cores | {', '.join(versions)}"
+        f"{info['model']} | {' '.join(info['flags'])}{caps} | {info['cores']} cores | {', '.join(versions)}"
         f" | probe {PROBE_METHOD}"
     )
 

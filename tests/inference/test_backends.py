@@ -70,6 +70,19 @@ def test_auto_says_why_it_runs_its_path(tmp_path, detect_weights, cli, make_imag
     assert probe.fastest(seconds, {"onnxruntime": 20.0}, images=200, cores=2) == "onnxruntime"
 
 
+def test_probe_key_tells_capped_kernels_apart(monkeypatch):
+    from fpncli.inference import probe
+
+    for name in probe.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    plain = probe.machine_key()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = probe.machine_key()
+    assert capped != plain and "ATEN_CPU_CAPABILITY=avx2" in capped
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # empty is unset, as the libraries read it
+    assert probe.machine_key() == capped
+
+
 @pytest.mark.slow
 def test_reprobe_measures_and_caches_the_winner(tmp_path, detect_weights, cli, make_image, monkeypatch):
     from fpncli.inference import probe
