@@ -14,8 +14,10 @@ paths, threads sharing one session for the graph paths). ``auto`` takes the fast
 versions), measures now when there is no cache and the run is long enough to repay it, and
 otherwise takes the static default (Winograd where NNPACK exists).
 
-Reduced precision: ``bf16`` runs the backbone and neck (the bulk of the multiply-adds) under
-bfloat16 autocast, heads and box decoding in float32 (CPUs with AVX512-BF16 or AMX, or CUDA);
+Reduced precision: ``bf16`` (CPUs with AVX512-BF16 or AMX, or CUDA) runs the exported graph
+with OpenVINO's bfloat16 inference precision when OpenVINO is installed (OpenVINO chooses which
+ops stay float32), else the backbone and neck (the bulk of the multiply-adds) under PyTorch's
+bfloat16 autocast with the heads and box decoding in float32;
 ``int8`` quantizes the graph's convolutions (:mod:`fpncli.deploy.quantize`) for OpenVINO
 (when installed: its int8 kernels ran the graph ~2x faster than ONNX Runtime's here) or ONNX
 Runtime; ``fp16`` is ``--half`` on CUDA.
