@@ -31,7 +31,9 @@ missing on one side when its score is within 0.005 of the threshold); the larges
 score differences are printed too. Any change in float arithmetic (Winograd, folded
 BatchNorm, even another thread count) can flip a near-tied discrete choice (top-k, NMS) and
 so swap a detection for its almost identical neighbour; the tolerance is for those.
-``--ablation-images K`` then times each optimisation alone on K images.
+``--ablation-images K`` then times each optimisation alone on K images. ``--flops`` counts
+the model's arithmetic (``torch.utils.flop_counter``, untimed) and prints each arm's achieved
+GFLOP/s, to set against the CPU's peak.
 
     python scripts/bench_detect.py                      # 8 images at 800 px, ~3 min on 2 cores
     python scripts/bench_detect.py --images 2 --size 320 --ablation-images 0   # smoke run
@@ -252,6 +254,30 @@ def fpn_detect(
     ]
 
 
+def count_flops(weights: Path, paths: list[Path], size: int, max_size: int) -> float:
+    """The stock model's floating-point operations over ``paths`` (a multiply-add counts 2),
+    by ``torch.utils.flop_counter`` on one untimed forward per distinct image size: the
+    arithmetic every exact path must do, to set each arm's achieved GFLOP/s against."""
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+    from torchvision.transforms.functional import to_tensor
+
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=max_size)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    per_size: dict[tuple[int, int], int] = {}
+    total = 0
+    for p in paths:
+        image = Image.open(p).convert("RGB")
+        if image.size not in per_size:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model([to_tensor(image)])
+            per_size[image.size] = counter.get_total_flops()
+        total += per_size[image.size]
+    return float(total)
+
+
 # ----------------------------------------------------------------------------- equality
 
 
@@ -440,6 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="measure --backend auto's candidates first (cached), as on a machine that has run once",
     )
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="count the model's arithmetic per image (one untimed forward per image size) and "
+        "print each arm's achieved GFLOP/s in the detection loop",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -557,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
                     progress=lambda e: print(f"probe: {e['path']}") if e["event"] == "start" else None,
                 )
             print(f"probe (and one image): {t.wall:.1f} s", flush=True)
+        flops = 0.0
+        if args.flops:
+            flops = count_flops(weights, paths, args.size, max_size)
+            results["gflop_per_image"] = round(flops / len(paths) / 1e9, 1)
+            print(f"arithmetic: {flops / len(paths) / 1e9:.0f} GFLOP per image (torch.utils.flop_counter)")
         best: dict[str, Timed] = {}
         loops: dict[str, dict[str, Any]] = {}
         outputs: dict[str, list] = {}
@@ -597,7 +634,9 @@ def main(argv: list[str] | None = None) -> int:
             f"best of {args.rounds} rounds:"
         )
         print(
-            f"{'arm':<28}{'s/image':>9}{'speed-up':>10}{'CPU s/image':>13}{'CPU speed-up':>14}  outputs vs stock"
+            f"{'arm':<28}{'s/image':>9}{'speed-up':>10}{'CPU s/image':>13}{'CPU speed-up':>14}"
+            + (f"{'GFLOP/s':>9}" if flops else "")
+            + "  outputs vs stock"
         )
         base = loops["stock torchvision loop"]
         per_arm = {}
@@ -622,9 +661,14 @@ def main(argv: list[str] | None = None) -> int:
                 "path": loop.get("path"),
                 "outputs": verdict,
             }
+            # Achieved rate of the exact arithmetic; reduced-precision arms do the same
+            # operations, just cheaper ones.
+            rate = f"{flops / loop['wall'] / 1e9:>9.0f}" if flops else ""
+            if flops:
+                per_arm[name]["gflop_per_s"] = round(flops / loop["wall"] / 1e9, 1)
             print(
                 f"{name:<28}{loop['wall'] / len(paths):>9.2f}{base['wall'] / loop['wall']:>9.2f}x"
-                f"{loop['cpu'] / len(paths):>13.2f}{base['cpu'] / loop['cpu']:>13.2f}x  {verdict}"
+                f"{loop['cpu'] / len(paths):>13.2f}{base['cpu'] / loop['cpu']:>13.2f}x{rate}  {verdict}"
             )
         results["loop"] = per_arm
         exported_same = None
