@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -140,6 +141,10 @@ class OpenVinoRunner:
         }
         self._compiled = core.compile_model(model, "CPU", config)
         self._local = threading.local()
+        # Touch OpenVINO's numpy bridge once here, on the calling thread: its lazy set-up
+        # (pybind11's npy_api, a function-local static) deadlocks when two detect threads
+        # run it at once for the first time (seen in CI: both stuck in Tensor.data).
+        _ = ov.Tensor(np.zeros((1,), dtype=np.float32)).data
 
     def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
         request = getattr(self._local, "request", None)
