@@ -5,6 +5,7 @@ refusal is one line, exit 1, nothing written."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -177,7 +178,7 @@ def test_export_refuses_int8_torchscript_and_int8_without_calibration(tmp_path, 
 
 
 _CONCURRENT_FIRST_RUNS = r"""
-import io, sys, threading
+import io, threading
 import torch
 from fpncli.modeling.exported import OpenVinoRunner
 
@@ -198,17 +199,14 @@ for w in workers:
 for w in workers:
     w.join(timeout=60)
 print(len(done), sorted(set(done)))
-sys.stdout.flush()
 """
 
 
 @pytest.mark.slow
-def test_openvino_first_runs_from_many_threads_at_once_finish(tmp_path):
+def test_openvino_first_runs_from_many_threads_at_once_finish():
     # Each thread's first run sets up OpenVINO's numpy bridge; done concurrently in a fresh
     # process this deadlocked once in CI, so the runner primes it on construction.
     pytest.importorskip("openvino")
-    import subprocess
-
     proc = subprocess.run(
         [sys.executable, "-c", _CONCURRENT_FIRST_RUNS], capture_output=True, text=True, timeout=180
     )
