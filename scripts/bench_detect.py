@@ -472,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         help="count the model's arithmetic per image (one untimed forward per image size) and "
         "print each arm's achieved GFLOP/s in the detection loop",
     )
+    parser.add_argument(
+        "--graph-cache",
+        action="store_true",
+        help="keep the graph paths' exported graphs between rounds (fpn detect's graph cache, in a "
+        "temporary folder): the probe stores them, so the whole-run figures are those of a model "
+        "run before; off by default, each arm exports as on a model's first run",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -498,6 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict = {"command": command, "images": len(paths), "size": args.size, "isa_caps": capped}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.graph_cache:
+            # Its own cache folder, probe included (the probe runs again below anyway).
+            os.environ["FPN_CACHE_DIR"] = str(Path(tmp) / "cache")
+            os.environ.setdefault("FPN_GRAPH_CACHE_MB", "2048")
+        else:
+            os.environ["FPN_GRAPH_CACHE_MB"] = "0"
+        print(f"graph cache: {'on (the probe stores the graphs)' if args.graph_cache else 'off'}")
         weights = Path(tmp) / "fasterrcnn_r50_fpn_random.pt"
         make_weights(weights, args.seed)
         arms = {

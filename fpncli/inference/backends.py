@@ -169,19 +169,25 @@ def prepare(
     calibration: Sequence[Path] = (),
     source: str = "",
     candidates: Sequence[str] = EXACT,
-    on_probe: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> tuple[Any, PathChoice]:
     """``(model ready to run, final choice)``: resolve ``auto`` (cache, probe or default),
     then rewrite ``model`` (in place where it can) for the chosen path."""
     if choice.backend == "auto":
-        choice = _resolve_auto(model, args, images, candidates, source, on_probe)
+        choice = _resolve_auto(model, args, images, candidates, source, on_note)
     if choice.backend in ("stock", "exported file") or choice.reason == "the file":
         if choice.backend == "openvino":
             model.engine = "openvino"
         if choice.reason == "the file":
             choice = PathChoice(choice.backend, getattr(model, "precision", "fp32"), choice.reason)
         return model, choice
-    return build(model, choice.backend, choice.precision, device_type, calibration, source, args), choice
+    built = build(
+        model, choice.backend, choice.precision, device_type, calibration, source, args, note=on_note
+    )
+    if getattr(built, "graph_reused", False):
+        saved = f", {built.graph_saved_seconds:.0f} s saved" if built.graph_saved_seconds >= 1 else ""
+        choice = PathChoice(choice.backend, choice.precision, f"{choice.reason}; graph from the cache{saved}")
+    return built, choice
 
 
 def build(
@@ -192,9 +198,10 @@ def build(
     calibration: Sequence[Path] = (),
     source: str = "",
     args: InferenceArgs | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Any:
     """``model`` (an ``FPNFasterRCNN``; rewritten in place for the PyTorch paths) as ``backend``
-    runs it at ``precision``."""
+    runs it at ``precision``; ``note`` hears of a calibration before it starts."""
     from fpncli.modeling.optimize import optimize_for_inference
 
     if backend in ("torch", "winograd"):
@@ -206,18 +213,36 @@ def build(
             _bf16_backbone(model, device_type)
         return model
     from fpncli.deploy.metadata import export_metadata
+    from fpncli.inference import graph_cache
     from fpncli.modeling.export import onnx_bytes
     from fpncli.modeling.exported import ExportedDetector
 
     meta = export_metadata(model, "onnx", source)
     # ONNX Runtime gains from the Winograd graph; OpenVINO and int8 want direct convolutions.
     winograd = backend == "onnxruntime" and precision == "fp32"
-    graph = onnx_bytes(model, meta, winograd=winograd)
+    cache = graph_cache.limit_bytes() > 0
+    state = graph_cache.state_digest(model) if cache else ""
+    fp32_key = graph_key(state, meta, winograd, "fp32") if cache else None
+
+    def export() -> bytes:
+        return onnx_bytes(model, meta, winograd=winograd)
+
     if precision == "int8":
         from fpncli.deploy.quantize import quantize_graph
 
         where = str(args.calibrate) if args is not None and args.calibrate is not None else "the run's images"
-        graph = quantize_graph(graph, calibration, where=where, max_pixels=args.max_pixels if args else None)
+        max_pixels = args.max_pixels if args else None
+
+        def quantized() -> bytes:
+            if note is not None:
+                note(f"int8: calibrating on {len(calibration)} image(s)")
+            fp32, _ = graph_cache.cached_graph(fp32_key, export)
+            return quantize_graph(fp32, calibration, where=where, max_pixels=max_pixels)
+
+        int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels) if cache else None
+        graph, saved = graph_cache.cached_graph(int8_key, quantized)
+    else:
+        graph, saved = graph_cache.cached_graph(fp32_key, export)
     ov_precision = "bf16" if precision == "bf16" else "f32"
     detector = ExportedDetector(
         Path(f"<{backend} {precision} graph of {source or 'the model'}>"),
@@ -229,7 +254,27 @@ def build(
         precision=ov_precision,
     )
     detector.config = model.config  # the run's thresholds (the graph has them too)
+    detector.graph_reused = saved is not None
+    detector.graph_saved_seconds = saved or 0.0
     return detector
+
+
+def graph_key(
+    state: str,
+    meta: dict[str, Any],
+    winograd: bool,
+    precision: str,
+    calibration: Sequence[Path] = (),
+    max_pixels: int | None = None,
+) -> str:
+    """The graph cache's key for the graph (Winograd or direct convolutions; fp32, or int8
+    calibrated on ``calibration``) of the model whose state digest is ``state``."""
+    from fpncli.inference import graph_cache
+
+    kind: dict[str, Any] = {"winograd": winograd, "precision": precision}
+    if precision == "int8":
+        kind.update(calibration=graph_cache.files_fingerprint(calibration), max_pixels=max_pixels)
+    return graph_cache.graph_key(state, meta, kind)
 
 
 def _bf16_backbone(model: Any, device_type: str) -> None:
@@ -254,7 +299,7 @@ def _resolve_auto(
     images: int,
     candidates: Sequence[str],
     source: str,
-    on_probe: Callable[[str], None] | None,
+    on_note: Callable[[str], None] | None,
 ) -> PathChoice:
     from fpncli.inference import probe
 
@@ -268,7 +313,7 @@ def _resolve_auto(
     cores = probe.cpu_info()["cores"]
     if entry is not None and usable and set(entry.get("seconds", {})) >= set(usable):
         seconds = {k: float(v) for k, v in entry["seconds"].items() if k in usable}
-        builds = {k: float(v) for k, v in entry.get("builds", {}).items()}
+        builds = _set_up_now(model, source, {k: float(v) for k, v in entry.get("builds", {}).items()})
         winner = probe.fastest(seconds, builds, images, cores)
         why = (
             "fastest"
@@ -280,10 +325,12 @@ def _resolve_auto(
     if images < PROBE_MIN_IMAGES and not args.reprobe:
         default = static_default()
         return PathChoice(default, "fp32", f"default; {images} image(s) are too few to probe (--reprobe)")
-    if on_probe is not None:
-        on_probe(f"probing {', '.join(usable)} on this CPU (once; cached)")
+    if on_note is not None:
+        on_note(f"probing {', '.join(usable)} on this CPU (once; cached)")
     height = int(model.config.min_size)
     width = min(int(model.config.max_size), round(height * 4 / 3))
+
+    reused: dict[str, float] = {}
 
     def builder(name: str) -> Callable[[int], list[Callable[[Any], Any]]]:
         def make(replicas: int) -> list[Callable[[Any], Any]]:
@@ -291,6 +338,7 @@ def _resolve_auto(
             # Graph paths: one session shared by the replicas' threads, as fpn detect runs
             # them; PyTorch paths: one model copy per replica, as its worker processes have.
             models = [build(copy.deepcopy(model), name, "fp32", "cpu", source=source)]
+            reused[name] = float(getattr(models[0], "graph_saved_seconds", 0.0))
             if graph:
                 models[0].share_between_threads()
                 models *= replicas
@@ -309,6 +357,9 @@ def _resolve_auto(
         return make
 
     seconds, builds = probe.probe({name: builder(name) for name in usable}, height, width, replicas=cores)
+    # The cache stores what a new model's set-up costs: a graph read from the graph cache
+    # counts what making it cost.
+    builds = {k: round(v + reused.get(k, 0.0), 3) for k, v in builds.items()}
     import datetime
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -316,11 +367,33 @@ def _resolve_auto(
     probe.remember(
         key, {"winner": best, "seconds": seconds, "builds": builds, "size": [height, width], "when": when}
     )
-    winner = probe.fastest(seconds, builds, images, cores)
+    # The probe stored this model's graphs: this run reads them instead of exporting.
+    now = _set_up_now(model, source, builds)
+    winner = probe.fastest(seconds, now, images, cores)
     timings = ", ".join(
-        f"{k} {v:.2f} (+{builds[k]:.0f} s set-up)" for k, v in sorted(seconds.items(), key=lambda kv: kv[1])
+        f"{k} {v:.2f} (+{now[k]:.0f} s set-up)" for k, v in sorted(seconds.items(), key=lambda kv: kv[1])
     )
     return PathChoice(winner, "fp32", f"probed now, fastest for {images} image(s): s/image {timings}")
+
+
+def _set_up_now(model: Any, source: str, builds: dict[str, float]) -> dict[str, float]:
+    """``builds`` (each path's set-up for a model seen for the first time) less the export
+    that the graph cache saves this ``model``'s graph paths."""
+    from fpncli.inference import graph_cache
+
+    graphs = [k for k in builds if k in ("onnxruntime", "openvino")]
+    if not graphs or graph_cache.limit_bytes() == 0:
+        return dict(builds)
+    from fpncli.deploy.metadata import export_metadata
+
+    meta = export_metadata(model, "onnx", source)
+    state = graph_cache.state_digest(model)
+    now = dict(builds)
+    for name in graphs:
+        # As build makes them: ONNX Runtime's fp32 graph has Winograd convolutions.
+        saved = graph_cache.made_seconds(graph_key(state, meta, name == "onnxruntime", "fp32"))
+        now[name] = round(max(0.0, builds[name] - saved), 3)
+    return now
 
 
 def prepare_path(
@@ -337,7 +410,8 @@ def prepare_path(
 ) -> tuple[Any, PathChoice]:
     """:func:`prepare` for a run over ``paths`` (``images``: how many images in all, videos'
     frames counted): int8 calibrates on ``--calibrate``'s images or a sample of ``paths``;
-    ``progress`` gets ``{"event": "note", "message"}`` before a probe or a calibration."""
+    ``progress`` gets ``{"event": "note", "message"}`` before a probe or a calibration (none
+    when the graph cache holds the calibrated graph)."""
     from fpncli.deploy.quantize import calibration_images, calibration_sample
 
     def note(message: str) -> None:
@@ -350,7 +424,6 @@ def prepare_path(
         calibration = calibration_sample(pool)
         if not calibration:
             raise FpnError("--precision int8 needs calibration images: give --calibrate DIR")
-        note(f"int8: calibrating on {len(calibration)} image(s)")
     return prepare(
         model,
         choice,
@@ -360,5 +433,5 @@ def prepare_path(
         calibration=calibration,
         source=source,
         candidates=candidates,
-        on_probe=note,
+        on_note=note,
     )
