@@ -20,14 +20,18 @@ def cache(tmp_path, monkeypatch):
 
 
 def _detect(cli, src, weights, out, *args):
-    result = cli(["detect", src, "--weights", weights, "--out", out, "--no-draw", "--score-thr", "0.05", *args])
+    result = cli(
+        ["detect", src, "--weights", weights, "--out", out, "--no-draw", "--score-thr", "0.05", *args]
+    )
     assert result.exit_code == 0, result.output
     (path,) = [line for line in result.output.splitlines() if "path: " in line]
     images = json.loads((out / "predictions.json").read_text())["images"]
     return path, [[(d["label"], d["score"], d["box"]) for d in image["detections"]] for image in images]
 
 
-def test_second_run_reads_the_graph_and_gives_the_same_detections(tmp_path, cache, detect_weights, cli, make_image):
+def test_second_run_reads_the_graph_and_gives_the_same_detections(
+    tmp_path, cache, detect_weights, cli, make_image
+):
     src = make_image(tmp_path / "in" / "a.png", size=(96, 72), seed=1)
     first_path, first = _detect(cli, src, detect_weights, tmp_path / "one", "--backend", "onnxruntime")
     assert "graph from the cache" not in first_path
@@ -75,17 +79,23 @@ def test_off_when_the_limit_is_zero(tmp_path, cache, detect_weights, cli, make_i
     assert not cache.exists()
 
 
-def test_a_bad_limit_is_one_line_and_writes_nothing(tmp_path, cache, detect_weights, cli, make_image, monkeypatch):
+def test_a_bad_limit_is_one_line_and_writes_nothing(
+    tmp_path, cache, detect_weights, cli, make_image, monkeypatch
+):
     monkeypatch.setenv("FPN_GRAPH_CACHE_MB", "lots")
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=2)
-    result = cli(["detect", src, "--weights", detect_weights, "--out", tmp_path / "o", "--backend", "openvino"])
+    result = cli(
+        ["detect", src, "--weights", detect_weights, "--out", tmp_path / "o", "--backend", "openvino"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
     assert "FPN_GRAPH_CACHE_MB='lots': expected a size in MiB" in line
     assert not (tmp_path / "o" / "predictions.json").exists() and not cache.exists()
 
 
-def test_a_damaged_entry_or_unwritable_cache_costs_only_an_export(tmp_path, cache, detect_weights, cli, make_image):
+def test_a_damaged_entry_or_unwritable_cache_costs_only_an_export(
+    tmp_path, cache, detect_weights, cli, make_image
+):
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
     _, first = _detect(cli, src, detect_weights, tmp_path / "one", "--backend", "openvino")
     (stored,) = cache.glob("*.onnx")
@@ -123,7 +133,9 @@ def test_auto_counts_the_export_a_cached_graph_saves(tmp_path, cache, detect_wei
     cfg = load_for_inference(detect_weights)[0].config
     key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
     seconds = {"torch": 1.0, "winograd": 2.0, "onnxruntime": 0.9, "openvino": 0.5}
-    probe.remember(key, {"winner": "openvino", "seconds": seconds, "builds": {"openvino": 30.0, "onnxruntime": 30.0}})
+    probe.remember(
+        key, {"winner": "openvino", "seconds": seconds, "builds": {"openvino": 30.0, "onnxruntime": 30.0}}
+    )
     path, _ = _detect(cli, src, detect_weights, tmp_path / "one")
     assert "path: torch fp32 (cached probe: fastest overall counting its set-up" in path
     _detect(cli, src, detect_weights, tmp_path / "two", "--backend", "openvino")  # stores its graph
