@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.graph_cache:
             # Its own cache folder, probe included (the probe runs again below anyway).
             os.environ["FPN_CACHE_DIR"] = str(Path(tmp) / "cache")
-            os.environ.setdefault("FPN_GRAPH_CACHE_MB", "2048")
+            if os.environ.get("FPN_GRAPH_CACHE_MB", "").strip() in ("", "0"):
+                os.environ["FPN_GRAPH_CACHE_MB"] = "2048"
         else:
             os.environ["FPN_GRAPH_CACHE_MB"] = "0"
         print(f"graph cache: {'on (the probe stores the graphs)' if args.graph_cache else 'off'}")

@@ -212,12 +212,11 @@ def build(
         if precision == "bf16":
             _bf16_backbone(model, device_type)
         return model
-    from fpncli.deploy.metadata import export_metadata
     from fpncli.inference import graph_cache
     from fpncli.modeling.export import onnx_bytes
     from fpncli.modeling.exported import ExportedDetector
 
-    meta = export_metadata(model, "onnx", source)
+    meta = graph_metadata(model, source)
     # ONNX Runtime gains from the Winograd graph; OpenVINO and int8 want direct convolutions.
     winograd = backend == "onnxruntime" and precision == "fp32"
     cache = graph_cache.limit_bytes() > 0
@@ -231,7 +230,10 @@ def build(
         from fpncli.deploy.quantize import quantize_graph
 
         where = str(args.calibrate) if args is not None and args.calibrate is not None else "the run's images"
-        max_pixels = args.max_pixels if args else None
+        from fpncli.data.images import default_max_pixels
+
+        # The cap calibration reads images under (FPN_MAX_PIXELS when not given): part of the key.
+        max_pixels = (args.max_pixels if args else None) or default_max_pixels()
 
         def quantized() -> bytes:
             if note is not None:
@@ -257,6 +259,19 @@ def build(
     detector.graph_reused = saved is not None
     detector.graph_saved_seconds = saved or 0.0
     return detector
+
+
+def graph_metadata(model: Any, source: str) -> dict[str, Any]:
+    """The export metadata of ``model``'s graph: its configuration, with the number of
+    detections the model keeps now (``fpn detect --classes`` raises it before the class
+    filter), which the traced graph holds."""
+    from fpncli.deploy.metadata import export_metadata
+
+    meta = export_metadata(model, "onnx", source)
+    live = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
+    if live is not None:
+        meta["model_config"]["box_detections_per_img"] = int(live)
+    return meta
 
 
 def graph_key(
@@ -313,7 +328,7 @@ def _resolve_auto(
     cores = probe.cpu_info()["cores"]
     if entry is not None and usable and set(entry.get("seconds", {})) >= set(usable):
         seconds = {k: float(v) for k, v in entry["seconds"].items() if k in usable}
-        builds = _set_up_now(model, source, {k: float(v) for k, v in entry.get("builds", {}).items()})
+        builds = _set_up_now(model, source, {k: float(v) for k, v in entry.get("builds", {}).items()}, usable)
         winner = probe.fastest(seconds, builds, images, cores)
         why = (
             "fastest"
@@ -368,7 +383,7 @@ def _resolve_auto(
         key, {"winner": best, "seconds": seconds, "builds": builds, "size": [height, width], "when": when}
     )
     # The probe stored this model's graphs: this run reads them instead of exporting.
-    now = _set_up_now(model, source, builds)
+    now = _set_up_now(model, source, builds, usable)
     winner = probe.fastest(seconds, now, images, cores)
     timings = ", ".join(
         f"{k} {v:.2f} (+{now[k]:.0f} s set-up)" for k, v in sorted(seconds.items(), key=lambda kv: kv[1])
@@ -376,17 +391,15 @@ def _resolve_auto(
     return PathChoice(winner, "fp32", f"probed now, fastest for {images} image(s): s/image {timings}")
 
 
-def _set_up_now(model: Any, source: str, builds: dict[str, float]) -> dict[str, float]:
+def _set_up_now(model: Any, source: str, builds: dict[str, float], usable: Sequence[str]) -> dict[str, float]:
     """``builds`` (each path's set-up for a model seen for the first time) less the export
-    that the graph cache saves this ``model``'s graph paths."""
+    that the graph cache saves this ``model``'s ``usable`` graph paths."""
     from fpncli.inference import graph_cache
 
-    graphs = [k for k in builds if k in ("onnxruntime", "openvino")]
+    graphs = [k for k in builds if k in ("onnxruntime", "openvino") and k in usable]
     if not graphs or graph_cache.limit_bytes() == 0:
         return dict(builds)
-    from fpncli.deploy.metadata import export_metadata
-
-    meta = export_metadata(model, "onnx", source)
+    meta = graph_metadata(model, source)
     state = graph_cache.state_digest(model)
     now = dict(builds)
     for name in graphs:

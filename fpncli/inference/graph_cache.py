@@ -15,15 +15,18 @@ edit would change).
 
 The graphs live in ``graphs/`` of the cache folder (:func:`fpncli.inference.probe.cache_dir`),
 written atomically (two runs storing the same graph at once are safe), at most
-``$FPN_GRAPH_CACHE_MB`` (default 2048) in all, the least recently used removed first;
+``$FPN_GRAPH_CACHE_MB`` (default 2048) in all (checked each time a graph is stored), the
+least recently used removed first;
 ``FPN_GRAPH_CACHE_MB=0`` turns the cache off. A cache that cannot be read or written only
 costs an export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fpncli.atomic import atomic_write, write_json
+from fpncli.atomic import atomic_write, remove_stale_temporaries, write_json
 from fpncli.errors import FpnError
 
 DEFAULT_LIMIT_MB = 2048
@@ -48,7 +51,7 @@ def limit_bytes() -> int:
         megabytes = float(raw)
     except ValueError:
         megabytes = -1.0
-    if not megabytes >= 0:  # also refuses nan
+    if not (megabytes >= 0 and math.isfinite(megabytes)):  # nan fails the first test
         raise FpnError(f"FPN_GRAPH_CACHE_MB={raw!r}: expected a size in MiB (0 turns the graph cache off)")
     return int(megabytes * 2**20)
 
@@ -97,7 +100,7 @@ def files_fingerprint(paths: Sequence[Path]) -> list[list[Any]]:
 
 def _versions() -> dict[str, str]:
     versions = {}
-    for name in ("torch", "onnx", "onnxruntime", "onnxscript"):
+    for name in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript"):
         try:
             versions[name] = str(getattr(__import__(name), "__version__", "?"))
         except ImportError:
@@ -128,20 +131,23 @@ class Hit:
 
 
 def lookup(key: str) -> Hit | None:
-    """The stored graph for ``key``, or None (no cache, not stored, unreadable)."""
+    """The stored graph for ``key``, or None (no cache, not stored, unreadable, damaged)."""
     if limit_bytes() == 0:
         return None
     path = folder() / f"{key}.onnx"
     try:
         data = path.read_bytes()
         info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        if len(data) != int(info["bytes"]):
-            return None  # cut short (a full disk): export again
-        now = time.time()
-        os.utime(path, (now, now))  # most recently used
-        return Hit(data, float(info.get("made_seconds", 0.0)))
+        if len(data) != int(info["bytes"]) or hashlib.sha256(data).hexdigest() != info["sha256"]:
+            return None  # cut short or damaged: export again (and store it whole)
+        hit = Hit(data, float(info.get("made_seconds", 0.0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # Most recently used. Without explicit times this needs write permission only (not
+    # ownership); in a cache shared read-only it fails, and the graph is still a hit.
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return hit
 
 
 def made_seconds(key: str) -> float:
@@ -164,14 +170,21 @@ def store(key: str, data: bytes, seconds: float) -> None:
     path = folder() / f"{key}.onnx"
     try:
         atomic_write(path, lambda f: f.write(data), binary=True)
-        write_json(path.with_suffix(".json"), {"bytes": len(data), "made_seconds": round(seconds, 3)})
+        info = {
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "made_seconds": round(seconds, 3),
+        }
+        write_json(path.with_suffix(".json"), info)
         trim(limit, keep=path)
     except (OSError, FpnError):
         pass
 
 
 def trim(limit: int, keep: Path | None = None) -> None:
-    """Remove the least recently used graphs until the stored ones fit in ``limit`` bytes."""
+    """Remove the least recently used graphs until the stored ones fit in ``limit`` bytes
+    (and the half-written temporaries of runs killed while storing)."""
+    remove_stale_temporaries(folder(), any_name=True)
     entries = []
     for path in folder().glob("*.onnx"):
         try:

@@ -29,6 +29,14 @@ def _detect(cli, src, weights, out, *args):
     return path, [[(d["label"], d["score"], d["box"]) for d in image["detections"]] for image in images]
 
 
+def _records(out):
+    return [
+        d
+        for image in json.loads((out / "predictions.json").read_text())["images"]
+        for d in image["detections"]
+    ]
+
+
 def test_second_run_reads_the_graph_and_gives_the_same_detections(
     tmp_path, cache, detect_weights, cli, make_image
 ):
@@ -79,18 +87,42 @@ def test_off_when_the_limit_is_zero(tmp_path, cache, detect_weights, cli, make_i
     assert not cache.exists()
 
 
+@pytest.mark.parametrize("value", ["lots", "inf", "-1"])
 def test_a_bad_limit_is_one_line_and_writes_nothing(
-    tmp_path, cache, detect_weights, cli, make_image, monkeypatch
+    tmp_path, cache, detect_weights, cli, make_image, monkeypatch, value
 ):
-    monkeypatch.setenv("FPN_GRAPH_CACHE_MB", "lots")
+    monkeypatch.setenv("FPN_GRAPH_CACHE_MB", value)
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=2)
     result = cli(
         ["detect", src, "--weights", detect_weights, "--out", tmp_path / "o", "--backend", "openvino"]
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
-    assert "FPN_GRAPH_CACHE_MB='lots': expected a size in MiB" in line
+    assert f"FPN_GRAPH_CACHE_MB={value!r}: expected a size in MiB" in line
     assert not (tmp_path / "o" / "predictions.json").exists() and not cache.exists()
+
+
+def test_classes_keep_their_detections_on_a_graph_path_and_get_their_own_graph(
+    tmp_path, cache, detect_weights, cli, make_image
+):
+    """--classes lets the model keep every detection before its class filter; the graph holds
+    that, so it is another graph than a plain run's, and the filter sees every detection."""
+    src = make_image(tmp_path / "a.png", size=(96, 72), seed=1)
+    few = ("--score-thr", "0", "--max-dets", "5")
+    from fpncli.modeling.weights import load_for_inference
+
+    _, plain = _detect(cli, src, detect_weights, tmp_path / "plain", "--backend", "openvino", *few)
+    names = load_for_inference(detect_weights)[0].config.class_names
+    # A class outside the plain run's top 5: filtering after that top-k would leave nothing.
+    rare = next(n for n in names if n not in {label for label, _, _ in plain[0]})
+    runs = {}
+    for backend in ("torch", "openvino"):
+        path, runs[backend] = _detect(
+            cli, src, detect_weights, tmp_path / backend, "--backend", backend, *few, "--classes", rare
+        )
+    assert "graph from the cache" not in path and len(list(cache.glob("*.onnx"))) == 2
+    assert [len(d) for d in runs["openvino"]] == [len(d) for d in runs["torch"]] == [5]
+    assert {label for label, _, _ in runs["openvino"][0]} == {label for label, _, _ in runs["torch"][0]}
 
 
 def test_a_damaged_entry_or_unwritable_cache_costs_only_an_export(
@@ -99,10 +131,14 @@ def test_a_damaged_entry_or_unwritable_cache_costs_only_an_export(
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
     _, first = _detect(cli, src, detect_weights, tmp_path / "one", "--backend", "openvino")
     (stored,) = cache.glob("*.onnx")
-    stored.write_bytes(stored.read_bytes()[:1000])  # cut short, as by a full disk
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[:1000])  # cut short, as by a full disk
     path, again = _detect(cli, src, detect_weights, tmp_path / "two", "--backend", "openvino")
     assert "graph from the cache" not in path and again == first
-    assert stored.stat().st_size > 1000  # written again, whole
+    assert stored.read_bytes() == whole  # written again, whole
+    stored.write_bytes(whole[:100] + bytes(300) + whole[400:])  # same size, damaged
+    path, again = _detect(cli, src, detect_weights, tmp_path / "two-b", "--backend", "openvino")
+    assert "graph from the cache" not in path and again == first and stored.read_bytes() == whole
     for entry in cache.iterdir():
         entry.unlink()
     cache.rmdir()
