@@ -596,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                     DetectOptions(
                         weights=str(weights),
                         out_dir=Path(tmp) / "probe",
+                        score_thr=args.score_thr,  # as the arms: the same graph, for the graph cache
                         min_size=args.size,
                         max_size=max_size,
                         draw=False,
