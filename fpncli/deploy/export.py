@@ -54,6 +54,15 @@ REFUSED: dict[tuple[str, Any], tuple[tuple[str, ...], str]] = {
 }
 
 
+def refusal(cfg: Any, fmt: str) -> str | None:
+    """Why a model of configuration ``cfg`` cannot be exported to ``fmt`` (``"sac_deform True
+    cannot be exported to onnx: ..."``), or None when it can."""
+    for (key, value), (formats, reason) in REFUSED.items():
+        if getattr(cfg, key, None) == value and fmt in formats:
+            return f"{key} {value} cannot be exported to {fmt}: {reason}"
+    return None
+
+
 @dataclass
 class ExportOptions:
     """What ``fpn export`` does: ``weights`` (``coco``, a checkpoint or a torchvision state
@@ -351,9 +360,9 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     )
     model = loaded.model.eval()
     cfg = model.config
-    for (key, value), (formats, reason) in REFUSED.items():
-        if getattr(cfg, key, None) == value and fmt in formats:
-            raise FpnError(f"{options.weights}: {key} {value} cannot be exported to {fmt}: {reason}")
+    why = refusal(cfg, fmt)
+    if why is not None:
+        raise FpnError(f"{options.weights}: {why}")
     summary = ExportSummary(out, fmt, loaded.source)
     from fpncli.deploy.check_set import synthetic_images, user_images
 
@@ -416,7 +425,12 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     if calibration is not None:
         from fpncli.deploy.quantize import quantize_graph
 
-        data = quantize_graph(data, calibration, where=str(options.calibrate or options.check_images))
+        data = quantize_graph(
+            data,
+            calibration,
+            where=str(options.calibrate or options.check_images),
+            sizes=(int(cfg.min_size), int(cfg.max_size)),
+        )
         summary.notes.append(
             f"int8: convolutions quantized (per-channel, QDQ), calibrated on {len(calibration)} image(s); "
             "the check above is the float graph's: fpn eval --weights FILE shows int8's AP"

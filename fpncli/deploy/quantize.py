@@ -28,13 +28,47 @@ from fpncli.errors import FpnError
 CALIBRATION_IMAGES = 8
 
 
-def calibration_sample(paths: Sequence[Path], count: int = CALIBRATION_IMAGES) -> list[Path]:
-    """``count`` images spread evenly over ``paths`` (all when there are fewer)."""
+def calibration_sample(
+    paths: Sequence[Path],
+    count: int = CALIBRATION_IMAGES,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> list[Path]:
+    """Up to ``count`` images of ``paths`` to calibrate with, spread evenly over them. Each
+    candidate's header is opened (no decoding) and kept only when it is an image, one the
+    model can resize when ``min_size`` and ``max_size`` are given; a broken candidate's place
+    goes to the next usable file, so a folder with good images among bad ones still calibrates."""
     paths = list(paths)
-    if len(paths) <= count:
-        return paths
-    step = len(paths) / count
-    return [paths[int(i * step)] for i in range(count)]
+    step = max(1.0, len(paths) / count)
+    usable: dict[int, bool] = {}  # each header opened once
+    picked: set[int] = set()
+    for start in (int(i * step) for i in range(min(count, len(paths)))):
+        for index in (i % len(paths) for i in range(start, start + len(paths))):
+            if index in picked:
+                continue
+            if index not in usable:
+                usable[index] = _usable(paths[index], min_size, max_size)
+            if usable[index]:
+                picked.add(index)
+                break
+    return [paths[i] for i in sorted(picked)]
+
+
+def _usable(path: Path, min_size: int | None, max_size: int | None) -> bool:
+    """Whether ``path``'s header opens as an image of a size the model can resize."""
+    from PIL import Image
+
+    from fpncli.data.images import model_size_problem
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # any reason PIL cannot open it (not an image, a folder, a bomb): skip it
+        return False
+    return (
+        min_size is None or max_size is None or model_size_problem(width, height, min_size, max_size) is None
+    )
 
 
 def calibration_images(folder: Path) -> list[Path]:
@@ -66,21 +100,34 @@ def check_int8_export(
         raise FpnError("--precision int8 needs calibration images: --calibrate DIR (or --check-images DIR)")
     if not Path(folder).is_dir():
         raise FpnError(f"{folder}: --calibrate needs a folder of images")
-    return calibration_sample(calibration_images(Path(folder)))
+    return usable_calibration(Path(folder))
 
 
-def _read(paths: Sequence[Path], max_pixels: int | None) -> list[Any]:
-    """The readable images as ``uint8 [H, W, 3]`` arrays (the exported graph's input)."""
+def usable_calibration(folder: Path) -> list[Path]:
+    """:func:`calibration_sample` of ``folder``'s images, or one :class:`FpnError` when none of
+    them opens as an image: before any export or model is loaded."""
+    sample = calibration_sample(calibration_images(folder))
+    if not sample:
+        raise FpnError(f"{folder}: no readable image to calibrate int8 with")
+    return sample
+
+
+def _read(paths: Sequence[Path], max_pixels: int | None, sizes: tuple[int, int] | None) -> list[Any]:
+    """The readable images as ``uint8 [H, W, 3]`` arrays (the exported graph's input), less
+    those the model cannot resize (``sizes``: its shorter side and longer-side cap), on which
+    the graph's resize would fail."""
     import numpy as np
 
-    from fpncli.data.images import ImageReadError, default_max_pixels, read_image
+    from fpncli.data.images import ImageReadError, default_max_pixels, model_size_problem, read_image
 
     arrays = []
     for path in paths:
         try:
-            arrays.append(np.asarray(read_image(path, max_pixels=max_pixels or default_max_pixels())))
+            image = read_image(path, max_pixels=max_pixels or default_max_pixels())
         except ImageReadError:
             continue
+        if sizes is None or model_size_problem(image.width, image.height, *sizes) is None:
+            arrays.append(np.asarray(image))
     return arrays
 
 
@@ -97,10 +144,16 @@ def _float_nodes(graph: Path) -> list[str]:
 
 
 def quantize_graph(
-    graph: bytes, images: Sequence[Path], *, where: str, max_pixels: int | None = None
+    graph: bytes,
+    images: Sequence[Path],
+    *,
+    where: str,
+    max_pixels: int | None = None,
+    sizes: tuple[int, int] | None = None,
 ) -> bytes:
     """The int8 (QDQ) version of the ONNX detector ``graph`` (``uint8 [H, W, 3]`` image in),
-    calibrated on ``images``; ``where`` names their source in the error when none is readable."""
+    calibrated on ``images`` (those it can read, of a size the model resizes: ``sizes`` =
+    its ``(min_size, max_size)``); ``where`` names their source in the error when none is left."""
     import logging
 
     from fpncli.modeling.export import INPUT_NAME
@@ -115,7 +168,7 @@ def quantize_graph(
         quantize_static,
     )
 
-    arrays = _read(images, max_pixels)
+    arrays = _read(images, max_pixels, sizes)
     if not arrays:
         raise FpnError(f"{where}: no readable image to calibrate int8 with")
 

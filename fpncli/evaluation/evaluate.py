@@ -113,23 +113,7 @@ def evaluate_model(
     coco = gt.coco
     category_ids = list(model.config.category_ids)
     mapping_notes = check_category_mapping(category_ids, list(model.config.class_names), coco)
-    missing: list[str] = []
-    skipped: list[str] = []
-    paths: list[Path] = []
-    path_ids: list[int] = []
-    for index, (img_id, rec) in enumerate(coco.images.items()):
-        if max_images is not None and len(paths) + len(missing) + len(skipped) >= max_images:
-            break
-        try:
-            path = safe_image_path(images_dir, rec["file_name"], source=f"{coco.path}: images[{index}]")
-        except FpnError as exc:
-            skipped.append(str(exc))
-            continue
-        if not path.is_file():
-            missing.append(str(rec["file_name"]))
-            continue
-        paths.append(path)
-        path_ids.append(img_id)
+    paths, path_ids, missing, skipped = select_images(coco, images_dir, max_images)
     if not paths:
         where = f"{images_dir}" if Path(images_dir).is_dir() else f"{images_dir} (no such folder)"
         raise FpnError(f"none of the {len(coco.images)} images of {coco.path} were found in {where}")
@@ -318,6 +302,11 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     plan = resolve_parallelism(options, cuda, cores=cpu_cores())
     needs_torch = options.slice_size is not None or options.tta is not None or options.analyze is not None
     pool = _image_files(options.images, options.max_images)
+    if options.dtype == "int8" and options.calibrate is None and not exported:
+        # int8 calibrates on a sample of the images evaluated: the annotation file's.
+        pool = select_images(load_ground_truth(options.annotations).coco, options.images, options.max_images)[
+            0
+        ]
     choice = choose_path(options, device.type, exported=exported, images=len(pool), needs_torch=needs_torch)
     model, source = load_for_inference(weights, **inference_overrides(options))
     candidates = ("torch", "winograd") if needs_torch else EXACT
@@ -379,6 +368,32 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     elif metrics is not None:
         write_json(Path(out) / "metrics.json", metrics)
     return metrics
+
+
+def select_images(
+    coco: Any, images_dir: str | os.PathLike, max_images: int | None
+) -> tuple[list[Path], list[int], list[str], list[str]]:
+    """``(paths, image ids, missing file names, skipped "file: reason")`` of the images of
+    ``coco`` (a loaded annotation file) to evaluate: its first ``max_images`` entries, in file
+    order, found in ``images_dir``."""
+    missing: list[str] = []
+    skipped: list[str] = []
+    paths: list[Path] = []
+    path_ids: list[int] = []
+    for index, (img_id, rec) in enumerate(coco.images.items()):
+        if max_images is not None and len(paths) + len(missing) + len(skipped) >= max_images:
+            break
+        try:
+            path = safe_image_path(images_dir, rec["file_name"], source=f"{coco.path}: images[{index}]")
+        except FpnError as exc:
+            skipped.append(str(exc))
+            continue
+        if not path.is_file():
+            missing.append(str(rec["file_name"]))
+            continue
+        paths.append(path)
+        path_ids.append(img_id)
+    return paths, path_ids, missing, skipped
 
 
 def _image_files(folder: Path | None, limit: int | None) -> list[Path]:

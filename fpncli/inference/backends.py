@@ -36,6 +36,8 @@ from fpncli.errors import FpnError
 from fpncli.inference.settings import InferenceArgs
 
 EXACT = ("torch", "winograd", "onnxruntime", "openvino")
+GRAPH = ("onnxruntime", "openvino")  # the paths that run the exported ONNX graph
+BF16_AUTO = "the fastest bf16 path installed"
 # Below this many images a probe (two passes of one replica per core, ~10-20 s per candidate
 # at 800 px) would cost more than it saves.
 PROBE_MIN_IMAGES = 24
@@ -59,7 +61,7 @@ def installed(backend: str) -> bool:
         from fpncli.modeling.optimize import winograd_available
 
         return winograd_available()
-    if backend in ("onnxruntime", "openvino"):
+    if backend in GRAPH:
         try:
             __import__("onnxruntime" if backend == "onnxruntime" else "openvino")
             __import__("onnx")
@@ -104,12 +106,14 @@ def choose_path(
 
         import_openvino() if backend == "openvino" else import_onnxruntime()
     if exported:
-        if backend not in ("auto", "onnxruntime", "openvino") or precision != "fp32":
-            chosen = f"--backend {backend}" if precision == "fp32" else f"--precision {precision}"
+        if backend not in ("auto", *GRAPH):
+            raise FpnError(f"--backend {backend}: an exported file runs on onnxruntime or openvino")
+        if precision not in ("fp32", "int8"):
             raise FpnError(
-                f"{chosen}: an exported file runs as it was exported (fp32, onnxruntime or openvino); "
-                "export again with fpn export --precision int8 for int8"
+                f"--precision {precision}: an exported file runs at the precision it was exported "
+                "with (fp32 or int8); for bf16 run the checkpoint it was exported from"
             )
+        # int8 is checked against the file once it is open (prepare).
         return PathChoice(backend if backend != "auto" else "exported file", precision, "the file")
     if device_type == "cuda":
         if backend not in ("auto", "torch") or precision == "int8":
@@ -118,8 +122,7 @@ def choose_path(
         return PathChoice("torch", precision, "CUDA" if backend == "auto" else "user choice")
     if precision == "fp16":
         raise FpnError("--precision fp16 needs a CUDA device; on the CPU use bf16 or int8")
-    graph = ("onnxruntime", "openvino")
-    if needs_torch and (backend in graph or precision == "int8"):
+    if needs_torch and (backend in GRAPH or precision == "int8"):
         raise FpnError(
             f"--backend {backend} / --precision {precision}: --slice, --tta and --analyze need a PyTorch path "
             "(torch or winograd, fp32 or bf16)"
@@ -134,13 +137,13 @@ def choose_path(
         if backend == "auto":
             # OpenVINO's bf16 kernels ran 1.5x PyTorch's autocast here (docs/speed.md).
             backend = "openvino" if installed("openvino") else "torch"
-            return PathChoice(backend, precision, "the fastest bf16 path installed")
+            return PathChoice(backend, precision, BF16_AUTO)
         return PathChoice(backend, precision, "user choice")
     if precision == "int8":
         if args.calibrate is not None:
-            from fpncli.deploy.quantize import calibration_images
+            from fpncli.deploy.quantize import usable_calibration
 
-            calibration_images(Path(args.calibrate))  # a folder without images: refused now
+            usable_calibration(Path(args.calibrate))  # a folder without a readable image: refused now
         if backend not in ("auto", "onnxruntime", "openvino"):
             raise FpnError(f"--precision int8 runs on onnxruntime or openvino, not {backend}")
         if not installed("onnxruntime"):
@@ -175,11 +178,20 @@ def prepare(
     then rewrite ``model`` (in place where it can) for the chosen path."""
     if choice.backend == "auto":
         choice = _resolve_auto(model, args, images, candidates, source, on_note)
-    if choice.backend in ("stock", "exported file") or choice.reason == "the file":
-        if choice.backend == "openvino":
-            model.engine = "openvino"
-        if choice.reason == "the file":
-            choice = PathChoice(choice.backend, getattr(model, "precision", "fp32"), choice.reason)
+    if choice.backend in GRAPH and choice.reason != "the file":
+        why = _graph_refusal(model)
+        if why is not None and choice.precision == "bf16" and choice.reason == BF16_AUTO:
+            choice = PathChoice("torch", "bf16", f"PyTorch autocast: {why}")
+        elif why is not None:
+            asked = (
+                f"--precision {choice.precision}"
+                if choice.precision == "int8"
+                else f"--backend {choice.backend}"
+            )
+            raise FpnError(f"{source or 'the model'}: {asked} runs the exported graph, but {why}")
+    if choice.reason == "the file":
+        return _exported_file(model, choice)
+    if choice.backend == "stock":
         return model, choice
     built = build(
         model, choice.backend, choice.precision, device_type, calibration, source, args, note=on_note
@@ -188,6 +200,32 @@ def prepare(
         saved = f", {built.graph_saved_seconds:.0f} s saved" if built.graph_saved_seconds >= 1 else ""
         choice = PathChoice(choice.backend, choice.precision, f"{choice.reason}; graph from the cache{saved}")
     return built, choice
+
+
+def _exported_file(model: Any, choice: PathChoice) -> tuple[Any, PathChoice]:
+    """An ``fpn export`` file as it was exported: ``--precision int8`` only for an int8 file,
+    whose default runtime is OpenVINO when installed (its int8 kernels ran the graph ~2x
+    faster than ONNX Runtime's here)."""
+    made = str(getattr(model, "precision", "fp32"))
+    if choice.precision == "int8" and made != "int8":
+        raise FpnError(
+            f"{model.path}: exported as {made}; --precision int8 needs an int8 file "
+            "(fpn export --precision int8) or the checkpoint"
+        )
+    backend, reason = choice.backend, "the file"
+    if getattr(model, "format", "onnx") == "torchscript":
+        if backend in GRAPH:
+            raise FpnError(
+                f"{model.path}: a TorchScript file runs on PyTorch; --backend {backend} runs ONNX files"
+            )
+        return model, PathChoice("torchscript", made, reason)
+    if backend == "exported file" and made == "int8" and installed("openvino"):
+        backend, reason = "openvino", "the file; the fastest int8 runtime installed"
+    elif backend == "exported file":
+        backend = "onnxruntime"
+    if backend == "openvino":
+        model.engine = "openvino"
+    return model, PathChoice(backend, made, reason)
 
 
 def build(
@@ -239,7 +277,8 @@ def build(
             if note is not None:
                 note(f"int8: calibrating on {len(calibration)} image(s)")
             fp32, _ = graph_cache.cached_graph(fp32_key, export)
-            return quantize_graph(fp32, calibration, where=where, max_pixels=max_pixels)
+            sizes = (int(model.config.min_size), int(model.config.max_size))
+            return quantize_graph(fp32, calibration, where=where, max_pixels=max_pixels, sizes=sizes)
 
         int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels) if cache else None
         graph, saved = graph_cache.cached_graph(int8_key, quantized)
@@ -308,6 +347,13 @@ def _bf16_backbone(model: Any, device_type: str) -> None:
     backbone.forward = forward
 
 
+def _graph_refusal(model: Any) -> str | None:
+    """Why ``model`` has no ONNX graph for the graph paths, or None."""
+    from fpncli.deploy.export import refusal
+
+    return refusal(model.config, "onnx")
+
+
 def _resolve_auto(
     model: Any,
     args: InferenceArgs,
@@ -321,6 +367,8 @@ def _resolve_auto(
     if args.slice_size is not None or args.tta is not None:
         candidates = [c for c in candidates if c in ("torch", "winograd")]  # they wrap the PyTorch model
     usable = [c for c in candidates if installed(c)]
+    if _graph_refusal(model) is not None:
+        usable = [c for c in usable if c not in GRAPH]  # e.g. deformable convolutions: no ONNX op
     # The winner depends on the CPU and libraries, and on the network and input size too.
     cfg = model.config
     key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
@@ -349,7 +397,7 @@ def _resolve_auto(
 
     def builder(name: str) -> Callable[[int], list[Callable[[Any], Any]]]:
         def make(replicas: int) -> list[Callable[[Any], Any]]:
-            graph = name in ("onnxruntime", "openvino")
+            graph = name in GRAPH
             # Graph paths: one session shared by the replicas' threads, as fpn detect runs
             # them; PyTorch paths: one model copy per replica, as its worker processes have.
             models = [build(copy.deepcopy(model), name, "fp32", "cpu", source=source)]
@@ -396,7 +444,7 @@ def _set_up_now(model: Any, source: str, builds: dict[str, float], usable: Seque
     that the graph cache saves this ``model``'s ``usable`` graph paths."""
     from fpncli.inference import graph_cache
 
-    graphs = [k for k in builds if k in ("onnxruntime", "openvino") and k in usable]
+    graphs = [k for k in builds if k in GRAPH and k in usable]
     if not graphs or graph_cache.limit_bytes() == 0:
         return dict(builds)
     meta = graph_metadata(model, source)
@@ -432,11 +480,16 @@ def prepare_path(
             progress({"event": "note", "message": message})
 
     calibration: list[Path] = []
-    if choice.precision == "int8":
+    if choice.precision == "int8" and choice.reason != "the file":  # an int8 file is calibrated
         pool = calibration_images(Path(args.calibrate)) if args.calibrate is not None else list(paths)
-        calibration = calibration_sample(pool)
+        sizes = {"min_size": int(model.config.min_size), "max_size": int(model.config.max_size)}
+        calibration = calibration_sample(pool, **sizes)
         if not calibration:
-            raise FpnError("--precision int8 needs calibration images: give --calibrate DIR")
+            where = str(args.calibrate) if args.calibrate is not None else "the run's images"
+            raise FpnError(
+                f"{where}: no image to calibrate int8 with (none of {len(pool)} opens as an image "
+                "the model can resize); give --calibrate DIR"
+            )
     return prepare(
         model,
         choice,

@@ -51,7 +51,8 @@ def limit_bytes() -> int:
         megabytes = float(raw)
     except ValueError:
         megabytes = -1.0
-    if not (megabytes >= 0 and math.isfinite(megabytes)):  # nan fails the first test
+    # nan fails the first test; 1e308 is finite in MiB but not in bytes.
+    if not (megabytes >= 0 and math.isfinite(megabytes * 2**20)):
         raise FpnError(f"FPN_GRAPH_CACHE_MB={raw!r}: expected a size in MiB (0 turns the graph cache off)")
     return int(megabytes * 2**20)
 

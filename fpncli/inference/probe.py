@@ -21,6 +21,7 @@ per image, which a busy machine disturbs far less than the wall clock.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.atomic import write_json
+from fpncli.errors import FpnError
 
 CACHE_FILE = "probe.json"
 # Part of the cache key: a probe that measures differently does not reuse older results
@@ -115,7 +117,29 @@ def cached(key: str) -> dict[str, Any] | None:
         entry = entries.get(key) if isinstance(entries, dict) else None
     except (OSError, ValueError):
         return None  # no cache yet, or a damaged one: probe again
-    return entry if isinstance(entry, dict) and isinstance(entry.get("winner"), str) else None
+    return entry if _well_formed(entry) else None
+
+
+def _timings(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and v >= 0
+        for k, v in value.items()
+    )
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether a cached entry has the shape :func:`remember` writes (a hand-edited or damaged
+    one is probed again rather than trusted)."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("winner"), str)
+        and _timings(entry.get("seconds"))
+        and _timings(entry.get("builds", {}))
+    )
 
 
 def remember(key: str, entry: dict[str, Any]) -> None:
@@ -131,7 +155,7 @@ def remember(key: str, entry: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, entries)
-    except OSError:
+    except (OSError, FpnError):  # write_json says why in an FpnError; the run goes on
         pass
 
 

@@ -103,6 +103,9 @@ def check_inference_options(args: InferenceArgs) -> None:
         raise FpnError(
             f"--reprobe measures the paths for --backend auto; --backend {args.backend} needs none"
         )
+    if args.reprobe and args.precision in ("bf16", "int8"):
+        # auto at bf16/int8 takes the fastest runtime for that precision without measuring.
+        raise FpnError(f"--reprobe measures the float32 paths; --precision {args.precision} needs none")
     if args.calibrate is not None and args.precision != "int8":
         raise FpnError("--calibrate gives int8's calibration images; add --precision int8")
     if args.calibrate is not None and not Path(args.calibrate).is_dir():

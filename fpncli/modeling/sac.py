@@ -142,9 +142,20 @@ class SAConv2d(nn.Module):
         if offsets is None:
             return F.conv2d(x, weight, None, self.stride, dilation, dilation)
         # torchvision's op has CPU and CUDA kernels (mmcv's had no CPU one: MMDetection #5208).
-        return deform_conv2d(
-            x, offsets(pooled), weight, stride=self.stride, padding=dilation, dilation=dilation
-        )
+        shifts = offsets(pooled)
+        if x.device.type == "cpu" and x.dtype != torch.float32:
+            # Its CPU kernel has no bfloat16 (deformable_im2col) and CPU autocast does not cast
+            # for it: under --precision bf16 this layer runs in float32.
+            out = deform_conv2d(
+                x.float(),
+                shifts.float(),
+                weight.float(),
+                stride=self.stride,
+                padding=dilation,
+                dilation=dilation,
+            )
+            return out.to(x.dtype)
+        return deform_conv2d(x, shifts, weight, stride=self.stride, padding=dilation, dilation=dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.pre_context(F.adaptive_avg_pool2d(x, 1))

@@ -49,3 +49,45 @@ def test_no_calibration_image_at_all_is_one_line(tiny_model):
 
     with pytest.raises(FpnError, match="no readable image to calibrate int8 with"):
         _int8_graph(tiny_model, [])
+
+
+def test_calibration_sample_takes_readable_images_in_the_place_of_broken_ones(tmp_path, make_image):
+    from fpncli.deploy.quantize import calibration_sample
+
+    paths = []
+    for i in range(16):  # every other file is text named .jpg
+        path = tmp_path / f"img{i:02d}.jpg"
+        if i % 2:
+            make_image(path, size=(32, 24), seed=i)
+        else:
+            path.write_text("not an image")
+        paths.append(path)
+    picked = calibration_sample(paths, 8)
+    assert picked == [p for i, p in enumerate(paths) if i % 2]  # all 8 good ones, in order
+    assert calibration_sample(paths, 3) == [
+        paths[1],
+        paths[5],
+        paths[11],
+    ]  # 0, 5, 10: each broken one -> the next
+    assert calibration_sample([], 8) == []
+    assert calibration_sample(paths[::2], 8) == []  # nothing readable
+
+
+def test_calibration_leaves_out_images_the_model_cannot_resize(tmp_path, tiny_model, make_image):
+    from fpncli.deploy.quantize import calibration_sample
+    from fpncli.errors import FpnError
+
+    good = make_image(tmp_path / "good.png", size=(96, 72), seed=1)
+    thread = make_image(tmp_path / "thread.png", size=(3000, 1), seed=2)  # would resize to 0 px
+    cfg = tiny_model.config
+    assert calibration_sample([good, thread], min_size=cfg.min_size, max_size=cfg.max_size) == [good]
+    # Given straight to the quantizer, it is skipped there too (the graph's resize fails on it).
+    from fpncli.deploy.metadata import export_metadata
+    from fpncli.deploy.quantize import quantize_graph
+    from fpncli.modeling.export import onnx_bytes
+
+    graph = onnx_bytes(tiny_model, export_metadata(tiny_model, "onnx", "tiny"), winograd=False)
+    sizes = (cfg.min_size, cfg.max_size)
+    assert quantize_graph(graph, [thread, good], where="mixed", sizes=sizes)
+    with pytest.raises(FpnError, match=r"^only thread: no readable image to calibrate int8 with$"):
+        quantize_graph(graph, [thread], where="only thread", sizes=sizes)

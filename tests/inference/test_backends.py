@@ -147,6 +147,14 @@ def test_int8_and_bf16_run_and_eval_prints_the_fp32_ap_beside(
         ),
         (["--backend", "nnpack"], "--backend: unknown path 'nnpack'"),
         (["--reprobe", "--backend", "torch"], "--reprobe measures the paths for --backend auto"),
+        (
+            ["--reprobe", "--precision", "int8"],
+            "--reprobe measures the float32 paths; --precision int8 needs none",
+        ),
+        (
+            ["--precision", "int8", "--calibrate", "{junk}"],
+            "{junk}: no readable image to calibrate int8 with",
+        ),
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(
@@ -158,11 +166,15 @@ def test_refusals_are_one_line_and_write_nothing(
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ModuleNotFoundError
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    (tmp_path / "junk").mkdir()  # image names, no image inside: refused before any export
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "junk" / name).write_text("not an image")
     src = make_image(tmp_path / "a.png", seed=7)
-    args = [a.format(empty=tmp_path / "empty") for a in args]
+    folders = {"empty": tmp_path / "empty", "junk": tmp_path / "junk"}
+    args = [a.format(**folders) for a in args]
     out = tmp_path / "out"
     line = _one_error_line(_detect(cli, src, detect_weights, out, *args))
-    assert message.format(empty=tmp_path / "empty") in line
+    assert message.format(**folders) in line
     assert not out.exists()
 
 
@@ -212,3 +224,114 @@ def test_openvino_first_runs_from_many_threads_at_once_finish():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[0] == "8 [(2, 3)]"
+
+
+def test_a_damaged_probe_entry_is_probed_again_not_trusted(tmp_path, detect_weights, cli, make_image):
+    from fpncli.inference import probe
+    from fpncli.inference.backends import static_default
+    from fpncli.modeling.weights import load_for_inference
+
+    cfg = load_for_inference(detect_weights)[0].config
+    key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
+    src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
+    for seconds, builds in (
+        ({"torch": "fast"}, {}),
+        ([1.0], {}),
+        ({"torch": None}, {}),
+        ({"torch": 1.0}, [2]),
+    ):
+        probe.remember(key, {"winner": "torch", "seconds": seconds, "builds": builds})
+        assert probe.cached(key) is None
+        result = _detect(cli, src, detect_weights, tmp_path / "o")
+        assert result.exit_code == 0, result.output
+        assert f"path: {static_default()} fp32 (default; 1 image(s) are too few to probe" in result.output
+
+
+def test_an_unwritable_probe_cache_costs_only_the_next_probe(monkeypatch):
+    from fpncli.errors import FpnError
+    from fpncli.inference import probe
+
+    def refuse(path, obj):
+        raise FpnError(f"{path}: cannot write (Read-only file system)")
+
+    monkeypatch.setattr(probe, "write_json", refuse)
+    probe.remember("some machine | model", {"winner": "torch", "seconds": {"torch": 1.0}})  # no raise
+
+
+def test_a_model_without_an_onnx_graph_stays_on_pytorch(tmp_path, build_model, cli, make_image, monkeypatch):
+    """Deformable convolutions (SAC) have no ONNX operator: auto and bf16 keep to PyTorch even
+    when a cached probe prefers a graph path; asking for one is a single line."""
+    from fpncli.checkpoint import save_checkpoint
+    from fpncli.inference import probe
+
+    model = build_model(sac=True, sac_deform=True)
+    model.config = model.config.replace(box_score_thresh=0.0)
+    weights = str(save_checkpoint(tmp_path / "deform.pt", model))
+    cfg = model.config
+    key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
+    seconds = {"torch": 2.0, "winograd": 3.0, "onnxruntime": 0.5, "openvino": 0.4}
+    probe.remember(key, {"winner": "openvino", "seconds": seconds, "builds": {}})
+    src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
+    result = _detect(cli, src, weights, tmp_path / "auto")
+    assert result.exit_code == 0, result.output
+    assert "path: torch fp32 (cached probe: fastest for 1 image(s)" in result.output
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: True)
+    result = _detect(cli, src, weights, tmp_path / "bf16", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "path: torch bf16 (PyTorch autocast: sac_deform True cannot be exported to onnx" in result.output
+    for args in (["--backend", "onnxruntime"], ["--precision", "int8"]):
+        line = _one_error_line(_detect(cli, src, weights, tmp_path / "refused", *args))
+        assert f"{weights}: {args[0]} {args[1]} runs the exported graph, but sac_deform True" in line
+        assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cli, make_image):
+    from fpncli.inference.backends import installed
+
+    src = tmp_path / "in"
+    for seed in (5, 6):
+        make_image(src / f"{seed}.png", size=(96, 72), seed=seed)
+    int8, fp32 = tmp_path / "m8.onnx", tmp_path / "m32.onnx"
+    base = ["export", "--weights", detect_weights, "--format", "onnx", "--no-winograd"]
+    assert cli([*base, "--out", fp32]).exit_code == 0
+    result = cli([*base, "--out", int8, "--precision", "int8", "--calibrate", src])
+    assert result.exit_code == 0, result.output
+    result = _detect(cli, src, int8, tmp_path / "o8", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    runtime = (
+        "openvino int8 (the file; the fastest int8 runtime installed)"
+        if installed("openvino")
+        else "onnxruntime int8 (the file)"
+    )
+    assert f"path: {runtime}" in result.output and "calibrating" not in result.output
+    result = _detect(cli, src, int8, tmp_path / "o8rt", "--backend", "onnxruntime")
+    assert result.exit_code == 0 and "path: onnxruntime int8 (the file)" in result.output
+    line = _one_error_line(_detect(cli, src, fp32, tmp_path / "no", "--precision", "int8"))
+    assert f"{fp32}: exported as fp32; --precision int8 needs an int8 file" in line
+    line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--precision", "bf16"))
+    assert "--precision bf16: an exported file runs at the precision it was exported with" in line
+    line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--backend", "torch"))
+    assert "--backend torch: an exported file runs on onnxruntime or openvino" in line
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.slow
+def test_eval_int8_calibrates_on_the_images_it_evaluates(
+    tmp_path, detect_weights, cli, make_image, write_coco
+):
+    """Not on the folder's first files: here junk that sorts first and is not annotated."""
+    src = tmp_path / "in"
+    for name in ("000.jpg", "001.jpg"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("not an image")
+    for seed in (5, 6):
+        make_image(src / f"{seed}.png", size=(96, 72), seed=seed)
+    images = [{"id": i, "file_name": f"{s}.png", "width": 96, "height": 72} for i, s in ((1, 5), (2, 6))]
+    boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}]
+    ann = write_coco(tmp_path / "ann.json", images, boxes, [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)])
+    args = ["eval", "--coco", ann, "--images", src, "--weights", detect_weights, "--out", tmp_path / "ev"]
+    result = cli([*args, "--precision", "int8", "--max-images", "1"])
+    assert result.exit_code == 0, result.output
+    assert "int8: calibrating on 1 image(s)" in result.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_images"] == 1

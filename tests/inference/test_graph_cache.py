@@ -87,7 +87,7 @@ def test_off_when_the_limit_is_zero(tmp_path, cache, detect_weights, cli, make_i
     assert not cache.exists()
 
 
-@pytest.mark.parametrize("value", ["lots", "inf", "-1"])
+@pytest.mark.parametrize("value", ["lots", "inf", "-1", "1e308"])
 def test_a_bad_limit_is_one_line_and_writes_nothing(
     tmp_path, cache, detect_weights, cli, make_image, monkeypatch, value
 ):
