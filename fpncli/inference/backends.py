@@ -9,10 +9,11 @@ Exact paths (float32 detections equal to the model's, to float rounding):
 * ``openvino``: the same graph, direct convolutions, compiled by OpenVINO (optional extra).
 
 On the CPU each runs as single-threaded replicas, one per core (processes for the PyTorch
-paths, threads sharing one session for the graph paths). ``auto`` takes the fastest that
-:mod:`fpncli.inference.probe` measured on this CPU (cached per CPU model, flags and library
-versions), measures now when there is no cache and the run is long enough to repay it, and
-otherwise takes the static default (Winograd where NNPACK exists).
+paths, threads sharing one session for the graph paths). ``auto``
+(:mod:`fpncli.inference.auto_path`) takes the fastest that :mod:`fpncli.inference.probe`
+measured on this CPU (cached per CPU model, flags and library versions), measures now when
+there is no cache and the run is long enough to repay it, and otherwise takes the static
+default (Winograd where NNPACK exists).
 
 Reduced precision: ``bf16`` (CPUs with AVX512-BF16 or AMX, or CUDA) runs the exported graph
 with OpenVINO's bfloat16 inference precision when OpenVINO is installed (OpenVINO chooses which
@@ -25,54 +26,25 @@ Runtime; ``fp16`` is ``--half`` on CUDA.
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fpncli.errors import FpnError
+from fpncli.inference.auto_path import resolve_auto
+from fpncli.inference.backend_build import (
+    BF16_AUTO,
+    EXACT,
+    GRAPH,
+    PathChoice,
+    build,
+    graph_refusal,
+    installed,
+    static_default,
+)
 from fpncli.inference.settings import InferenceArgs
 
-EXACT = ("torch", "winograd", "onnxruntime", "openvino")
-GRAPH = ("onnxruntime", "openvino")  # the paths that run the exported ONNX graph
-BF16_AUTO = "the fastest bf16 path installed"
-# Below this many images a probe (two passes of one replica per core, ~10-20 s per candidate
-# at 800 px) would cost more than it saves.
-PROBE_MIN_IMAGES = 24
-
-
-@dataclass
-class PathChoice:
-    """What runs and why (the run's header line)."""
-
-    backend: str
-    precision: str
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.backend} {self.precision} ({self.reason})"
-
-
-def installed(backend: str) -> bool:
-    """Whether ``backend`` can run here."""
-    if backend == "winograd":
-        from fpncli.modeling.optimize import winograd_available
-
-        return winograd_available()
-    if backend in GRAPH:
-        try:
-            __import__("onnxruntime" if backend == "onnxruntime" else "openvino")
-            __import__("onnx")
-        except ImportError:
-            return False
-    return True
-
-
-def static_default() -> str:
-    """The path without a measurement: NNPACK's Winograd where this PyTorch has it."""
-    return "winograd" if installed("winograd") else "torch"
+__all__ = ["EXACT", "PathChoice", "choose_path", "installed", "prepare", "prepare_path", "static_default"]
 
 
 def check_bf16(device_type: str) -> None:
@@ -177,9 +149,9 @@ def prepare(
     """``(model ready to run, final choice)``: resolve ``auto`` (cache, probe or default),
     then rewrite ``model`` (in place where it can) for the chosen path."""
     if choice.backend == "auto":
-        choice = _resolve_auto(model, args, images, candidates, source, on_note)
+        choice = resolve_auto(model, args, images, candidates, source, on_note)
     if choice.backend in GRAPH and choice.reason != "the file":
-        why = _graph_refusal(model)
+        why = graph_refusal(model)
         if why is not None and choice.precision == "bf16" and choice.reason == BF16_AUTO:
             choice = PathChoice("torch", "bf16", f"PyTorch autocast: {why}")
         elif why is not None:
@@ -226,235 +198,6 @@ def _exported_file(model: Any, choice: PathChoice) -> tuple[Any, PathChoice]:
     if backend == "openvino":
         model.engine = "openvino"
     return model, PathChoice(backend, made, reason)
-
-
-def build(
-    model: Any,
-    backend: str,
-    precision: str,
-    device_type: str,
-    calibration: Sequence[Path] = (),
-    source: str = "",
-    args: InferenceArgs | None = None,
-    note: Callable[[str], None] | None = None,
-) -> Any:
-    """``model`` (an ``FPNFasterRCNN``; rewritten in place for the PyTorch paths) as ``backend``
-    runs it at ``precision``; ``note`` hears of a calibration before it starts."""
-    from fpncli.modeling.optimize import optimize_for_inference
-
-    if backend in ("torch", "winograd"):
-        cuda = device_type == "cuda"
-        winograd = backend == "winograd" and not cuda
-        # NNPACK wants NCHW; oneDNN (and CUDA's tensor cores) run channels-last natively.
-        model = optimize_for_inference(model, inplace=True, winograd=winograd, channels_last=not winograd)
-        if precision == "bf16":
-            _bf16_backbone(model, device_type)
-        return model
-    from fpncli.inference import graph_cache
-    from fpncli.modeling.export import onnx_bytes
-    from fpncli.modeling.exported import ExportedDetector
-
-    meta = graph_metadata(model, source)
-    # ONNX Runtime gains from the Winograd graph; OpenVINO and int8 want direct convolutions.
-    winograd = backend == "onnxruntime" and precision == "fp32"
-    cache = graph_cache.limit_bytes() > 0
-    state = graph_cache.state_digest(model) if cache else ""
-    fp32_key = graph_key(state, meta, winograd, "fp32") if cache else None
-
-    def export() -> bytes:
-        return onnx_bytes(model, meta, winograd=winograd)
-
-    if precision == "int8":
-        from fpncli.deploy.quantize import quantize_graph
-
-        where = str(args.calibrate) if args is not None and args.calibrate is not None else "the run's images"
-        from fpncli.data.images import default_max_pixels
-
-        # The cap calibration reads images under (FPN_MAX_PIXELS when not given): part of the key.
-        max_pixels = (args.max_pixels if args else None) or default_max_pixels()
-
-        def quantized() -> bytes:
-            if note is not None:
-                note(f"int8: calibrating on {len(calibration)} image(s)")
-            fp32, _ = graph_cache.cached_graph(fp32_key, export)
-            sizes = (int(model.config.min_size), int(model.config.max_size))
-            return quantize_graph(fp32, calibration, where=where, max_pixels=max_pixels, sizes=sizes)
-
-        int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels) if cache else None
-        graph, saved = graph_cache.cached_graph(int8_key, quantized)
-    else:
-        graph, saved = graph_cache.cached_graph(fp32_key, export)
-    ov_precision = "bf16" if precision == "bf16" else "f32"
-    detector = ExportedDetector(
-        Path(f"<{backend} {precision} graph of {source or 'the model'}>"),
-        "onnx",
-        meta,
-        None,
-        data=graph,
-        engine=backend,
-        precision=ov_precision,
-    )
-    detector.config = model.config  # the run's thresholds (the graph has them too)
-    detector.graph_reused = saved is not None
-    detector.graph_saved_seconds = saved or 0.0
-    return detector
-
-
-def graph_metadata(model: Any, source: str) -> dict[str, Any]:
-    """The export metadata of ``model``'s graph: its configuration, with the number of
-    detections the model keeps now (``fpn detect --classes`` raises it before the class
-    filter), which the traced graph holds."""
-    from fpncli.deploy.metadata import export_metadata
-
-    meta = export_metadata(model, "onnx", source)
-    live = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
-    if live is not None:
-        meta["model_config"]["box_detections_per_img"] = int(live)
-    return meta
-
-
-def graph_key(
-    state: str,
-    meta: dict[str, Any],
-    winograd: bool,
-    precision: str,
-    calibration: Sequence[Path] = (),
-    max_pixels: int | None = None,
-) -> str:
-    """The graph cache's key for the graph (Winograd or direct convolutions; fp32, or int8
-    calibrated on ``calibration``) of the model whose state digest is ``state``."""
-    from fpncli.inference import graph_cache
-
-    kind: dict[str, Any] = {"winograd": winograd, "precision": precision}
-    if precision == "int8":
-        kind.update(calibration=graph_cache.files_fingerprint(calibration), max_pixels=max_pixels)
-    return graph_cache.graph_key(state, meta, kind)
-
-
-def _bf16_backbone(model: Any, device_type: str) -> None:
-    """Run ``model.backbone`` (ResNet + neck) under bfloat16 autocast, its maps back in
-    float32: RPN, RoIAlign, the box head, decoding and NMS stay float32."""
-    import torch
-
-    backbone = model.backbone
-    inner = backbone.forward
-
-    def forward(x: Any) -> Any:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            maps = inner(x)
-        return OrderedDict((k, v.float()) for k, v in maps.items())
-
-    backbone.forward = forward
-
-
-def _graph_refusal(model: Any) -> str | None:
-    """Why ``model`` has no ONNX graph for the graph paths, or None."""
-    from fpncli.deploy.export import refusal
-
-    return refusal(model.config, "onnx")
-
-
-def _resolve_auto(
-    model: Any,
-    args: InferenceArgs,
-    images: int,
-    candidates: Sequence[str],
-    source: str,
-    on_note: Callable[[str], None] | None,
-) -> PathChoice:
-    from fpncli.inference import probe
-
-    if args.slice_size is not None or args.tta is not None:
-        candidates = [c for c in candidates if c in ("torch", "winograd")]  # they wrap the PyTorch model
-    usable = [c for c in candidates if installed(c)]
-    if _graph_refusal(model) is not None:
-        usable = [c for c in usable if c not in GRAPH]  # e.g. deformable convolutions: no ONNX op
-    # The winner depends on the CPU and libraries, and on the network and input size too.
-    cfg = model.config
-    key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
-    entry = None if args.reprobe else probe.cached(key)
-    cores = probe.cpu_info()["cores"]
-    if entry is not None and usable and set(entry.get("seconds", {})) >= set(usable):
-        seconds = {k: float(v) for k, v in entry["seconds"].items() if k in usable}
-        builds = _set_up_now(model, source, {k: float(v) for k, v in entry.get("builds", {}).items()}, usable)
-        winner = probe.fastest(seconds, builds, images, cores)
-        why = (
-            "fastest"
-            if winner == min(seconds, key=lambda k: seconds[k])
-            else "fastest overall counting its set-up"
-        )
-        where = probe.cache_dir() / probe.CACHE_FILE
-        return PathChoice(winner, "fp32", f"cached probe: {why} for {images} image(s); {where}")
-    if images < PROBE_MIN_IMAGES and not args.reprobe:
-        default = static_default()
-        return PathChoice(default, "fp32", f"default; {images} image(s) are too few to probe (--reprobe)")
-    if on_note is not None:
-        on_note(f"probing {', '.join(usable)} on this CPU (once; cached)")
-    height = int(model.config.min_size)
-    width = min(int(model.config.max_size), round(height * 4 / 3))
-
-    reused: dict[str, float] = {}
-
-    def builder(name: str) -> Callable[[int], list[Callable[[Any], Any]]]:
-        def make(replicas: int) -> list[Callable[[Any], Any]]:
-            graph = name in GRAPH
-            # Graph paths: one session shared by the replicas' threads, as fpn detect runs
-            # them; PyTorch paths: one model copy per replica, as its worker processes have.
-            models = [build(copy.deepcopy(model), name, "fp32", "cpu", source=source)]
-            reused[name] = float(getattr(models[0], "graph_saved_seconds", 0.0))
-            if graph:
-                models[0].share_between_threads()
-                models *= replicas
-            else:
-                models += [copy.deepcopy(models[0]) for _ in range(replicas - 1)]
-
-            def runner(m: Any) -> Callable[[Any], Any]:
-                def run(image: Any) -> Any:
-                    size = (int(image.shape[1]), int(image.shape[2]))
-                    return m.detect_prepared([m.prepare_image(image.clone())], [size])
-
-                return run
-
-            return [runner(m) for m in models]
-
-        return make
-
-    seconds, builds = probe.probe({name: builder(name) for name in usable}, height, width, replicas=cores)
-    # The cache stores what a new model's set-up costs: a graph read from the graph cache
-    # counts what making it cost.
-    builds = {k: round(v + reused.get(k, 0.0), 3) for k, v in builds.items()}
-    import datetime
-
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    best = min(seconds, key=lambda k: seconds[k])
-    probe.remember(
-        key, {"winner": best, "seconds": seconds, "builds": builds, "size": [height, width], "when": when}
-    )
-    # The probe stored this model's graphs: this run reads them instead of exporting.
-    now = _set_up_now(model, source, builds, usable)
-    winner = probe.fastest(seconds, now, images, cores)
-    timings = ", ".join(
-        f"{k} {v:.2f} (+{now[k]:.0f} s set-up)" for k, v in sorted(seconds.items(), key=lambda kv: kv[1])
-    )
-    return PathChoice(winner, "fp32", f"probed now, fastest for {images} image(s): s/image {timings}")
-
-
-def _set_up_now(model: Any, source: str, builds: dict[str, float], usable: Sequence[str]) -> dict[str, float]:
-    """``builds`` (each path's set-up for a model seen for the first time) less the export
-    that the graph cache saves this ``model``'s ``usable`` graph paths."""
-    from fpncli.inference import graph_cache
-
-    graphs = [k for k in builds if k in GRAPH and k in usable]
-    if not graphs or graph_cache.limit_bytes() == 0:
-        return dict(builds)
-    meta = graph_metadata(model, source)
-    state = graph_cache.state_digest(model)
-    now = dict(builds)
-    for name in graphs:
-        # As build makes them: ONNX Runtime's fp32 graph has Winograd convolutions.
-        saved = graph_cache.made_seconds(graph_key(state, meta, name == "onnxruntime", "fp32"))
-        now[name] = round(max(0.0, builds[name] - saved), 3)
-    return now
 
 
 def prepare_path(

@@ -186,7 +186,7 @@ class ExportedDetector:
         self._pid = os.getpid()
         self._min_score: float | None = None  # stricter than the graph's: filtered here
         self._keep = self.config.box_detections_per_img
-        # Set by fpncli.inference.backends.build: the graph came from the graph cache, and
+        # Set by fpncli.inference.backend_build.build: the graph came from the graph cache, and
         # what making it had cost.
         self.graph_reused = False
         self.graph_saved_seconds = 0.0
