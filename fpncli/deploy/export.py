@@ -363,6 +363,13 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     why = refusal(cfg, fmt)
     if why is not None:
         raise FpnError(f"{options.weights}: {why}")
+    if calibration is not None:  # int8: sampled among the images this model can resize
+        from fpncli.deploy.quantize import calibration_sample
+
+        folder = options.calibrate or options.check_images
+        calibration = calibration_sample(calibration, min_size=int(cfg.min_size), max_size=int(cfg.max_size))
+        if not calibration:
+            raise FpnError(f"{folder}: no image this model can resize to calibrate int8 with (too elongated)")
     summary = ExportSummary(out, fmt, loaded.source)
     from fpncli.deploy.check_set import synthetic_images, user_images
 

@@ -34,11 +34,13 @@ def calibration_sample(
     *,
     min_size: int | None = None,
     max_size: int | None = None,
+    max_pixels: int | None = None,
 ) -> list[Path]:
     """Up to ``count`` images of ``paths`` to calibrate with, spread evenly over them. Each
-    candidate's header is opened (no decoding) and kept only when it is an image, one the
-    model can resize when ``min_size`` and ``max_size`` are given; a broken candidate's place
-    goes to the next usable file, so a folder with good images among bad ones still calibrates."""
+    candidate is decoded and kept only when it reads whole as an image (under the pixel cap),
+    one the model can resize when ``min_size`` and ``max_size`` are given; a broken
+    candidate's place goes to the next usable file, so a folder with good images among bad
+    ones still calibrates."""
     paths = list(paths)
     step = max(1.0, len(paths) / count)
     usable: dict[int, bool] = {}  # each header opened once
@@ -48,26 +50,29 @@ def calibration_sample(
             if index in picked:
                 continue
             if index not in usable:
-                usable[index] = _usable(paths[index], min_size, max_size)
+                usable[index] = _usable(paths[index], min_size, max_size, max_pixels)
             if usable[index]:
                 picked.add(index)
                 break
     return [paths[i] for i in sorted(picked)]
 
 
-def _usable(path: Path, min_size: int | None, max_size: int | None) -> bool:
-    """Whether ``path``'s header opens as an image of a size the model can resize."""
-    from PIL import Image
+def _usable(path: Path, min_size: int | None, max_size: int | None, max_pixels: int | None) -> bool:
+    """Whether ``path`` is a regular file that decodes whole as an image under the pixel cap,
+    of a size the model can resize (a FIFO would block; a truncated file only fails when
+    decoded, so the sample decodes its candidates: a few images, not the run's)."""
+    from fpncli.data.images import ImageReadError, default_max_pixels, model_size_problem, read_image
 
-    from fpncli.data.images import model_size_problem
-
+    if not path.is_file():
+        return False
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # any reason PIL cannot open it (not an image, a folder, a bomb): skip it
+        image = read_image(path, max_pixels=max_pixels or default_max_pixels())
+    except ImageReadError:
         return False
     return (
-        min_size is None or max_size is None or model_size_problem(width, height, min_size, max_size) is None
+        min_size is None
+        or max_size is None
+        or model_size_problem(image.width, image.height, min_size, max_size) is None
     )
 
 
@@ -87,8 +92,9 @@ def calibration_images(folder: Path) -> list[Path]:
 def check_int8_export(
     precision: str, fmt: str, calibrate: Path | None, check_images: Path | None
 ) -> list[Path] | None:
-    """``fpn export --precision``: None for fp32, the calibration images for int8, or one
-    :class:`FpnError` line (a format that cannot hold int8, no calibration images)."""
+    """``fpn export --precision``: None for fp32, for int8 the folder's images (at least one
+    readable: the model's sizes sample them once it is loaded), or one :class:`FpnError` line
+    (a format that cannot hold int8, no calibration images)."""
     if precision == "fp32":
         return None
     if precision != "int8":
@@ -100,7 +106,8 @@ def check_int8_export(
         raise FpnError("--precision int8 needs calibration images: --calibrate DIR (or --check-images DIR)")
     if not Path(folder).is_dir():
         raise FpnError(f"{folder}: --calibrate needs a folder of images")
-    return usable_calibration(Path(folder))
+    usable_calibration(Path(folder))
+    return calibration_images(Path(folder))
 
 
 def usable_calibration(folder: Path) -> list[Path]:

@@ -311,12 +311,10 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     model, source = load_for_inference(weights, **inference_overrides(options))
     candidates = ("torch", "winograd") if needs_torch else EXACT
 
-    def run(model: Any, choice: PathChoice, args: EvalOptions, out_dir: Path | None) -> dict[str, Any] | None:
+    def prepared(model: Any, choice: PathChoice, args: EvalOptions) -> tuple[Any, PathChoice]:
         model, choice = prepare_path(
             model, args, choice, device.type, pool, source, progress, candidates=candidates
         )
-        if progress is not None:
-            progress({"event": "note", "message": f"path: {choice.describe()}"})
         from fpncli.inference.augment import augmented, check_slice, parse_tta
 
         model = augmented(
@@ -325,6 +323,11 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             parse_tta(args.tta),
             max_pixels=args.max_pixels,
         )
+        return model, choice
+
+    def run(model: Any, choice: PathChoice, args: EvalOptions, out_dir: Path | None) -> dict[str, Any] | None:
+        if progress is not None:
+            progress({"event": "note", "message": f"path: {choice.describe()}"})
         assert options.images is not None  # check() made sure
         metrics = evaluate_model(
             model,
@@ -353,14 +356,27 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             metrics["path"] = choice.describe()
         return metrics
 
+    # The cost of reduced precision, shown before anyone deploys it: the same model at fp32
+    # (an exported file has no float model beside it). Copied before the reduced path
+    # rewrites the model, which is prepared first: a refusal, calibration or quantization
+    # problem ends the run before an hour of fp32 evaluation, not after.
+    compare = options.dtype in ("bf16", "int8") and not exported
+    float_model = copy.deepcopy(model) if compare else None
+    model, choice = prepared(model, choice, options)
     reference = None
-    if options.dtype in ("bf16", "int8"):
-        # The cost of reduced precision, shown before anyone deploys it: the same model at fp32.
+    if float_model is not None:
         exact = dataclasses.replace(options, precision="fp32", half=False, backend="auto", calibrate=None)
         exact_choice = choose_path(
             exact, device.type, exported=False, images=len(pool), needs_torch=needs_torch
         )
-        reference = run(copy.deepcopy(model), exact_choice, exact, None)
+        reference = run(*prepared(float_model, exact_choice, exact), exact, None)
+    elif exported and options.dtype == "int8" and progress is not None:
+        progress(
+            {
+                "event": "note",
+                "message": "an int8 file: no fp32 model beside it to compare with (evaluate the checkpoint it came from)",
+            }
+        )
     metrics = run(model, choice, options, out)
     if metrics is not None and reference is not None:
         metrics["fp32"] = {key: reference[key] for key in METRIC_KEYS} | {"path": reference["path"]}

@@ -43,6 +43,8 @@ def resolve_auto(
     # The winner depends on the CPU and libraries, and on the network and input size too.
     cfg = model.config
     key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
+    if graph_refusal(model) is not None:
+        key += " | no ONNX graph"  # fewer candidates, other timings: its own entry
     entry = None if args.reprobe else probe.cached(key)
     cores = probe.cpu_info()["cores"]
     if entry is not None and usable and set(entry.get("seconds", {})) >= set(usable):

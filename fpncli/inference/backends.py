@@ -79,7 +79,12 @@ def choose_path(
         import_openvino() if backend == "openvino" else import_onnxruntime()
     if exported:
         if backend not in ("auto", *GRAPH):
-            raise FpnError(f"--backend {backend}: an exported file runs on onnxruntime or openvino")
+            raise FpnError(
+                f"--backend {backend}: an exported file runs on its own runtime (an ONNX file on "
+                "onnxruntime or openvino, a TorchScript file on PyTorch: leave --backend out)"
+            )
+        if args.calibrate is not None:
+            raise FpnError("--calibrate: an exported file is not calibrated again (an int8 file already was)")
         if precision not in ("fp32", "int8"):
             raise FpnError(
                 f"--precision {precision}: an exported file runs at the precision it was exported "
@@ -97,7 +102,7 @@ def choose_path(
     if needs_torch and (backend in GRAPH or precision == "int8"):
         raise FpnError(
             f"--backend {backend} / --precision {precision}: --slice, --tta and --analyze need a PyTorch path "
-            "(torch or winograd, fp32 or bf16)"
+            "(torch or winograd; --analyze also at bf16)"
         )
     if not args.optimize:
         if backend != "auto" or precision != "fp32":
@@ -108,7 +113,8 @@ def choose_path(
             raise FpnError(f"--precision bf16 runs on torch or openvino, not {backend}")
         if backend == "auto":
             # OpenVINO's bf16 kernels ran 1.5x PyTorch's autocast here (docs/speed.md).
-            backend = "openvino" if installed("openvino") else "torch"
+            # --analyze reads the PyTorch model's levels: torch's autocast then.
+            backend = "openvino" if installed("openvino") and not needs_torch else "torch"
             return PathChoice(backend, precision, BF16_AUTO)
         return PathChoice(backend, precision, "user choice")
     if precision == "int8":
@@ -179,6 +185,10 @@ def _exported_file(model: Any, choice: PathChoice) -> tuple[Any, PathChoice]:
     whose default runtime is OpenVINO when installed (its int8 kernels ran the graph ~2x
     faster than ONNX Runtime's here)."""
     made = str(getattr(model, "precision", "fp32"))
+    if choice.precision == "int8" and getattr(model, "format", "onnx") == "torchscript":
+        raise FpnError(
+            f"{model.path}: a TorchScript file is fp32 (int8 files are ONNX: fpn export --precision int8)"
+        )
     if choice.precision == "int8" and made != "int8":
         raise FpnError(
             f"{model.path}: exported as {made}; --precision int8 needs an int8 file "
@@ -225,8 +235,10 @@ def prepare_path(
     calibration: list[Path] = []
     if choice.precision == "int8" and choice.reason != "the file":  # an int8 file is calibrated
         pool = calibration_images(Path(args.calibrate)) if args.calibrate is not None else list(paths)
-        sizes = {"min_size": int(model.config.min_size), "max_size": int(model.config.max_size)}
-        calibration = calibration_sample(pool, **sizes)
+        cfg = model.config
+        calibration = calibration_sample(
+            pool, min_size=int(cfg.min_size), max_size=int(cfg.max_size), max_pixels=args.max_pixels
+        )
         if not calibration:
             where = str(args.calibrate) if args.calibrate is not None else "the run's images"
             raise FpnError(

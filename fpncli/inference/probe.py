@@ -115,9 +115,9 @@ def cached(key: str) -> dict[str, Any] | None:
     try:
         entries = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
         entry = entries.get(key) if isinstance(entries, dict) else None
-    except (OSError, ValueError):
-        return None  # no cache yet, or a damaged one: probe again
-    return entry if _well_formed(entry) else None
+        return entry if _well_formed(entry) else None
+    except (OSError, ValueError, RecursionError, OverflowError):
+        return None  # no cache yet, or a damaged one (nested too deep, numbers too large): probe again
 
 
 def _timings(value: Any) -> bool:
@@ -149,13 +149,13 @@ def remember(key: str, entry: dict[str, Any]) -> None:
         entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         if not isinstance(entries, dict):
             entries = {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         entries = {}
     entries[key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, entries)
-    except (OSError, FpnError):  # write_json says why in an FpnError; the run goes on
+    except (OSError, FpnError, RecursionError, ValueError):  # FpnError: write_json's reason; the run goes on
         pass
 
 

@@ -91,3 +91,18 @@ def test_calibration_leaves_out_images_the_model_cannot_resize(tmp_path, tiny_mo
     assert quantize_graph(graph, [thread, good], where="mixed", sizes=sizes)
     with pytest.raises(FpnError, match=r"^only thread: no readable image to calibrate int8 with$"):
         quantize_graph(graph, [thread], where="only thread", sizes=sizes)
+
+
+def test_calibration_skips_pipes_and_files_that_only_fail_when_decoded(tmp_path, make_image):
+    import os
+
+    from fpncli.deploy.quantize import calibration_sample
+
+    pipe = tmp_path / "a.jpg"
+    os.mkfifo(pipe)  # opening it would block until a writer came
+    full = make_image(tmp_path / "b.jpg", size=(64, 48), seed=1).read_bytes()
+    truncated = tmp_path / "c.jpg"
+    truncated.write_bytes(full[: len(full) // 3])  # its header opens; its data does not decode
+    good = make_image(tmp_path / "d.jpg", size=(64, 48), seed=2)
+    (tmp_path / "e.jpg").mkdir()
+    assert calibration_sample([pipe, truncated, tmp_path / "e.jpg", good], 2) == [good]

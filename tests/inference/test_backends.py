@@ -258,7 +258,9 @@ def test_an_unwritable_probe_cache_costs_only_the_next_probe(monkeypatch):
     probe.remember("some machine | model", {"winner": "torch", "seconds": {"torch": 1.0}})  # no raise
 
 
-def test_a_model_without_an_onnx_graph_stays_on_pytorch(tmp_path, build_model, cli, make_image, monkeypatch):
+def test_a_model_without_an_onnx_graph_stays_on_pytorch(
+    tmp_path, build_model, cli, make_image, monkeypatch, write_coco
+):
     """Deformable convolutions (SAC) have no ONNX operator: auto and bf16 keep to PyTorch even
     when a cached probe prefers a graph path; asking for one is a single line."""
     from fpncli.checkpoint import save_checkpoint
@@ -269,8 +271,10 @@ def test_a_model_without_an_onnx_graph_stays_on_pytorch(tmp_path, build_model, c
     weights = str(save_checkpoint(tmp_path / "deform.pt", model))
     cfg = model.config
     key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
+    # Its own probe entry (a plain model of the same backbone keeps its own), even when a
+    # hand-edited one prefers a graph path.
     seconds = {"torch": 2.0, "winograd": 3.0, "onnxruntime": 0.5, "openvino": 0.4}
-    probe.remember(key, {"winner": "openvino", "seconds": seconds, "builds": {}})
+    probe.remember(f"{key} | no ONNX graph", {"winner": "openvino", "seconds": seconds, "builds": {}})
     src = make_image(tmp_path / "a.png", size=(64, 48), seed=3)
     result = _detect(cli, src, weights, tmp_path / "auto")
     assert result.exit_code == 0, result.output
@@ -283,10 +287,44 @@ def test_a_model_without_an_onnx_graph_stays_on_pytorch(tmp_path, build_model, c
         line = _one_error_line(_detect(cli, src, weights, tmp_path / "refused", *args))
         assert f"{weights}: {args[0]} {args[1]} runs the exported graph, but sac_deform True" in line
         assert not (tmp_path / "refused").exists()
+    # fpn eval refuses before its fp32 reference pass, not after it.
+    ann = write_coco(
+        tmp_path / "ann.json",
+        [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0}],
+        [{"id": c, "name": f"c{c}"} for c in (1, 3, 7)],
+    )
+    result = cli(
+        [
+            "eval",
+            "--coco",
+            ann,
+            "--images",
+            tmp_path,
+            "--weights",
+            weights,
+            "--out",
+            tmp_path / "ev",
+            "--precision",
+            "int8",
+        ]
+    )
+    assert "runs the exported graph, but sac_deform True" in _one_error_line(result)
+    assert "fp32 (" not in result.output and not (tmp_path / "ev").exists()
+
+
+def test_bf16_with_analyze_runs_on_pytorch(monkeypatch):
+    from fpncli.inference import probe
+    from fpncli.inference.backends import choose_path
+    from fpncli.inference.settings import InferenceArgs
+
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: True)
+    args = InferenceArgs(precision="bf16")
+    assert choose_path(args, "cpu", exported=False, images=4, needs_torch=True).backend == "torch"
 
 
 @pytest.mark.slow
-def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cli, make_image):
+def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cli, make_image, write_coco):
     from fpncli.inference.backends import installed
 
     src = tmp_path / "in"
@@ -312,8 +350,25 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
     line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--precision", "bf16"))
     assert "--precision bf16: an exported file runs at the precision it was exported with" in line
     line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--backend", "torch"))
-    assert "--backend torch: an exported file runs on onnxruntime or openvino" in line
+    assert "--backend torch: an exported file runs on its own runtime" in line
+    line = _one_error_line(
+        _detect(cli, src, int8, tmp_path / "no", "--precision", "int8", "--calibrate", src)
+    )
+    assert "--calibrate: an exported file is not calibrated again" in line
     assert not (tmp_path / "no").exists()
+    # fpn eval: the int8 file is evaluated as it is (no float model to copy beside it); an fp32
+    # file asked for int8 is refused before any evaluation.
+    images = [{"id": i, "file_name": f"{s}.png", "width": 96, "height": 72} for i, s in ((1, 5), (2, 6))]
+    boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}]
+    ann = write_coco(tmp_path / "ann.json", images, boxes, [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)])
+    base = ["eval", "--coco", ann, "--images", src, "--precision", "int8"]
+    result = cli([*base, "--weights", int8, "--out", tmp_path / "ev8"])
+    assert result.exit_code == 0, result.output
+    assert "an int8 file: no fp32 model beside it to compare with" in result.output
+    assert " int8 (the file" in json.loads((tmp_path / "ev8" / "metrics.json").read_text())["path"]
+    line = _one_error_line(cli([*base, "--weights", fp32, "--out", tmp_path / "ev32"]))
+    assert f"{fp32}: exported as fp32; --precision int8 needs an int8 file" in line
+    assert not (tmp_path / "ev32").exists()
 
 
 @pytest.mark.slow
@@ -335,3 +390,17 @@ def test_eval_int8_calibrates_on_the_images_it_evaluates(
     assert result.exit_code == 0, result.output
     assert "int8: calibrating on 1 image(s)" in result.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_images"] == 1
+
+
+def test_a_probe_cache_too_deep_or_with_numbers_too_large_is_probed_again(tmp_path, monkeypatch):
+    from fpncli.inference import probe
+
+    monkeypatch.setenv("FPN_CACHE_DIR", str(tmp_path))
+    cache = tmp_path / probe.CACHE_FILE
+    huge = "1" + "0" * 400  # valid JSON, too large for a float
+    cache.write_text('{"k": {"winner": "torch", "seconds": {"torch": ' + huge + "}}}")
+    assert probe.cached("k") is None
+    cache.write_text("[" * 200000 + "]" * 200000)
+    assert probe.cached("k") is None
+    probe.remember("k", {"winner": "torch", "seconds": {"torch": 1.0}})  # replaces it, no raise
+    assert probe.cached("k") == {"winner": "torch", "seconds": {"torch": 1.0}}
