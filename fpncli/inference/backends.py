@@ -241,9 +241,10 @@ def prepare_path(
         )
         if not calibration:
             where = str(args.calibrate) if args.calibrate is not None else "the run's images"
+            advice = "" if args.calibrate is not None else "; give --calibrate DIR"
             raise FpnError(
                 f"{where}: no image to calibrate int8 with (none of {len(pool)} opens as an image "
-                "the model can resize); give --calibrate DIR"
+                f"the model can resize){advice}"
             )
     return prepare(
         model,
