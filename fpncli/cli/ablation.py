@@ -42,7 +42,8 @@ QUICK_BUDGET = 0.02
 @neck_options
 def ablation(
     out: Annotated[
-        Path, typer.Option(help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md).")
+        Path,
+        typer.Option("--out", "-o", help="Output folder (data/, runs/<neck>/, ablation.json, ablation.md)."),
     ] = Path("runs/ablation"),
     necks: Annotated[
         str,

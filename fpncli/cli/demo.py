@@ -24,7 +24,10 @@ EPILOG = (
 @handle_errors
 def demo(
     out: Annotated[
-        Path, typer.Option(help="Folder for everything the demo writes (a previous demo there is replaced).")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for everything the demo writes (a previous demo there is replaced)."
+        ),
     ] = Path("fpn-demo"),
     iters: Annotated[int, typer.Option(min=1, help="Training iterations (batch 4).")] = 300,
     train_images: Annotated[int, typer.Option(min=1, help="Synthetic training images.")] = 600,

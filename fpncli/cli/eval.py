@@ -51,7 +51,7 @@ def eval_coco(
     ] = None,
     weights: OptionalWeightsOption = None,
     out: Annotated[
-        Path, typer.Option(help="Output folder for metrics.json, detections.json and plots.")
+        Path, typer.Option("--out", "-o", help="Output folder for metrics.json, detections.json and plots.")
     ] = Path("runs/eval"),
     plots: Annotated[
         bool, typer.Option("--plots", help="Save precision-recall curves (overall and per class) as PNG.")

@@ -90,7 +90,9 @@ def inspect_levels(
     compare_bottom_up: Annotated[
         bool, typer.Option("--compare-bottom-up", help="Also draw C2..C5 next to the pyramid levels.")
     ] = False,
-    out: Annotated[Path | None, typer.Option(help="Folder for the pictures and the JSON report.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for the pictures and the JSON report.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     if (image is None) == (coco is None):

@@ -25,7 +25,9 @@ def plot(
     runs: Annotated[list[Path], typer.Argument(help="Training run folders (or their metrics.jsonl files).")],
     out: Annotated[
         Path | None,
-        typer.Option(help="PNG to write (default: RUN/curves.png for one run, curves.png for several)."),
+        typer.Option(
+            "--out", "-o", help="PNG to write (default: RUN/curves.png for one run, curves.png for several)."
+        ),
     ] = None,
 ) -> None:
     from fpncli.outputs import check_outputs

@@ -64,7 +64,10 @@ def train(
         typer.Option(help="COCO-layout root: annotations/instances_train*.json, train*/ (and the val pair)."),
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Run folder (config.json, metrics.jsonl, last.pt, best.pt, curves.png).")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Run folder (config.json, metrics.jsonl, last.pt, best.pt, curves.png)."
+        ),
     ] = Path("runs/train"),
     resume: Annotated[
         Path | None,

@@ -116,7 +116,12 @@ def evaluate_model(
     paths, path_ids, missing, skipped = select_images(coco, images_dir, max_images)
     if not paths:
         where = f"{images_dir}" if Path(images_dir).is_dir() else f"{images_dir} (no such folder)"
-        raise FpnError(f"none of the {len(coco.images)} images of {coco.path} were found in {where}")
+        which = (
+            f"the first {max_images} of the {len(coco.images)} images"
+            if max_images is not None and max_images < len(coco.images)
+            else f"the {len(coco.images)} images"
+        )
+        raise FpnError(f"none of {which} of {coco.path} were found in {where}")
     keep = set(coco.categories.category_ids)
     if analyze is not None:
         from fpncli.evaluation.analysis.model_levels import attach_levels, collect_levels, level_recorder

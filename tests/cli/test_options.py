@@ -196,3 +196,10 @@ def test_inference_overrides_turn_the_group_into_model_settings():
         "box_detections_per_img": 7,
     }
     assert inference_overrides(args, score_thr=0.1)["box_score_thresh"] == 0.1
+
+
+def test_every_out_option_has_the_same_short_form():
+    root = typer.main.get_command(app)
+    with_out = [name for name in root.commands if "--out" in _flags(name)]  # type: ignore[attr-defined]
+    assert {"detect", "eval", "export", "train"} <= set(with_out)
+    assert [name for name in with_out if "-o" not in _flags(name)] == []

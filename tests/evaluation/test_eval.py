@@ -308,3 +308,17 @@ def test_cli_model_mode_with_a_checkpoint_and_missing_images(tmp_path, tiny_chec
     assert saved["missing_images"] == ["empty.jpg"] and saved["num_images"] == 2
     assert saved["weights"].endswith("tiny.pt")
     assert isinstance(json.loads((out / "detections.json").read_text()), list)
+
+
+def test_cli_max_images_all_missing_says_which_images_it_looked_for(tmp_path, tiny_checkpoint, cli):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (200, 200), (30, 200, 30)).save(images / "b.jpg")  # a.jpg, the first, is missing
+    ann = _write(tmp_path / "ann.json", _dataset())
+    args = ["eval", "--coco", str(ann), "--images", str(images), "--weights", str(tiny_checkpoint)]
+    result = cli([*args, "-o", str(tmp_path / "out"), "--max-images", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "none of the first 1 of the 3 images of" in result.output
+    assert not (tmp_path / "out" / "metrics.json").exists()
