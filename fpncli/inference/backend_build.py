@@ -172,6 +172,6 @@ def _bf16_backbone(model: Any, device_type: str) -> None:
 
 def graph_refusal(model: Any) -> str | None:
     """Why ``model`` has no ONNX graph for the graph paths, or None."""
-    from fpncli.deploy.export import refusal
+    from fpncli.deploy.formats import refusal
 
     return refusal(model.config, "onnx")

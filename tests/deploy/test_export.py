@@ -422,7 +422,8 @@ def test_every_neck_exports_equal_or_is_refused_with_a_reason(
     monkeypatch.setattr(W, "MIN_CHANNELS", 1)
     monkeypatch.setattr(W, "MAX_CHANNELS", 10_000)
 
-    from fpncli.deploy.export import REFUSED, _export_bytes, _reference, _runner, compare_detections
+    from fpncli.deploy.export import _export_bytes, _reference, _runner, compare_detections
+    from fpncli.deploy.formats import REFUSED
     from fpncli.modeling.detector import build_model
     from fpncli.modeling.necks.registry import get_neck
 
@@ -558,8 +559,9 @@ def test_broken_onnxruntime_is_not_called_missing(monkeypatch):
 def test_refused_option_is_one_line_before_any_export(tmp_path, tiny_checkpoint, monkeypatch):
     """A neck or option listed in REFUSED stops the export with its reason, writing nothing."""
     import fpncli.deploy.export as E
+    import fpncli.deploy.formats as F
 
-    monkeypatch.setattr(E, "REFUSED", {("neck", "fpn"): (("onnx",), "its resize op has no ONNX form")})
+    monkeypatch.setattr(F, "REFUSED", {("neck", "fpn"): (("onnx",), "its resize op has no ONNX form")})
     monkeypatch.setattr(E, "_export_bytes", lambda *a: pytest.fail("exported a refused model"))
     out = tmp_path / "m.onnx"
     with pytest.raises(FpnError, match="neck fpn cannot be exported to onnx: its resize op has no ONNX form"):
