@@ -106,17 +106,17 @@ def check_int8_export(
         raise FpnError("--precision int8 needs calibration images: --calibrate DIR (or --check-images DIR)")
     if not Path(folder).is_dir():
         raise FpnError(f"{folder}: --calibrate needs a folder of images")
-    usable_calibration(Path(folder))
-    return calibration_images(Path(folder))
+    return usable_calibration(Path(folder))
 
 
 def usable_calibration(folder: Path) -> list[Path]:
-    """:func:`calibration_sample` of ``folder``'s images, or one :class:`FpnError` when none of
-    them opens as an image: before any export or model is loaded."""
-    sample = calibration_sample(calibration_images(folder))
-    if not sample:
+    """``folder``'s images, or one :class:`FpnError` when none of them decodes as an image:
+    checked before any export or model is loaded (the sample is drawn once the model's sizes
+    are known)."""
+    pool = calibration_images(folder)
+    if not calibration_sample(pool, 1):  # stops at the first image that decodes
         raise FpnError(f"{folder}: no readable image to calibrate int8 with")
-    return sample
+    return pool
 
 
 def _read(paths: Sequence[Path], max_pixels: int | None, sizes: tuple[int, int] | None) -> list[Any]:

@@ -38,12 +38,13 @@ def resolve_auto(
     if args.slice_size is not None or args.tta is not None:
         candidates = [c for c in candidates if c in ("torch", "winograd")]  # they wrap the PyTorch model
     usable = [c for c in candidates if installed(c)]
-    if graph_refusal(model) is not None:
-        usable = [c for c in usable if c not in GRAPH]  # e.g. deformable convolutions: no ONNX op
+    no_graph = graph_refusal(model) is not None  # e.g. deformable convolutions: no ONNX op
+    if no_graph:
+        usable = [c for c in usable if c not in GRAPH]
     # The winner depends on the CPU and libraries, and on the network and input size too.
     cfg = model.config
     key = f"{probe.machine_key()} | {cfg.backbone} {cfg.neck} {cfg.min_size}px"
-    if graph_refusal(model) is not None:
+    if no_graph:
         key += " | no ONNX graph"  # fewer candidates, other timings: its own entry
     entry = None if args.reprobe else probe.cached(key)
     cores = probe.cpu_info()["cores"]
