@@ -50,6 +50,7 @@ from fpncli.inference.settings import (
 from fpncli.inference.video_detect import VideoRun, detect_video
 from fpncli.outputs import check_outputs, record_outputs
 from fpncli.runtime.events import ProgressFn
+from fpncli.runtime.interrupts import deferred_interrupt
 
 PREDICTIONS_FILE = "predictions.json"
 # Rewriting predictions.json at most this often (and less often as it grows, see run_detect)
@@ -382,33 +383,35 @@ def run_detect(
             on_local=draw,
         ):
             i = index[result.path]
-            if result.error is not None:
-                record: dict[str, Any] = {"file": str(result.path), "error": result.error}
-                errors.append(record)
-                summary.images_failed += 1
-            else:
-                boxes, scores, labels = select(result)
-                label_list = labels.tolist()
-                detections, names, _ = detection_records(boxes, scores, labels)
-                record = {
-                    "file": str(result.path),
-                    "width": result.width,
-                    "height": result.height,
-                    "detections": detections,
-                }
-                if options.draw:
-                    record["annotated"] = str(targets[i])
-                if options.coco_results is not None and i in image_ids:
-                    record["image_id"] = image_ids[i]
-                    coco.extend(
-                        detections_to_coco(
-                            boxes.tolist(), scores.tolist(), label_list, image_ids[i], cfg.category_ids
+            # The record, its COCO results and the counts change together or not at all.
+            with deferred_interrupt():
+                if result.error is not None:
+                    record: dict[str, Any] = {"file": str(result.path), "error": result.error}
+                    errors.append(record)
+                    summary.images_failed += 1
+                else:
+                    boxes, scores, labels = select(result)
+                    label_list = labels.tolist()
+                    detections, names, _ = detection_records(boxes, scores, labels)
+                    record = {
+                        "file": str(result.path),
+                        "width": result.width,
+                        "height": result.height,
+                        "detections": detections,
+                    }
+                    if options.draw:
+                        record["annotated"] = str(targets[i])
+                    if options.coco_results is not None and i in image_ids:
+                        record["image_id"] = image_ids[i]
+                        coco.extend(
+                            detections_to_coco(
+                                boxes.tolist(), scores.tolist(), label_list, image_ids[i], cfg.category_ids
+                            )
                         )
-                    )
-                images.append(record)
-                summary.images_read += 1
-                summary.detections += len(detections)
-                summary.per_class.update(names)
+                    images.append(record)
+                    summary.images_read += 1
+                    summary.detections += len(detections)
+                    summary.per_class.update(names)
             summary.seconds = time.perf_counter() - start
             if progress is not None:
                 progress({"event": "image", "record": record, "summary": summary})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fpncli.errors import FpnError
 from fpncli.runtime.events import ProgressFn
+from fpncli.runtime.interrupts import deferred_interrupt
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.inference.detect import DetectSummary
@@ -107,23 +108,26 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
                     index = torch.tensor(keep, dtype=torch.long)
                     boxes, scores, labels = boxes[index], scores[index], labels[index]
                 detections, names, cat_ids = run.detection_records(boxes, scores, labels)
-                if tracking is not None:
-                    tracking.observe(frame.index, frame.time, detections, track_ids)
-                record["frames"].append(
-                    {"frame": frame.index, "time": round(frame.time, 4), "detections": detections}
-                )
-                summary.frames += 1
-                summary.detections += len(detections)
-                summary.per_class.update(names)
-                shown = (boxes.tolist(), names, scores.tolist(), cat_ids, track_ids)
-            if writer is not None:
-                image = Image.fromarray(frame.rgb)
-                if tracking is not None:
-                    line, text = tracking.options.count_line, tracking.count_text()
-                    drawn = draw_tracks(image, *shown[:3], shown[4], tracking.paths(shown[4]), line, text)
-                else:
-                    drawn = draw_detections(image, *shown[:4])
-                writer.write(np.asarray(drawn))
+            # A frame's record and its annotated frame land together, or neither does.
+            with deferred_interrupt():
+                if frame.index % run.stride == 0:
+                    if tracking is not None:
+                        tracking.observe(frame.index, frame.time, detections, track_ids)
+                    record["frames"].append(
+                        {"frame": frame.index, "time": round(frame.time, 4), "detections": detections}
+                    )
+                    summary.frames += 1
+                    summary.detections += len(detections)
+                    summary.per_class.update(names)
+                    shown = (boxes.tolist(), names, scores.tolist(), cat_ids, track_ids)
+                if writer is not None:
+                    image = Image.fromarray(frame.rgb)
+                    if tracking is not None:
+                        line, text = tracking.options.count_line, tracking.count_text()
+                        drawn = draw_tracks(image, *shown[:3], shown[4], tracking.paths(shown[4]), line, text)
+                    else:
+                        drawn = draw_detections(image, *shown[:4])
+                    writer.write(np.asarray(drawn))
             summary.seconds = time.perf_counter() - run.start
             if progress is not None:
                 progress(

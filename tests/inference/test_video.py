@@ -115,6 +115,33 @@ def test_ctrl_c_keeps_a_playable_video_and_valid_json(tmp_path, detect_weights):
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
+def test_ctrl_c_between_a_frames_record_and_its_video_frame_keeps_them_equal(
+    tmp_path, detect_weights, monkeypatch
+):
+    """A real SIGINT while frame 2 is being drawn (after its record was made, before the video
+    got it): the JSON used to count one frame more than the video held."""
+    import signal
+
+    import fpncli.viz.draw as draw_module
+
+    clip = _video(tmp_path / "clip.mp4", frames=10)
+    draw = draw_module.draw_detections
+    calls = []
+
+    def draw_and_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(draw_module, "draw_detections", draw_and_interrupt)
+    summary = _run([clip], tmp_path / "out", detect_weights)
+    assert summary.interrupted
+    (video,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["videos"]
+    assert [f["frame"] for f in video["frames"]] == [0, 1, 2]
+    assert _frames(tmp_path / "out" / "clip.mp4") == (3, RATE)
+
+
 def test_unreachable_stream_and_broken_video_are_one_line_each(tmp_path, detect_weights, cli):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
