@@ -71,7 +71,7 @@ def export(
         max_dets=inference.max_dets,
         min_size=inference.min_size,
         max_size=inference.max_size,
-        precision=inference.precision,
+        precision=inference.precision or "fp32",
         calibrate=inference.calibrate,
         winograd=winograd,
     )

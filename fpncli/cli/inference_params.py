@@ -136,14 +136,16 @@ INFERENCE_OPTIONS: list[tuple[str, Any, Any]] = [
     (
         "precision",
         Annotated[
-            str,
+            str | None,
             typer.Option(
-                help="fp32; fp16 (CUDA, = --half); bf16 (CPUs with AVX512-BF16 or AMX, or CUDA: "
-                "backbone and neck in bfloat16); int8 (CPU: convolutions quantized with ONNX Runtime, "
-                "calibrated on --calibrate). Reduced precision changes detections: fpn eval prints its AP cost.",
+                help="fp32 (the default; an exported file: the precision it was exported at); fp16 (CUDA, "
+                "= --half); bf16 (CPUs with AVX512-BF16 or AMX, or CUDA: backbone and neck in bfloat16); "
+                "int8 (CPU: convolutions quantized with ONNX Runtime, calibrated on --calibrate). "
+                "Reduced precision changes detections: fpn eval prints its AP cost.",
+                show_default=False,
             ),
         ],
-        "fp32",
+        None,
     ),
     (
         "calibrate",

@@ -44,6 +44,9 @@ from fpncli.inference.backend_build import (
 )
 from fpncli.inference.settings import InferenceArgs
 
+# An exported file run without --precision: at the precision it was exported at.
+AS_EXPORTED = "as exported"
+
 __all__ = ["EXACT", "PathChoice", "choose_path", "installed", "prepare", "prepare_path", "static_default"]
 
 
@@ -90,8 +93,9 @@ def choose_path(
                 f"--precision {precision}: an exported file runs at the precision it was exported "
                 "with (fp32 or int8); for bf16 run the checkpoint it was exported from"
             )
-        # int8 is checked against the file once it is open (prepare).
-        return PathChoice(backend if backend != "auto" else "exported file", precision, "the file")
+        # Checked against the file once it is open (prepare); not given: the file's own.
+        asked = AS_EXPORTED if args.precision is None and not args.half else precision
+        return PathChoice(backend if backend != "auto" else "exported file", asked, "the file")
     if device_type == "cuda":
         if backend not in ("auto", "torch") or precision == "int8":
             what = f"--backend {backend}" if backend not in ("auto", "torch") else "--precision int8"
@@ -193,6 +197,11 @@ def _exported_file(model: Any, choice: PathChoice) -> tuple[Any, PathChoice]:
         raise FpnError(
             f"{model.path}: exported as {made}; --precision int8 needs an int8 file "
             "(fpn export --precision int8) or the checkpoint"
+        )
+    if choice.precision not in (AS_EXPORTED, made):
+        raise FpnError(
+            f"{model.path}: exported as {made}; it runs only at that precision (leave --precision "
+            f"out), --precision {choice.precision} runs the checkpoint it was exported from"
         )
     backend, reason = choice.backend, "the file"
     if getattr(model, "format", "onnx") == "torchscript":

@@ -37,7 +37,8 @@ class InferenceArgs:
         slice_size, slice_overlap, tta: sliced inference and test-time augmentation.
         backend: the CPU path, one of :data:`BACKENDS` (``auto``: the fastest exact one
             measured on this CPU, see :mod:`fpncli.inference.backends`).
-        precision: one of :data:`PRECISIONS`; ``half`` is ``fp16``.
+        precision: one of :data:`PRECISIONS`; ``half`` is ``fp16``; None: not given (fp32, or
+            an exported file's own precision).
         calibrate: int8: the folder of calibration images (None: a sample of the run's).
         reprobe: with ``backend="auto"``, measure the candidates again.
     """
@@ -57,14 +58,14 @@ class InferenceArgs:
     slice_overlap: float | None = None
     tta: str | None = None
     backend: str = "auto"
-    precision: str = "fp32"
+    precision: str | None = None
     calibrate: Path | None = None
     reprobe: bool = False
 
     @property
     def dtype(self) -> str:
         """The precision asked for, ``--half`` counting as ``fp16``."""
-        return "fp16" if self.half else self.precision
+        return "fp16" if self.half else (self.precision or "fp32")
 
 
 BACKENDS = ("auto", "torch", "winograd", "onnxruntime", "openvino")
@@ -95,23 +96,24 @@ def check_inference_options(args: InferenceArgs) -> None:
     parse_tta(args.tta)
     if args.backend not in BACKENDS:
         raise FpnError(f"--backend: unknown path {args.backend!r}; choose one of {', '.join(BACKENDS)}")
-    if args.precision not in PRECISIONS:
-        raise FpnError(f"--precision: unknown {args.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if args.half and args.precision not in ("fp32", "fp16"):
-        raise FpnError(f"--half is --precision fp16; it cannot go with --precision {args.precision}")
+    precision = args.precision or "fp32"
+    if precision not in PRECISIONS:
+        raise FpnError(f"--precision: unknown {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if args.half and precision not in ("fp32", "fp16"):
+        raise FpnError(f"--half is --precision fp16; it cannot go with --precision {precision}")
     if args.reprobe and args.backend != "auto":
         raise FpnError(
             f"--reprobe measures the paths for --backend auto; --backend {args.backend} needs none"
         )
-    if args.reprobe and args.precision in ("bf16", "int8"):
+    if args.reprobe and precision in ("bf16", "int8"):
         # auto at bf16/int8 takes the fastest runtime for that precision without measuring.
-        raise FpnError(f"--reprobe measures the float32 paths; --precision {args.precision} needs none")
-    if args.calibrate is not None and args.precision != "int8":
+        raise FpnError(f"--reprobe measures the float32 paths; --precision {precision} needs none")
+    if args.calibrate is not None and precision != "int8":
         raise FpnError("--calibrate gives int8's calibration images; add --precision int8")
     if args.calibrate is not None and not Path(args.calibrate).is_dir():
         raise FpnError(f"{args.calibrate}: --calibrate needs a folder of images")
-    if args.precision in ("bf16", "int8") and (args.slice_size is not None or args.tta is not None):
-        raise FpnError(f"--precision {args.precision} runs plain detection; it takes no --slice or --tta")
+    if precision in ("bf16", "int8") and (args.slice_size is not None or args.tta is not None):
+        raise FpnError(f"--precision {precision} runs plain detection; it takes no --slice or --tta")
 
 
 def inference_overrides(args: InferenceArgs, score_thr: float | None = None) -> dict[str, Any]:

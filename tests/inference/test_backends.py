@@ -345,6 +345,11 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
     assert f"path: {runtime}" in result.output and "calibrating" not in result.output
     result = _detect(cli, src, int8, tmp_path / "o8rt", "--backend", "onnxruntime")
     assert result.exit_code == 0 and "path: onnxruntime int8 (the file)" in result.output
+    # --precision left out: the file's own; asked explicitly for another: refused, not ignored.
+    result = _detect(cli, src, fp32, tmp_path / "o32")
+    assert result.exit_code == 0 and "path: onnxruntime fp32 (the file)" in result.output
+    line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--precision", "fp32"))
+    assert f"{int8}: exported as int8; it runs only at that precision (leave --precision out)" in line
     line = _one_error_line(_detect(cli, src, fp32, tmp_path / "no", "--precision", "int8"))
     assert f"{fp32}: exported as fp32; --precision int8 needs an int8 file" in line
     line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--precision", "bf16"))
