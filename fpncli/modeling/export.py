@@ -33,6 +33,7 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
 from fpncli.errors import FpnError
+from fpncli.modeling.graph_nms import batched_nms_as_eager, rpn_nms_as_eager
 from fpncli.weight_files import ONNX_METADATA_KEY, TORCHSCRIPT_METADATA  # where the metadata goes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,7 +119,8 @@ class ExportableDetector(nn.Module):
         num_anchors_per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         proposals = rpn.box_coder.decode(deltas.detach(), [anchors]).view(1, -1, 4)
-        boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        with rpn_nms_as_eager(len(rpn_maps)):
+            boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
         b, scores, labels = self._detections(features, boxes[0], image_size)
         ratio = original.to(torch.float32) / resized.to(torch.float32)
         boxes_out = torch.stack(
@@ -154,7 +156,7 @@ class ExportableDetector(nn.Module):
         boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
         keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        keep = batched_nms_as_eager(boxes, scores, labels, heads.nms_thresh, k)[: heads.detections_per_img]
         return boxes[keep], scores[keep], labels[keep]
 
     def _anchors(self, maps: list[Tensor], padded: Tensor) -> Tensor:
