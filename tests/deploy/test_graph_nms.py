@@ -35,8 +35,9 @@ class _Graph(torch.nn.Module):
 
 def _cases():
     few, many = _near_threshold(400, 1), _near_threshold(1200, 2)  # 800 and 2,400 boxes
+    at = _near_threshold(500, 3)  # 1,000 boxes: the last count eager shifts
     empty = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-    return {"few": few, "many": many, "empty": empty}
+    return {"few": few, "at the switch": at, "many": many, "empty": empty}
 
 
 def test_torchvision_still_switches_where_the_graph_does():
