@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import typer
@@ -85,4 +86,12 @@ app.command("plot", help=plot_cli.HELP, epilog=plot_cli.EPILOG)(plot_cli.plot)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted, the outputs written: a second Ctrl-C during the ~1 s of interpreter
+            # teardown (torch, openvino) killed the process by SIGINT (status -2, atexit noise).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise

@@ -211,6 +211,9 @@ class VideoWriter:
         except (av.FFmpegError, OSError, ValueError) as exc:
             self.tmp.unlink(missing_ok=True)
             raise FpnError(f"{target}: cannot write video ({_reason(exc)})") from None
+        except BaseException:  # Ctrl-C while the file opens: no hidden temporary left behind
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, rgb: Any) -> None:
         frame = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")

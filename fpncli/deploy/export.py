@@ -300,25 +300,26 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
     # CPU, so only when asked.
     winograd = options.winograd if options.winograd is not None else fmt == "onnx"
     from fpncli.deploy.quantize import check_int8_export
+    from fpncli.weight_files import exported_format
 
-    calibration = check_int8_export(options.precision, fmt, options.calibrate, options.check_images)
-    if calibration is not None:
-        winograd = False  # int8 quantizes direct convolutions (Winograd's transforms would lose more)
-    if options.check_images is not None and not Path(options.check_images).is_dir():
-        raise FpnError(f"{options.check_images}: --check-images must be a folder of images")
     weights_file = options.weights if options.weights not in ("coco", "none") else None
     if options.weights == "none":
         raise FpnError(
             "--weights none would export a random model; give a checkpoint, a state dict or 'coco'"
         )
-    check_outputs(files=[out], inputs=[weights_file, options.check_images])
-    from fpncli.modeling.exported import import_onnxruntime
-    from fpncli.weight_files import exported_format
-
+    # Before the options of the export itself (int8's calibration folder): they cannot help.
     if weights_file is not None and exported_format(weights_file) is not None:
         raise FpnError(
             f"{weights_file}: is an exported model already; export from the checkpoint it came from"
         )
+    calibration = check_int8_export(options.precision, fmt, options.calibrate, options.check_images)
+    if calibration is not None:
+        winograd = False  # int8 quantizes direct convolutions (Winograd's transforms would lose more)
+    if options.check_images is not None and not Path(options.check_images).is_dir():
+        raise FpnError(f"{options.check_images}: --check-images must be a folder of images")
+    check_outputs(files=[out], inputs=[weights_file, options.check_images])
+    from fpncli.modeling.exported import import_onnxruntime
+
     if fmt == "onnx":
         import_onnxruntime()  # fail before any work: the check needs it
         try:

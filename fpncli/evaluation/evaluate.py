@@ -375,7 +375,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             exact, device.type, exported=False, images=len(pool), needs_torch=needs_torch
         )
         reference = run(*prepared(float_model, exact_choice, exact), exact, None)
-    elif exported and options.dtype == "int8" and progress is not None:
+    elif exported and choice.precision == "int8" and progress is not None:
         progress(
             {
                 "event": "note",

@@ -87,11 +87,14 @@ def choose_path(
                 "onnxruntime or openvino, a TorchScript file on PyTorch: leave --backend out)"
             )
         if args.calibrate is not None:
-            raise FpnError("--calibrate: an exported file is not calibrated again (an int8 file already was)")
+            raise FpnError(
+                "--calibrate: an exported file is not calibrated here (int8 files are calibrated "
+                "when exported: fpn export --precision int8 --calibrate DIR)"
+            )
         if precision not in ("fp32", "int8"):
             raise FpnError(
                 f"--precision {precision}: an exported file runs at the precision it was exported "
-                "with (fp32 or int8); for bf16 run the checkpoint it was exported from"
+                f"with (fp32 or int8); for {precision} run the checkpoint it was exported from"
             )
         # Checked against the file once it is open (prepare); not given: the file's own.
         asked = AS_EXPORTED if args.precision is None and not args.half else precision

@@ -423,14 +423,17 @@ def run_detect(
     except BaseException:
         # Keep what is done (e.g. the disk filled while drawing): record the finished images,
         # then report the original error (a second write failure must not hide it).
-        _finish(drawer, summary, start)
-        with contextlib.suppress(FpnError, OSError):
+        with deferred_interrupt(), contextlib.suppress(FpnError, OSError):
+            _finish(drawer, summary, start)
             flush()
             seal()
         raise
-    _finish(drawer, summary, start)
-    flush()
-    seal()
+    # Held: a second Ctrl-C while the last pictures and predictions.json are written lost the
+    # file (or left an older one, counting fewer frames than the video).
+    with deferred_interrupt():
+        _finish(drawer, summary, start)
+        flush()
+        seal()
     for f in pending:
         f.result()
     if options.coco_results is not None:

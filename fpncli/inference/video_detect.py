@@ -145,7 +145,9 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
             summary.errors.append({"file": source, "error": reader.error})
             summary.videos_failed += 1
     finally:
-        reader.close()
-        if writer is not None:
-            done = writer.close()
-            record["annotated"] = str(done) if done is not None else None
+        # A second Ctrl-C while the encoder flushes (~0.5 s at 1080p) lost the whole video.
+        with deferred_interrupt():
+            reader.close()
+            if writer is not None:
+                done = writer.close()
+                record["annotated"] = str(done) if done is not None else None

@@ -77,7 +77,7 @@ class ExportableDetector(nn.Module):
         from fpncli.modeling.coco_classes import UNUSED_CLASS
 
         # Classes fpn detect never reports (COCO_V1's "N/A" placeholders): dropped in the graph
-        # before NMS and the top-k, as the PyTorch path drops them before its top-k (issue #26).
+        # after the NMS and before the top-k, as the PyTorch path drops them (issue #26).
         names = list(model.config.class_names)
         self.num_classes = len(names) + 1  # with the background
         self.filters_classes = UNUSED_CLASS in names
@@ -133,7 +133,7 @@ class ExportableDetector(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """torchvision's ``RoIHeads`` in eval mode (pool, box head, predictor,
         ``postprocess_detections``) for one image, with every size data-dependent in the
-        graph, and unreported classes dropped before the score test, NMS and the top-k.
+        graph, and unreported classes dropped after the NMS, before the top-k.
 
         Written out rather than called: ``BoxCoder.decode`` reshapes to ``(number of RoIs,
         -1)``, which fails on an image without RoIs (and eager skips it with a Python ``if``
@@ -148,15 +148,18 @@ class ExportableDetector(nn.Module):
         labels = torch.arange(k).view(1, -1).expand_as(scores)
         # Without the background; every (RoI, class) pair a candidate.
         boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:], labels[:, 1:].reshape(-1)
-        passed = scores > heads.score_thresh
-        if self.filters_classes:
-            passed = passed & self.reported.view(1, -1)
         scores = scores.reshape(-1)
-        inds = torch.where(passed.reshape(-1))[0]
+        inds = torch.where(scores > heads.score_thresh)[0]
         boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
         keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms_as_eager(boxes, scores, labels, heads.nms_thresh, k)[: heads.detections_per_img]
+        keep = batched_nms_as_eager(boxes, scores, labels, heads.nms_thresh, k)
+        if self.filters_classes:
+            # After the NMS, as fpn detect does: the placeholders' boxes count in the NMS's
+            # choice of way (and its shift's largest coordinate), and they suppress only
+            # their own class.
+            keep = keep[self.reported[labels[keep] - 1]]
+        keep = keep[: heads.detections_per_img]
         return boxes[keep], scores[keep], labels[keep]
 
     def _anchors(self, maps: list[Tensor], padded: Tensor) -> Tensor:

@@ -203,3 +203,27 @@ def test_every_out_option_has_the_same_short_form():
     with_out = [name for name in root.commands if "--out" in _flags(name)]  # type: ignore[attr-defined]
     assert {"detect", "eval", "export", "train"} <= set(with_out)
     assert [name for name in with_out if "-o" not in _flags(name)] == []
+
+
+@pytest.mark.parametrize("code", [130, 1, 0])
+def test_an_interrupted_run_ignores_further_signals_while_python_exits(monkeypatch, code):
+    """After exit 130 (outputs written) a second Ctrl-C in the ~1 s of interpreter teardown
+    killed the process by SIGINT (status -2); other exits leave the handlers alone."""
+    import signal
+
+    import fpncli.cli.app as app_module
+
+    def exits() -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(app_module, "app", exits)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            app_module.main()
+        assert info.value.code == code
+        now = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        assert now == ((signal.SIG_IGN, signal.SIG_IGN) if code == 130 else before)
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

@@ -354,12 +354,17 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
     assert f"{fp32}: exported as fp32; --precision int8 needs an int8 file" in line
     line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--precision", "bf16"))
     assert "--precision bf16: an exported file runs at the precision it was exported with" in line
+    line = _one_error_line(_detect(cli, src, fp32, tmp_path / "no", "--precision", "fp16"))
+    assert "for fp16 run the checkpoint it was exported from" in line
     line = _one_error_line(_detect(cli, src, int8, tmp_path / "no", "--backend", "torch"))
     assert "--backend torch: an exported file runs on its own runtime" in line
     line = _one_error_line(
         _detect(cli, src, int8, tmp_path / "no", "--precision", "int8", "--calibrate", src)
     )
-    assert "--calibrate: an exported file is not calibrated again" in line
+    assert (
+        "--calibrate: an exported file is not calibrated here (int8 files are calibrated when exported"
+        in line
+    )
     assert not (tmp_path / "no").exists()
     # fpn eval: the int8 file is evaluated as it is (no float model to copy beside it); an fp32
     # file asked for int8 is refused before any evaluation.
@@ -374,6 +379,26 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
     line = _one_error_line(cli([*base, "--weights", fp32, "--out", tmp_path / "ev32"]))
     assert f"{fp32}: exported as fp32; --precision int8 needs an int8 file" in line
     assert not (tmp_path / "ev32").exists()
+    # --precision left out: the int8 file still runs int8, and says it has no fp32 beside it.
+    result = cli([*base[:-2], "--weights", int8, "--out", tmp_path / "ev8own"])
+    assert result.exit_code == 0 and "an int8 file: no fp32 model beside it" in result.output
+    # Re-exporting an exported file: that is said first, not int8's want of calibration images.
+    line = _one_error_line(
+        cli(
+            [
+                "export",
+                "--weights",
+                int8,
+                "--format",
+                "onnx",
+                "--out",
+                tmp_path / "re.onnx",
+                "--precision",
+                "int8",
+            ]
+        )
+    )
+    assert f"{int8}: is an exported model already" in line
 
 
 @pytest.mark.slow

@@ -142,6 +142,53 @@ def test_ctrl_c_between_a_frames_record_and_its_video_frame_keeps_them_equal(
     assert _frames(tmp_path / "out" / "clip.mp4") == (3, RATE)
 
 
+def test_a_second_ctrl_c_while_the_outputs_are_finished_loses_nothing(tmp_path, detect_weights, monkeypatch):
+    """Ctrl-C at frame 3, then a second one while the encoder flushes and another while
+    predictions.json is written: the video used to be lost (a hidden .tmp left) and the JSON
+    missing or older than the video."""
+    import signal
+
+    import fpncli.data.video as video_module
+    import fpncli.inference.detect as detect_module
+
+    clip = _video(tmp_path / "clip.mp4", frames=10)
+    close, write_json = video_module.VideoWriter.close, detect_module.write_json
+
+    def interrupted_close(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return close(self)
+
+    def interrupted_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return write_json(*args, **kwargs)
+
+    def stop_at_frame_3(event: dict) -> None:
+        if event["event"] == "frame" and event["frame"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(video_module.VideoWriter, "close", interrupted_close)
+    monkeypatch.setattr(detect_module, "write_json", interrupted_write)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C, once the outputs are written
+        _run([clip], out, detect_weights, progress=stop_at_frame_3)
+    (video,) = json.loads((out / "predictions.json").read_text())["videos"]
+    assert [f["frame"] for f in video["frames"]] == [0, 1, 2, 3]
+    assert video["annotated"] == str(out / "clip.mp4") and _frames(out / "clip.mp4") == (4, RATE)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_ctrl_c_while_the_annotated_video_opens_leaves_no_temporary(tmp_path, monkeypatch):
+    import fpncli.data.video as video_module
+
+    def interrupted_open(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(av, "open", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        video_module.VideoWriter(tmp_path / "a.mp4", 64, 48, __import__("fractions").Fraction(RATE))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unreachable_stream_and_broken_video_are_one_line_each(tmp_path, detect_weights, cli):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
