@@ -88,10 +88,10 @@ app.command("plot", help=plot_cli.HELP, epilog=plot_cli.EPILOG)(plot_cli.plot)
 def main() -> None:
     try:
         app()
-    except SystemExit as exc:
-        if exc.code == 130:
-            # Interrupted, the outputs written: a second Ctrl-C during the ~1 s of interpreter
-            # teardown (torch, openvino) killed the process by SIGINT (status -2, atexit noise).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except SystemExit:
+        # The run is over and its outputs written: a Ctrl-C or SIGTERM during the ~1 s of
+        # interpreter teardown (torch, openvino) killed the process by that signal (status
+        # -2 / -15, atexit noise) instead of ending with the run's own status.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise

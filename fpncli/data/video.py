@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fpncli.errors import FpnError, first_line
+from fpncli.runtime.interrupts import deferred_interrupt
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mpg", ".mpeg")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -192,11 +193,16 @@ class VideoWriter:
         if codec is None:
             raise FpnError(f"{target}: this FFmpeg build has no encoder for {suffix} ({', '.join(codecs)})")
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
         self.written = 0
+        self.tmp = Path()  # the temporary, once made
         try:
+            # Held while the temporary is made and named: an interrupt in between left it behind.
+            with deferred_interrupt():
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent
+                )
+                os.close(fd)
+                self.tmp = Path(tmp)
             self.container = av.open(tmp, "w", format=muxer)
             stream = self.container.add_stream(codec, rate=rate)
             even = codec not in ("mjpeg",)  # 4:2:0 chroma needs even sizes
@@ -209,11 +215,15 @@ class VideoWriter:
                 stream.bit_rate = max(1_000_000, width * height * 4)
             self.stream = stream
         except (av.FFmpegError, OSError, ValueError) as exc:
-            self.tmp.unlink(missing_ok=True)
+            self._remove_temporary()
             raise FpnError(f"{target}: cannot write video ({_reason(exc)})") from None
         except BaseException:  # Ctrl-C while the file opens: no hidden temporary left behind
-            self.tmp.unlink(missing_ok=True)
+            self._remove_temporary()
             raise
+
+    def _remove_temporary(self) -> None:
+        if self.tmp != Path():
+            self.tmp.unlink(missing_ok=True)
 
     def write(self, rgb: Any) -> None:
         frame = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")

@@ -28,6 +28,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from fpncli.data.images import ImageReadError, default_max_pixels, read_image
 from fpncli.errors import FpnError, first_line
+from fpncli.runtime.interrupts import workers_ignore_sigterm
 
 if TYPE_CHECKING:  # pragma: no cover
     from fpncli.modeling.detector import FPNFasterRCNN
@@ -264,6 +265,7 @@ def predict_images(
         shuffle=False,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=workers_ignore_sigterm,
     )
     empty = torch.zeros((0,))
 
@@ -354,6 +356,7 @@ def _predict_in_processes(
         collate_fn=_identity,
         shuffle=False,
         prefetch_factor=1,
+        worker_init_fn=workers_ignore_sigterm,
     )
     yield from _replica_results(files, loader, on_result)
 

@@ -35,3 +35,14 @@ def deferred_interrupt() -> Iterator[None]:
         previous(signal.SIGINT, received[0])
     else:  # SIG_DFL: what Ctrl-C does by default
         raise KeyboardInterrupt
+
+
+def workers_ignore_sigterm(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: loader workers ignore SIGTERM; the main process,
+    which stops on it as on Ctrl-C, shuts them down.
+
+    Why: a SIGTERM to the whole process group (systemd's default, ``kill -TERM -PGID``) killed
+    the workers too, and torch then raised "DataLoader worker ... is killed by signal" inside
+    the loader's shutdown: a traceback after the run had stopped cleanly. (Ctrl-C reaches
+    them too; torch's workers already ignore it.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -36,6 +36,7 @@ from fpncli.errors import FpnError
 from fpncli.modeling.detector import FPNFasterRCNN
 from fpncli.runtime import distributed as D
 from fpncli.runtime.events import ProgressFn
+from fpncli.runtime.interrupts import workers_ignore_sigterm
 from fpncli.training.config import TrainConfig, filled
 from fpncli.training.loggers import check_loggers, logger_hooks
 from fpncli.training.model_setup import build_training_model
@@ -200,6 +201,7 @@ def _train(
         persistent_workers=False,
         generator=torch.Generator(),
         prefetch_factor=4 if cfg.workers > 0 else None,
+        worker_init_fn=workers_ignore_sigterm,
     )
     unreadable = UnreadableImages(run / SKIPPED_FILE, info.is_main, emit)
     emit(

@@ -7,6 +7,7 @@ import signal
 import threading
 
 import pytest
+import torch
 
 from fpncli.runtime.interrupts import deferred_interrupt
 
@@ -64,3 +65,25 @@ def test_outside_the_main_thread_the_block_just_runs():
     thread.start()
     thread.join()
     assert seen == [signal.default_int_handler]
+
+
+class _Handlers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return int(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)
+
+
+def test_loader_workers_ignore_sigterm_and_the_main_process_does_not():
+    """A SIGTERM to the whole process group killed the loader workers, and torch raised
+    "worker killed by signal" inside the loader's shutdown; the main process stops them."""
+    from fpncli.runtime.interrupts import workers_ignore_sigterm
+
+    loader = torch.utils.data.DataLoader(
+        _Handlers(), batch_size=None, num_workers=1, worker_init_fn=workers_ignore_sigterm
+    )
+    assert list(loader) == [1, 1]
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+    plain = torch.utils.data.DataLoader(_Handlers(), batch_size=None, num_workers=1)
+    assert list(plain) == [0, 0]
