@@ -43,6 +43,8 @@ def workers_ignore_sigterm(worker_id: int) -> None:
 
     Why: a SIGTERM to the whole process group (systemd's default, ``kill -TERM -PGID``) killed
     the workers too, and torch then raised "DataLoader worker ... is killed by signal" inside
-    the loader's shutdown: a traceback after the run had stopped cleanly. (Ctrl-C reaches
+    the loader's shutdown: a traceback after the run had stopped cleanly. Exiting at once
+    (status 0) instead left multiprocessing's resource sharer a traceback of its own; if the
+    main process dies, torch's watchdog ends the workers within seconds. (Ctrl-C reaches
     them too; torch's workers already ignore it.)"""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
