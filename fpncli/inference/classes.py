@@ -30,6 +30,11 @@ def resolve_classes(
                 labels.add(by_name[token.lower()])
             elif token.lstrip("-").isdigit() and int(token) in by_id:
                 labels.add(by_id[int(token)])
+            elif token.lower() == UNUSED_CLASS.lower() or (token.isdigit() and int(token) in category_ids):
+                raise FpnError(
+                    f"--classes: {token!r} is a placeholder class of this model ({UNUSED_CLASS}: "
+                    "a category id COCO left unused), which never has detections"
+                )
             else:
                 examples = ", ".join([n for n in class_names if n != UNUSED_CLASS][:8])
                 raise FpnError(

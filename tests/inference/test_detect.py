@@ -78,10 +78,12 @@ def test_resolve_classes():
     assert resolve_classes(names, ids, None) == {1, 3}  # placeholders never reported
     assert resolve_classes(names, ids, ["Car"]) == {3}
     assert resolve_classes(names, ids, ["person,3"]) == {1, 3}
-    with pytest.raises(FpnError, match="'N/A'"):
+    with pytest.raises(FpnError, match="'N/A' is a placeholder class of this model"):
         resolve_classes(names, ids, ["N/A"])
-    with pytest.raises(FpnError, match="'2'"):
+    with pytest.raises(FpnError, match="'2' is a placeholder class of this model"):
         resolve_classes(names, ids, ["2"])  # the id of a placeholder class
+    with pytest.raises(FpnError, match="'7' is neither a class name nor a category id"):
+        resolve_classes(names, ids, ["7"])
 
 
 # ------------------------------------------------------------------ runs
