@@ -87,7 +87,8 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
         run.model.eval().to(run.device)
         shown: tuple[list, list, list, list, list] = ([], [], [], [], [])  # drawn on the frames in between
         for frame in reader:
-            if frame.index % run.stride == 0:
+            detected = frame.index % run.stride == 0
+            if detected:
                 height, width = frame.rgb.shape[:2]
                 pixels = torch.from_numpy(frame.rgb).to(run.device).permute(2, 0, 1).float().div_(255)
                 with torch.inference_mode():
@@ -110,7 +111,7 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
                 detections, names, cat_ids = run.detection_records(boxes, scores, labels)
             # A frame's record and its annotated frame land together, or neither does.
             with deferred_interrupt():
-                if frame.index % run.stride == 0:
+                if detected:
                     if tracking is not None:
                         tracking.observe(frame.index, frame.time, detections, track_ids)
                     record["frames"].append(
@@ -136,7 +137,7 @@ def detect_video(source: str, target: Path | None, run: VideoRun) -> None:
                         "file": source,
                         "frame": frame.index,
                         "frames_total": reader.frames_total,
-                        "detected": frame.index % run.stride == 0,
+                        "detected": detected,
                         "summary": summary,
                     }
                 )
