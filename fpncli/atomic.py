@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fpncli.errors import FpnError, first_line
+from fpncli.runtime.interrupts import deferred_interrupt
 
 _umask_lock = threading.Lock()
 # A pid-less temporary (written by fpncli before temporaries carried their writer's pid)
@@ -123,11 +124,15 @@ def atomic_write(
             mode = stat.S_IMODE(path.stat().st_mode)
         except OSError:
             mode = 0o666 & ~current_umask()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     recording: _Recording | None = None
+    tmp = ""
     try:
+        # Ctrl-C is held until the temporary's name is known here, so the cleanup below can
+        # always remove it.
+        with deferred_interrupt():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             recording = _Recording(f)
@@ -137,7 +142,8 @@ def atomic_write(
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         # torch.save turns a failed write (full disk) into an unspecific RuntimeError
         # ("unexpected pos ..."): report the operating system's reason it swallowed.
         cause = recording.error if recording is not None and recording.error is not None else exc
