@@ -163,13 +163,20 @@ def detect(
     if not quiet:
         _print_summary(summary)
     if summary.interrupted:
-        err_console.print(
-            f"interrupted: {esc(str(summary.predictions_path))} holds the "
-            f"{summary.images_read + summary.images_failed} image(s)"
-            + (f" and {summary.frames} video frame(s)" if summary.videos_total else "")
-            + " done",
-            style="yellow",
-        )
+        if summary.predictions_written:
+            err_console.print(
+                f"interrupted: {esc(str(summary.predictions_path))} holds the "
+                f"{summary.images_read + summary.images_failed} image(s)"
+                + (f" and {summary.frames} video frame(s)" if summary.videos_total else "")
+                + " done",
+                style="yellow",
+            )
+        else:
+            err_console.print(
+                f"interrupted before the first image: nothing written "
+                f"({esc(str(summary.predictions_path))} is as it was)",
+                style="yellow",
+            )
         raise typer.Exit(130)
     if summary.images_failed or summary.videos_failed:
         raise typer.Exit(1)
@@ -264,6 +271,8 @@ def _print_summary(summary) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if not summary.predictions_written:
+        return  # stopped before the first image: the interruption line says nothing was written
     console.print(f"predictions: {summary.predictions_path}", highlight=False, markup=False)
     if summary.coco_results_path is not None:
         console.print(f"COCO results: {summary.coco_results_path}", highlight=False, markup=False)

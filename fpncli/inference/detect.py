@@ -92,6 +92,8 @@ class DetectSummary:
     interrupted: bool = False
     errors: list[dict[str, str]] = field(default_factory=list)
     predictions_path: Path | None = None
+    # False when the run ended before its first image: the previous files were left as they were.
+    predictions_written: bool = False
     coco_results_path: Path | None = None
     coco_unmatched: list[str] = field(default_factory=list)
     device: str = "cpu"
@@ -271,6 +273,14 @@ def run_detect(
         write_json(predictions_path, summary.predictions, indent=None)
         if options.coco_results is not None:
             write_json(Path(options.coco_results), coco, indent=None)
+        summary.predictions_written = True
+
+    def flush_if_begun() -> None:
+        """A run stopped before its first image or video (a runtime refusing the graph as the
+        first image starts, Ctrl-C then) leaves the previous run's files as they were; one
+        that has begun writes what it has."""
+        if images or errors or video_records or summary.predictions_written:
+            flush()
 
     if main and options.draw:
         # Listed before they are written, so no later run takes them for the user's files.
@@ -425,14 +435,17 @@ def run_detect(
         # then report the original error (a second write failure must not hide it).
         with deferred_interrupt(), contextlib.suppress(FpnError, OSError):
             _finish(drawer, summary, start)
-            flush()
+            flush_if_begun()
             seal()
         raise
     # Held: a second Ctrl-C while the last pictures and predictions.json are written lost the
     # file (or left an older one, counting fewer frames than the video).
     with deferred_interrupt():
         _finish(drawer, summary, start)
-        flush()
+        if summary.interrupted:
+            flush_if_begun()
+        else:
+            flush()
         seal()
     for f in pending:
         f.result()

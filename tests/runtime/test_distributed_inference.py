@@ -208,7 +208,8 @@ def test_ranks_given_different_inputs_refuse_before_any_work(runs):
     # printed once, by rank 0, naming both ranks (each raised it)
     assert len(errors) == 1 and "rank 0: 8, rank 1: 2" in errors[0], proc.stderr[-3000:]
     assert errors[0].startswith("error (ranks 0, 1): the 2 processes"), errors
-    assert _json(root / "other-dist" / "predictions.json") == {"images": [], "errors": []}  # no image ran
+    # No image ran: nothing is written (an earlier run's predictions.json would stay as it was).
+    assert not (root / "other-dist" / "predictions.json").exists()
 
 
 def test_single_process_is_predict_images_with_the_local_hook(tiny_model, tmp_path):
