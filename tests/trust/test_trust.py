@@ -135,6 +135,34 @@ def test_a_rejected_rerun_leaves_the_previous_predictions(tmp_path, detect_weigh
     assert json.loads((out / "predictions.json").read_text())["images"] == ["yesterday"]
 
 
+@pytest.mark.parametrize("stop", [RuntimeError("the runtime refused the graph"), KeyboardInterrupt()])
+def test_a_run_stopped_before_its_first_image_leaves_the_previous_predictions(
+    tmp_path, detect_weights, stop, cli, make_image, monkeypatch
+):
+    """A path that fails as its first image starts (a runtime refusing to compile the graph:
+    OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 at bf16), or a Ctrl-C then, wrote an empty
+    predictions.json over the previous run's."""
+    from fpncli.inference import sharded
+
+    img = make_image(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json").write_text('{"images": ["yesterday"], "errors": []}')
+
+    def stops_at_once(*args, **kwargs):
+        raise stop
+        yield  # a generator, as predict_sharded
+
+    monkeypatch.setattr(sharded, "predict_sharded", stops_at_once)
+    result = cli(["detect", str(img), "--weights", detect_weights, "--out", str(out)], terminal_width=400)
+    assert json.loads((out / "predictions.json").read_text())["images"] == ["yesterday"]
+    if isinstance(stop, KeyboardInterrupt):
+        assert result.exit_code == 130
+        assert "nothing written" in result.output and "holds the 0" not in result.output
+    else:
+        assert result.exit_code != 0
+
+
 # ----------------------------------------------------------- 4. unreadable training images are reported
 
 SMALL = {"min_size": 64, "max_size": 96, "fpn_channels": 16, "box_head_dim": 32}
@@ -345,6 +373,28 @@ def test_dead_writers_temporaries_are_removed_live_ones_kept(tmp_path):
     mine.write_text("x")
     assert remove_stale_temporaries(tmp_path, any_name=True) == [other]
     assert live.exists() and mine.exists()
+
+
+def test_ctrl_c_as_the_temporary_is_made_leaves_no_temporary(tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    import fpncli.atomic
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(**kw):
+        made = real_mkstemp(**kw)
+        os.kill(os.getpid(), signal.SIGINT)  # lands before the name reaches the caller
+        return made
+
+    monkeypatch.setattr(fpncli.atomic.tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    target = tmp_path / "predictions.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        write_json(target, {"new": 1})
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.json"]
 
 
 def test_written_files_follow_the_umask_or_the_replaced_files_mode(tmp_path, tiny_model):
