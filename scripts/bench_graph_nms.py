@@ -62,14 +62,14 @@ def main() -> int:
     import onnxruntime as ort
     from PIL import Image
 
-    from fpncli.inference.probe import cpu_info
+    from fpncli.runtime.cpu import cpu_info, describe_cpu
 
     paths = sorted((args.data / "val2017").glob("*.jpg"))[: args.images]
     if not paths:
         print(f"no images in {args.data / 'val2017'}", file=sys.stderr)
         return 2
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
+    print(f"CPU: {describe_cpu(cpu)}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "r50.pt"

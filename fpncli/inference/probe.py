@@ -3,7 +3,8 @@
 The fastest float32 path differs from one CPU to the next (NNPACK's Winograd against
 oneDNN's AVX-512 kernels, ONNX Runtime, OpenVINO; see docs/speed.md), so ``--backend auto``
 measures the installed candidates once per machine and remembers the winner. The cache is
-keyed by what decides the speed: the CPU's model name and instruction-set flags, the
+keyed by what decides the speed: the CPU's name, microarchitecture (family and model: two
+"AMD EPYC" here with the same flags had different winners) and instruction-set flags, the
 number of cores this process may use, and the libraries' versions. It lives in
 ``$FPN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fpncli``, else ``~/.cache/fpncli``
 (``probe.json``); ``--reprobe`` measures again.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,23 +31,12 @@ from typing import Any
 
 from fpncli.atomic import write_json
 from fpncli.errors import FpnError
+from fpncli.runtime.cpu import cpu_info, describe_cpu
 
 CACHE_FILE = "probe.json"
 # Part of the cache key: a probe that measures differently does not reuse older results
 # (2: replicas at once, the second pass timed; 1 timed one image on one thread).
 PROBE_METHOD = 2
-# CPU flags that decide which kernels run (printed by scripts/bench_detect.py too).
-CPU_FLAGS = (
-    "avx2",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-    "neon",
-    "asimd",
-)
 # Environment variables that cap the instruction set PyTorch, oneDNN and MKL use: a run under
 # a cap is a different machine to the probe (scripts/bench_detect.py uses them to approximate
 # an AVX2-only CPU on an AVX-512 one).
@@ -62,28 +51,22 @@ def cache_dir() -> Path:
     return Path(base) / "fpncli"
 
 
-def cpu_info() -> dict[str, Any]:
-    """``{"model": name, "flags": [those of CPU_FLAGS present], "cores": usable}``."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and value.strip():
-            model = value.strip()
-        elif key in ("flags", "features"):
-            flags.update(value.split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "cores": cores}
+# ONEDNN_MAX_CPU_ISA values that leave oneDNN (and OpenVINO's CPU plugin, built on it) no
+# bfloat16 kernels: under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX512-BF16 EPYC, OpenVINO refused to
+# compile the bf16 graph ("Supported primitive descriptors list is empty for node: MaxPool").
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 def has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); see :func:`bf16_cap`."""
     flags = set(cpu_info()["flags"])
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def bf16_cap() -> str | None:
+    """``"ONEDNN_MAX_CPU_ISA=AVX2"`` when the environment caps the kernels below bfloat16, else None."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
+    return f"ONEDNN_MAX_CPU_ISA={value}" if value.upper() in _ISAS_WITHOUT_BF16 else None
 
 
 def isa_caps() -> dict[str, str]:
@@ -105,8 +88,8 @@ def machine_key() -> str:
     info = cpu_info()
     caps = "".join(f" | {k}={v}" for k, v in isa_caps().items())
     return (
-        f"{info['model']} | {' '.join(info['flags'])}{caps} | {info['cores']} cores | {', '.join(versions)}"
-        f" | probe {PROBE_METHOD}"
+        f"{describe_cpu(info)} | {' '.join(info['flags'])}{caps} | {info['cores']} cores | "
+        f"{', '.join(versions)} | probe {PROBE_METHOD}"
     )
 
 
