@@ -58,12 +58,17 @@ def check_bf16(device_type: str) -> None:
         if not torch.cuda.is_bf16_supported():
             raise FpnError("--precision bf16: this GPU has no bfloat16; use fp16 (--half) or fp32")
         return
-    from fpncli.inference.probe import cpu_info, has_native_bf16
+    from fpncli.inference.probe import bf16_cap, cpu_info, has_native_bf16
 
     if not has_native_bf16():
         raise FpnError(
             f"--precision bf16: this CPU ({cpu_info()['model']}) has no native bfloat16 "
             "(AVX512-BF16 or AMX); use fp32 or int8"
+        )
+    cap = bf16_cap()
+    if cap is not None:
+        raise FpnError(
+            f"--precision bf16: {cap} caps the kernels below bfloat16; unset it, or use fp32 or int8"
         )
 
 

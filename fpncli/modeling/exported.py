@@ -122,6 +122,14 @@ def import_openvino() -> Any:
     return openvino
 
 
+def openvino_reason(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what failed: its first lines only name
+    the C++ source files the exception passed through ("Exception from src/.../core.cpp:117:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return told[-1] if told else first_line(exc)
+
+
 class OpenVinoRunner:
     """An OpenVINO CPU model behind ONNX Runtime's ``run(None, {name: array})``: one compiled
     model, one infer request per calling thread (OpenVINO runs them concurrently, without
@@ -294,6 +302,10 @@ class ExportedDetector:
         except FpnError:
             raise
         except Exception as exc:  # a valid protobuf that is no runnable model
+            if self.engine == "openvino":
+                raise FpnError(
+                    f"{self.path}: OpenVINO cannot compile it at {self.ov_precision} ({openvino_reason(exc)})"
+                ) from None
             raise FpnError(f"{self.path}: not a runnable ONNX model ({first_line(exc)})") from None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -434,3 +434,40 @@ def test_a_probe_cache_too_deep_or_with_numbers_too_large_is_probed_again(tmp_pa
     assert probe.cached("k") is None
     probe.remember("k", {"winner": "torch", "seconds": {"torch": 1.0}})  # replaces it, no raise
     assert probe.cached("k") == {"winner": "torch", "seconds": {"torch": 1.0}}
+
+
+def test_bf16_under_a_kernel_cap_below_bfloat16_is_refused(
+    tmp_path, detect_weights, cli, make_image, monkeypatch
+):
+    """OpenVINO refused to compile the bf16 graph under ONEDNN_MAX_CPU_ISA=AVX2 (an AVX512-BF16
+    EPYC), as the first image started: now one line before the model loads."""
+    from fpncli.inference import probe
+
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    out = tmp_path / "out"
+    line = _one_error_line(
+        _detect(cli, make_image(tmp_path / "a.png"), detect_weights, out, "--precision", "bf16")
+    )
+    assert "--precision bf16: ONEDNN_MAX_CPU_ISA=avx2 caps the kernels below bfloat16" in line
+    assert not out.exists()
+    for allowed in ("AVX512_CORE_AMX", "AVX512_CORE_BF16", "ALL", ""):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", allowed)
+        assert probe.bf16_cap() is None
+
+
+def test_an_openvino_failure_names_what_failed_not_where():
+    from fpncli.modeling.exported import openvino_reason
+
+    exc = RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:117:\n"
+        "Exception from src/inference/src/dev/plugin.cpp:54:\n"
+        "Check '!getSupportedPrimitiveDescriptors().empty()' failed at src/plugins/intel_cpu/src/node.cpp:345:\n"
+        "Supported primitive descriptors list is empty for node: /backbone/maxpool type: Pooling\n\n"
+    )
+    assert (
+        openvino_reason(exc)
+        == "Supported primitive descriptors list is empty for node: /backbone/maxpool type: Pooling"
+    )
+    assert openvino_reason(RuntimeError("Exception from x.cpp:1:")) == "Exception from x.cpp:1:"
+    assert openvino_reason(RuntimeError("")) == "RuntimeError"
