@@ -28,6 +28,7 @@ from fpncli.atomic import write_json
 from fpncli.data.coco import safe_image_path
 from fpncli.errors import FpnError
 from fpncli.evaluation.checks import (
+    GroundTruth,
     check_category_mapping,
     counted,
     load_ground_truth,
@@ -74,6 +75,7 @@ def evaluate_model(
     cpu_replicas: int = 0,
     analyze: AnalyzeOptions | None = None,
     max_pixels: int | None = None,
+    ground_truth: GroundTruth | None = None,
 ) -> dict[str, Any] | None:
     """Run ``model`` over the annotated images and evaluate its detections.
 
@@ -100,6 +102,8 @@ def evaluate_model(
         analyze: run the error analysis too (see :func:`evaluate_results`); the model records
             each detection's pyramid levels (``modeling/level_record.py``) for it.
         max_pixels: refuse larger images (see ``predict_images``).
+        ground_truth: ``annotation_file`` already loaded (:func:`load_ground_truth`), for a
+            caller that evaluates several runs on one file.
 
     Returns:
         The metrics of :func:`evaluate_results`, plus ``missing_images`` (file names not
@@ -109,7 +113,7 @@ def evaluate_model(
     from fpncli.inference.predict import predict_images
     from fpncli.inference.sharded import is_main, predict_sharded
 
-    gt = load_ground_truth(annotation_file)
+    gt = ground_truth if ground_truth is not None else load_ground_truth(annotation_file)
     coco = gt.coco
     category_ids = list(model.config.category_ids)
     mapping_notes = check_category_mapping(category_ids, list(model.config.class_names), coco)
@@ -306,12 +310,12 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     cuda = device.type == "cuda"
     plan = resolve_parallelism(options, cuda, cores=cpu_cores())
     needs_torch = options.slice_size is not None or options.tta is not None or options.analyze is not None
+    # Loaded once for every run below (a reduced precision is evaluated beside fp32).
+    gt = load_ground_truth(options.annotations)
     pool = _image_files(options.images, options.max_images)
     if options.dtype == "int8" and options.calibrate is None and not exported:
         # int8 calibrates on a sample of the images evaluated: the annotation file's.
-        pool = select_images(load_ground_truth(options.annotations).coco, options.images, options.max_images)[
-            0
-        ]
+        pool = select_images(gt.coco, options.images, options.max_images)[0]
     choice = choose_path(options, device.type, exported=exported, images=len(pool), needs_torch=needs_torch)
     model, source = load_for_inference(weights, **inference_overrides(options))
     candidates = ("torch", "winograd") if needs_torch else EXACT
@@ -356,6 +360,7 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
             cpu_replicas=plan.cpu_replicas,
             analyze=args.analyze if out_dir is not None else None,
             max_pixels=args.max_pixels,
+            ground_truth=gt,
         )
         if metrics is not None:
             metrics["path"] = choice.describe()

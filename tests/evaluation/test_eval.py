@@ -322,3 +322,29 @@ def test_cli_max_images_all_missing_says_which_images_it_looked_for(tmp_path, ti
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "none of the first 1 of the 3 images of" in result.output
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_reduced_precision_eval_reads_the_annotation_file_once(tmp_path, tiny_checkpoint, cli, monkeypatch):
+    """bf16 is evaluated beside fp32 (two runs over the images): one load of the annotations."""
+    from PIL import Image
+
+    import fpncli.evaluation.evaluate as evaluate
+    from fpncli.inference import probe
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name, colour in (("a.jpg", (200, 30, 30)), ("b.jpg", (30, 200, 30))):
+        Image.new("RGB", (200, 200), colour).save(images / name)
+    ann = _write(tmp_path / "ann.json", _dataset())
+    loads = []
+    real = evaluate.load_ground_truth
+    monkeypatch.setattr(evaluate, "load_ground_truth", lambda path: loads.append(path) or real(path))
+    monkeypatch.setattr(probe, "has_native_bf16", lambda: True)  # any CPU computes it, if slowly
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    out = tmp_path / "out"
+    args = ["eval", "--coco", str(ann), "--images", str(images), "--weights", str(tiny_checkpoint)]
+    result = cli([*args, "--out", str(out), "--precision", "bf16", "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["path"].startswith("torch bf16") and "AP" in metrics["fp32"]
+    assert loads == [ann]
