@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec, check_strides
@@ -73,3 +74,27 @@ class Neck(nn.Module):
 
     def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+
+class StackedNeck(Neck):
+    """A neck that runs ``laterals`` on its inputs, adds a coarser map max-pooled from the
+    last lateral (3x3, stride 2: ``ceil(H5/2)``, as FPN's P6), then applies its repeated
+    blocks in turn, each taking and giving the maps finest first (BiFPN, NAS-FPN).
+
+    Subclasses set ``laterals`` (one per input level) and return their blocks from
+    :meth:`blocks` (under their own attribute name, which the checkpoints' keys carry).
+    """
+
+    laterals: nn.ModuleList
+
+    def blocks(self) -> nn.ModuleList:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """``{"c2": [B, C2, H2, W2], ...}`` -> ``{"p2": [B, d, H2, W2], ..., "p6": [B, d,
+        ceil(H5/2), ceil(W5/2)]}``."""
+        xs = [lateral(features[n]) for lateral, n in zip(self.laterals, self.in_names)]
+        xs.append(F.max_pool2d(xs[-1], kernel_size=3, stride=2, padding=1))
+        for block in self.blocks():
+            xs = block(xs)
+        return OrderedDict(zip(self.output_specs, xs))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks.base import Neck, pyramid_specs
+from fpncli.modeling.necks.base import StackedNeck, pyramid_specs
 
 
 class WeightedFusion(nn.Module):
@@ -101,7 +101,7 @@ class BiFPNLayer(nn.Module):
         return outs
 
 
-class BiFPN(Neck):
+class BiFPN(StackedNeck):
     """1x1 laterals on C2..C5, a P6 input made by max-pooling P5's lateral, then ``repeats``
     :class:`BiFPNLayer` blocks over all five levels.
 
@@ -132,9 +132,5 @@ class BiFPN(Neck):
         self.roi_levels = self.rpn_levels[:-1]
         self.check_contract()
 
-    def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
-        xs = [lateral(features[n]) for lateral, n in zip(self.laterals, self.in_names)]
-        xs.append(F.max_pool2d(xs[-1], kernel_size=3, stride=2, padding=1))
-        for layer in self.layers:
-            xs = layer(xs)
-        return OrderedDict(zip(self.output_specs, xs))
+    def blocks(self) -> nn.ModuleList:
+        return self.layers

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpncli.modeling.levels import LevelSpec
-from fpncli.modeling.necks.base import Neck, pyramid_specs
+from fpncli.modeling.necks.base import StackedNeck, pyramid_specs
 
 # The searched stage as TF Model Garden writes it (NASFPN_BLOCK_SPECS), with node indices
 # 0..4 = the five input levels (finest first) and each block appending one node:
@@ -155,7 +155,7 @@ class NASFPNStage(nn.Module):
         return [nodes[self.output_nodes[level]] for level in range(5)]
 
 
-class NASFPN(Neck):
+class NASFPN(StackedNeck):
     """Laterals on C2..C5, a sixth input level, then ``stacks`` :class:`NASFPNStage` blocks.
 
     Inputs of the first stage: ``1x1 conv + norm`` on C2..C5 and a P6 made by max-pooling
@@ -192,9 +192,5 @@ class NASFPN(Neck):
         self.roi_levels = self.rpn_levels[:-1]
         self.check_contract()
 
-    def forward(self, features: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
-        xs = [lateral(features[n]) for lateral, n in zip(self.laterals, self.in_names)]
-        xs.append(F.max_pool2d(xs[-1], kernel_size=3, stride=2, padding=1))
-        for stage in self.stages:
-            xs = stage(xs)
-        return OrderedDict(zip(self.output_specs, xs))
+    def blocks(self) -> nn.ModuleList:
+        return self.stages
