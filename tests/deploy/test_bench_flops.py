@@ -56,18 +56,21 @@ def test_an_unreadable_image_names_itself(bench_and_weights, tmp_path):
         bench.count_flops(weights, [broken], 64, 107)
 
 
-def test_matmul_rate_sums_one_process_per_core(monkeypatch):
+def test_peak_rates_measure_each_kernel_with_one_process_per_core(monkeypatch):
     # Imported by name, as the script's spawned workers import it (they unpickle
-    # ``bench_detect._matmul_worker``); spawn passes this sys.path on to them.
+    # ``bench_detect._kernel_worker``); spawn passes this sys.path on to them.
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import bench_detect
 
-    one = bench_detect.matmul_rate(1, n=256, repeats=2)
-    two = bench_detect.matmul_rate(2, n=256, repeats=2)
-    assert 1e8 < one < 1e14  # FLOP/s: a real rate, not a count or a duration
-    assert 1e8 < two < 1e14
+    small = {"matmul": 256, "conv3x3": 16}
+    one = bench_detect.peak_rates(1, repeats=2, sizes=small)
+    two = bench_detect.peak_rates(2, repeats=2, sizes=small)
+    for rates in (one, two):
+        assert set(rates) == set(bench_detect.PEAK_KERNELS)
+        for rate in rates.values():
+            assert 1e8 < rate < 1e14  # FLOP/s: a real rate, not a count or a duration
 
 
-def test_matmul_rate_refuses_no_cores():
+def test_peak_rates_refuse_no_cores():
     with pytest.raises(ValueError):
-        _bench().matmul_rate(0)
+        _bench().peak_rates(0)
