@@ -58,17 +58,17 @@ class LevelRoIPooler(MultiScaleRoIAlign):
         if len(self.levels) == 1:
             return self._align(maps[0], rois, self.levels[0])
         target = assign_level(rois[:, 1:], self.min_level, self.max_level) - self.min_level
-        first = maps[0]
-        # Zeros [N, C, S, S] from rois' own shape, and a scatter rather than `out[picked] =
-        # pooled`: a trace of that index_put (or of new_zeros((N, ...))) bakes the trace
-        # example's number of RoIs on each level into the graph (issue #26).
-        out = torch.zeros_like(rois[:, :1, None, None], dtype=first.dtype)
-        out = out.expand(-1, first.shape[1], *self.output_size)
+        pooled: list[Tensor] = []
+        picked: list[Tensor] = []
         for index, (spec, fmap) in enumerate(zip(self.levels, maps)):
-            picked = torch.where(target == index)[0]
-            pooled = self._align(fmap, rois[picked], spec).to(out.dtype)
-            out = out.scatter(0, picked.view(-1, 1, 1, 1).expand_as(pooled), pooled)
-        return out
+            on_level = torch.where(target == index)[0]
+            pooled.append(self._align(fmap, rois[on_level], spec).to(maps[0].dtype))
+            picked.append(on_level)
+        # The levels' results in level order, put back in the RoIs' order by one row gather.
+        # Only tensor ops, so a trace bakes in no level's RoI count (issue #26); a scatter of
+        # each level into zeros (as before) copied the whole [N, C, S, S] result per level and,
+        # exported, scattered element by element: 6 % of ONNX Runtime's time per image.
+        return torch.cat(pooled)[torch.argsort(torch.cat(picked))]
 
     def _align(self, fmap: Tensor, rois: Tensor, spec: LevelSpec) -> Tensor:
         return roi_align(
