@@ -173,7 +173,7 @@ def detect(
             )
         else:
             err_console.print(
-                f"interrupted before the first image: nothing written "
+                f"interrupted before the first image or frame: nothing written "
                 f"({esc(str(summary.predictions_path))} is as it was)",
                 style="yellow",
             )

@@ -276,10 +276,11 @@ def run_detect(
         summary.predictions_written = True
 
     def flush_if_begun() -> None:
-        """A run stopped before its first image or video (a runtime refusing the graph as the
-        first image starts, Ctrl-C then) leaves the previous run's files as they were; one
-        that has begun writes what it has."""
-        if images or errors or video_records or summary.predictions_written:
+        """A run stopped before its first image or video frame (a runtime refusing the graph
+        as the first image starts, Ctrl-C then, or while a stream waits for its first frame)
+        leaves the previous run's files as they were; one that has begun writes what it has.
+        (A video's record exists from the moment it opens: frames, not records, count.)"""
+        if images or errors or summary.frames or summary.predictions_written:
             flush()
 
     if main and options.draw:

@@ -135,16 +135,17 @@ def test_a_rejected_rerun_leaves_the_previous_predictions(tmp_path, detect_weigh
     assert json.loads((out / "predictions.json").read_text())["images"] == ["yesterday"]
 
 
+@pytest.mark.parametrize("source", ["image", "video"])
 @pytest.mark.parametrize("stop", [RuntimeError("the runtime refused the graph"), KeyboardInterrupt()])
 def test_a_run_stopped_before_its_first_image_leaves_the_previous_predictions(
-    tmp_path, detect_weights, stop, cli, make_image, monkeypatch
+    tmp_path, detect_weights, stop, source, cli, make_image, make_video, monkeypatch
 ):
-    """A path that fails as its first image starts (a runtime refusing to compile the graph:
-    OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 at bf16), or a Ctrl-C then, wrote an empty
-    predictions.json over the previous run's."""
+    """A path that fails as its first image or frame starts (a runtime refusing to compile
+    the graph: OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2 at bf16), or a Ctrl-C then, wrote an
+    empty predictions.json over the previous run's."""
     from fpncli.inference import sharded
+    from fpncli.modeling.detector import FPNFasterRCNN
 
-    img = make_image(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.json").write_text('{"images": ["yesterday"], "errors": []}')
@@ -153,8 +154,16 @@ def test_a_run_stopped_before_its_first_image_leaves_the_previous_predictions(
         raise stop
         yield  # a generator, as predict_sharded
 
-    monkeypatch.setattr(sharded, "predict_sharded", stops_at_once)
-    result = cli(["detect", str(img), "--weights", detect_weights, "--out", str(out)], terminal_width=400)
+    if source == "image":
+        # Before the first image's result (a forward-pass error would be that image's own).
+        src = make_image(tmp_path / "a.png")
+        monkeypatch.setattr(sharded, "predict_sharded", stops_at_once)
+    else:
+        # The video is open and its record made; the first frame's forward pass stops the run.
+        src = make_video(tmp_path / "v.mp4")
+        monkeypatch.setattr(FPNFasterRCNN, "detect_prepared", lambda *a, **k: next(stops_at_once()))
+    args = ["detect", str(src), "--weights", detect_weights, "--out", str(out), "--backend", "torch"]
+    result = cli([*args, "--workers", "0"], terminal_width=400)
     assert json.loads((out / "predictions.json").read_text())["images"] == ["yesterday"]
     if isinstance(stop, KeyboardInterrupt):
         assert result.exit_code == 130
