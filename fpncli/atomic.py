@@ -10,6 +10,7 @@ for importing it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -128,13 +129,15 @@ def atomic_write(
         raise write_error(path, exc) from None
     recording: _Recording | None = None
     tmp = ""
+    f: IO | None = None
     try:
-        # Ctrl-C is held until the temporary's name is known here, so the cleanup below can
-        # always remove it.
+        # Ctrl-C is held until the temporary's name is known here and a file object owns its
+        # descriptor, so the cleanup below can always remove the one and close the other.
         with deferred_interrupt():
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            f = os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
+        with f:
+            os.fchmod(f.fileno(), mode)
             recording = _Recording(f)
             # _Recording passes every call through to the real file; it only notes write errors.
             write(recording)  # type: ignore[arg-type]
@@ -142,6 +145,10 @@ def atomic_write(
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        if f is not None:
+            # Open only when Ctrl-C came before its block (closing then is a no-op).
+            with contextlib.suppress(OSError):
+                f.close()
         if tmp:
             Path(tmp).unlink(missing_ok=True)
         # torch.save turns a failed write (full disk) into an unspecific RuntimeError

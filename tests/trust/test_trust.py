@@ -400,10 +400,14 @@ def test_ctrl_c_as_the_temporary_is_made_leaves_no_temporary(tmp_path, monkeypat
     monkeypatch.setattr(fpncli.atomic.tempfile, "mkstemp", mkstemp_then_ctrl_c)
     target = tmp_path / "predictions.json"
     target.write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        write_json(target, {"new": 1})
+    open_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            write_json(target, {"new": 1})
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.json"]
+    if open_before is not None:  # nor an open descriptor of the deleted temporary
+        assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_written_files_follow_the_umask_or_the_replaced_files_mode(tmp_path, tiny_model):
