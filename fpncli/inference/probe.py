@@ -40,7 +40,7 @@ PROBE_METHOD = 2
 # Environment variables that cap the instruction set PyTorch, oneDNN and MKL use: a run under
 # a cap is a different machine to the probe (scripts/bench_detect.py uses them to approximate
 # an AVX2-only CPU on an AVX-512 one).
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cache_dir() -> Path:
@@ -64,9 +64,13 @@ def has_native_bf16() -> bool:
 
 
 def bf16_cap() -> str | None:
-    """``"ONEDNN_MAX_CPU_ISA=AVX2"`` when the environment caps the kernels below bfloat16, else None."""
-    value = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip()
-    return f"ONEDNN_MAX_CPU_ISA={value}" if value.upper() in _ISAS_WITHOUT_BF16 else None
+    """``"ONEDNN_MAX_CPU_ISA=AVX2"`` when the environment caps the kernels below bfloat16, else
+    None. oneDNN reads the older name ``DNNL_MAX_CPU_ISA`` when the new one is not set."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return f"{name}={value}" if value.upper() in _ISAS_WITHOUT_BF16 else None
+    return None
 
 
 def isa_caps() -> dict[str, str]:

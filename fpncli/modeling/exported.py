@@ -304,7 +304,7 @@ class ExportedDetector:
         except Exception as exc:  # a valid protobuf that is no runnable model
             if self.engine == "openvino":
                 raise FpnError(
-                    f"{self.path}: OpenVINO cannot compile it at {self.ov_precision} ({openvino_reason(exc)})"
+                    f"{self.path}: OpenVINO cannot run it at {self.ov_precision} ({openvino_reason(exc)})"
                 ) from None
             raise FpnError(f"{self.path}: not a runnable ONNX model ({first_line(exc)})") from None
 

@@ -454,6 +454,10 @@ def test_bf16_under_a_kernel_cap_below_bfloat16_is_refused(
     for allowed in ("AVX512_CORE_AMX", "AVX512_CORE_BF16", "ALL", ""):
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", allowed)
         assert probe.bf16_cap() is None
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")  # the older name, read when the new is unset
+    assert probe.bf16_cap() == "DNNL_MAX_CPU_ISA=AVX512_CORE"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # the new name wins
+    assert probe.bf16_cap() is None
 
 
 def test_an_openvino_failure_names_what_failed_not_where():
