@@ -58,6 +58,9 @@ class LevelRoIPooler(MultiScaleRoIAlign):
         if len(self.levels) == 1:
             return self._align(maps[0], rois, self.levels[0])
         target = assign_level(rois[:, 1:], self.min_level, self.max_level) - self.min_level
+        # Every RoI on some level, so the gather below returns one row per RoI even for one
+        # whose level came out undefined (a non-finite box: NaN cast to an integer).
+        target = target.clamp(0, len(self.levels) - 1)
         pooled: list[Tensor] = []
         picked: list[Tensor] = []
         for index, (spec, fmap) in enumerate(zip(self.levels, maps)):
