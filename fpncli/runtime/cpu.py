@@ -38,38 +38,58 @@ _IDENTITY_FIELDS = (
 )
 
 
-def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+def cpu_info(cpuinfo: str | None = None, allowed: set[int] | None = None) -> dict[str, Any]:
     """``{"model": name, "id": microarchitecture, "flags": [those of CPU_FLAGS present],
     "cores": usable}`` from ``cpuinfo`` (the text of ``/proc/cpuinfo``; read when None).
 
     ``id`` is ``"family 26 model 2 stepping 1"`` on x86, ``"implementer 0x41 part 0xd0c
-    variant 0x1"`` on Arm, ``""`` where the system does not say. The first processor's
-    entries are used (on a hybrid CPU the cores' names differ; the flags are shared)."""
+    variant 0x1"`` on Arm, ``""`` where the system does not say. Only the processors this
+    process may run on count (``allowed``: their numbers; default its CPU affinity): on an
+    Arm big.LITTLE chip pinned to its big cores, the id is theirs; where the allowed cores
+    differ, their ids are joined with " + ". Name and flags are the first allowed one's."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             cpuinfo = ""
-    model, flags = "", set[str]()
-    ids: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key.lower() in ("model name", "hardware") and value and not model:
-            model = value
-        elif key.lower() in ("flags", "features") and not flags:
-            flags = set(value.split())
-        for field, short in _IDENTITY_FIELDS:
-            if key == field and value and short not in ids:
-                ids[short] = value
-    identity = " ".join(f"{short} {ids[short]}" for _, short in _IDENTITY_FIELDS if short in ids)
+    if allowed is None and hasattr(os, "sched_getaffinity"):
+        allowed = set(os.sched_getaffinity(0))
+    blocks = [_fields(block) for block in cpuinfo.split("\n\n") if block.strip()]
+    processors = [b for b in blocks if "processor" in b]
+    if allowed is not None:
+        mine = [b for b in processors if b["processor"].isdigit() and int(b["processor"]) in allowed]
+        processors = mine or processors  # numbers that do not match: take every processor
+    # Fields outside the processors' blocks (Arm's "Hardware", the model of older kernels).
+    shared = {k: v for b in blocks if "processor" not in b for k, v in b.items()}
+    first = {**shared, **(processors[0] if processors else {})}
+    # x86's "model" is a number inside each processor's block; a board's "Model" line (Arm)
+    # stands outside them.
+    model = first.get("model name") or first.get("hardware") or shared.get("model") or ""
+    flags = set((first.get("flags") or first.get("features") or "").split())
+    ids: list[str] = []
+    for block in processors or [first]:
+        identity = " ".join(
+            f"{short} {block[field.lower()]}" for field, short in _IDENTITY_FIELDS if block.get(field.lower())
+        )
+        if identity and identity not in ids:
+            ids.append(identity)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {
         "model": model or platform.processor() or platform.machine() or "unknown CPU",
-        "id": identity,
+        "id": " + ".join(ids),
         "flags": [f for f in CPU_FLAGS if f in flags],
         "cores": cores,
     }
+
+
+def _fields(block: str) -> dict[str, str]:
+    """One processor's ``/proc/cpuinfo`` lines as ``{lowercased key: value}`` (first wins)."""
+    fields: dict[str, str] = {}
+    for line in block.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
 
 
 def describe_cpu(info: dict[str, Any]) -> str:

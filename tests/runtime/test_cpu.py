@@ -54,3 +54,18 @@ def test_the_probe_cache_key_carries_the_microarchitecture(monkeypatch):
     zen4 = ZEN5.replace("cpu family\t: 26", "cpu family\t: 25")
     monkeypatch.setattr(probe, "cpu_info", lambda: cpu_info(zen4))
     assert "family 26 model 2" in zen5 and probe.machine_key() != zen5
+
+
+def test_big_little_names_the_cores_this_process_runs_on():
+    def core(n: int, part: str) -> str:
+        return (
+            f"processor\t: {n}\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+            f"CPU variant\t: 0x2\nCPU part\t: {part}\n\n"
+        )
+
+    text = core(0, "0xd05") + core(1, "0xd05") + core(2, "0xd0b") + core(3, "0xd0b") + "Model\t: Some Board\n"
+    little, big = (cpu_info(text, allowed=cores)["id"] for cores in ({0, 1}, {2, 3}))
+    assert little == "implementer 0x41 part 0xd05 variant 0x2"
+    assert big == "implementer 0x41 part 0xd0b variant 0x2"
+    assert cpu_info(text, allowed={0, 1, 2, 3})["id"] == f"{little} + {big}"
+    assert cpu_info(text, allowed={0})["model"] == "Some Board"  # the board's line, outside the cores
