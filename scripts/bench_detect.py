@@ -313,7 +313,10 @@ def _kernel_worker(barrier: Any, queue: Any, kernel: str, n: int, repeats: int) 
 # PyTorch has. Both are measured because which is faster depends on the CPU: torch's matmul
 # calls MKL, whose sgemm ran at 95 GFLOP/s per core on an AMD EPYC (Zen 5) where oneDNN's
 # convolution ran at 226.
-PEAK_KERNELS = {"matmul": (4096, "4096x4096 matmul, MKL"), "conv3x3": (256, "3x3 convolution, oneDNN")}
+PEAK_KERNELS = {
+    "matmul": (4096, f"4096x4096 matmul, {'MKL' if torch.backends.mkl.is_available() else 'BLAS'}"),
+    "conv3x3": (256, "3x3 convolution, oneDNN"),
+}
 
 
 def peak_rates(cores: int, repeats: int = 4, sizes: dict[str, int] | None = None) -> dict[str, float]:
@@ -338,9 +341,14 @@ def peak_rates(cores: int, repeats: int = 4, sizes: dict[str, int] | None = None
         ]
         for proc in procs:
             proc.start()
-        rates[kernel] = float(sum(queue.get() for _ in procs))
-        for proc in procs:
-            proc.join()
+        try:
+            # A worker that died would leave the others at the barrier and this wait forever.
+            rates[kernel] = float(sum(queue.get(timeout=600) for _ in procs))
+        finally:
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
     return rates
 
 
@@ -704,11 +712,14 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with Timed() as t:
                         outputs[name] = arms[name]()
-                except FpnError as exc:
+                except (FpnError, SystemExit) as exc:  # SystemExit: fpn_detect's failed images
                     if name in ("stock torchvision loop", "fpn detect"):
                         raise  # the comparison everything else is set against
-                    # One path failing here (a library refusing this CPU) keeps the others' figures.
+                    # One path failing here (a library refusing this CPU) keeps the others'
+                    # figures; one that ran in an earlier round is dropped whole.
                     failed[name] = str(exc)
+                    for done in (best, loops, outputs):
+                        done.pop(name, None)
                     print(f"  round {r + 1}: {name}: failed: {exc}", flush=True)
                     continue
                 print(
@@ -791,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * need / peak:.0f} % of the float32 peak"
             )
         exported_same = None
-        if args.export != "none":
+        if args.export != "none" and f"fpn detect ({args.export})" not in failed:
             name = f"fpn detect ({args.export})"
             exported_same = compare(outputs["fpn detect"], outputs[name], args.score_thr)
             print(
