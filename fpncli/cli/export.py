@@ -73,6 +73,7 @@ def export(
         max_size=inference.max_size,
         precision=inference.precision or "fp32",
         calibrate=inference.calibrate,
+        calibration=inference.calibration or "minmax",
         winograd=winograd,
     )
 

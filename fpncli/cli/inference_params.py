@@ -160,6 +160,19 @@ INFERENCE_OPTIONS: list[tuple[str, Any, Any]] = [
         None,
     ),
     (
+        "calibration",
+        Annotated[
+            str | None,
+            typer.Option(
+                help="--precision int8: how activation ranges are taken from the calibration images: "
+                "minmax (the extremes over all of them; the default) or mean (the mean of each image's "
+                "minimum and maximum: narrower, an outlier counts 1/n). docs/speed.md has the AP of each.",
+                show_default=False,
+            ),
+        ],
+        None,
+    ),
+    (
         "reprobe",
         Annotated[
             bool,
@@ -170,7 +183,16 @@ INFERENCE_OPTIONS: list[tuple[str, Any, Any]] = [
 ]
 
 # What fpn export writes into its graph (int8: ONNX only).
-MODEL_OVERRIDE_FIELDS = ("score_thr", "nms_iou", "max_dets", "min_size", "max_size", "precision", "calibrate")
+MODEL_OVERRIDE_FIELDS = (
+    "score_thr",
+    "nms_iou",
+    "max_dets",
+    "min_size",
+    "max_size",
+    "precision",
+    "calibrate",
+    "calibration",
+)
 
 
 def inference_options(fn: F | None = None, *, fields: Sequence[str] | None = None) -> Any:

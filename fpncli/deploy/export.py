@@ -67,6 +67,7 @@ class ExportOptions:
     # calibrated on ``calibrate`` (default: ``check_images``).
     precision: str = "fp32"
     calibrate: Path | None = None
+    calibration: str = "minmax"  # how activation ranges are taken (deploy/quantize.py)
 
 
 @dataclass
@@ -419,13 +420,18 @@ def run_export(options: ExportOptions, progress: ProgressFn | None = None) -> Ex
             calibration,
             where=str(options.calibrate or options.check_images),
             sizes=(int(cfg.min_size), int(cfg.max_size)),
+            method=options.calibration,
         )
         summary.notes.append(
-            f"int8: convolutions quantized (per-channel, QDQ), calibrated on {len(calibration)} image(s); "
+            f"int8: convolutions quantized (per-channel, QDQ), calibrated on {len(calibration)} image(s) "
+            f"({options.calibration} ranges); "
             "the check above is the float graph's: fpn eval --weights FILE shows int8's AP"
         )
     data = with_report(
-        data, fmt, summary.report(), {"precision": "int8"} if calibration is not None else None
+        data,
+        fmt,
+        summary.report(),
+        {"precision": "int8", "calibration": options.calibration} if calibration is not None else None,
     )
     atomic_write(out, lambda f: f.write(data), binary=True)
     summary.size_bytes = len(data)

@@ -375,7 +375,9 @@ def run_eval(options: EvalOptions, progress: ProgressFn | None = None) -> dict[s
     model, choice = prepared(model, choice, options)
     reference = None
     if float_model is not None:
-        exact = dataclasses.replace(options, precision="fp32", half=False, backend="auto", calibrate=None)
+        exact = dataclasses.replace(
+            options, precision="fp32", half=False, backend="auto", calibrate=None, calibration=None
+        )
         exact_choice = choose_path(
             exact, device.type, exported=False, images=len(pool), needs_torch=needs_torch
         )

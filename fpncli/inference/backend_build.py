@@ -101,9 +101,12 @@ def build(
                 note(f"int8: calibrating on {len(calibration)} image(s)")
             fp32, _ = graph_cache.cached_graph(fp32_key, export)
             sizes = (int(model.config.min_size), int(model.config.max_size))
-            return quantize_graph(fp32, calibration, where=where, max_pixels=max_pixels, sizes=sizes)
+            return quantize_graph(
+                fp32, calibration, where=where, max_pixels=max_pixels, sizes=sizes, method=method
+            )
 
-        int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels) if cache else None
+        method = (args.calibration if args is not None else None) or "minmax"
+        int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels, method) if cache else None
         graph, saved = graph_cache.cached_graph(int8_key, quantized)
     else:
         graph, saved = graph_cache.cached_graph(fp32_key, export)
@@ -143,14 +146,17 @@ def graph_key(
     precision: str,
     calibration: Sequence[Path] = (),
     max_pixels: int | None = None,
+    method: str = "minmax",
 ) -> str:
     """The graph cache's key for the graph (Winograd or direct convolutions; fp32, or int8
-    calibrated on ``calibration``) of the model whose state digest is ``state``."""
+    calibrated on ``calibration`` by ``method``) of the model whose state digest is ``state``."""
     from fpncli.inference import graph_cache
 
     kind: dict[str, Any] = {"winograd": winograd, "precision": precision}
     if precision == "int8":
         kind.update(calibration=graph_cache.files_fingerprint(calibration), max_pixels=max_pixels)
+        if method != "minmax":  # keys of graphs cached before the choice existed stay valid
+            kind["method"] = method
     return graph_cache.graph_key(state, meta, kind)
 
 

@@ -91,11 +91,12 @@ def choose_path(
                 f"--backend {backend}: an exported file runs on its own runtime (an ONNX file on "
                 "onnxruntime or openvino, a TorchScript file on PyTorch: leave --backend out)"
             )
-        if args.calibrate is not None:
-            raise FpnError(
-                "--calibrate: an exported file is not calibrated here (int8 files are calibrated "
-                "when exported: fpn export --precision int8 --calibrate DIR)"
-            )
+        for given, flag in ((args.calibrate, "--calibrate"), (args.calibration, "--calibration")):
+            if given is not None:
+                raise FpnError(
+                    f"{flag}: an exported file is not calibrated here (int8 files are calibrated "
+                    "when exported: fpn export --precision int8 --calibrate DIR)"
+                )
         if precision not in ("fp32", "int8"):
             raise FpnError(
                 f"--precision {precision}: an exported file runs at the precision it was exported "

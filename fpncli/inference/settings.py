@@ -40,6 +40,8 @@ class InferenceArgs:
         precision: one of :data:`PRECISIONS`; ``half`` is ``fp16``; None: not given (fp32, or
             an exported file's own precision).
         calibrate: int8: the folder of calibration images (None: a sample of the run's).
+        calibration: int8: how activation ranges are taken from them, one of
+            :data:`~fpncli.deploy.quantize.CALIBRATIONS` (None: ``minmax``).
         reprobe: with ``backend="auto"``, measure the candidates again.
     """
 
@@ -60,6 +62,7 @@ class InferenceArgs:
     backend: str = "auto"
     precision: str | None = None
     calibrate: Path | None = None
+    calibration: str | None = None
     reprobe: bool = False
 
     @property
@@ -110,6 +113,15 @@ def check_inference_options(args: InferenceArgs) -> None:
         raise FpnError(f"--reprobe measures the float32 paths; --precision {precision} needs none")
     if args.calibrate is not None and precision != "int8":
         raise FpnError("--calibrate gives int8's calibration images; add --precision int8")
+    if args.calibration is not None and precision != "int8":
+        raise FpnError("--calibration sets how int8 is calibrated; add --precision int8")
+    if args.calibration is not None:
+        from fpncli.deploy.quantize import CALIBRATIONS
+
+        if args.calibration not in CALIBRATIONS:
+            raise FpnError(
+                f"--calibration: unknown {args.calibration!r}; choose one of {', '.join(CALIBRATIONS)}"
+            )
     if args.calibrate is not None and not Path(args.calibrate).is_dir():
         raise FpnError(f"{args.calibrate}: --calibrate needs a folder of images")
     if precision in ("bf16", "int8") and (args.slice_size is not None or args.tta is not None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 
-def _int8_graph(tiny_model, images):
+def _int8_graph(tiny_model, images, method="minmax"):
     import onnx
 
     from fpncli.deploy.metadata import export_metadata
@@ -14,7 +14,37 @@ def _int8_graph(tiny_model, images):
     from fpncli.modeling.export import onnx_bytes
 
     graph = onnx_bytes(tiny_model, export_metadata(tiny_model, "onnx", "tiny"), winograd=False)
-    return onnx.load_from_string(quantize_graph(graph, images, where="test images"))
+    return onnx.load_from_string(quantize_graph(graph, images, where="test images", method=method))
+
+
+def _activation_scales(graph) -> dict[str, float]:
+    """Each quantized activation's scale: the (max - min) / 255 of its calibrated range."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    return {
+        n.input[0]: float(values[n.input[1]])
+        for n in graph.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in values and values[n.input[1]].size == 1
+    }
+
+
+def test_mean_calibration_narrows_the_ranges_minmax_takes(tmp_path, tiny_model, make_image):
+    images = [make_image(tmp_path / f"{i}.png", size=(96, 72), seed=i) for i in range(3)]
+    minmax = _activation_scales(_int8_graph(tiny_model, images))
+    mean = _activation_scales(_int8_graph(tiny_model, images, method="mean"))
+    assert minmax and set(mean) == set(minmax)
+    # The mean of the images' extremes lies inside their extremes: never wider, some narrower.
+    assert all(mean[name] <= minmax[name] * (1 + 1e-6) for name in minmax)
+    assert sum(mean[name] < minmax[name] * 0.999 for name in minmax) > len(minmax) // 4
+
+
+def test_an_unknown_calibration_is_one_line(tmp_path, tiny_model, make_image):
+    from fpncli.errors import FpnError
+
+    image = make_image(tmp_path / "a.png", size=(96, 72))
+    with pytest.raises(FpnError, match=r"^--calibration: unknown 'median'; choose one of minmax, mean$"):
+        _int8_graph(tiny_model, [image], method="median")
 
 
 def test_convolutions_are_int8_but_scores_and_offsets_stay_float(tmp_path, tiny_model, make_image):

@@ -155,6 +155,11 @@ def test_int8_and_bf16_run_and_eval_prints_the_fp32_ap_beside(
             ["--precision", "int8", "--calibrate", "{junk}"],
             "{junk}: no readable image to calibrate int8 with",
         ),
+        (["--calibration", "mean"], "--calibration sets how int8 is calibrated; add --precision int8"),
+        (
+            ["--precision", "int8", "--calibration", "median"],
+            "--calibration: unknown 'median'; choose one of minmax, mean",
+        ),
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(
@@ -333,8 +338,13 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
     int8, fp32 = tmp_path / "m8.onnx", tmp_path / "m32.onnx"
     base = ["export", "--weights", detect_weights, "--format", "onnx", "--no-winograd"]
     assert cli([*base, "--out", fp32]).exit_code == 0
-    result = cli([*base, "--out", int8, "--precision", "int8", "--calibrate", src])
+    result = cli([*base, "--out", int8, "--precision", "int8", "--calibrate", src, "--calibration", "mean"])
     assert result.exit_code == 0, result.output
+    assert "calibrated on 2 image(s) (mean ranges)" in result.output
+    from fpncli.modeling.exported import read_metadata
+
+    meta, _ = read_metadata(int8)
+    assert meta["precision"] == "int8" and meta["calibration"] == "mean"
     result = _detect(cli, src, int8, tmp_path / "o8", "--precision", "int8")
     assert result.exit_code == 0, result.output
     runtime = (
@@ -365,6 +375,10 @@ def test_an_exported_file_runs_at_its_own_precision(tmp_path, detect_weights, cl
         "--calibrate: an exported file is not calibrated here (int8 files are calibrated when exported"
         in line
     )
+    line = _one_error_line(
+        _detect(cli, src, int8, tmp_path / "no", "--precision", "int8", "--calibration", "mean")
+    )
+    assert "--calibration: an exported file is not calibrated here" in line
     assert not (tmp_path / "no").exists()
     # fpn eval: the int8 file is evaluated as it is (no float model to copy beside it); an fp32
     # file asked for int8 is refused before any evaluation.
