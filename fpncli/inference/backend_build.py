@@ -98,7 +98,8 @@ def build(
 
         def quantized() -> bytes:
             if note is not None:
-                note(f"int8: calibrating on {len(calibration)} image(s)")
+                ranges = "" if method == "minmax" else f" ({method} ranges)"
+                note(f"int8: calibrating on {len(calibration)} image(s){ranges}")
             fp32, _ = graph_cache.cached_graph(fp32_key, export)
             sizes = (int(model.config.min_size), int(model.config.max_size))
             return quantize_graph(
