@@ -3,7 +3,8 @@
 What is quantized: the convolutions (the ResNet, the neck and the RPN head: nearly all of
 the multiply-adds) and the box head's two hidden linear layers (fc6 alone is ~12 GMACs for
 1000 RoIs of an R50-FPN), in ONNX Runtime's QDQ form with per-channel int8 weights and uint8
-activations whose ranges come from calibration images (min-max). The layers whose outputs
+activations whose ranges come from calibration images (min-max, or the mean of each image's
+extremes: ``--calibration``). The layers whose outputs
 are scores and box offsets stay float32: the box predictor (class scores, box deltas) and
 the RPN head's two 1x1 output convolutions (objectness logits, anchor deltas), as do RoIAlign,
 box decoding, NMS and the thresholds; so only the features they are computed from are
@@ -28,8 +29,9 @@ from fpncli.errors import FpnError
 CALIBRATION_IMAGES = 8
 # How each activation's range is taken from the calibration images: "minmax", the extremes
 # over all of them (the default), or "mean", the mean of each image's minimum and maximum
-# (narrower: an outlier in one image widens it by 1/n, not fully). Measured on the demo's
-# model (docs/speed.md): int8 -1.1 AP with minmax, -0.2 with mean, on OpenVINO.
+# (narrower: an outlier in one image widens it by 1/n, not fully). Neither wins everywhere
+# (docs/speed.md, OpenVINO on a Zen 5 EPYC): the demo's model lost 1.1 AP with minmax and 0.2
+# with mean, a model trained on real COCO images gained 0.1 with minmax and lost 1.0 with mean.
 CALIBRATIONS = ("minmax", "mean")
 
 
