@@ -566,10 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench_detect.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"$ {command}")
     from fpncli.inference.probe import isa_caps
-    from fpncli.runtime.cpu import cpu_info, describe_cpu
+    from fpncli.runtime.cpu import cpu_info, cpu_line
 
     cpu = cpu_info()
-    print(f"CPU: {describe_cpu(cpu)}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
+    print(cpu_line(cpu))
     # An AVX2-only CPU can be approximated on an AVX-512 one by capping the libraries' kernels.
     capped = isa_caps()
     if capped:

@@ -62,14 +62,13 @@ def main() -> int:
     import onnxruntime as ort
     from PIL import Image
 
-    from fpncli.runtime.cpu import cpu_info, describe_cpu
+    from fpncli.runtime.cpu import cpu_info, cpu_line
 
     paths = sorted((args.data / "val2017").glob("*.jpg"))[: args.images]
     if not paths:
         print(f"no images in {args.data / 'val2017'}", file=sys.stderr)
         return 2
-    cpu = cpu_info()
-    print(f"CPU: {describe_cpu(cpu)}; flags: {' '.join(cpu['flags']) or '-'}; {cpu['cores']} usable cores")
+    print(cpu_line(cpu_info()))
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "r50.pt"

@@ -35,6 +35,12 @@ CALIBRATION_IMAGES = 8
 CALIBRATIONS = ("minmax", "mean")
 
 
+def check_calibration(method: str) -> None:
+    """One :class:`FpnError` line for a ``--calibration`` that is not one of :data:`CALIBRATIONS`."""
+    if method not in CALIBRATIONS:
+        raise FpnError(f"--calibration: unknown {method!r}; choose one of {', '.join(CALIBRATIONS)}")
+
+
 def calibration_sample(
     paths: Sequence[Path],
     count: int = CALIBRATION_IMAGES,
@@ -184,8 +190,7 @@ def quantize_graph(
         quantize_static,
     )
 
-    if method not in CALIBRATIONS:
-        raise FpnError(f"--calibration: unknown {method!r}; choose one of {', '.join(CALIBRATIONS)}")
+    check_calibration(method)
     arrays = _read(images, max_pixels, sizes)
     if not arrays:
         raise FpnError(f"{where}: no readable image to calibrate int8 with")

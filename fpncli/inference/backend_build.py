@@ -95,6 +95,7 @@ def build(
 
         # The cap calibration reads images under (FPN_MAX_PIXELS when not given): part of the key.
         max_pixels = (args.max_pixels if args else None) or default_max_pixels()
+        method = (args.calibration if args is not None else None) or "minmax"
 
         def quantized() -> bytes:
             if note is not None:
@@ -106,7 +107,6 @@ def build(
                 fp32, calibration, where=where, max_pixels=max_pixels, sizes=sizes, method=method
             )
 
-        method = (args.calibration if args is not None else None) or "minmax"
         int8_key = graph_key(state, meta, False, "int8", calibration, max_pixels, method) if cache else None
         graph, saved = graph_cache.cached_graph(int8_key, quantized)
     else:

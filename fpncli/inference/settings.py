@@ -116,12 +116,9 @@ def check_inference_options(args: InferenceArgs) -> None:
     if args.calibration is not None and precision != "int8":
         raise FpnError("--calibration sets how int8 is calibrated; add --precision int8")
     if args.calibration is not None:
-        from fpncli.deploy.quantize import CALIBRATIONS
+        from fpncli.deploy.quantize import check_calibration
 
-        if args.calibration not in CALIBRATIONS:
-            raise FpnError(
-                f"--calibration: unknown {args.calibration!r}; choose one of {', '.join(CALIBRATIONS)}"
-            )
+        check_calibration(args.calibration)
     if args.calibrate is not None and not Path(args.calibrate).is_dir():
         raise FpnError(f"{args.calibrate}: --calibrate needs a folder of images")
     if precision in ("bf16", "int8") and (args.slice_size is not None or args.tta is not None):

@@ -52,8 +52,9 @@ def cpu_info(cpuinfo: str | None = None, allowed: set[int] | None = None) -> dic
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             cpuinfo = ""
-    if allowed is None and hasattr(os, "sched_getaffinity"):
-        allowed = set(os.sched_getaffinity(0))
+    affinity = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed is None:
+        allowed = affinity
     blocks = [_fields(block) for block in cpuinfo.split("\n\n") if block.strip()]
     processors = [b for b in blocks if "processor" in b]
     if allowed is not None:
@@ -73,7 +74,7 @@ def cpu_info(cpuinfo: str | None = None, allowed: set[int] | None = None) -> dic
         )
         if identity and identity not in ids:
             ids.append(identity)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(affinity) if affinity else os.cpu_count() or 1
     return {
         "model": model or platform.processor() or platform.machine() or "unknown CPU",
         "id": " + ".join(ids),
@@ -95,3 +96,9 @@ def _fields(block: str) -> dict[str, str]:
 def describe_cpu(info: dict[str, Any]) -> str:
     """``AMD EPYC (family 26 model 2 stepping 1)``: the name, and the microarchitecture when known."""
     return info["model"] + (f" ({info['id']})" if info.get("id") else "")
+
+
+def cpu_line(info: dict[str, Any]) -> str:
+    """``CPU: AMD EPYC (family 26 ...); flags: avx2 avx512f; 2 usable cores``: the first line
+    of every benchmark's output."""
+    return f"CPU: {describe_cpu(info)}; flags: {' '.join(info['flags']) or '-'}; {info['cores']} usable cores"

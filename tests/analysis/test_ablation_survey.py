@@ -63,11 +63,15 @@ def test_seeds_grammar_mean_spread_and_which_differences_exceed_the_noise():
 
 
 def test_cpu_model_and_flags_from_cpuinfo():
-    from fpncli.analysis.ablation.machine import cpu_model, machine_info, machine_sentence
+    from fpncli.analysis.ablation.machine import machine_info, machine_sentence
+    from fpncli.runtime.cpu import cpu_info
 
     text = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni sse\n"
-    assert cpu_model(text) == ("AMD EPYC", ["avx2", "avx512f", "avx512_vnni"])
-    assert cpu_model("")[1] == []
+    assert (cpu_info(text)["model"], cpu_info(text)["flags"]) == (
+        "AMD EPYC",
+        ["avx2", "avx512f", "avx512_vnni"],
+    )
+    assert cpu_info("")["flags"] == []
     env = machine_info("cpu")
     assert env["gpu"] is None and env["torch"] and env["torchvision"]
     assert machine_sentence(env).startswith(f"CPU {env['cpu']}") and "torchvision" in machine_sentence(env)
@@ -116,10 +120,10 @@ def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch,
     import fpncli.analysis.ablation.warm_start as warm_module
     import fpncli.config as config_module
     from fpncli.analysis.ablation import run_ablation
-    from fpncli.analysis.ablation.machine import cpu_model
     from fpncli.analysis.ablation.warm_start import file_sha256
     from fpncli.checkpoint import read_checkpoint
     from fpncli.cli.common import sigterm_as_sigint
+    from fpncli.runtime.cpu import cpu_info
 
     # Smaller images, one timed image and small pretext batches: the same code paths, faster.
     monkeypatch.setitem(
@@ -166,7 +170,7 @@ def test_warm_started_seeded_survey_survives_an_interrupt(tmp_path, monkeypatch,
     assert result["settings"]["backbone_sha256"] == file_sha256(warm)
     markdown = (out / "ablation.md").read_text()
     assert "| fpn (n=2) |" in markdown and file_sha256(warm)[:16] in markdown
-    assert cpu_model()[0] in markdown and "torchvision" in markdown
+    assert cpu_info()["model"] in markdown and "torchvision" in markdown
 
 
 def test_cli_refuses_a_warm_start_with_other_backbone_weights_in_one_line(cli, tmp_path):

@@ -9,13 +9,6 @@ from typing import Any
 from fpncli.runtime.cpu import cpu_info
 
 
-def cpu_model(cpuinfo: str | None = None) -> tuple[str, list[str]]:
-    """``(model name, flags of CPU_FLAGS it has)`` from ``/proc/cpuinfo`` (Linux), else
-    ``platform.processor()`` without flags."""
-    info = cpu_info(cpuinfo)
-    return info["model"], info["flags"]
-
-
 def machine_info(device: str) -> dict[str, Any]:
     """CPU model, flags and cores, the GPU (for a CUDA device), torch / torchvision / Python
     versions and torch's thread count."""
